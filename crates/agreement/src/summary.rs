@@ -1,0 +1,333 @@
+//! The template legal starts from and the plain-language summary legal reviews.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::PublicKey;
+use crate::canonical::rfc3339;
+use crate::manifest::{ColumnRole, IdentifierKind, Manifest, PrivacyMode};
+use crate::verify::{SignatureStatus, signature_status};
+
+/// A commented manifest legal can fill in: valid as it stands once every party signed
+/// (for `phone`, use [`template_with_region`] to set `default_region`).
+pub fn template(
+    id: &str,
+    identifier: IdentifierKind,
+    parties: &[(String, PublicKey)],
+    now: DateTime<Utc>,
+) -> String {
+    template_with_region(id, identifier, None, parties, now)
+}
+
+/// [`template`] with `default_region` (needed when `identifier` is phone).
+pub fn template_with_region(
+    id: &str,
+    identifier: IdentifierKind,
+    default_region: Option<&str>,
+    parties: &[(String, PublicKey)],
+    now: DateTime<Utc>,
+) -> String {
+    let start = now
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|d| d.and_utc())
+        .unwrap_or(now);
+    let end = start + Duration::days(90) - Duration::seconds(1);
+    let mut t = String::new();
+    let _ = writeln!(t, "# Accord sharing agreement. Guide: docs/AGREEMENTS.md");
+    let _ = writeln!(
+        t,
+        "# Review with `accord agreement show FILE`; every party signs with"
+    );
+    let _ = writeln!(
+        t,
+        "# `accord agreement sign FILE --party NAME --key KEYFILE`."
+    );
+    let _ = writeln!(
+        t,
+        "# Comments (#) carry no meaning and are not signed; everything else is."
+    );
+    let _ = writeln!(t);
+    let _ = writeln!(t, "schema_version = 1");
+    let _ = writeln!(t, "id = {}", quote(id));
+    let _ = writeln!(
+        t,
+        "version = 1                         # a changed agreement is a new, higher version"
+    );
+    let _ = writeln!(
+        t,
+        "purpose = \"Describe in plain words what the shared data may be used for\""
+    );
+    let _ = writeln!(
+        t,
+        "notes = \"Anything legal wants on record (signed, unlike comments)\""
+    );
+    let _ = writeln!(t, "valid_from = {}", rfc3339(&start));
+    let _ = writeln!(t, "valid_until = {}", rfc3339(&end));
+    let _ = writeln!(
+        t,
+        "min_group_size = 50                 # k: smallest group any result may describe (>= 10)"
+    );
+    let _ = writeln!(
+        t,
+        "identifier = {}              # email | phone | customer_id",
+        quote(identifier.as_str())
+    );
+    match default_region {
+        Some(r) => {
+            let _ = writeln!(
+                t,
+                "default_region = {}              # phone only: country of national numbers",
+                quote(r)
+            );
+        }
+        None if identifier == IdentifierKind::Phone => {
+            let _ = writeln!(
+                t,
+                "default_region = \"??\"              # REQUIRED for phone: ISO country code such as \"IS\""
+            );
+        }
+        None => {}
+    }
+    for (name, key) in parties {
+        let _ = writeln!(t);
+        let _ = writeln!(t, "[parties.{name}]");
+        let _ = writeln!(t, "public_key = {}", quote(&key.to_string()));
+        let _ = writeln!(
+            t,
+            "max_rows = 1_000_000                # upload cap: stops dictionary uploads"
+        );
+        let _ = writeln!(
+            t,
+            "consent_column = \"consent_partner_marketing\"   # rows without consent are never uploaded"
+        );
+        let _ = writeln!(t, "contributes = [");
+        let _ = writeln!(
+            t,
+            "  # {{ column = \"loyalty_tier\",  role = \"dimension\" }},"
+        );
+        let _ = writeln!(
+            t,
+            "  # {{ column = \"monthly_spend\", role = \"metric\", min = 0, max = 500 }},"
+        );
+        let _ = writeln!(t, "]");
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(t, "# One [[analysts]] section per person allowed to query:");
+    let _ = writeln!(t, "# [[analysts]]");
+    let _ = writeln!(t, "# name = \"ana@example.com\"");
+    let _ = writeln!(
+        t,
+        "# party = \"{}\"",
+        parties.first().map(|(n, _)| n.as_str()).unwrap_or("party")
+    );
+    let _ = writeln!(t, "# public_key = \"ed25519:…\"");
+    let _ = writeln!(t);
+    let _ = writeln!(t, "[privacy]");
+    let _ = writeln!(t, "aggregates = [\"count\", \"sum\", \"avg\"]");
+    let _ = writeln!(t, "# Exactly one of the two lines below.");
+    let _ = writeln!(
+        t,
+        "# WARNING: without noise, a party that controls its own values can learn whether one"
+    );
+    let _ = writeln!(
+        t,
+        "# specific customer is shared, whatever min_group_size is. Read docs/AGREEMENTS.md."
+    );
+    let _ = writeln!(t, "exact_results = true");
+    let _ = writeln!(
+        t,
+        "# differential_privacy = {{ epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }}   # not implemented yet: the room refuses it"
+    );
+    t
+}
+
+fn quote(s: &str) -> String {
+    toml_edit::Value::from(s).to_string()
+}
+
+/// The output format of [`summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryFormat {
+    /// Plain text for a terminal.
+    Text,
+    /// Markdown for a review document.
+    Markdown,
+}
+
+/// A plain-language summary of `manifest` for legal review: who shares what, for what,
+/// until when, with which protections and risks, and who signed.
+pub fn summary(manifest: &Manifest, now: DateTime<Utc>, format: SummaryFormat) -> String {
+    let md = format == SummaryFormat::Markdown;
+    let mut o = String::new();
+    let heading = |o: &mut String, s: &str| {
+        if md {
+            let _ = writeln!(o, "\n## {s}\n");
+        } else {
+            let _ = writeln!(o, "\n{s}\n{}", "-".repeat(s.chars().count()));
+        }
+    };
+    let bullet = if md { "- " } else { "  * " };
+    let m = manifest;
+    if md {
+        let _ = writeln!(o, "# Agreement `{}`, version {}", m.id, m.version);
+    } else {
+        let _ = writeln!(o, "Agreement {}, version {}", m.id, m.version);
+    }
+    let _ = writeln!(o, "\nFingerprint: {}", m.fingerprint());
+    let names: Vec<&str> = m.parties.keys().map(String::as_str).collect();
+    let _ = writeln!(o, "Parties: {}", names.join(", "));
+    let _ = writeln!(o, "Purpose: {}", m.purpose);
+    if let Some(n) = &m.notes {
+        let _ = writeln!(o, "Notes: {n}");
+    }
+
+    heading(&mut o, "When");
+    let status = if now < m.valid_from {
+        "NOT YET IN FORCE"
+    } else if now > m.valid_until {
+        "EXPIRED: no query may run and the room deletes the data"
+    } else {
+        "in force now"
+    };
+    let _ = writeln!(
+        o,
+        "From {} until {} (UTC): {status}.",
+        rfc3339(&m.valid_from),
+        rfc3339(&m.valid_until)
+    );
+
+    heading(&mut o, "What each party shares");
+    let region = m
+        .default_region
+        .as_deref()
+        .map(|r| format!(" (national numbers read as {r})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "Customers are matched on {}{region}. Only customers present in both parties' data are kept.",
+        match m.identifier {
+            IdentifierKind::Email => "e-mail address",
+            IdentifierKind::Phone => "phone number",
+            IdentifierKind::CustomerId => "customer number",
+        }
+    );
+    for (name, p) in &m.parties {
+        let _ = writeln!(
+            o,
+            "\n{name}: at most {} rows; only rows whose column `{}` is true (consent) are uploaded.",
+            p.max_rows, p.consent_column
+        );
+        if p.contributes.is_empty() {
+            let _ = writeln!(
+                o,
+                "{bullet}no columns: {name} only takes part in the matching"
+            );
+        }
+        for c in &p.contributes {
+            let role = match c.role {
+                ColumnRole::Dimension => {
+                    "a category results can be grouped and filtered by".to_owned()
+                }
+                ColumnRole::Metric { min, max } => {
+                    format!("a number, only summed/averaged, each value clamped to [{min}, {max}]")
+                }
+            };
+            let special = match (&c.special_category, &c.legal_basis) {
+                (Some(k), Some(b)) => format!(" — SPECIAL-CATEGORY DATA ({k}), legal basis: {b}"),
+                (Some(k), None) => format!(" — SPECIAL-CATEGORY DATA ({k})"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "{bullet}`{}` (in the room: `{name}_{}`): {role}{special}",
+                c.column, c.column
+            );
+        }
+    }
+
+    heading(&mut o, "What is NOT shared");
+    let _ = writeln!(
+        o,
+        "{bullet}Raw identifiers never leave a party: the room sees only doubly-blinded tokens it cannot reverse."
+    );
+    let _ = writeln!(
+        o,
+        "{bullet}Columns not listed above are never uploaded; rows without consent are never uploaded."
+    );
+    let _ = writeln!(
+        o,
+        "{bullet}Customers present at only one party are dropped before any query."
+    );
+    let _ = writeln!(
+        o,
+        "{bullet}Analysts see only aggregates (the allowed functions below), never single rows."
+    );
+
+    heading(&mut o, "Protections");
+    let aggs: Vec<&str> = m.privacy.aggregates.iter().map(|a| a.as_str()).collect();
+    let _ = writeln!(o, "{bullet}Allowed aggregates: {}.", aggs.join(", "));
+    let _ = writeln!(
+        o,
+        "{bullet}Every result row describes at least {} customers (k); smaller groups are never shown.",
+        m.min_group_size
+    );
+    match m.privacy.mode {
+        PrivacyMode::ExactResults => {
+            let _ = writeln!(o, "{bullet}Privacy mode: EXACT RESULTS (no noise).");
+            let warn = "WARNING: results are exact. Without noise, a party that controls its own values \
+(for example a planted metric, a planted category, or \"total minus everyone but X\") can learn \
+whether one specific customer is shared with the other party — whatever k is. Only agree to \
+this if every party is trusted not to try.";
+            if md {
+                let _ = writeln!(o, "\n> **{warn}**");
+            } else {
+                let _ = writeln!(o, "\n!! {warn}");
+            }
+        }
+        PrivacyMode::DifferentialPrivacy {
+            epsilon_per_query,
+            budget,
+            delta,
+        } => {
+            let _ = writeln!(
+                o,
+                "{bullet}Privacy mode: differential privacy, epsilon {epsilon_per_query} per query, total budget {budget} per party, delta {delta}."
+            );
+            let note = "NOTE: differential privacy is not implemented yet, so the room currently REFUSES \
+this agreement (it does not silently run without noise).";
+            if md {
+                let _ = writeln!(o, "\n> **{note}**");
+            } else {
+                let _ = writeln!(o, "\n!! {note}");
+            }
+        }
+    }
+
+    heading(&mut o, "Analysts");
+    if m.analysts.is_empty() {
+        let _ = writeln!(
+            o,
+            "{bullet}none: nobody can query the room under this agreement"
+        );
+    }
+    for a in &m.analysts {
+        let _ = writeln!(
+            o,
+            "{bullet}{} for {} (key {})",
+            a.name, a.party, a.public_key
+        );
+    }
+
+    heading(&mut o, "Signatures");
+    for name in m.parties.keys() {
+        let s = match signature_status(m, name) {
+            SignatureStatus::Valid => "valid",
+            SignatureStatus::Missing => "MISSING",
+            SignatureStatus::Invalid => "INVALID (changed after signing or wrong key)",
+        };
+        let _ = writeln!(o, "{bullet}{name}: {s}");
+    }
+    o
+}
