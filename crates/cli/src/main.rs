@@ -1,2 +1,67 @@
+//! `accord`: the command line for every role of a clean room.
+//!
+//! Legal writes and signs agreements, partner data teams run the party side of the private
+//! set intersection, analysts query the room, and anyone can verify the audit log. The
+//! command-line contract (commands, flags, exit codes) is DESIGN §9 and must not change.
+//!
+//! Exit codes: 0 success, 1 refused or invalid (reason on stderr), 2 usage, 3 room unreachable.
 #![forbid(unsafe_code)]
-fn main() {}
+
+mod agreement;
+mod bench;
+mod keygen;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Marks an error that means "the room could not be reached" (exit code 3).
+#[derive(Debug)]
+pub struct RoomUnreachable(pub String);
+
+impl std::fmt::Display for RoomUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "could not reach the room: {}", self.0)
+    }
+}
+
+impl std::error::Error for RoomUnreachable {}
+
+#[derive(Debug, Parser)]
+#[command(name = "accord", version, about = "Accord: a privacy-preserving data clean room")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an Ed25519 key (file mode 0600) and print its public key.
+    Keygen(keygen::KeygenArgs),
+    /// Write, sign, verify, summarize, submit and revoke sharing agreements.
+    #[command(subcommand)]
+    Agreement(agreement::AgreementCommand),
+    /// Measure performance against the hardware bound.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => keygen::run(args),
+        Command::Agreement(cmd) => agreement::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.chain().any(|cause| cause.is::<RoomUnreachable>()) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,1 +1,226 @@
+//! File helpers shared by the crates that touch the disk (`room`, `party`, `cli`).
+//!
+//! Owns: atomic file replacement (temp file in the same directory, fsync, rename, fsync of
+//! the directory) and owner-only (mode 0600) files for secrets.
+//!
+//! Must never: leave a half-written file under the final name, widen the permissions of a
+//! secret, or log file contents.
 #![forbid(unsafe_code)]
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub use zeroize::Zeroizing;
+
+/// A file operation that failed, with the path it was about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// An I/O error on `path` while doing `action`.
+    #[error("could not {action} {path}: {source}")]
+    Io {
+        /// What we were doing ("write", "create directory", ...).
+        action: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Refused to overwrite an existing file.
+    #[error("{path} already exists: refusing to overwrite it (choose another path or remove it first)")]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// A secret file is readable or writable by other users.
+    #[error(
+        "{path} has permissions {mode:o}: a secret must be readable only by its owner (run `chmod 600 {path}`)"
+    )]
+    TooOpen {
+        /// The secret file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsError + '_ {
+    move |source| FsError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Who may read the file written by [`write_atomic_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Default permissions (subject to the umask).
+    Normal,
+    /// Owner read/write only (0600): secrets.
+    OwnerOnly,
+}
+
+/// Atomically replaces `path` with `bytes`: writes a temporary file beside it, fsyncs it,
+/// renames it over `path` and fsyncs the directory. Readers see the old or the new content,
+/// never a mix, even after a crash.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    write_atomic_with(path, bytes, Access::Normal)
+}
+
+/// [`write_atomic`] with a choice of permissions.
+pub fn write_atomic_with(path: &Path, bytes: &[u8], access: Access) -> Result<(), FsError> {
+    let dir = parent_dir(path);
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".to_owned());
+    // Unique per process and call: the temp file is created with `create_new`.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let unique = (u64::from(std::process::id()) << 32) ^ n;
+    let tmp = dir.join(format!(".{file_name}.tmp-{unique:016x}"));
+    let result = (|| {
+        let mut file = create_new(&tmp, access)?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a new secret file (mode 0600) atomically; refuses to overwrite an existing file.
+pub fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    if path.exists() {
+        return Err(FsError::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    write_atomic_with(path, bytes, Access::OwnerOnly)
+}
+
+/// Reads a secret file, refusing one that other users can read or write.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, FsError> {
+    check_owner_only(path)?;
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    Ok(Zeroizing::new(bytes))
+}
+
+/// Fails when `path` is accessible by group or others.
+pub fn check_owner_only(path: &Path) -> Result<(), FsError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::metadata(path).map_err(io_err("read the permissions of", path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(FsError::TooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its parents; with [`Access::OwnerOnly`] the leaf directory gets mode 0700.
+pub fn create_dir_all(dir: &Path, access: Access) -> Result<(), FsError> {
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    #[cfg(unix)]
+    if access == Access::OwnerOnly {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("set permissions of", dir))?;
+    }
+    Ok(())
+}
+
+/// Fsyncs a directory so that renames and removals in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    #[cfg(unix)]
+    {
+        let d = File::open(dir).map_err(io_err("open directory", dir))?;
+        d.sync_all().map_err(io_err("sync directory", dir))?;
+    }
+    Ok(())
+}
+
+/// Removes a directory tree if it exists and syncs its parent, so deleted data does not
+/// come back after a crash.
+pub fn remove_dir_all_durable(dir: &Path) -> Result<(), FsError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("remove", dir)(e)),
+    }
+    sync_dir(&parent_dir(dir))
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn create_new(path: &Path, access: Access) -> Result<File, FsError> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if access == Access::OwnerOnly {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = access;
+    options.open(path).map_err(io_err("create", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_are_owner_only_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        write_new_secret(&path, b"secret").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(write_new_secret(&path, b"other"), Err(FsError::AlreadyExists { .. })));
+        assert_eq!(read_secret(&path).unwrap().as_slice(), b"secret");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_secret(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn removing_a_missing_directory_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        remove_dir_all_durable(&dir.path().join("nope")).unwrap();
+        let sub = dir.path().join("sub");
+        create_dir_all(&sub.join("deeper"), Access::OwnerOnly).unwrap();
+        remove_dir_all_durable(&sub).unwrap();
+        assert!(!sub.exists());
+    }
+}
