@@ -125,10 +125,16 @@ where
                 scratch.clear();
                 match compression {
                     Compression::Batched => {
-                        scratch.extend(ids.iter().map(|id| domain.hash(id.as_ref()) * secret.half()));
+                        scratch.extend(
+                            ids.iter()
+                                .map(|id| domain.hash(id.as_ref()) * secret.half()),
+                        );
                     }
                     Compression::PerPoint => {
-                        scratch.extend(ids.iter().map(|id| domain.hash(id.as_ref()) * secret.scalar()));
+                        scratch.extend(
+                            ids.iter()
+                                .map(|id| domain.hash(id.as_ref()) * secret.scalar()),
+                        );
                     }
                 }
                 encode_chunk(scratch, out.as_flattened_mut(), compression);
@@ -158,9 +164,17 @@ fn encode_chunk(points: &[RistrettoPoint], out: &mut [u8], compression: Compress
 ///
 /// The whole batch is refused, with the index of the first offending point, if any point is
 /// not a canonical ristretto255 encoding, is the identity, or repeats an earlier point.
-pub fn blind(secret: &PsiSecret, points: &[[u8; POINT_LEN]]) -> Result<Vec<[u8; POINT_LEN]>, BlindError> {
+pub fn blind(
+    secret: &PsiSecret,
+    points: &[[u8; POINT_LEN]],
+) -> Result<Vec<[u8; POINT_LEN]>, BlindError> {
     let mut out = vec![[0u8; POINT_LEN]; points.len()];
-    blind_into(secret, points.as_flattened(), out.as_flattened_mut(), Compression::Batched)?;
+    blind_into(
+        secret,
+        points.as_flattened(),
+        out.as_flattened_mut(),
+        Compression::Batched,
+    )?;
     Ok(out)
 }
 
@@ -183,7 +197,9 @@ pub fn blind_concatenated(secret: &PsiSecret, bytes: &[u8]) -> Result<Vec<u8>, B
 /// points have equal bytes.
 fn first_duplicate(input: &[u8]) -> Option<usize> {
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(input.len() / POINT_LEN);
-    input.chunks_exact(POINT_LEN).position(|point| !seen.insert(point))
+    input
+        .chunks_exact(POINT_LEN)
+        .position(|point| !seen.insert(point))
 }
 
 pub(crate) fn blind_into(
@@ -194,7 +210,10 @@ pub(crate) fn blind_into(
 ) -> Result<(), BlindError> {
     debug_assert_eq!(input.len() % POINT_LEN, 0);
     debug_assert_eq!(input.len(), out.len());
-    let duplicate = first_duplicate(input).map(|index| BlindError { index, kind: BlindErrorKind::Duplicate });
+    let duplicate = first_duplicate(input).map(|index| BlindError {
+        index,
+        kind: BlindErrorKind::Duplicate,
+    });
     let scalar = match compression {
         Compression::Batched => secret.half(),
         Compression::PerPoint => secret.scalar(),
@@ -250,7 +269,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("customer-{i}@example.com")).collect()
+        (0..n)
+            .map(|i| format!("customer-{i}@example.com"))
+            .collect()
     }
 
     #[test]
@@ -262,7 +283,9 @@ mod tests {
         let blinded = hash_and_blind(&secret, &domain, &ids);
         assert_eq!(blinded.len(), ids.len());
         for (id, got) in ids.iter().zip(&blinded) {
-            let want = (domain.hash(id.as_bytes()) * secret.scalar()).compress().to_bytes();
+            let want = (domain.hash(id.as_bytes()) * secret.scalar())
+                .compress()
+                .to_bytes();
             assert_eq!(*got, want);
         }
         let per_point = hash_and_blind_with(&secret, &domain, &ids, Compression::PerPoint);
@@ -288,7 +311,13 @@ mod tests {
     }
 
     fn valid_points(n: u64) -> Vec<[u8; 32]> {
-        (1..=n).map(|i| (RISTRETTO_BASEPOINT_POINT * Scalar::from(i)).compress().to_bytes()).collect()
+        (1..=n)
+            .map(|i| {
+                (RISTRETTO_BASEPOINT_POINT * Scalar::from(i))
+                    .compress()
+                    .to_bytes()
+            })
+            .collect()
     }
 
     #[test]
@@ -300,20 +329,32 @@ mod tests {
         points[CHUNK + 5] = bad;
         assert_eq!(
             blind(&secret, &points).unwrap_err(),
-            BlindError { index: CHUNK + 5, kind: BlindErrorKind::InvalidEncoding }
+            BlindError {
+                index: CHUNK + 5,
+                kind: BlindErrorKind::InvalidEncoding
+            }
         );
         points[CHUNK + 2] = [0u8; 32];
         assert_eq!(
             blind(&secret, &points).unwrap_err(),
-            BlindError { index: CHUNK + 2, kind: BlindErrorKind::Identity }
+            BlindError {
+                index: CHUNK + 2,
+                kind: BlindErrorKind::Identity
+            }
         );
         points[7] = points[3];
         assert_eq!(
             blind(&secret, &points).unwrap_err(),
-            BlindError { index: 7, kind: BlindErrorKind::Duplicate }
+            BlindError {
+                index: 7,
+                kind: BlindErrorKind::Duplicate
+            }
         );
         let error = blind(&secret, &points).unwrap_err().to_string();
-        assert!(error.contains("point 7") && error.contains("repeats"), "{error}");
+        assert!(
+            error.contains("point 7") && error.contains("repeats"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -322,9 +363,17 @@ mod tests {
         let flat = valid_points(3).concat();
         assert_eq!(
             blind_concatenated(&secret, &flat[..70]).unwrap_err(),
-            BlindError { index: 2, kind: BlindErrorKind::Truncated { trailing_bytes: 6 } }
+            BlindError {
+                index: 2,
+                kind: BlindErrorKind::Truncated { trailing_bytes: 6 }
+            }
         );
-        assert!(blind_concatenated(&secret, &flat[..70]).unwrap_err().to_string().contains("6 trailing bytes"));
+        assert!(
+            blind_concatenated(&secret, &flat[..70])
+                .unwrap_err()
+                .to_string()
+                .contains("6 trailing bytes")
+        );
         assert_eq!(blind_concatenated(&secret, &flat).unwrap().len(), 96);
     }
 

@@ -74,7 +74,11 @@ pub struct PipelineReport {
 }
 
 fn backend() -> &'static str {
-    if cfg!(all(target_arch = "x86_64", target_pointer_width = "64")) { "simd" } else { "serial" }
+    if cfg!(all(target_arch = "x86_64", target_pointer_width = "64")) {
+        "simd"
+    } else {
+        "serial"
+    }
 }
 
 fn per_op(start: Instant, ops: usize) -> f64 {
@@ -82,7 +86,9 @@ fn per_op(start: Instant, ops: usize) -> f64 {
 }
 
 fn synthetic_ids(range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| format!("customer-{i:08}@example.com")).collect()
+    range
+        .map(|i| format!("customer-{i:08}@example.com"))
+        .collect()
 }
 
 /// Times each primitive `samples` times on the calling thread (at least one sample).
@@ -93,7 +99,10 @@ pub fn measure_primitives(samples: usize) -> PrimitiveCosts {
     let scalar = Scalar::from_bytes_mod_order_wide(&domain.digest(b"bench scalar"));
 
     let start = Instant::now();
-    let points: Vec<RistrettoPoint> = ids.iter().map(|id| domain.hash(black_box(id.as_bytes()))).collect();
+    let points: Vec<RistrettoPoint> = ids
+        .iter()
+        .map(|id| domain.hash(black_box(id.as_bytes())))
+        .collect();
     let hash_to_group_ns = per_op(start, samples);
 
     let start = Instant::now();
@@ -101,7 +110,8 @@ pub fn measure_primitives(samples: usize) -> PrimitiveCosts {
     let scalar_mult_ns = per_op(start, samples);
 
     let start = Instant::now();
-    let encoded: Vec<CompressedRistretto> = multiplied.iter().map(|p| black_box(p).compress()).collect();
+    let encoded: Vec<CompressedRistretto> =
+        multiplied.iter().map(|p| black_box(p).compress()).collect();
     let compress_ns = per_op(start, samples);
 
     let start = Instant::now();
@@ -111,7 +121,10 @@ pub fn measure_primitives(samples: usize) -> PrimitiveCosts {
     let compress_batched_ns = per_op(start, samples);
 
     let start = Instant::now();
-    let decoded = encoded.iter().filter(|c| black_box(*c).decompress().is_some()).count();
+    let decoded = encoded
+        .iter()
+        .filter(|c| black_box(*c).decompress().is_some())
+        .count();
     let decompress_ns = per_op(start, samples);
     black_box(decoded);
 
@@ -151,12 +164,25 @@ fn run_pipeline_with(
     let start = Instant::now();
     let blinded_a = hash_and_blind_with(&secret_a, &domain, &ids_a, compression);
     let blinded_b = hash_and_blind_with(&secret_b, &domain, &ids_b, compression);
-    blind_into(&secret_b, blinded_a.as_flattened(), &mut tokens_a, compression)?;
-    blind_into(&secret_a, blinded_b.as_flattened(), &mut tokens_b, compression)?;
+    blind_into(
+        &secret_b,
+        blinded_a.as_flattened(),
+        &mut tokens_a,
+        compression,
+    )?;
+    blind_into(
+        &secret_a,
+        blinded_b.as_flattened(),
+        &mut tokens_b,
+        compression,
+    )?;
     let elapsed = start.elapsed();
 
     let side_a: std::collections::HashSet<&[u8]> = tokens_a.chunks_exact(POINT_LEN).collect();
-    let matched = tokens_b.chunks_exact(POINT_LEN).filter(|t| side_a.contains(t)).count();
+    let matched = tokens_b
+        .chunks_exact(POINT_LEN)
+        .filter(|t| side_a.contains(t))
+        .count();
     let records_per_sec_per_party = 2.0 * rows as f64 / elapsed.as_secs_f64().max(1e-9);
     let bound_records_per_sec = costs.bound_records_per_sec();
     Ok(PipelineReport {
@@ -174,7 +200,10 @@ fn run_pipeline_with(
 /// Runs the pipeline twice, once encoding each point separately and once with the batched
 /// encoding the API uses, and returns `(per_point, batched)`: the evidence for the choice
 /// recorded in `docs/PERFORMANCE.md`.
-pub fn compare_encodings(rows: usize, costs: &PrimitiveCosts) -> Result<(PipelineReport, PipelineReport), PsiError> {
+pub fn compare_encodings(
+    rows: usize,
+    costs: &PrimitiveCosts,
+) -> Result<(PipelineReport, PipelineReport), PsiError> {
     Ok((
         run_pipeline_with(rows, costs, Compression::PerPoint)?,
         run_pipeline_with(rows, costs, Compression::Batched)?,
@@ -190,7 +219,12 @@ mod tests {
         let costs = measure_primitives(8);
         assert_eq!(costs.samples, 8);
         assert!(costs.threads >= 1);
-        for cost in [costs.hash_to_group_ns, costs.scalar_mult_ns, costs.compress_ns, costs.decompress_ns] {
+        for cost in [
+            costs.hash_to_group_ns,
+            costs.scalar_mult_ns,
+            costs.compress_ns,
+            costs.decompress_ns,
+        ] {
             assert!(cost.is_finite() && cost >= 0.0);
         }
         assert!(costs.bound_records_per_sec() > 0.0);

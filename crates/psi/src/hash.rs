@@ -29,7 +29,11 @@ impl HashDomain {
         prefix.update(agreement_id.as_bytes());
         prefix.update((kind.as_str().len() as u64).to_be_bytes());
         prefix.update(kind.as_str().as_bytes());
-        Self { agreement_id: agreement_id.to_owned(), kind, prefix }
+        Self {
+            agreement_id: agreement_id.to_owned(),
+            kind,
+            prefix,
+        }
     }
 
     /// The agreement id this domain separates.
@@ -85,16 +89,28 @@ mod tests {
         bytes.extend_from_slice(b"+3545812345");
         let expected: [u8; 64] = Sha512::digest(&bytes).into();
         assert_eq!(domain.digest(b"+3545812345"), expected);
-        assert_eq!(domain.hash(b"+3545812345"), RistrettoPoint::from_uniform_bytes(&expected));
+        assert_eq!(
+            domain.hash(b"+3545812345"),
+            RistrettoPoint::from_uniform_bytes(&expected)
+        );
     }
 
     #[test]
     fn domains_separate_agreements_and_kinds() {
         let x = b"alice@example.com";
         let a = HashDomain::new("a", IdentifierKind::Email).hash_compressed(x);
-        assert_ne!(a, HashDomain::new("b", IdentifierKind::Email).hash_compressed(x));
-        assert_ne!(a, HashDomain::new("a", IdentifierKind::CustomerId).hash_compressed(x));
-        assert_eq!(a, HashDomain::new("a", IdentifierKind::Email).hash_compressed(x));
+        assert_ne!(
+            a,
+            HashDomain::new("b", IdentifierKind::Email).hash_compressed(x)
+        );
+        assert_ne!(
+            a,
+            HashDomain::new("a", IdentifierKind::CustomerId).hash_compressed(x)
+        );
+        assert_eq!(
+            a,
+            HashDomain::new("a", IdentifierKind::Email).hash_compressed(x)
+        );
         // Length prefixes: moving a byte between agreement id and identifier changes H.
         let ab = HashDomain::new("ab", IdentifierKind::CustomerId).hash_compressed(b"c");
         let a_bc = HashDomain::new("a", IdentifierKind::CustomerId).hash_compressed(b"bc");

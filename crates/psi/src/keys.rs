@@ -20,7 +20,10 @@ pub const SECRET_LEN: usize = 32;
 pub const HANDLE_KEY_LEN: usize = 32;
 
 fn os_random(buf: &mut [u8], what: &'static str) -> Result<(), PsiError> {
-    getrandom::fill(buf).map_err(|err| PsiError::Randomness { what, reason: err.to_string() })
+    getrandom::fill(buf).map_err(|err| PsiError::Randomness {
+        what,
+        reason: err.to_string(),
+    })
 }
 
 /// A party's secret blinding scalar `k_p` for one agreement: a uniformly random non-zero
@@ -48,7 +51,10 @@ impl PsiSecret {
     }
 
     fn from_scalar(scalar: Scalar) -> Self {
-        Self { half: scalar.div_by_2(), scalar }
+        Self {
+            half: scalar.div_by_2(),
+            scalar,
+        }
     }
 
     /// Decodes a secret written by [`PsiSecret::to_bytes`]: exactly 32 bytes, a canonical
@@ -136,8 +142,12 @@ impl HandleKey {
         if bool::from(key.ct_eq(&[0u8; HANDLE_KEY_LEN])) {
             return Err(PsiError::ZeroHandleKey);
         }
-        let mac = Hmac::<Sha256>::new_from_slice(key.as_slice())
-            .map_err(|_| PsiError::SecretLength { what: "handle key", expected: HANDLE_KEY_LEN, actual: key.len() })?;
+        let mac =
+            Hmac::<Sha256>::new_from_slice(key.as_slice()).map_err(|_| PsiError::SecretLength {
+                what: "handle key",
+                expected: HANDLE_KEY_LEN,
+                actual: key.len(),
+            })?;
         Ok(Self { key, mac })
     }
 
@@ -198,14 +208,30 @@ mod tests {
     fn secret_rejects_bad_encodings() {
         assert_eq!(
             PsiSecret::from_bytes(&[1u8; 31]).unwrap_err(),
-            PsiError::SecretLength { what: "PSI secret", expected: 32, actual: 31 }
+            PsiError::SecretLength {
+                what: "PSI secret",
+                expected: 32,
+                actual: 31
+            }
         );
-        assert_eq!(PsiSecret::from_bytes(&[0u8; 32]).unwrap_err(), PsiError::ZeroScalar);
+        assert_eq!(
+            PsiSecret::from_bytes(&[0u8; 32]).unwrap_err(),
+            PsiError::ZeroScalar
+        );
         // ℓ itself is not canonical, nor is anything with the top bit set.
         let mut ell = [0u8; 32];
-        ell.copy_from_slice(&hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010").unwrap());
-        assert_eq!(PsiSecret::from_bytes(&ell).unwrap_err(), PsiError::NonCanonicalScalar);
-        assert_eq!(PsiSecret::from_bytes(&[0xffu8; 32]).unwrap_err(), PsiError::NonCanonicalScalar);
+        ell.copy_from_slice(
+            &hex::decode("edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010")
+                .unwrap(),
+        );
+        assert_eq!(
+            PsiSecret::from_bytes(&ell).unwrap_err(),
+            PsiError::NonCanonicalScalar
+        );
+        assert_eq!(
+            PsiSecret::from_bytes(&[0xffu8; 32]).unwrap_err(),
+            PsiError::NonCanonicalScalar
+        );
         let mut one = [0u8; 32];
         one[0] = 1;
         assert!(PsiSecret::from_bytes(&one).is_ok());
@@ -225,10 +251,17 @@ mod tests {
         let again = HandleKey::from_bytes(key.to_bytes().as_slice()).unwrap();
         assert_eq!(key, again);
         assert_eq!(key.handle("a", b"x"), again.handle("a", b"x"));
-        assert_eq!(HandleKey::from_bytes(&[0u8; 32]).unwrap_err(), PsiError::ZeroHandleKey);
+        assert_eq!(
+            HandleKey::from_bytes(&[0u8; 32]).unwrap_err(),
+            PsiError::ZeroHandleKey
+        );
         assert_eq!(
             HandleKey::from_bytes(&[7u8; 33]).unwrap_err(),
-            PsiError::SecretLength { what: "handle key", expected: 32, actual: 33 }
+            PsiError::SecretLength {
+                what: "handle key",
+                expected: 32,
+                actual: 33
+            }
         );
     }
 

@@ -26,8 +26,8 @@ pub use batch::{BlindError, BlindErrorKind, blind, blind_concatenated, hash_and_
 pub use hash::{HASH_DOMAIN_TAG, HashDomain};
 pub use keys::{HANDLE_KEY_LEN, HandleKey, PsiSecret, SECRET_LEN};
 pub use normalize::{
-    E164_MAX_DIGITS, E164_MIN_DIGITS, IdentifierKind, NormalizeError, calling_code, is_supported_region,
-    normalize, supported_regions,
+    E164_MAX_DIGITS, E164_MIN_DIGITS, IdentifierKind, NormalizeError, calling_code,
+    is_supported_region, normalize, supported_regions,
 };
 
 /// Length of a compressed ristretto255 point, the unit of every wire batch.
@@ -76,7 +76,9 @@ pub enum PsiError {
     )]
     ZeroScalar,
     /// A stored handle key is all zero bytes.
-    #[error("handle key is all zero bytes: the state file was never initialized; generate a new key")]
+    #[error(
+        "handle key is all zero bytes: the state file was never initialized; generate a new key"
+    )]
     ZeroHandleKey,
     /// An identifier could not be normalized.
     #[error(transparent)]

@@ -106,7 +106,9 @@ pub enum NormalizeError {
     #[error("phone number's country code starts with 0, which no country code does")]
     PhoneCountryCodeZero,
     /// Fewer digits than any E.164 number has.
-    #[error("phone number has {digits} digits including the country code; at least {min} are needed")]
+    #[error(
+        "phone number has {digits} digits including the country code; at least {min} are needed"
+    )]
     PhoneTooShort {
         /// Digits found (country code included).
         digits: usize,
@@ -168,7 +170,9 @@ pub fn normalize(
 /// 1-based character position, in `raw`, of byte offset `byte` of `raw.trim()`.
 fn position_in_raw(raw: &str, byte: usize) -> usize {
     let leading = raw.len() - raw.trim_start().len();
-    raw.get(..leading + byte).map_or(0, |prefix| prefix.chars().count()) + 1
+    raw.get(..leading + byte)
+        .map_or(0, |prefix| prefix.chars().count())
+        + 1
 }
 
 fn normalize_email(raw: &str) -> Result<Option<String>, NormalizeError> {
@@ -189,7 +193,9 @@ fn normalize_email(raw: &str) -> Result<Option<String>, NormalizeError> {
     if found != 1 {
         return Err(NormalizeError::EmailAtSigns { found });
     }
-    let (local, domain) = trimmed.split_once('@').ok_or(NormalizeError::EmailAtSigns { found })?;
+    let (local, domain) = trimmed
+        .split_once('@')
+        .ok_or(NormalizeError::EmailAtSigns { found })?;
     if local.is_empty() {
         return Err(NormalizeError::EmailEmptyLocalPart);
     }
@@ -220,7 +226,13 @@ const fn r(
     trunk: &'static [&'static str],
     international: &'static str,
 ) -> Region {
-    Region { code, calling_code, trunk, international, fixed_nsn_len: None }
+    Region {
+        code,
+        calling_code,
+        trunk,
+        international,
+        fixed_nsn_len: None,
+    }
 }
 
 const NANP: Region = Region {
@@ -326,11 +338,18 @@ fn is_phone_separator(c: char) -> bool {
     c.is_whitespace() || matches!(c, '-' | '.' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}')
 }
 
-fn normalize_phone(raw: &str, default_region: Option<&str>) -> Result<Option<String>, NormalizeError> {
+fn normalize_phone(
+    raw: &str,
+    default_region: Option<&str>,
+) -> Result<Option<String>, NormalizeError> {
     let region = match default_region {
-        Some(code) => Some(find_region(code).ok_or_else(|| NormalizeError::PhoneUnknownRegion {
-            region: code.to_owned(),
-        })?),
+        Some(code) => {
+            Some(
+                find_region(code).ok_or_else(|| NormalizeError::PhoneUnknownRegion {
+                    region: code.to_owned(),
+                })?,
+            )
+        }
         None => None,
     };
     let trimmed = raw.trim();
@@ -361,7 +380,10 @@ fn normalize_phone(raw: &str, default_region: Option<&str>) -> Result<Option<Str
     }
     if digits.is_empty() {
         // Only separators (e.g. "+", "--"): treat as a value, not as an empty identifier.
-        return Err(NormalizeError::PhoneTooShort { digits: 0, min: E164_MIN_DIGITS });
+        return Err(NormalizeError::PhoneTooShort {
+            digits: 0,
+            min: E164_MIN_DIGITS,
+        });
     }
     let international = if plus {
         digits
@@ -375,7 +397,9 @@ fn normalize_phone(raw: &str, default_region: Option<&str>) -> Result<Option<Str
                 Some(len) => {
                     // A closed plan: the trunk prefix is only recognisable by the length.
                     if national.len() == len + 1 {
-                        if let Some(rest) = region.trunk.iter().find_map(|t| national.strip_prefix(t)) {
+                        if let Some(rest) =
+                            region.trunk.iter().find_map(|t| national.strip_prefix(t))
+                        {
                             national = rest;
                         }
                     }
@@ -448,17 +472,35 @@ mod tests {
         }
         assert_eq!(email("").unwrap(), None);
         assert_eq!(email("  \t\n").unwrap(), None);
-        assert_eq!(email("no-at-sign.example").unwrap_err(), NormalizeError::EmailAtSigns { found: 0 });
-        assert_eq!(email("a@b@c").unwrap_err(), NormalizeError::EmailAtSigns { found: 2 });
-        assert_eq!(email("@example.com").unwrap_err(), NormalizeError::EmailEmptyLocalPart);
-        assert_eq!(email("alice@").unwrap_err(), NormalizeError::EmailEmptyDomain);
+        assert_eq!(
+            email("no-at-sign.example").unwrap_err(),
+            NormalizeError::EmailAtSigns { found: 0 }
+        );
+        assert_eq!(
+            email("a@b@c").unwrap_err(),
+            NormalizeError::EmailAtSigns { found: 2 }
+        );
+        assert_eq!(
+            email("@example.com").unwrap_err(),
+            NormalizeError::EmailEmptyLocalPart
+        );
+        assert_eq!(
+            email("alice@").unwrap_err(),
+            NormalizeError::EmailEmptyDomain
+        );
         assert_eq!(
             email(" al ice@example.com").unwrap_err(),
-            NormalizeError::EmailInvalidCharacter { character: ' ', position: 4 }
+            NormalizeError::EmailInvalidCharacter {
+                character: ' ',
+                position: 4
+            }
         );
         assert_eq!(
             email("alice@exa\u{0}mple.com").unwrap_err(),
-            NormalizeError::EmailInvalidCharacter { character: '\u{0}', position: 10 }
+            NormalizeError::EmailInvalidCharacter {
+                character: '\u{0}',
+                position: 10
+            }
         );
     }
 
@@ -498,7 +540,11 @@ mod tests {
             ("581\u{2013}2345", Some("IS"), "+3545812345"),
         ];
         for (raw, region, want) in ok {
-            assert_eq!(phone(raw, *region).unwrap().as_deref(), Some(*want), "input {raw:?} in {region:?}");
+            assert_eq!(
+                phone(raw, *region).unwrap().as_deref(),
+                Some(*want),
+                "input {raw:?} in {region:?}"
+            );
         }
         assert_eq!(phone("   ", Some("IS")).unwrap(), None);
         assert_eq!(phone("", None).unwrap(), None);
@@ -508,37 +554,67 @@ mod tests {
     fn phone_errors() {
         assert_eq!(
             phone("1-800-FLOWERS", Some("US")).unwrap_err(),
-            NormalizeError::PhoneInvalidCharacter { character: 'F', position: 7 }
+            NormalizeError::PhoneInvalidCharacter {
+                character: 'F',
+                position: 7
+            }
         );
         assert_eq!(
             phone("+354 581 2345 x12", None).unwrap_err(),
-            NormalizeError::PhoneInvalidCharacter { character: 'x', position: 15 }
+            NormalizeError::PhoneInvalidCharacter {
+                character: 'x',
+                position: 15
+            }
         );
         assert_eq!(
             phone("354+5812345", None).unwrap_err(),
-            NormalizeError::PhoneInvalidCharacter { character: '+', position: 4 }
+            NormalizeError::PhoneInvalidCharacter {
+                character: '+',
+                position: 4
+            }
         );
-        assert_eq!(phone("5812345", None).unwrap_err(), NormalizeError::PhoneNeedsRegion);
+        assert_eq!(
+            phone("5812345", None).unwrap_err(),
+            NormalizeError::PhoneNeedsRegion
+        );
         assert_eq!(
             phone("5812345", Some("XX")).unwrap_err(),
-            NormalizeError::PhoneUnknownRegion { region: "XX".into() }
+            NormalizeError::PhoneUnknownRegion {
+                region: "XX".into()
+            }
         );
         assert_eq!(
             phone("+44 20", None).unwrap_err(),
-            NormalizeError::PhoneTooShort { digits: 4, min: E164_MIN_DIGITS }
+            NormalizeError::PhoneTooShort {
+                digits: 4,
+                min: E164_MIN_DIGITS
+            }
         );
         assert_eq!(
             phone("+44 2079 4600 1812 34", None).unwrap_err(),
-            NormalizeError::PhoneTooLong { digits: 16, max: 15 }
+            NormalizeError::PhoneTooLong {
+                digits: 16,
+                max: 15
+            }
         );
-        assert_eq!(phone("+0 123 4567", None).unwrap_err(), NormalizeError::PhoneCountryCodeZero);
+        assert_eq!(
+            phone("+0 123 4567", None).unwrap_err(),
+            NormalizeError::PhoneCountryCodeZero
+        );
         assert_eq!(
             phone("555 0100", Some("US")).unwrap_err(),
-            NormalizeError::PhoneNationalLength { region: "US", digits: 7, expected: "10" }
+            NormalizeError::PhoneNationalLength {
+                region: "US",
+                digits: 7,
+                expected: "10"
+            }
         );
         assert_eq!(
             phone("+ - ()", None).unwrap_err(),
-            NormalizeError::PhoneTooShort { digits: 0, min: E164_MIN_DIGITS }
+            NormalizeError::PhoneTooShort {
+                digits: 0,
+                min: E164_MIN_DIGITS
+            }
         );
         // The error message names the fix and never echoes the number.
         let message = phone("+354 581 2345 x12", None).unwrap_err().to_string();
@@ -557,7 +633,12 @@ mod tests {
     #[test]
     fn region_table_is_sorted_unique_and_well_formed() {
         for pair in REGIONS.windows(2) {
-            assert!(pair[0].code < pair[1].code, "{} before {}", pair[0].code, pair[1].code);
+            assert!(
+                pair[0].code < pair[1].code,
+                "{} before {}",
+                pair[0].code,
+                pair[1].code
+            );
         }
         for region in REGIONS {
             assert_eq!(region.code.len(), 2);
@@ -565,13 +646,18 @@ mod tests {
             assert!(!region.calling_code.starts_with('0'));
             assert!(!region.international.is_empty());
             assert!(region.international.bytes().all(|b| b.is_ascii_digit()));
-            assert!(region.trunk.iter().all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())));
+            assert!(
+                region
+                    .trunk
+                    .iter()
+                    .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            );
         }
         // At least the EU/EEA, the UK and NANP.
         for code in [
-            "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
-            "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
-            "GB", "US", "CA",
+            "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
+            "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS",
+            "LI", "NO", "GB", "US", "CA",
         ] {
             assert!(is_supported_region(code), "{code}");
         }
@@ -580,8 +666,42 @@ mod tests {
     }
 
     #[test]
+    fn protocol_md_region_table_matches_the_code() {
+        let doc = include_str!("../../../docs/PROTOCOL.md");
+        let documented: Vec<String> = doc
+            .lines()
+            .skip_while(|line| !line.starts_with("| region | calling code |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(str::to_owned)
+            .collect();
+        let expected: Vec<String> = REGIONS
+            .iter()
+            .map(|r| {
+                let trunk = if r.trunk.is_empty() {
+                    "—".to_owned()
+                } else {
+                    r.trunk.join(", ")
+                };
+                format!(
+                    "| {} | {} | {} | {} |",
+                    r.code, r.calling_code, trunk, r.international
+                )
+            })
+            .collect();
+        assert_eq!(
+            documented, expected,
+            "docs/PROTOCOL.md numbering-plan table differs from REGIONS"
+        );
+    }
+
+    #[test]
     fn kind_labels_round_trip() {
-        for kind in [IdentifierKind::Email, IdentifierKind::Phone, IdentifierKind::CustomerId] {
+        for kind in [
+            IdentifierKind::Email,
+            IdentifierKind::Phone,
+            IdentifierKind::CustomerId,
+        ] {
             assert_eq!(IdentifierKind::from_label(kind.as_str()), Some(kind));
         }
         assert_eq!(IdentifierKind::from_label("Email"), None);
