@@ -21,6 +21,9 @@ mod revocation;
 mod summary;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 pub use keys::{PublicKey, SecretKey, Signature, sig};
 pub use manifest::{
     Aggregate, Analyst, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,
