@@ -106,7 +106,7 @@ pub fn measure_primitives(samples: usize) -> PrimitiveCosts {
     let hash_to_group_ns = per_op(start, samples);
 
     let start = Instant::now();
-    let multiplied: Vec<RistrettoPoint> = points.iter().map(|p| black_box(p) * &scalar).collect();
+    let multiplied: Vec<RistrettoPoint> = points.iter().map(|p| black_box(p) * scalar).collect();
     let scalar_mult_ns = per_op(start, samples);
 
     let start = Instant::now();

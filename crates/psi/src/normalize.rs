@@ -135,8 +135,8 @@ pub enum NormalizeError {
         region: &'static str,
         /// Digits found in the national significant number.
         digits: usize,
-        /// Expected digit count(s), e.g. "10".
-        expected: &'static str,
+        /// The digit count that region's national numbers have.
+        expected: usize,
     },
 }
 
@@ -396,18 +396,17 @@ fn normalize_phone(
             match region.fixed_nsn_len {
                 Some(len) => {
                     // A closed plan: the trunk prefix is only recognisable by the length.
-                    if national.len() == len + 1 {
-                        if let Some(rest) =
+                    if national.len() == len + 1
+                        && let Some(rest) =
                             region.trunk.iter().find_map(|t| national.strip_prefix(t))
-                        {
-                            national = rest;
-                        }
+                    {
+                        national = rest;
                     }
                     if national.len() != len {
                         return Err(NormalizeError::PhoneNationalLength {
                             region: region.code,
                             digits: national.len(),
-                            expected: "10",
+                            expected: len,
                         });
                     }
                 }
@@ -606,7 +605,7 @@ mod tests {
             NormalizeError::PhoneNationalLength {
                 region: "US",
                 digits: 7,
-                expected: "10"
+                expected: 10
             }
         );
         assert_eq!(
