@@ -1,12 +1,199 @@
-//! `accord agreement …` (placeholder until the agreement work lands).
+//! `accord agreement init | sign | verify | show` (DESIGN §9). `submit` and `revoke` talk to
+//! the room and live with the room commands.
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use accord_agreement::{IdentifierKind, Manifest, ManifestError, PublicKey, SecretKey, SummaryFormat};
+use anyhow::Context as _;
+use chrono::Utc;
+
+/// The `accord agreement` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum AgreementCommand {
+    /// Print a commented agreement template to fill in (redirect it to a file).
+    Init(InitArgs),
+    /// Add a party's signature to the agreement file, in place.
+    Sign(SignArgs),
     /// Check that an agreement is valid, in force and signed by every party.
-    Verify { file: std::path::PathBuf },
+    Verify {
+        /// The agreement file.
+        file: PathBuf,
+    },
+    /// Summarize an agreement in plain language for legal review.
+    Show {
+        /// The agreement file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
 }
 
-pub fn run(_cmd: AgreementCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("accord agreement is not built yet")
+/// Arguments of `accord agreement init`.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The agreement's id, e.g. drinks-snacks-2027q1.
+    #[arg(long)]
+    pub id: String,
+    /// The identifier both parties match on.
+    #[arg(long, value_enum)]
+    pub identifier: Identifier,
+    /// A party as NAME=PUBKEY (the line `accord keygen` printed); give it once per party.
+    #[arg(long = "party", value_name = "NAME=PUBKEY", required = true)]
+    pub parties: Vec<String>,
+    /// ISO 3166 alpha-2 country of national phone numbers (required with --identifier phone).
+    #[arg(long)]
+    pub default_region: Option<String>,
+}
+
+/// Arguments of `accord agreement sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// The agreement file (rewritten atomically with the signature added).
+    pub file: PathBuf,
+    /// The party signing.
+    #[arg(long)]
+    pub party: String,
+    /// The party's secret key file (from `accord keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+}
+
+/// `--identifier` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Identifier {
+    /// E-mail addresses.
+    Email,
+    /// Phone numbers.
+    Phone,
+    /// A shared customer number.
+    #[value(name = "customer_id")]
+    CustomerId,
+}
+
+impl From<Identifier> for IdentifierKind {
+    fn from(i: Identifier) -> Self {
+        match i {
+            Identifier::Email => IdentifierKind::Email,
+            Identifier::Phone => IdentifierKind::Phone,
+            Identifier::CustomerId => IdentifierKind::CustomerId,
+        }
+    }
+}
+
+/// `--format` values of `show`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShowFormat {
+    /// Plain text.
+    Text,
+    /// Markdown.
+    Markdown,
+}
+
+/// Runs an `accord agreement` subcommand.
+pub fn run(cmd: AgreementCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AgreementCommand::Init(args) => init(args),
+        AgreementCommand::Sign(args) => sign(args),
+        AgreementCommand::Verify { file } => verify(&file),
+        AgreementCommand::Show { file, format } => show(&file, format),
+    }
+}
+
+fn read(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file)
+        .with_context(|| format!("could not read the agreement {}", file.display()))
+}
+
+fn report(file: &Path, err: &ManifestError) -> ExitCode {
+    eprintln!("{}: {} problem(s):", file.display(), err.problems.len());
+    for p in &err.problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::from(1)
+}
+
+fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let mut parties: Vec<(String, PublicKey)> = Vec::new();
+    for spec in &args.parties {
+        let Some((name, key)) = spec.split_once('=') else {
+            anyhow::bail!("--party {spec:?} must be NAME=PUBKEY, e.g. --party drinks=ed25519:…");
+        };
+        let key: PublicKey = key
+            .parse()
+            .with_context(|| format!("--party {name}: the public key is not valid"))?;
+        parties.push((name.trim().to_owned(), key));
+    }
+    let text = accord_agreement::template_with_region(
+        &args.id,
+        args.identifier.into(),
+        args.default_region.as_deref(),
+        &parties,
+        Utc::now(),
+    );
+    // The template must be a valid manifest; report what the arguments got wrong.
+    if let Err(err) = Manifest::parse(&text) {
+        eprintln!("the arguments do not make a valid agreement:");
+        for p in &err.problems {
+            eprintln!("  {}: {} (fix: {})", p.key, p.message, p.fix);
+        }
+        return Ok(ExitCode::from(1));
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    let text = read(&args.file)?;
+    let secret = accord_fs::read_secret(&args.key)
+        .with_context(|| format!("could not read the key file {}", args.key.display()))?;
+    let key = SecretKey::from_key_file(&secret)
+        .with_context(|| format!("{} is not a usable key file", args.key.display()))?;
+    let signed = match accord_agreement::sign_text(&text, &args.party, &key) {
+        Ok(s) => s,
+        Err(accord_agreement::AgreementError::Invalid(err)) => {
+            eprintln!("refusing to sign an invalid agreement");
+            return Ok(report(&args.file, &err));
+        }
+        Err(e) => return Err(e).context(format!("could not sign {}", args.file.display())),
+    };
+    accord_fs::write_atomic(&args.file, signed.as_bytes())
+        .with_context(|| format!("could not write {}", args.file.display()))?;
+    let fingerprint = Manifest::parse(&signed)
+        .map(|m| m.fingerprint().to_string())
+        .unwrap_or_default();
+    println!("signed {} as {} (fingerprint {fingerprint})", args.file.display(), args.party);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(file: &Path) -> anyhow::Result<ExitCode> {
+    let text = read(file)?;
+    match accord_agreement::verify(&text, Utc::now()) {
+        Ok(v) => {
+            println!(
+                "{}: valid, in force and signed by every party; agreement {} version {}, fingerprint {}",
+                file.display(),
+                v.id(),
+                v.manifest().version,
+                v.fingerprint()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => Ok(report(file, &err)),
+    }
+}
+
+fn show(file: &Path, format: ShowFormat) -> anyhow::Result<ExitCode> {
+    let text = read(file)?;
+    match Manifest::parse(&text) {
+        Ok(m) => {
+            let format = match format {
+                ShowFormat::Text => SummaryFormat::Text,
+                ShowFormat::Markdown => SummaryFormat::Markdown,
+            };
+            print!("{}", accord_agreement::summary(&m, Utc::now(), format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => Ok(report(file, &err)),
+    }
 }
