@@ -1,1 +1,360 @@
 #![forbid(unsafe_code)]
+//! Accord's query engine: one DataFusion session per sealed agreement, holding exactly
+//! one table, `overlap`, and the aggregate-only, k-anonymous query policy of DESIGN §4.
+//!
+//! A query goes through [`Engine::prepare`]:
+//! 1. **parse** with DataFusion's `DFParser`, refuse anything but one query
+//!    (and check the syntax tree: functions, clauses, tables — [`ast`]);
+//! 2. **plan** with the session and walk the logical plan with a whitelist, resolving
+//!    every column to its base column ([`plan`]);
+//! 3. **rewrite**: add a hidden `count(*)` and a filter `>= k` directly above the
+//!    aggregate, beneath HAVING, ORDER BY and LIMIT;
+//! 4. **optimize** and **re-check** the optimized plan (node whitelist, the k filter
+//!    still above the aggregate).
+//!
+//! [`Prepared::execute`] then materializes the groups, counts the suppressed ones for the
+//! audit log ([`Answer::groups_suppressed`], never shown to analysts) and runs the rest
+//! of the plan (k filter, HAVING, ORDER BY, LIMIT) over them.
+//!
+//! Differential privacy is not implemented: the room refuses DP agreements.
+
+mod ast;
+pub mod corpus;
+mod error;
+mod plan;
+mod refusal;
+mod spec;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::common::DFSchemaRef;
+use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::error::{DataFusionError, SchemaError};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::session_state::SessionState;
+use datafusion::functions_aggregate::average::avg_udaf;
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::functions_aggregate::planner::AggregateFunctionPlanner;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::logical_expr::planner::ExprPlanner;
+use datafusion::logical_expr::{LogicalPlan, TableScan};
+use datafusion::physical_plan::collect;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+pub use ast::{MAX_EXPR_DEPTH, MAX_SQL_LEN};
+pub use error::EngineError;
+pub use refusal::{Refusal, Rule};
+pub use spec::{
+    AggregateKind, CardinalityProblem, ColumnSpec, MIN_GROUP_SIZE, Role, TableSpec,
+    dimension_cardinality_problems,
+};
+
+/// The outcome of an analyst query: an answer, or a refusal naming the rule.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The query passed the policy and ran.
+    Answered(Answer),
+    /// The policy refused the query.
+    Refused(Refusal),
+}
+
+/// The result of an accepted query.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Schema of the result (the analyst's select list; the hidden count is dropped).
+    pub schema: SchemaRef,
+    /// Result rows: every row describes at least k customers.
+    pub batches: Vec<RecordBatch>,
+    /// Total number of rows in `batches`.
+    pub rows: usize,
+    /// How many groups were suppressed for having fewer than k customers. For the
+    /// audit log only: never send this number to the analyst.
+    pub groups_suppressed: u64,
+}
+
+/// A query that passed every check, ready to run (e.g. a Flight SQL prepared statement).
+#[derive(Debug)]
+pub struct Prepared {
+    state: SessionState,
+    plan: LogicalPlan,
+    k: u64,
+}
+
+impl Prepared {
+    /// The schema the answer will have.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(self.plan.schema().inner())
+    }
+
+    /// Runs the checked, optimized plan.
+    ///
+    /// The aggregate is executed first and its groups are materialized; the suppressed
+    /// groups are counted there; then the rest of the plan (the k filter, HAVING,
+    /// ORDER BY, LIMIT, projection) runs over the materialized groups. The logical plan is
+    /// not optimized again, so what runs is exactly what was checked.
+    pub async fn execute(self) -> Result<Answer, EngineError> {
+        let planner = DefaultPhysicalPlanner::default();
+        let aggregate = plan::find_aggregate(&self.plan)
+            .ok_or_else(|| EngineError::Internal("checked plan has no aggregate".into()))?
+            .clone();
+        let size_column = plan::group_size_column(&aggregate).ok_or_else(|| {
+            EngineError::Internal("checked aggregate has no COUNT(*) group size".into())
+        })?;
+        let agg_schema: DFSchemaRef = Arc::clone(&aggregate.schema);
+        let physical = planner
+            .create_physical_plan(&LogicalPlan::Aggregate(aggregate), &self.state)
+            .await
+            .map_err(EngineError::df("planning the aggregate"))?;
+        let arrow_schema = physical.schema();
+        let groups = collect(physical, self.state.task_ctx())
+            .await
+            .map_err(EngineError::df("computing the groups"))?;
+
+        let mut suppressed = 0u64;
+        for batch in &groups {
+            let sizes = batch
+                .column(size_column)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| EngineError::Internal("group size column is not Int64".into()))?;
+            for i in 0..sizes.len() {
+                let size = if sizes.is_null(i) { 0 } else { sizes.value(i) };
+                if u64::try_from(size).unwrap_or(0) < self.k {
+                    suppressed += 1;
+                }
+            }
+        }
+
+        let table = MemTable::try_new(arrow_schema, vec![groups])
+            .map_err(EngineError::df("holding the groups"))?;
+        let scan = LogicalPlan::TableScan(TableScan {
+            table_name: "__accord_groups".into(),
+            source: provider_as_source(Arc::new(table)),
+            projection: None,
+            projected_schema: agg_schema,
+            filters: vec![],
+            fetch: None,
+            statistics_requests: Default::default(),
+        });
+        let upper = plan::replace_aggregate(self.plan, scan)?;
+        let physical = planner
+            .create_physical_plan(&upper, &self.state)
+            .await
+            .map_err(EngineError::df("planning over the groups"))?;
+        let schema = Arc::clone(upper.schema().inner());
+        let batches = collect(physical, self.state.task_ctx())
+            .await
+            .map_err(EngineError::df("filtering and ordering the groups"))?;
+        let rows = batches.iter().map(RecordBatch::num_rows).sum();
+        tracing::debug!(rows, suppressed, "query answered");
+        Ok(Answer {
+            schema,
+            batches,
+            rows,
+            groups_suppressed: suppressed,
+        })
+    }
+}
+
+/// One DataFusion session with exactly one table, `overlap`, and the query policy.
+///
+/// The session registers only the aggregates the agreement allows, no scalar, window or
+/// table functions, no information_schema and no file or URL tables.
+#[derive(Debug)]
+pub struct Engine {
+    spec: TableSpec,
+    ctx: SessionContext,
+}
+
+impl Engine {
+    /// Builds the session over the sealed snapshot `batches`.
+    ///
+    /// Every batch must have exactly the spec's columns, in order, with the spec's types
+    /// ([`TableSpec::arrow_schema`]); metric values must be finite and within bounds.
+    pub fn new(spec: TableSpec, batches: Vec<RecordBatch>) -> Result<Self, EngineError> {
+        spec.validate()?;
+        let schema = spec.arrow_schema();
+        let mut normalized = Vec::with_capacity(batches.len());
+        for (index, batch) in batches.into_iter().enumerate() {
+            let got = batch.schema();
+            if got.fields().len() != schema.fields().len() {
+                return Err(EngineError::SchemaMismatch {
+                    batch: index,
+                    problem: format!(
+                        "it has {} columns, the spec has {}",
+                        got.fields().len(),
+                        schema.fields().len()
+                    ),
+                });
+            }
+            for (want, have) in schema.fields().iter().zip(got.fields()) {
+                if want.name() != have.name() || want.data_type() != have.data_type() {
+                    return Err(EngineError::SchemaMismatch {
+                        batch: index,
+                        problem: format!(
+                            "column {} {:?} where the spec has {} {:?}",
+                            have.name(),
+                            have.data_type(),
+                            want.name(),
+                            want.data_type()
+                        ),
+                    });
+                }
+            }
+            for (col, column) in spec.columns.iter().enumerate() {
+                if let Role::Metric { min, max } = column.role {
+                    let values = batch
+                        .column(col)
+                        .as_primitive_opt::<arrow::datatypes::Float64Type>()
+                        .ok_or_else(|| EngineError::SchemaMismatch {
+                            batch: index,
+                            problem: format!("metric {} is not Float64", column.name),
+                        })?;
+                    for row in 0..values.len() {
+                        if values.is_null(row) {
+                            continue;
+                        }
+                        let v = values.value(row);
+                        if !(v.is_finite() && v >= min && v <= max) {
+                            return Err(EngineError::MetricOutOfBounds {
+                                column: column.name.clone(),
+                                min,
+                                max,
+                                batch: index,
+                                row,
+                            });
+                        }
+                    }
+                }
+            }
+            let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+                .map_err(|e| EngineError::SchemaMismatch {
+                    batch: index,
+                    problem: e.to_string(),
+                })?;
+            normalized.push(batch);
+        }
+
+        let config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_create_default_catalog_and_schema(true);
+        let partitions = config.target_partitions().max(1);
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        for (i, batch) in normalized.into_iter().enumerate() {
+            parts[i % partitions].push(batch);
+        }
+
+        let mut udafs = Vec::new();
+        for kind in &spec.aggregates {
+            let udaf = match kind {
+                AggregateKind::Count => count_udaf(),
+                AggregateKind::Sum => sum_udaf(),
+                AggregateKind::Avg => avg_udaf(),
+            };
+            if !udafs.iter().any(|u: &Arc<_>| Arc::ptr_eq(u, &udaf)) {
+                udafs.push(udaf);
+            }
+        }
+        let planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(AggregateFunctionPlanner)];
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_aggregate_functions(udafs)
+            .with_expr_planners(planners)
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let table = MemTable::try_new(schema, parts)
+            .map_err(EngineError::df("creating the overlap table"))?;
+        ctx.register_table(ast::TABLE_NAME, Arc::new(table))
+            .map_err(EngineError::df("registering the overlap table"))?;
+        Ok(Self { spec, ctx })
+    }
+
+    /// The spec this engine enforces.
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    /// Parses, plans, checks, rewrites, optimizes and re-checks `sql`.
+    ///
+    /// The outer `Result` is for internal failures only; an analyst's mistake or attack
+    /// (including a syntax error or an unknown column) is an inner `Err(Refusal)`.
+    pub async fn prepare(&self, sql: &str) -> Result<Result<Prepared, Refusal>, EngineError> {
+        let statement = match ast::parse_and_check(sql, &self.spec.aggregates) {
+            Ok(statement) => statement,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let state = self.ctx.state();
+        let logical = match state.statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) => return Ok(Err(planning_refusal(&e))),
+        };
+        if let Err(refusal) = plan::check(&logical, &self.spec, plan::Stage::Initial) {
+            return Ok(Err(refusal));
+        }
+        let k = self.spec.min_group_size;
+        let rewritten = plan::add_k_filter(logical, k)?;
+        let optimized = match state.optimize(&rewritten) {
+            Ok(plan) => plan,
+            Err(e) => return Ok(Err(planning_refusal(&e))),
+        };
+        if let Err(refusal) = plan::check(&optimized, &self.spec, plan::Stage::Optimized { k }) {
+            tracing::warn!(rule = refusal.rule.name(), "optimized plan failed the re-check");
+            return Ok(Err(refusal));
+        }
+        Ok(Ok(Prepared {
+            state,
+            plan: optimized,
+            k,
+        }))
+    }
+
+    /// Prepares and runs `sql`.
+    pub async fn query(&self, sql: &str) -> Result<Outcome, EngineError> {
+        match self.prepare(sql).await? {
+            Ok(prepared) => Ok(Outcome::Answered(prepared.execute().await?)),
+            Err(refusal) => Ok(Outcome::Refused(refusal)),
+        }
+    }
+}
+
+/// Turns a DataFusion planning error (which never involves data values) into a refusal.
+fn planning_refusal(e: &DataFusionError) -> Refusal {
+    let root = e.find_root();
+    match root {
+        DataFusionError::SchemaError(schema_error, _) => match schema_error.as_ref() {
+            SchemaError::FieldNotFound { field, .. } => {
+                Refusal::new(Rule::UnknownColumn, format!("column {}", field.name))
+            }
+            SchemaError::AmbiguousReference { field } => Refusal::new(
+                Rule::UnknownColumn,
+                format!("column {} (ambiguous)", field.name),
+            ),
+            other => Refusal::new(Rule::InvalidQuery, format!("the query ({})", first_line(&other.to_string()))),
+        },
+        DataFusionError::Plan(msg) if msg.contains("not found") && msg.contains("table") => {
+            Refusal::new(Rule::UnknownTable, format!("the query ({})", first_line(msg)))
+        }
+        DataFusionError::Plan(msg) if msg.starts_with("Invalid function") => {
+            Refusal::new(Rule::Function, format!("the query ({})", first_line(msg)))
+        }
+        DataFusionError::NotImplemented(msg) => {
+            Refusal::new(Rule::Clause, format!("the query ({})", first_line(msg)))
+        }
+        other => Refusal::new(
+            Rule::InvalidQuery,
+            format!("the query ({})", first_line(&other.to_string())),
+        ),
+    }
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    let mut out: String = line.chars().take(200).collect();
+    if line.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
