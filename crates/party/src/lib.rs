@@ -1,1 +1,23 @@
+//! The party side of Accord: what a partner data team runs on its own premises.
+//!
+//! Owns: reading the party's CSV/Parquet file and applying consent, normalization,
+//! de-duplication and metric bounds ([`input`]); the party's local state — PSI secret,
+//! handle key, pinned room key, blinded-once log ([`state`]); an authenticated connection
+//! to the room ([`client`], also used by analysts); and the party's steps of the PSI
+//! protocol: upload, blinding the partner's batches, status, erasure ([`protocol`]).
+//!
+//! Must never: send a raw, normalized or plainly hashed identifier anywhere (only
+//! `k_party·H(x)` points and HMAC handles leave), upload a row without consent, blind a
+//! partner batch whose signature does not verify, blind the same batch number twice with
+//! different points, or exceed the partner's `max_rows`.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod error;
+pub mod input;
+pub mod protocol;
+pub mod state;
+
+pub use client::{Connection, Principal};
+pub use error::PartyError;
+pub use protocol::{EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload};

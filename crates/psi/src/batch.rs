@@ -193,6 +193,43 @@ pub fn blind_concatenated(secret: &PsiSecret, bytes: &[u8]) -> Result<Vec<u8>, B
     Ok(out)
 }
 
+/// Checks a concatenated batch of points without blinding it: whole 32-byte points, each a
+/// canonical ristretto255 encoding, none the identity, no duplicates. The room uses this to
+/// refuse a bad batch at the door, before relaying it (the blinding party checks again).
+pub fn check_points(bytes: &[u8]) -> Result<(), BlindError> {
+    let trailing_bytes = bytes.len() % POINT_LEN;
+    if trailing_bytes != 0 {
+        return Err(BlindError {
+            index: bytes.len() / POINT_LEN,
+            kind: BlindErrorKind::Truncated { trailing_bytes },
+        });
+    }
+    let invalid = bytes
+        .par_chunks(POINT_LEN * CHUNK)
+        .enumerate()
+        .filter_map(|(chunk, input)| {
+            input
+                .chunks_exact(POINT_LEN)
+                .enumerate()
+                .find_map(|(offset, encoding)| {
+                    decode(encoding).err().map(|kind| BlindError {
+                        index: chunk * CHUNK + offset,
+                        kind,
+                    })
+                })
+        })
+        .min_by_key(BlindError::rank);
+    let duplicate = first_duplicate(bytes).map(|index| BlindError {
+        index,
+        kind: BlindErrorKind::Duplicate,
+    });
+    match (invalid, duplicate) {
+        (None, None) => Ok(()),
+        (Some(error), None) | (None, Some(error)) => Err(error),
+        (Some(a), Some(b)) => Err(if a.rank() <= b.rank() { a } else { b }),
+    }
+}
+
 /// Index of the first point equal to an earlier one. Encodings are canonical, so equal
 /// points have equal bytes.
 fn first_duplicate(input: &[u8]) -> Option<usize> {

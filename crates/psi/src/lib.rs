@@ -22,7 +22,9 @@ mod normalize;
 #[cfg(test)]
 mod vectors;
 
-pub use batch::{BlindError, BlindErrorKind, blind, blind_concatenated, hash_and_blind};
+pub use batch::{
+    BlindError, BlindErrorKind, blind, blind_concatenated, check_points, hash_and_blind,
+};
 pub use hash::{HASH_DOMAIN_TAG, HashDomain};
 pub use keys::{HANDLE_KEY_LEN, HandleKey, PsiSecret, SECRET_LEN};
 pub use normalize::{

@@ -1,0 +1,51 @@
+//! The party client's errors. `Unreachable` is kept apart so the CLI can exit with code 3.
+
+/// What can go wrong on the party's side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PartyError {
+    /// The room could not be reached (connection refused, DNS, timeouts after retries).
+    #[error("could not reach the room at {url}: {reason}")]
+    Unreachable {
+        /// The room URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The room refused the request; the message says why.
+    #[error("the room refused: {0}")]
+    Room(String),
+    /// This side refused (bad signature from the partner, pinned key mismatch, …).
+    #[error("{0}")]
+    Refused(String),
+    /// The input file is unusable; the message names file, line and column.
+    #[error("{0}")]
+    BadInput(String),
+    /// Invalid arguments or agreement.
+    #[error("{0}")]
+    Invalid(String),
+    /// The local state directory is unusable.
+    #[error("state directory: {0}")]
+    State(String),
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl PartyError {
+    /// Maps a gRPC status from the room.
+    pub fn from_status(url: &str, status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded => {
+                PartyError::Unreachable { url: url.to_owned(), reason: status.message().to_owned() }
+            }
+            _ => PartyError::Room(status.message().to_owned()),
+        }
+    }
+
+    /// True for errors worth retrying with backoff.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PartyError::Unreachable { .. })
+    }
+}

@@ -1,0 +1,546 @@
+//! Reading a party's customer file (CSV or Parquet) and applying the rules of DESIGN §3
+//! step 1, in this order for each row:
+//!
+//! 1. a malformed row (wrong column count, unparseable or non-finite metric, a dimension
+//!    value over 256 bytes) stops the run with file, line and column — or, with
+//!    `skip_bad_rows`, is skipped and counted;
+//! 2. a row whose consent column is not `true` is dropped (never uploaded);
+//! 3. a row whose identifier is empty after trimming is dropped;
+//! 4. a row whose identifier cannot be normalized (e.g. an e-mail without `@`) is dropped
+//!    and counted, with the first few line numbers in the report;
+//! 5. a row whose normalized identifier was already seen is dropped (first row in file
+//!    order wins);
+//! 6. metric values outside the agreement's bounds are clamped to them (counted per column).
+//!
+//! Consent is `true` (any letter case) or a Parquet boolean `true`; anything else — `false`,
+//! empty, `yes`, `1` — is not consent.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::Path;
+
+use accord_agreement::{ColumnRole, Manifest};
+use accord_psi::IdentifierKind;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+
+use crate::error::PartyError;
+
+/// Longest dimension value accepted, in bytes (the room refuses longer ones).
+pub const MAX_TEXT_VALUE_LEN: usize = accord_proto::limits::MAX_TEXT_VALUE_LEN;
+
+/// One agreed attribute value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A dimension label (None = empty).
+    Text(Option<String>),
+    /// A metric (None = empty), already clamped.
+    Number(Option<f64>),
+}
+
+/// A row that will be uploaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedRow {
+    /// The normalized identifier. Never leaves the party.
+    pub identifier: String,
+    /// Attribute values in the order of the agreement's `contributes` list.
+    pub values: Vec<Value>,
+}
+
+/// What each rule did, for the data team's report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputReport {
+    /// Data rows read (not counting the header).
+    pub rows_read: u64,
+    /// Malformed rows skipped (only with `skip_bad_rows`).
+    pub bad_rows_skipped: u64,
+    /// Rows without consent for this purpose.
+    pub not_consented: u64,
+    /// Rows with an empty identifier.
+    pub empty_identifier: u64,
+    /// Rows whose identifier could not be normalized.
+    pub invalid_identifier: u64,
+    /// Line numbers of the first invalid identifiers, with the reason.
+    pub invalid_examples: Vec<String>,
+    /// Rows dropped as duplicates of an earlier row.
+    pub duplicates: u64,
+    /// Metric values clamped to the agreed bounds, per column.
+    pub clamped: BTreeMap<String, u64>,
+    /// Rows prepared for upload.
+    pub prepared: u64,
+}
+
+impl std::fmt::Display for InputReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "  rows read                         {:>10}", self.rows_read)?;
+        if self.bad_rows_skipped > 0 {
+            writeln!(f, "  malformed rows skipped            {:>10}", self.bad_rows_skipped)?;
+        }
+        writeln!(f, "  without consent (not uploaded)    {:>10}", self.not_consented)?;
+        writeln!(f, "  empty identifier (skipped)        {:>10}", self.empty_identifier)?;
+        writeln!(f, "  invalid identifier (skipped)      {:>10}", self.invalid_identifier)?;
+        for e in &self.invalid_examples {
+            writeln!(f, "      e.g. {e}")?;
+        }
+        writeln!(f, "  duplicates (first row kept)       {:>10}", self.duplicates)?;
+        for (col, n) in &self.clamped {
+            writeln!(f, "  {:<34}{n:>10}", format!("{col} clamped to bounds"))?;
+        }
+        write!(f, "  rows to upload                    {:>10}", self.prepared)
+    }
+}
+
+/// How to read the input.
+#[derive(Debug, Clone)]
+pub struct InputOptions {
+    /// The identifier column (default: the identifier kind's name, e.g. `email`).
+    pub id_column: Option<String>,
+    /// Skip malformed rows instead of stopping.
+    pub skip_bad_rows: bool,
+}
+
+/// The agreed columns a party reads from its file.
+#[derive(Debug, Clone)]
+struct Layout {
+    id_column: String,
+    consent_column: String,
+    columns: Vec<(String, ColumnRole)>,
+    kind: IdentifierKind,
+    region: Option<String>,
+}
+
+impl Layout {
+    fn new(manifest: &Manifest, party: &str, options: &InputOptions) -> Result<Self, PartyError> {
+        let p = manifest.parties.get(party).ok_or_else(|| {
+            PartyError::Invalid(format!(
+                "{party:?} is not a party of agreement {} (parties: {})",
+                manifest.id,
+                manifest.parties.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let kind = IdentifierKind::from_label(manifest.identifier.as_str())
+            .ok_or_else(|| PartyError::Invalid(format!("unsupported identifier {:?}", manifest.identifier.as_str())))?;
+        Ok(Self {
+            id_column: options.id_column.clone().unwrap_or_else(|| manifest.identifier.as_str().to_owned()),
+            consent_column: p.consent_column.clone(),
+            columns: p.contributes.iter().map(|c| (c.column.clone(), c.role.clone())).collect(),
+            kind,
+            region: manifest.default_region.clone(),
+        })
+    }
+}
+
+/// A row as text cells, before the rules.
+struct RawRow<'a> {
+    line: u64,
+    id: Option<&'a str>,
+    consent: bool,
+    cells: Vec<Cell<'a>>,
+}
+
+enum Cell<'a> {
+    Text(Option<&'a str>),
+    Number(Option<f64>),
+}
+
+/// Applies the rules row by row.
+struct Rules<'a> {
+    layout: &'a Layout,
+    file: String,
+    skip_bad_rows: bool,
+    seen: HashSet<String>,
+    report: InputReport,
+    rows: Vec<PreparedRow>,
+}
+
+impl Rules<'_> {
+    fn bad(&mut self, line: u64, column: &str, message: String) -> Result<(), PartyError> {
+        if self.skip_bad_rows {
+            self.report.bad_rows_skipped += 1;
+            return Ok(());
+        }
+        Err(PartyError::BadInput(format!(
+            "{}, line {line}, column {column:?}: {message} (fix the file, or pass --skip-bad-rows to skip such rows)",
+            self.file
+        )))
+    }
+
+    fn push(&mut self, row: RawRow<'_>) -> Result<(), PartyError> {
+        self.report.rows_read += 1;
+        let mut values = Vec::with_capacity(row.cells.len());
+        let mut clamped = Vec::new();
+        for ((name, role), cell) in self.layout.columns.iter().zip(row.cells) {
+            match (role, cell) {
+                (ColumnRole::Dimension, Cell::Text(v)) => {
+                    let v = v.map(str::trim).filter(|v| !v.is_empty());
+                    if let Some(v) = v {
+                        if v.len() > MAX_TEXT_VALUE_LEN {
+                            return self.bad(row.line, name, format!(
+                                "a dimension value of {} bytes; at most {MAX_TEXT_VALUE_LEN} are allowed",
+                                v.len()
+                            ));
+                        }
+                    }
+                    values.push(Value::Text(v.map(str::to_owned)));
+                }
+                (ColumnRole::Metric { min, max }, Cell::Number(v)) => {
+                    let v = match v {
+                        Some(x) if !x.is_finite() => {
+                            return self.bad(row.line, name, format!("the metric value {x} is not a finite number"));
+                        }
+                        Some(x) if x < *min || x > *max => {
+                            clamped.push(name.clone());
+                            Some(x.clamp(*min, *max))
+                        }
+                        other => other,
+                    };
+                    values.push(Value::Number(v));
+                }
+                (_, _) => return Err(PartyError::Internal("cell kind does not match the column role".into())),
+            }
+        }
+        if !row.consent {
+            self.report.not_consented += 1;
+            return Ok(());
+        }
+        let normalized = match accord_psi::normalize(self.layout.kind, row.id.unwrap_or(""), self.layout.region.as_deref()) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                self.report.empty_identifier += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                self.report.invalid_identifier += 1;
+                if self.report.invalid_examples.len() < 3 {
+                    self.report.invalid_examples.push(format!("line {}: {e}", row.line));
+                }
+                return Ok(());
+            }
+        };
+        if !self.seen.insert(normalized.clone()) {
+            self.report.duplicates += 1;
+            return Ok(());
+        }
+        for c in clamped {
+            *self.report.clamped.entry(c).or_default() += 1;
+        }
+        self.report.prepared += 1;
+        self.rows.push(PreparedRow { identifier: normalized, values });
+        Ok(())
+    }
+}
+
+fn parse_number(text: &str) -> Result<Option<f64>, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse::<f64>().map(Some).map_err(|_| format!("{t:?} is not a number"))
+}
+
+fn is_true(text: &str) -> bool {
+    text.trim().eq_ignore_ascii_case("true")
+}
+
+/// Reads `path` (CSV, or Parquet when the name ends in `.parquet`/`.pq`) as `party`'s data
+/// for `manifest`, applying every rule. Nothing is uploaded here.
+pub fn read(path: &Path, manifest: &Manifest, party: &str, options: &InputOptions) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
+    let layout = Layout::new(manifest, party, options)?;
+    let mut rules = Rules {
+        layout: &layout,
+        file: path.display().to_string(),
+        skip_bad_rows: options.skip_bad_rows,
+        seen: HashSet::new(),
+        report: InputReport::default(),
+        rows: Vec::new(),
+    };
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext == "parquet" || ext == "pq" {
+        read_parquet(path, &layout, &mut rules)?;
+    } else {
+        read_csv(path, &layout, &mut rules)?;
+    }
+    Ok((rules.rows, rules.report))
+}
+
+fn column_index(headers: &[String], name: &str, path: &Path, what: &str) -> Result<usize, PartyError> {
+    headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+        PartyError::BadInput(format!(
+            "{}: no column {name:?} ({what}); the file has: {}",
+            path.display(),
+            headers.join(", ")
+        ))
+    })
+}
+
+fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
+    let file = File::open(path).map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(file);
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| PartyError::BadInput(format!("{}: could not read the header line: {e}", path.display())))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let id_idx = column_index(&headers, &layout.id_column, path, "the identifier; use --id-column to name another")?;
+    let consent_idx = column_index(&headers, &layout.consent_column, path, "the consent column named in the agreement")?;
+    let col_idx: Vec<usize> = layout
+        .columns
+        .iter()
+        .map(|(c, _)| column_index(&headers, c, path, "a column this party contributes under the agreement"))
+        .collect::<Result<_, _>>()?;
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                return Err(PartyError::BadInput(format!("{}, line {line}: the CSV is malformed: {e}", path.display())));
+            }
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.len() != headers.len() {
+            let message = format!("the row has {} fields but the header has {}", record.len(), headers.len());
+            if rules.skip_bad_rows {
+                rules.report.rows_read += 1;
+                rules.report.bad_rows_skipped += 1;
+                continue;
+            }
+            return Err(PartyError::BadInput(format!(
+                "{}, line {line}: {message} (fix the file, or pass --skip-bad-rows to skip such rows)",
+                path.display()
+            )));
+        }
+        let mut cells = Vec::with_capacity(col_idx.len());
+        let mut bad = None;
+        for ((name, role), &i) in layout.columns.iter().zip(&col_idx) {
+            let text = record.get(i).unwrap_or("");
+            match role {
+                ColumnRole::Dimension => cells.push(Cell::Text(Some(text))),
+                ColumnRole::Metric { .. } => match parse_number(text) {
+                    Ok(v) => cells.push(Cell::Number(v)),
+                    Err(m) => {
+                        bad = Some((name.clone(), m));
+                        break;
+                    }
+                },
+            }
+        }
+        if let Some((column, message)) = bad {
+            rules.report.rows_read += 1;
+            rules.bad(line, &column, message)?;
+            continue;
+        }
+        rules.push(RawRow {
+            line,
+            id: record.get(id_idx),
+            consent: record.get(consent_idx).is_some_and(is_true),
+            cells,
+        })?;
+    }
+    Ok(())
+}
+
+fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
+    let file = File::open(path).map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| PartyError::BadInput(format!("{}: not a readable Parquet file: {e}", path.display())))?;
+    let headers: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let id_idx = column_index(&headers, &layout.id_column, path, "the identifier; use --id-column to name another")?;
+    let consent_idx = column_index(&headers, &layout.consent_column, path, "the consent column named in the agreement")?;
+    let col_idx: Vec<usize> = layout
+        .columns
+        .iter()
+        .map(|(c, _)| column_index(&headers, c, path, "a column this party contributes under the agreement"))
+        .collect::<Result<_, _>>()?;
+    let reader = builder
+        .with_batch_size(8192)
+        .build()
+        .map_err(|e| PartyError::BadInput(format!("{}: {e}", path.display())))?;
+    let mut row_number = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| {
+            PartyError::BadInput(format!("{}: could not decode rows after row {row_number}: {e}", path.display()))
+        })?;
+        let ids = text_column(&batch, id_idx, path, &headers[id_idx])?;
+        let consent = consent_column(&batch, consent_idx, path, &headers[consent_idx])?;
+        let mut columns = Vec::with_capacity(col_idx.len());
+        for ((name, role), &i) in layout.columns.iter().zip(&col_idx) {
+            columns.push(match role {
+                ColumnRole::Dimension => Col::Text(text_column(&batch, i, path, name)?),
+                ColumnRole::Metric { .. } => Col::Number(number_column(&batch, i, path, name)?),
+            });
+        }
+        for r in 0..batch.num_rows() {
+            row_number += 1;
+            let cells = columns
+                .iter()
+                .map(|c| match c {
+                    Col::Text(v) => Cell::Text(v[r].as_deref()),
+                    Col::Number(v) => Cell::Number(v[r]),
+                })
+                .collect();
+            rules.push(RawRow { line: row_number, id: ids[r].as_deref(), consent: consent[r], cells })?;
+        }
+    }
+    Ok(())
+}
+
+enum Col {
+    Text(Vec<Option<String>>),
+    Number(Vec<Option<f64>>),
+}
+
+fn text_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<Option<String>>, PartyError> {
+    let col = batch.column(i);
+    let cast = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| {
+        PartyError::BadInput(format!("{}: column {name:?} of type {} cannot be read as text: {e}", path.display(), col.data_type()))
+    })?;
+    let s = cast.as_string::<i32>();
+    Ok((0..s.len()).map(|r| (!s.is_null(r)).then(|| s.value(r).to_owned())).collect())
+}
+
+fn number_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<Option<f64>>, PartyError> {
+    let col = batch.column(i);
+    if matches!(col.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+        let texts = text_column(batch, i, path, name)?;
+        return texts
+            .into_iter()
+            .enumerate()
+            .map(|(r, t)| match t {
+                None => Ok(None),
+                Some(t) => parse_number(&t).map_err(|m| PartyError::BadInput(format!("{}, row {}, column {name:?}: {m}", path.display(), r + 1))),
+            })
+            .collect();
+    }
+    let cast = arrow::compute::cast(col, &DataType::Float64).map_err(|e| {
+        PartyError::BadInput(format!("{}: column {name:?} of type {} is not numeric: {e}", path.display(), col.data_type()))
+    })?;
+    let f = cast.as_primitive::<arrow::datatypes::Float64Type>();
+    Ok((0..f.len()).map(|r| (!f.is_null(r)).then(|| f.value(r))).collect())
+}
+
+fn consent_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<bool>, PartyError> {
+    let col = batch.column(i);
+    if col.data_type() == &DataType::Boolean {
+        let b = col.as_boolean();
+        return Ok((0..b.len()).map(|r| !b.is_null(r) && b.value(r)).collect());
+    }
+    Ok(text_column(batch, i, path, name)?.into_iter().map(|t| t.is_some_and(|t| is_true(&t))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn manifest() -> Manifest {
+        let text = r#"
+schema_version = 1
+id = "t-1"
+version = 1
+purpose = "test"
+valid_from = 2020-01-01T00:00:00Z
+valid_until = 2099-01-01T00:00:00Z
+min_group_size = 10
+identifier = "email"
+
+[parties.drinks]
+public_key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+max_rows = 1000
+consent_column = "consent"
+contributes = [
+  { column = "tier", role = "dimension" },
+  { column = "spend", role = "metric", min = 0, max = 100 },
+]
+
+[parties.snacks]
+public_key = "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="
+max_rows = 1000
+consent_column = "consent"
+contributes = [ { column = "fav", role = "dimension" } ]
+
+[privacy]
+aggregates = ["count", "sum", "avg"]
+exact_results = true
+"#;
+        Manifest::parse(text).unwrap()
+    }
+
+    fn run(csv: &str, skip: bool) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.csv");
+        std::fs::write(&path, csv).unwrap();
+        read(&path, &manifest(), "drinks", &InputOptions { id_column: None, skip_bad_rows: skip })
+    }
+
+    #[test]
+    fn every_rule_is_counted() {
+        let csv = "email,consent,tier,spend\n\
+                   Ana@Example.com ,true,gold,10\n\
+                   ana@example.com,true,silver,20\n\
+                   bob@example.com,false,gold,5\n\
+                   ,true,gold,5\n\
+                   not-an-email,true,gold,5\n\
+                   cy@example.com,TRUE,,500\n\
+                   dee@example.com,yes,gold,1\n";
+        let (rows, report) = run(csv, false).unwrap();
+        assert_eq!(report.rows_read, 7);
+        assert_eq!(report.not_consented, 2);
+        assert_eq!(report.empty_identifier, 1);
+        assert_eq!(report.invalid_identifier, 1);
+        assert_eq!(report.duplicates, 1);
+        assert_eq!(report.clamped.get("spend"), Some(&1));
+        assert_eq!(report.prepared, 2);
+        assert_eq!(rows[0].identifier, "ana@example.com");
+        assert_eq!(rows[0].values, vec![Value::Text(Some("gold".into())), Value::Number(Some(10.0))]);
+        assert_eq!(rows[1].values, vec![Value::Text(None), Value::Number(Some(100.0))]);
+    }
+
+    #[test]
+    fn malformed_rows_stop_with_file_line_and_column_unless_skipped() {
+        let csv = "email,consent,tier,spend\na@x.com,true,gold,10\nb@x.com,true,gold,lots\nc@x.com,true,gold\n";
+        let err = run(csv, false).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("\"spend\"") && err.contains("lots"), "{err}");
+        let (rows, report) = run(csv, true).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(report.bad_rows_skipped, 2);
+        assert_eq!(report.rows_read, 3);
+    }
+
+    #[test]
+    fn non_finite_metrics_are_refused() {
+        let err = run("email,consent,tier,spend\na@x.com,true,gold,NaN\n", false).unwrap_err().to_string();
+        assert!(err.contains("not a finite number"), "{err}");
+    }
+
+    #[test]
+    fn missing_columns_are_named() {
+        let err = run("email,tier,spend\na@x.com,gold,1\n", false).unwrap_err().to_string();
+        assert!(err.contains("\"consent\"") && err.contains("email, tier, spend"), "{err}");
+    }
+
+    #[test]
+    fn parquet_input_follows_the_same_rules() {
+        use arrow::array::{BooleanArray, Float64Array, StringArray};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.parquet");
+        let batch = RecordBatch::try_from_iter(vec![
+            ("email", Arc::new(StringArray::from(vec![Some("A@x.com"), Some("a@x.com"), None])) as _),
+            ("consent", Arc::new(BooleanArray::from(vec![true, true, true])) as _),
+            ("tier", Arc::new(StringArray::from(vec!["g", "s", "g"])) as _),
+            ("spend", Arc::new(Float64Array::from(vec![1.0, 2.0, -3.0])) as _),
+        ])
+        .unwrap();
+        let file = File::create(&path).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let (rows, report) =
+            read(&path, &manifest(), "drinks", &InputOptions { id_column: None, skip_bad_rows: false }).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(report.duplicates, 1);
+        assert_eq!(report.empty_identifier, 1);
+    }
+}

@@ -1,0 +1,600 @@
+//! The party's side of the PSI protocol (DESIGN §3): upload, blind the partner's batches,
+//! status, erasure. `accord-psi` does the cryptography; this module moves bytes.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use accord_agreement::{Fingerprint, SecretKey, VerifiedAgreement, sig::Purpose};
+use accord_proto::v1::{self, psi_client::PsiClient};
+use accord_psi::{HashDomain, IdentifierKind};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use sha2::{Digest, Sha256};
+
+use crate::client::{Connection, Principal, with_retries};
+use crate::error::PartyError;
+use crate::input::{self, InputOptions, InputReport, PreparedRow, Value};
+use crate::state::State;
+
+/// Rows per upload batch (the room accepts up to 8192).
+pub const DEFAULT_BATCH_ROWS: usize = 4096;
+
+/// Everything a party command needs.
+#[derive(Debug)]
+pub struct PartyContext {
+    /// The verified agreement.
+    pub agreement: VerifiedAgreement,
+    /// This party's name in it.
+    pub party: String,
+    /// This party's Ed25519 key.
+    pub key: SecretKey,
+    /// The state root (`--state DIR`).
+    pub state_root: PathBuf,
+    /// The room URL.
+    pub room_url: String,
+    /// Where progress bars go (None: a bar per step on stderr, hidden when not a terminal).
+    pub progress: Option<MultiProgress>,
+}
+
+impl PartyContext {
+    /// Checks that the party is in the agreement and that the key is the one it names.
+    pub fn new(
+        agreement: VerifiedAgreement,
+        party: &str,
+        key: SecretKey,
+        state_root: PathBuf,
+        room_url: &str,
+    ) -> Result<Self, PartyError> {
+        let m = agreement.manifest();
+        let p = m.parties.get(party).ok_or_else(|| {
+            PartyError::Invalid(format!(
+                "{party:?} is not a party of agreement {} (parties: {})",
+                m.id,
+                m.parties.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        if p.public_key != key.public_key() {
+            return Err(PartyError::Invalid(format!(
+                "this key ({}) is not the key agreement {} names for {party} ({}): use {party}'s key file",
+                key.public_key(),
+                m.id,
+                p.public_key
+            )));
+        }
+        Ok(Self { agreement, party: party.to_owned(), key, state_root, room_url: room_url.to_owned(), progress: None })
+    }
+
+    fn partner(&self) -> Result<String, PartyError> {
+        self.agreement
+            .manifest()
+            .parties
+            .keys()
+            .find(|p| **p != self.party)
+            .cloned()
+            .ok_or_else(|| PartyError::Invalid("the agreement has no partner party".into()))
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.agreement.fingerprint()
+    }
+
+    fn state(&self) -> Result<State, PartyError> {
+        State::open(&self.state_root, self.agreement.id(), self.fingerprint())
+    }
+
+    fn identifier_kind(&self) -> Result<IdentifierKind, PartyError> {
+        IdentifierKind::from_label(self.agreement.manifest().identifier.as_str())
+            .ok_or_else(|| PartyError::Invalid("unsupported identifier kind".into()))
+    }
+
+    async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
+        let fp = self.fingerprint().to_string();
+        let conn = with_retries("authenticate", || Connection::open(&self.room_url, &fp, Principal::Party(&self.party), &self.key)).await?;
+        state.pin_room_key(conn.room_key())?;
+        Ok(conn)
+    }
+
+    fn bar(&self, len: u64, message: &str) -> ProgressBar {
+        let bar = ProgressBar::new(len).with_message(format!("{}: {message}", self.party));
+        bar.set_style(
+            ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        match &self.progress {
+            Some(m) => m.add(bar),
+            None => bar,
+        }
+    }
+}
+
+/// How to upload.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// The CSV or Parquet file.
+    pub input: PathBuf,
+    /// Reading options.
+    pub read: InputOptions,
+    /// Rows per batch.
+    pub batch_rows: usize,
+    /// Keep blinding partner work until both sides' tokens are complete.
+    pub wait: bool,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    /// What each input rule did.
+    pub report: InputReport,
+    /// Batches in the upload.
+    pub batches: u64,
+    /// Rows uploaded.
+    pub rows: u64,
+    /// Batches the room already had (an interrupted upload resumed).
+    pub already_stored: u64,
+    /// Partner batches this party blinded while waiting.
+    pub blinded: u64,
+    /// The final status, when waiting.
+    pub status: Option<v1::StatusResponse>,
+}
+
+struct Prepared {
+    handles: Vec<[u8; 16]>,
+    rows: Vec<PreparedRow>,
+}
+
+/// Reads, filters, shuffles and uploads the party's data, resuming an interrupted upload.
+pub async fn upload(ctx: &PartyContext, options: &UploadOptions) -> Result<UploadOutcome, PartyError> {
+    let m = ctx.agreement.manifest();
+    let now = chrono::Utc::now();
+    if !m.is_in_window(now) {
+        return Err(PartyError::Refused(format!(
+            "agreement {} is not in force now (valid {} to {})",
+            m.id, m.valid_from, m.valid_until
+        )));
+    }
+    let batch_rows = options.batch_rows.clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
+    let (rows, report) = {
+        let path = options.input.clone();
+        let manifest = m.clone();
+        let party = ctx.party.clone();
+        let read = options.read.clone();
+        tokio::task::spawn_blocking(move || input::read(&path, &manifest, &party, &read))
+            .await
+            .map_err(|e| PartyError::Internal(e.to_string()))??
+    };
+    let max_rows = m.parties[&ctx.party].max_rows;
+    if rows.len() as u64 > max_rows {
+        return Err(PartyError::Refused(format!(
+            "{} rows are ready to upload but the agreement caps {} at {max_rows} rows (max_rows): the upload would be \
+             refused; ask legal for a new agreement version with a higher cap",
+            rows.len(),
+            ctx.party
+        )));
+    }
+    if rows.is_empty() {
+        return Err(PartyError::Refused(format!(
+            "no row of {} can be uploaded (see the report):\n{report}",
+            options.input.display()
+        )));
+    }
+    let state = ctx.state()?;
+    let secrets = state.secrets()?;
+    let agreement_id = ctx.agreement.id().to_owned();
+    let mut prepared = Prepared {
+        handles: rows.iter().map(|r| secrets.handle_key.handle(&agreement_id, r.identifier.as_bytes())).collect(),
+        rows,
+    };
+    // A fixed per-agreement seed: a resumed upload shuffles identically and sends the same batches.
+    let mut rng = rand::rngs::StdRng::from_seed(*secrets.shuffle_seed);
+    let mut order: Vec<usize> = (0..prepared.rows.len()).collect();
+    order.shuffle(&mut rng);
+    prepared = Prepared {
+        handles: order.iter().map(|&i| prepared.handles[i]).collect(),
+        rows: order.iter().map(|&i| prepared.rows[i].clone()).collect(),
+    };
+    let all_handles: Vec<u8> = prepared.handles.iter().flatten().copied().collect();
+    state.save_uploaded_handles(&all_handles)?;
+    drop(secrets);
+
+    let total_rows = prepared.rows.len() as u64;
+    let total_batches = prepared.rows.len().div_ceil(batch_rows) as u64;
+    let prepared = std::sync::Arc::new(prepared);
+    let mut already_stored = None;
+    let mut attempt = 0;
+    let status = loop {
+        attempt += 1;
+        let result = upload_attempt(ctx, &state, &prepared, batch_rows, total_batches, total_rows).await;
+        match result {
+            Ok((status, first_stored)) => {
+                already_stored.get_or_insert(first_stored);
+                break status;
+            }
+            Err(e) if e.is_transient() && attempt < 6 => {
+                tracing::warn!(error = %e, "upload interrupted; resuming");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if !status.refused_batches.is_empty() {
+        let r = &status.refused_batches[0];
+        return Err(PartyError::Refused(format!(
+            "{} refused to blind batch {} of this upload: {}",
+            status.partner, r.batch_number, r.reason
+        )));
+    }
+    let mut outcome = UploadOutcome {
+        report,
+        batches: total_batches,
+        rows: total_rows,
+        already_stored: already_stored.unwrap_or(0),
+        blinded: 0,
+        status: Some(status),
+    };
+    if options.wait {
+        let (blinded, status) = sync(ctx, true).await?;
+        outcome.blinded = blinded;
+        outcome.status = Some(status);
+    }
+    Ok(outcome)
+}
+
+/// One pass: ask where the room stands, then stream the missing batches and the completion.
+async fn upload_attempt(
+    ctx: &PartyContext,
+    state: &State,
+    prepared: &std::sync::Arc<Prepared>,
+    batch_rows: usize,
+    total_batches: u64,
+    total_rows: u64,
+) -> Result<(v1::StatusResponse, u64), PartyError> {
+    let mut conn = ctx.connect(state).await?;
+    let mut psi = PsiClient::new(conn.channel()).max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    conn.check_head(status.head.as_ref())?;
+    let stored = status.batches_uploaded;
+    if status.upload_complete {
+        return Ok((status, stored));
+    }
+    if stored > total_batches {
+        return Err(PartyError::Refused(format!(
+            "the room holds {stored} batches for {} but this input makes only {total_batches}: the input changed since \
+             the first upload; an agreement version accepts one upload (later changes are erasures)",
+            ctx.party
+        )));
+    }
+    // Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::UploadMessage, PartyError>>(4);
+    let secrets = state.secrets()?;
+    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind()?);
+    let fp = ctx.fingerprint();
+    let party = ctx.party.clone();
+    let key_bytes = ctx.key.to_key_file();
+    let manifest = ctx.agreement.manifest().clone();
+    let prepared = prepared.clone();
+    let bar = ctx.bar(total_batches - stored, "upload batches");
+    let producer_bar = bar.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let key = match SecretKey::from_key_file(key_bytes.as_bytes()) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(PartyError::Internal(e.to_string())));
+                return;
+            }
+        };
+        for n in stored..total_batches {
+            let start = n as usize * batch_rows;
+            let end = (start + batch_rows).min(prepared.rows.len());
+            let rows = &prepared.rows[start..end];
+            let ids: Vec<&[u8]> = rows.iter().map(|r| r.identifier.as_bytes()).collect();
+            let points: Vec<u8> = accord_psi::hash_and_blind(&secrets.psi, &domain, &ids).into_iter().flatten().collect();
+            let handles: Vec<u8> = prepared.handles[start..end].iter().flatten().copied().collect();
+            let message = accord_proto::signed::upload_batch(fp.as_bytes(), &party, n, &points);
+            let signature = key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec();
+            let columns = proto_columns(&manifest, &party, rows);
+            let batch = v1::UploadBatch { batch_number: n, handles, points, columns, signature };
+            if tx.blocking_send(Ok(v1::UploadMessage { kind: Some(v1::upload_message::Kind::Batch(batch)) })).is_err() {
+                return;
+            }
+            producer_bar.inc(1);
+        }
+        let message = accord_proto::signed::upload_complete(fp.as_bytes(), &party, total_batches, total_rows);
+        let complete = v1::UploadComplete {
+            batches: total_batches,
+            rows: total_rows,
+            signature: key.sign(Purpose::UploadComplete, &message).to_bytes().to_vec(),
+        };
+        let _ = tx.blocking_send(Ok(v1::UploadMessage { kind: Some(v1::upload_message::Kind::Complete(complete)) }));
+    });
+    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<PartyError>();
+    let mut err_tx = Some(err_tx);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map_while(move |item| match item {
+        Ok(m) => Some(m),
+        Err(e) => {
+            if let Some(tx) = err_tx.take() {
+                let _ = tx.send(e);
+            }
+            None
+        }
+    });
+    let response = psi.upload(conn.request(stream)).await;
+    producer.abort();
+    bar.finish_and_clear();
+    if let Ok(e) = err_rx.try_recv() {
+        return Err(e);
+    }
+    let response = response.map_err(|s| conn.error(s))?.into_inner();
+    conn.check_head(response.head.as_ref())?;
+    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    conn.check_head(status.head.as_ref())?;
+    if !status.upload_complete {
+        return Err(PartyError::Unreachable {
+            url: ctx.room_url.clone(),
+            reason: "the upload stream ended before the room stored the completion".into(),
+        });
+    }
+    Ok((status, stored))
+}
+
+use tokio_stream::StreamExt as _;
+
+fn proto_columns(manifest: &accord_agreement::Manifest, party: &str, rows: &[PreparedRow]) -> Vec<v1::Column> {
+    let Some(p) = manifest.parties.get(party) else { return Vec::new() };
+    p.contributes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let values = match c.role {
+                accord_agreement::ColumnRole::Dimension => {
+                    let mut t = v1::TextValues::default();
+                    for r in rows {
+                        let v = match &r.values[i] {
+                            Value::Text(v) => v.clone(),
+                            Value::Number(_) => None,
+                        };
+                        t.present.push(v.is_some());
+                        t.values.push(v.unwrap_or_default());
+                    }
+                    if t.present.iter().all(|p| *p) {
+                        t.present.clear();
+                    }
+                    v1::column::Values::Text(t)
+                }
+                accord_agreement::ColumnRole::Metric { .. } => {
+                    let mut x = v1::NumberValues::default();
+                    for r in rows {
+                        let v = match &r.values[i] {
+                            Value::Number(v) => *v,
+                            Value::Text(_) => None,
+                        };
+                        x.present.push(v.is_some());
+                        x.values.push(v.unwrap_or_default());
+                    }
+                    if x.present.iter().all(|p| *p) {
+                        x.present.clear();
+                    }
+                    v1::column::Values::Number(x)
+                }
+            };
+            v1::Column { name: c.column.clone(), values: Some(values) }
+        })
+        .collect()
+}
+
+/// Blinds the partner's waiting batches. With `wait`, keeps going until both sides' tokens
+/// are complete. Returns the batches blinded and the last status.
+pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResponse), PartyError> {
+    let state = ctx.state()?;
+    let partner = ctx.partner()?;
+    let m = ctx.agreement.manifest();
+    let partner_key = m.parties[&partner].public_key.clone();
+    let partner_cap = m.parties[&partner].max_rows;
+    let fp = ctx.fingerprint();
+    let mut conn = ctx.connect(&state).await?;
+    let mut psi = PsiClient::new(conn.channel()).max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    let mut blinded_total = 0u64;
+    let bar = ctx.bar(0, &format!("blind {partner}'s batches"));
+    let mut idle = Duration::from_millis(50);
+    loop {
+        let work = fetch_work(&mut psi, &conn).await?;
+        if !work.is_empty() {
+            idle = Duration::from_millis(50);
+            bar.inc_length(work.len() as u64);
+            let mut log = state.blinded(&partner)?;
+            let mut replies = Vec::with_capacity(work.len());
+            for batch in work {
+                let reply = blind_one(&state, &partner, &partner_key, partner_cap, fp, &mut log, batch).await?;
+                if matches!(reply.kind, Some(v1::return_work_message::Kind::Blinded(_))) {
+                    blinded_total += 1;
+                }
+                replies.push(reply);
+                bar.inc(1);
+            }
+            let response = psi
+                .return_work(conn.request(futures::stream::iter(replies)))
+                .await
+                .map_err(|s| conn.error(s))?
+                .into_inner();
+            conn.check_head(response.head.as_ref())?;
+            continue;
+        }
+        let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+        conn.check_head(status.head.as_ref())?;
+        if !status.refused_batches.is_empty() {
+            bar.finish_and_clear();
+            let r = &status.refused_batches[0];
+            return Err(PartyError::Refused(format!(
+                "{partner} refused to blind batch {} of {}'s upload: {}",
+                r.batch_number, ctx.party, r.reason
+            )));
+        }
+        if !wait || status.tokens_complete {
+            bar.finish_and_clear();
+            return Ok((blinded_total, status));
+        }
+        tokio::time::sleep(idle).await;
+        idle = (idle * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn fetch_work(psi: &mut PsiClient<tonic::transport::Channel>, conn: &Connection) -> Result<Vec<v1::WorkBatch>, PartyError> {
+    let mut stream = psi
+        .fetch_work(conn.request(v1::FetchWorkRequest { max_batches: 16 }))
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(b) = stream.message().await.map_err(|s| conn.error(s))? {
+        out.push(b);
+    }
+    Ok(out)
+}
+
+/// Checks one partner batch and blinds it, or explains the refusal. The blinded log is
+/// synced to disk before the result is sent, so a batch is blinded once.
+async fn blind_one(
+    state: &State,
+    partner: &str,
+    partner_key: &accord_agreement::PublicKey,
+    partner_cap: u64,
+    fp: Fingerprint,
+    log: &mut std::collections::BTreeMap<u64, ([u8; 32], u64)>,
+    batch: v1::WorkBatch,
+) -> Result<v1::ReturnWorkMessage, PartyError> {
+    let n = batch.batch_number;
+    let refuse = |reason: String| {
+        tracing::warn!(batch = n, %reason, "refusing to blind a partner batch");
+        v1::ReturnWorkMessage { kind: Some(v1::return_work_message::Kind::Refusal(v1::WorkRefusal { batch_number: n, reason })) }
+    };
+    if batch.from_party != partner {
+        return Ok(refuse(format!("the batch claims to come from {:?}, not the partner {partner}", batch.from_party)));
+    }
+    let Ok(sig) = <[u8; 64]>::try_from(batch.signature.as_slice()) else {
+        return Ok(refuse("the batch signature is not 64 bytes".into()));
+    };
+    let message = accord_proto::signed::upload_batch(fp.as_bytes(), partner, n, &batch.points);
+    if partner_key.verify(Purpose::UploadBatch, &message, &accord_agreement::Signature::from_bytes(&sig)).is_err() {
+        return Ok(refuse(format!("batch {n}: {partner}'s signature does not verify")));
+    }
+    let rows = (batch.points.len() / accord_proto::limits::POINT_LEN) as u64;
+    let digest: [u8; 32] = Sha256::digest(&batch.points).into();
+    match log.get(&n) {
+        Some((d, _)) if *d != digest => {
+            return Ok(refuse(format!("batch {n} was blinded before with other points; a batch is blinded only once")));
+        }
+        Some(_) => {} // the same points again: a retry after a lost acknowledgement
+        None => {
+            let used: u64 = log.values().map(|(_, r)| r).sum();
+            if used + rows > partner_cap {
+                return Ok(refuse(format!(
+                    "blinding batch {n} would take {partner} past its agreed cap of {partner_cap} rows"
+                )));
+            }
+        }
+    }
+    let secrets = state.secrets()?;
+    let points = batch.points;
+    let result = tokio::task::spawn_blocking(move || accord_psi::blind_concatenated(&secrets.psi, &points))
+        .await
+        .map_err(|e| PartyError::Internal(e.to_string()))?;
+    match result {
+        Ok(blinded) => {
+            if !log.contains_key(&n) {
+                state.record_blinded(partner, n, &digest, rows)?;
+                log.insert(n, (digest, rows));
+            }
+            Ok(v1::ReturnWorkMessage {
+                kind: Some(v1::return_work_message::Kind::Blinded(v1::BlindedBatch { batch_number: n, points: blinded })),
+            })
+        }
+        Err(e) => Ok(refuse(format!("batch {n}: {e}"))),
+    }
+}
+
+/// This party's status at the room.
+pub async fn status(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError> {
+    let state = ctx.state()?;
+    let mut conn = ctx.connect(&state).await?;
+    let mut psi = PsiClient::new(conn.channel());
+    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    conn.check_head(status.head.as_ref())?;
+    Ok(status)
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EraseOutcome {
+    /// Identifiers read from the file.
+    pub requested: u64,
+    /// Lines that were empty or not a valid identifier.
+    pub invalid: u64,
+    /// Identifiers this party never uploaded (or already erased): nothing to do at the room.
+    pub not_uploaded: u64,
+    /// Rows the room erased (receipt verified).
+    pub erased: u64,
+}
+
+/// Erases the customers listed in `ids_file` (one identifier per line) from the room.
+pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, PartyError> {
+    let text = std::fs::read_to_string(ids_file)
+        .map_err(|e| PartyError::BadInput(format!("could not read {}: {e}", ids_file.display())))?;
+    let state = ctx.state()?;
+    let secrets = state.secrets()?;
+    let kind = ctx.identifier_kind()?;
+    let region = ctx.agreement.manifest().default_region.clone();
+    let mut uploaded = state.uploaded_handles()?;
+    let mut outcome = EraseOutcome::default();
+    let mut wanted: Vec<[u8; 16]> = Vec::new();
+    let mut seen = HashSet::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        outcome.requested += 1;
+        match accord_psi::normalize(kind, line, region.as_deref()) {
+            Ok(Some(id)) => {
+                let h = secrets.handle_key.handle(ctx.agreement.id(), id.as_bytes());
+                if !seen.insert(h) {
+                    continue;
+                }
+                if uploaded.contains(&h) {
+                    wanted.push(h);
+                } else {
+                    outcome.not_uploaded += 1;
+                }
+            }
+            _ => outcome.invalid += 1,
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(outcome);
+    }
+    let mut conn = ctx.connect(&state).await?;
+    let mut psi = PsiClient::new(conn.channel());
+    let fp = ctx.fingerprint();
+    for chunk in wanted.chunks(accord_proto::limits::MAX_ERASE_HANDLES) {
+        let handles: Vec<u8> = chunk.iter().flatten().copied().collect();
+        let response = psi
+            .erase(conn.request(v1::EraseRequest { handles: handles.clone() }))
+            .await
+            .map_err(|s| conn.error(s))?
+            .into_inner();
+        conn.check_head(response.head.as_ref())?;
+        let receipt = accord_proto::signed::erasure_receipt(fp.as_bytes(), &ctx.party, response.erased, &handles);
+        let sig = <[u8; 64]>::try_from(response.receipt_signature.as_slice())
+            .map_err(|_| PartyError::Refused("the erasure receipt signature is not 64 bytes".into()))?;
+        conn.room_key()
+            .verify(Purpose::ErasureReceipt, &receipt, &accord_agreement::Signature::from_bytes(&sig))
+            .map_err(|_| PartyError::Refused("the room's erasure receipt does not verify".into()))?;
+        outcome.erased += response.erased;
+        for h in chunk {
+            uploaded.remove(h);
+        }
+    }
+    let remaining: Vec<u8> = uploaded.iter().flatten().copied().collect();
+    state.save_uploaded_handles(&remaining)?;
+    Ok(outcome)
+}

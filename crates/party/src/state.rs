@@ -1,0 +1,219 @@
+//! The party's local state directory (`--state DIR`), one subdirectory per agreement version:
+//!
+//! ```text
+//! <state>/<agreement id>/<fingerprint>/
+//!     secrets.key          mode 0600: PSI scalar k_p, handle key, shuffle seed (never leave the party)
+//!     room.pub             the room's public key, pinned at first contact
+//!     uploaded.handles     16-byte handles of the rows this party uploaded (for erasure)
+//!     blinded-<partner>    one line per partner batch blinded: "<batch> <sha256 of its points> <rows>"
+//! ```
+//!
+//! The blinded log makes blinding *once* durable: a batch number is blinded again only for
+//! identical points (a retry after a lost acknowledgement), never for new points.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use accord_agreement::{Fingerprint, PublicKey};
+use accord_psi::{HandleKey, PsiSecret};
+use zeroize::Zeroizing;
+
+use crate::error::PartyError;
+
+const MAGIC: &[u8] = b"accord-party-secrets-v1\n";
+
+/// The default state root: `$ACCORD_STATE`, else `$XDG_DATA_HOME/accord/party`, else
+/// `~/.local/share/accord/party`.
+pub fn default_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("ACCORD_STATE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(p).join("accord").join("party");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local").join("share").join("accord").join("party")
+}
+
+/// A party's secrets for one agreement version. No `Clone`; `Debug` shows nothing secret.
+pub struct Secrets {
+    /// The PSI scalar k_p.
+    pub psi: PsiSecret,
+    /// The handle key.
+    pub handle_key: HandleKey,
+    /// Seed of the upload shuffle (so a resumed upload sends identical batches).
+    pub shuffle_seed: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets([redacted])")
+    }
+}
+
+/// One agreement version's state directory.
+#[derive(Debug)]
+pub struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    /// Opens (creating with mode 0700) the state for an agreement version.
+    pub fn open(root: &Path, agreement_id: &str, fingerprint: Fingerprint) -> Result<Self, PartyError> {
+        let dir = root.join(agreement_id).join(fingerprint.to_string());
+        accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)
+            .map_err(|e| PartyError::State(e.to_string()))?;
+        Ok(Self { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads the secrets, creating them (from OS randomness) on first use.
+    pub fn secrets(&self) -> Result<Secrets, PartyError> {
+        let path = self.dir.join("secrets.key");
+        if !path.exists() {
+            let psi = PsiSecret::generate().map_err(|e| PartyError::State(e.to_string()))?;
+            let handle_key = HandleKey::generate().map_err(|e| PartyError::State(e.to_string()))?;
+            let mut seed = Zeroizing::new([0u8; 32]);
+            getrandom::fill(seed.as_mut()).map_err(|e| PartyError::State(format!("OS randomness: {e}")))?;
+            let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + 96));
+            bytes.extend_from_slice(MAGIC);
+            bytes.extend_from_slice(psi.to_bytes().as_ref());
+            bytes.extend_from_slice(handle_key.to_bytes().as_ref());
+            bytes.extend_from_slice(seed.as_ref());
+            accord_fs::write_new_secret(&path, &bytes).map_err(|e| PartyError::State(e.to_string()))?;
+        }
+        let bytes = accord_fs::read_secret(&path).map_err(|e| PartyError::State(e.to_string()))?;
+        let body = bytes.strip_prefix(MAGIC).filter(|b| b.len() == 96).ok_or_else(|| {
+            PartyError::State(format!(
+                "{} is not an accord party secrets file (damaged or truncated); without it this party cannot \
+                 finish this agreement version — restore it from backup",
+                path.display()
+            ))
+        })?;
+        let bad = |e: accord_psi::PsiError| PartyError::State(format!("{}: {e}", path.display()));
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&body[64..96]);
+        Ok(Secrets {
+            psi: PsiSecret::from_bytes(&body[..32]).map_err(bad)?,
+            handle_key: HandleKey::from_bytes(&body[32..64]).map_err(bad)?,
+            shuffle_seed: seed,
+        })
+    }
+
+    /// Pins the room's key at first contact; afterwards refuses a different key.
+    pub fn pin_room_key(&self, key: &PublicKey) -> Result<(), PartyError> {
+        let path = self.dir.join("room.pub");
+        let text = key.to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(pinned) if pinned.trim() == text => Ok(()),
+            Ok(pinned) => Err(PartyError::Refused(format!(
+                "the room presented key {text}, but this state directory pinned {} at first contact: you may be \
+                 talking to a different room. If the room's key was legitimately replaced, remove {}",
+                pinned.trim(),
+                path.display()
+            ))),
+            Err(_) => accord_fs::write_atomic(&path, text.as_bytes()).map_err(|e| PartyError::State(e.to_string())),
+        }
+    }
+
+    /// Records the handles of the rows being uploaded (replacing any earlier list).
+    pub fn save_uploaded_handles(&self, handles: &[u8]) -> Result<(), PartyError> {
+        accord_fs::write_atomic(&self.dir.join("uploaded.handles"), handles).map_err(|e| PartyError::State(e.to_string()))
+    }
+
+    /// The handles of the rows this party uploaded.
+    pub fn uploaded_handles(&self) -> Result<std::collections::HashSet<[u8; 16]>, PartyError> {
+        let path = self.dir.join("uploaded.handles");
+        let bytes = std::fs::read(&path).map_err(|_| {
+            PartyError::Refused(format!(
+                "this state directory has no record of an upload for this agreement ({} is missing): erase with the \
+                 same --state directory the upload used",
+                path.display()
+            ))
+        })?;
+        Ok(bytes
+            .chunks_exact(16)
+            .map(|c| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(c);
+                a
+            })
+            .collect())
+    }
+
+    /// The blinded log for a partner: batch → (digest of its points, rows).
+    pub fn blinded(&self, partner: &str) -> Result<BTreeMap<u64, ([u8; 32], u64)>, PartyError> {
+        let path = self.dir.join(format!("blinded-{partner}"));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(PartyError::State(format!("{}: {e}", path.display()))),
+        };
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            // A torn last line (crash mid-append) was never acted on: ignore it.
+            let parts: Vec<&str> = line.split(' ').collect();
+            let [n, digest, rows] = parts.as_slice() else { continue };
+            let (Ok(n), Ok(digest), Ok(rows)) = (n.parse::<u64>(), hex::decode(digest), rows.parse::<u64>()) else {
+                continue;
+            };
+            let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else { continue };
+            out.insert(n, (digest, rows));
+        }
+        Ok(out)
+    }
+
+    /// Appends to the blinded log and syncs it before the blinded points are sent.
+    pub fn record_blinded(&self, partner: &str, batch: u64, digest: &[u8; 32], rows: u64) -> Result<(), PartyError> {
+        let path = self.dir.join(format!("blinded-{partner}"));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        writeln!(f, "{batch} {} {rows}", hex::encode(digest)).map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        f.sync_data().map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_persist_and_blinded_log_survives_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp: Fingerprint = "ab".repeat(32).parse().unwrap();
+        let s = State::open(dir.path(), "a-1", fp).unwrap();
+        let a = s.secrets().unwrap();
+        let b = s.secrets().unwrap();
+        assert_eq!(*a.psi.to_bytes(), *b.psi.to_bytes());
+        assert_eq!(*a.shuffle_seed, *b.shuffle_seed);
+        assert_eq!(format!("{a:?}"), "Secrets([redacted])");
+        s.record_blinded("snacks", 0, &[1; 32], 10).unwrap();
+        s.record_blinded("snacks", 1, &[2; 32], 5).unwrap();
+        std::fs::OpenOptions::new().append(true).open(s.dir().join("blinded-snacks")).unwrap().write_all(b"2 abc").unwrap();
+        let log = s.blinded("snacks").unwrap();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[&1], ([2; 32], 5));
+    }
+
+    #[test]
+    fn a_different_room_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp: Fingerprint = "cd".repeat(32).parse().unwrap();
+        let s = State::open(dir.path(), "a-1", fp).unwrap();
+        let k1 = accord_agreement::SecretKey::generate().unwrap().public_key();
+        let k2 = accord_agreement::SecretKey::generate().unwrap().public_key();
+        s.pin_room_key(&k1).unwrap();
+        s.pin_room_key(&k1).unwrap();
+        assert!(s.pin_room_key(&k2).unwrap_err().to_string().contains("pinned"));
+    }
+}

@@ -1,0 +1,1080 @@
+//! The room's state and every operation of its services, independent of gRPC.
+//!
+//! Ordering invariant (DESIGN §2): revocation, query admission and result release are
+//! ordered by one per-agreement `RwLock`. A query holds the read side from admission until
+//! its result bytes are built; revocation and expiry take the write side, so no query starts,
+//! and no result leaves, after a revocation is acknowledged.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use accord_agreement::{
+    Aggregate, ColumnRole, Fingerprint, PrivacyMode, PublicKey, Revocation, SecretKey, Signature,
+    VerifiedAgreement, sig::Purpose,
+};
+use accord_engine::{AggregateKind, ColumnSpec, Engine, Outcome, Role as EngineRole, TableSpec};
+use accord_proto::limits::{HANDLE_LEN, MAX_BATCH_ROWS, MAX_TEXT_VALUE_LEN, NONCE_LEN, POINT_LEN};
+use accord_proto::v1;
+use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+
+use crate::audit::{Actor, AuditLog, Event};
+use crate::auth::{AuthState, Role, Session, bearer};
+use crate::error::{Result, RoomError};
+use crate::store::{AgreementStore, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch, SealInfo};
+
+/// Why a fingerprint may never be registered again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// The agreement id.
+    pub agreement_id: String,
+    /// "revoked", "expired" or "superseded".
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// Where an agreement stands.
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// None once the data is deleted.
+    store: Option<AgreementStore>,
+    engine: Option<Arc<Engine>>,
+    withheld: Vec<(String, String)>,
+}
+
+/// One registered agreement version.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) agreement: VerifiedAgreement,
+    audit: Mutex<AuditLog>,
+    live: RwLock<Live>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    by_fingerprint: HashMap<Fingerprint, Arc<Slot>>,
+    current: HashMap<String, Fingerprint>,
+    tombstones: BTreeMap<String, Tombstone>,
+}
+
+/// The room.
+#[derive(Debug, Clone)]
+pub struct Room {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    data_dir: PathBuf,
+    key: SecretKey,
+    public_key: PublicKey,
+    registry: Mutex<Registry>,
+    auth: Mutex<AuthState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the data behind it is still
+    // consistent on disk, so keep serving rather than poisoning the whole room.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The columns of the `overlap` table for an agreement, minus withheld ones.
+pub fn table_spec(agreement: &VerifiedAgreement, withheld: &[(String, String)]) -> TableSpec {
+    let m = agreement.manifest();
+    let mut columns = Vec::new();
+    for (party, p) in &m.parties {
+        for c in &p.contributes {
+            let name = format!("{party}_{}", c.column);
+            if withheld.iter().any(|(w, _)| *w == name) {
+                continue;
+            }
+            let role = match c.role {
+                ColumnRole::Dimension => EngineRole::Dimension,
+                ColumnRole::Metric { min, max } => EngineRole::Metric { min, max },
+            };
+            columns.push(ColumnSpec { name, role });
+        }
+    }
+    let aggregates = m
+        .privacy
+        .aggregates
+        .iter()
+        .map(|a| match a {
+            Aggregate::Count => AggregateKind::Count,
+            Aggregate::Sum => AggregateKind::Sum,
+            Aggregate::Avg => AggregateKind::Avg,
+        })
+        .collect();
+    TableSpec { columns, min_group_size: u64::from(m.min_group_size), aggregates }
+}
+
+impl Room {
+    /// Opens the room's data directory (creating it), loads or creates the room key, and
+    /// recovers every agreement. Agreements that expired while the room was down are deleted.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
+        accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
+        accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
+        let key_path = data_dir.join("room.key");
+        let key = if key_path.exists() {
+            let bytes = accord_fs::read_secret(&key_path)?;
+            SecretKey::from_key_file(&bytes)
+                .map_err(|e| RoomError::Internal(format!("{}: {e}", key_path.display())))?
+        } else {
+            let key = SecretKey::generate().map_err(|e| RoomError::Internal(e.to_string()))?;
+            accord_fs::write_new_secret(&key_path, key.to_key_file().as_bytes())?;
+            key
+        };
+        let public_key = key.public_key();
+        let room = Room {
+            inner: Arc::new(Inner {
+                data_dir: data_dir.to_path_buf(),
+                key,
+                public_key,
+                registry: Mutex::new(Registry::default()),
+                auth: Mutex::new(AuthState::default()),
+            }),
+        };
+        room.recover()?;
+        Ok(room)
+    }
+
+    /// The room's public key (signs audit heads and receipts).
+    pub fn public_key(&self) -> &PublicKey {
+        &self.inner.public_key
+    }
+
+    fn tombstones_path(&self) -> PathBuf {
+        self.inner.data_dir.join("tombstones.json")
+    }
+
+    fn agreement_dir(&self, fp: Fingerprint) -> PathBuf {
+        self.inner.data_dir.join("agreements").join(fp.to_string())
+    }
+
+    fn audit_path(&self, fp: Fingerprint) -> PathBuf {
+        self.inner.data_dir.join("audit").join(format!("{fp}.jsonl"))
+    }
+
+    fn recover(&self) -> Result<()> {
+        let tomb_path = self.tombstones_path();
+        if tomb_path.exists() {
+            let bytes = std::fs::read(&tomb_path).map_err(|e| RoomError::io("read", &tomb_path, e))?;
+            lock(&self.inner.registry).tombstones = serde_json::from_slice(&bytes)
+                .map_err(|e| RoomError::Internal(format!("{}: {e}", tomb_path.display())))?;
+        }
+        let dir = self.inner.data_dir.join("agreements");
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| RoomError::io("list", &dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        let now = Utc::now();
+        for path in entries {
+            let manifest_path = path.join("manifest.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest_path) else {
+                // Registration never finished (crash before the manifest landed): nothing was acknowledged.
+                accord_fs::remove_dir_all_durable(&path)?;
+                continue;
+            };
+            let manifest = match accord_agreement::Manifest::parse(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(path = %manifest_path.display(), error = %e, "stored manifest no longer parses; leaving it untouched");
+                    continue;
+                }
+            };
+            let fp = manifest.fingerprint();
+            if manifest.valid_until <= now {
+                let audit = AuditLog::open(&self.audit_path(fp), fp)?;
+                let mut audit = audit;
+                audit.append(Actor::Room, Event::Expired, now)?;
+                accord_fs::remove_dir_all_durable(&path)?;
+                audit.append(Actor::Room, Event::DataDeleted, now)?;
+                self.add_tombstone(fp, &manifest.id, "expired")?;
+                tracing::info!(agreement = %manifest.id, %fp, "agreement expired while the room was down; data deleted");
+                continue;
+            }
+            let agreement = match accord_agreement::verify(&text, now) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(path = %manifest_path.display(), error = %e, "stored agreement no longer verifies; not serving it");
+                    continue;
+                }
+            };
+            self.load_slot(agreement)?;
+        }
+        Ok(())
+    }
+
+    fn load_slot(&self, agreement: VerifiedAgreement) -> Result<Arc<Slot>> {
+        let fp = agreement.fingerprint();
+        let dir = self.agreement_dir(fp);
+        let store = AgreementStore::open(&dir, PartyColumns::from_manifest(agreement.manifest()))?;
+        let audit = AuditLog::open(&self.audit_path(fp), fp)?;
+        let mut live = Live { store: Some(store), engine: None, withheld: Vec::new() };
+        if let Some(store) = &live.store {
+            if let Some(info) = store.seal_info()? {
+                let snapshot = store.read_snapshot()?;
+                live.engine = Some(Arc::new(build_engine(&agreement, &info.withheld, &snapshot)?));
+                live.withheld = info.withheld;
+            }
+        }
+        let slot = Arc::new(Slot { agreement, audit: Mutex::new(audit), live: RwLock::new(live) });
+        let mut reg = lock(&self.inner.registry);
+        let id = slot.agreement.id().to_owned();
+        let newer = reg
+            .current
+            .get(&id)
+            .and_then(|f| reg.by_fingerprint.get(f))
+            .is_some_and(|s| s.agreement.manifest().version > slot.agreement.manifest().version);
+        if !newer {
+            reg.current.insert(id, fp);
+        }
+        reg.by_fingerprint.insert(fp, slot.clone());
+        Ok(slot)
+    }
+
+    fn add_tombstone(&self, fp: Fingerprint, id: &str, reason: &str) -> Result<()> {
+        let mut reg = lock(&self.inner.registry);
+        reg.tombstones.insert(
+            fp.to_string(),
+            Tombstone { agreement_id: id.to_owned(), reason: reason.to_owned(), at: Utc::now().to_rfc3339() },
+        );
+        let bytes = serde_json::to_vec_pretty(&reg.tombstones).map_err(|e| RoomError::Internal(e.to_string()))?;
+        accord_fs::write_atomic(&self.tombstones_path(), &bytes)?;
+        Ok(())
+    }
+
+    fn audit(&self, slot: &Slot, actor: Actor, event: Event) -> Result<()> {
+        lock(&slot.audit).append(actor, event, Utc::now())
+    }
+
+    /// The current signed head of an agreement's audit log.
+    pub(crate) fn head(&self, slot: &Slot) -> v1::SignedHead {
+        lock(&slot.audit).signed_head(&self.inner.key)
+    }
+
+    /// Finds an agreement by id (the current version) or fingerprint.
+    pub(crate) fn find(&self, agreement: &str) -> Result<Arc<Slot>> {
+        let reg = lock(&self.inner.registry);
+        let needle = agreement.trim();
+        let fp = match needle.parse::<Fingerprint>() {
+            Ok(fp) => Some(fp),
+            Err(_) => reg.current.get(needle).copied(),
+        };
+        if let Some(slot) = fp.and_then(|fp| reg.by_fingerprint.get(&fp)) {
+            return Ok(slot.clone());
+        }
+        if let Some(t) = reg.tombstones.get(needle).or_else(|| {
+            reg.tombstones.values().find(|t| t.agreement_id == needle)
+        }) {
+            return Err(RoomError::FailedPrecondition(format!(
+                "agreement {} is {} ({}): its data was deleted and it can no longer be used",
+                t.agreement_id, t.reason, t.at
+            )));
+        }
+        Err(RoomError::NotFound(format!(
+            "no agreement {needle:?} is registered in this room: submit it first with `accord agreement submit`"
+        )))
+    }
+
+    fn slot_of(&self, session: &Session) -> Result<Arc<Slot>> {
+        let reg = lock(&self.inner.registry);
+        reg.by_fingerprint.get(&session.fingerprint).cloned().ok_or_else(|| {
+            RoomError::FailedPrecondition("the agreement of this session is no longer in force".into())
+        })
+    }
+
+    /// Resolves the bearer token of a request to a session.
+    pub fn session(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Session> {
+        let token = bearer(metadata)?;
+        lock(&self.inner.auth).session(&token)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Agreements
+
+    /// Registers a signed agreement (see the `Agreements.Submit` contract).
+    pub async fn submit(&self, text: &str) -> Result<v1::SubmitAgreementResponse> {
+        if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
+            return Err(RoomError::InvalidArgument("the manifest is larger than 256 KiB".into()));
+        }
+        let agreement = accord_agreement::verify(text, Utc::now()).map_err(|e| {
+            RoomError::InvalidArgument(format!("the room refuses this agreement:\n{e}"))
+        })?;
+        let m = agreement.manifest();
+        if let PrivacyMode::DifferentialPrivacy { .. } = m.privacy.mode {
+            return Err(RoomError::FailedPrecondition(
+                "this room does not implement differential privacy yet, so it refuses agreements that ask for it \
+                 rather than ignore the setting; until it does, legal may choose `exact_results = true` after \
+                 reading its warning in `accord agreement show`"
+                    .into(),
+            ));
+        }
+        if m.parties.len() != 2 {
+            return Err(RoomError::FailedPrecondition(format!(
+                "this room supports agreements between exactly two parties; this one has {}",
+                m.parties.len()
+            )));
+        }
+        let fp = agreement.fingerprint();
+        let id = agreement.id().to_owned();
+        let version = m.version;
+        {
+            let reg = lock(&self.inner.registry);
+            if let Some(t) = reg.tombstones.get(&fp.to_string()) {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "agreement {id} with fingerprint {fp} was {} at {}; it can never be registered again \
+                     (a changed agreement needs a new version signed by every party)",
+                    t.reason, t.at
+                )));
+            }
+            if let Some(slot) = reg.by_fingerprint.get(&fp) {
+                return Ok(v1::SubmitAgreementResponse {
+                    agreement_id: id,
+                    version,
+                    fingerprint: fp.to_string(),
+                    already_registered: true,
+                    superseded: String::new(),
+                    head: Some(lock(&slot.audit).signed_head(&self.inner.key)),
+                });
+            }
+            if let Some(old) = reg.current.get(&id).and_then(|f| reg.by_fingerprint.get(f)) {
+                let old_version = old.agreement.manifest().version;
+                if version <= old_version {
+                    return Err(RoomError::FailedPrecondition(format!(
+                        "agreement {id} version {old_version} is registered; a changed agreement must carry a higher \
+                         version (this one says {version})"
+                    )));
+                }
+            }
+            if reg.tombstones.values().any(|t| t.agreement_id == id) {
+                let max_dead = reg
+                    .by_fingerprint
+                    .values()
+                    .filter(|s| s.agreement.id() == id)
+                    .map(|s| s.agreement.manifest().version)
+                    .max();
+                if max_dead.is_some_and(|v| version <= v) {
+                    return Err(RoomError::FailedPrecondition(format!(
+                        "agreement {id}: a new version must be higher than every earlier one"
+                    )));
+                }
+            }
+        }
+        let dir = self.agreement_dir(fp);
+        accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)?;
+        accord_fs::write_atomic(&dir.join("manifest.toml"), agreement.text().as_bytes())?;
+        let old = {
+            let reg = lock(&self.inner.registry);
+            reg.current.get(&id).and_then(|f| reg.by_fingerprint.get(f)).cloned()
+        };
+        let slot = self.load_slot(agreement)?;
+        self.audit(&slot, Actor::Submitter, Event::AgreementRegistered { agreement_id: id.clone(), version })?;
+        let mut superseded = String::new();
+        if let Some(old) = old {
+            let old_fp = old.agreement.fingerprint();
+            self.end(&old, Actor::Room, Event::Superseded { by: fp.to_string() }, "superseded").await?;
+            superseded = old_fp.to_string();
+        }
+        tracing::info!(agreement = %id, version, %fp, "agreement registered");
+        Ok(v1::SubmitAgreementResponse {
+            agreement_id: id,
+            version,
+            fingerprint: fp.to_string(),
+            already_registered: false,
+            superseded,
+            head: Some(self.head(&slot)),
+        })
+    }
+
+    /// Ends an agreement version: waits for running queries, deletes its data, records a
+    /// tombstone, and logs `event` then `data_deleted`.
+    async fn end(&self, slot: &Arc<Slot>, actor: Actor, event: Event, reason: &str) -> Result<()> {
+        let fp = slot.agreement.fingerprint();
+        let mut live = slot.live.write().await;
+        if live.store.is_none() {
+            return Ok(());
+        }
+        self.audit(slot, actor, event)?;
+        live.engine = None;
+        live.store = None;
+        accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
+        self.audit(slot, Actor::Room, Event::DataDeleted)?;
+        self.add_tombstone(fp, slot.agreement.id(), reason)?;
+        lock(&self.inner.auth).end_sessions_for(fp);
+        let mut reg = lock(&self.inner.registry);
+        reg.by_fingerprint.remove(&fp);
+        if reg.current.get(slot.agreement.id()) == Some(&fp) {
+            reg.current.remove(slot.agreement.id());
+        }
+        tracing::info!(agreement = %slot.agreement.id(), %fp, reason, "agreement ended and its data deleted");
+        Ok(())
+    }
+
+    /// Revokes an agreement with a revocation statement signed by one of its parties.
+    pub async fn revoke(&self, text: &str) -> Result<v1::RevokeResponse> {
+        if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
+            return Err(RoomError::InvalidArgument("the revocation statement is larger than 256 KiB".into()));
+        }
+        let revocation = Revocation::from_toml(text)
+            .map_err(|e| RoomError::InvalidArgument(format!("the revocation statement is malformed: {e}")))?;
+        let slot = self.find(&revocation.fingerprint.to_string())?;
+        revocation
+            .verify(slot.agreement.manifest())
+            .map_err(|e| RoomError::PermissionDenied(format!("the revocation does not verify: {e}")))?;
+        // The audit log survives the deletion; keep a handle on it for the receipt's head.
+        self.end(&slot, Actor::Party(revocation.party.clone()), Event::Revoked { reason: revocation.reason.clone() }, "revoked")
+            .await?;
+        let revoked_unix_ms = Utc::now().timestamp_millis();
+        let fp = slot.agreement.fingerprint();
+        let receipt = accord_proto::signed::revocation_receipt(fp.as_bytes(), revoked_unix_ms, &revocation.party);
+        Ok(v1::RevokeResponse {
+            agreement_id: slot.agreement.id().to_owned(),
+            fingerprint: fp.to_string(),
+            revoked_unix_ms,
+            receipt_signature: self.inner.key.sign(Purpose::RevocationReceipt, &receipt).to_bytes().to_vec(),
+            head: Some(self.head(&slot)),
+        })
+    }
+
+    /// Ends every agreement whose validity window is over. Called periodically by the server
+    /// and before each admission.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let now = Utc::now();
+        let due: Vec<Arc<Slot>> = lock(&self.inner.registry)
+            .by_fingerprint
+            .values()
+            .filter(|s| s.agreement.manifest().valid_until <= now)
+            .cloned()
+            .collect();
+        for slot in &due {
+            self.end(slot, Actor::Room, Event::Expired, "expired").await?;
+        }
+        Ok(due.len())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Authentication
+
+    /// Issues a challenge.
+    pub fn challenge(&self, req: v1::ChallengeRequest) -> Result<v1::ChallengeResponse> {
+        let slot = self.find(&req.agreement)?;
+        let role = self.principal(&slot, req.principal.as_ref())?;
+        let client_nonce = nonce("client_nonce", &req.client_nonce)?;
+        let fp = slot.agreement.fingerprint();
+        let room_nonce = lock(&self.inner.auth).issue_challenge(fp, role, client_nonce)?;
+        Ok(v1::ChallengeResponse {
+            room_nonce: room_nonce.to_vec(),
+            fingerprint: fp.to_string(),
+            room_public_key: self.inner.public_key.to_bytes().to_vec(),
+        })
+    }
+
+    /// Checks a signed challenge and starts a session.
+    pub fn authenticate(&self, req: v1::AuthenticateRequest) -> Result<v1::AuthenticateResponse> {
+        let slot = self.find(&req.agreement)?;
+        let role = self.principal(&slot, req.principal.as_ref())?;
+        let fp = slot.agreement.fingerprint();
+        let room_nonce = nonce("room_nonce", &req.room_nonce)?;
+        let client_nonce = nonce("client_nonce", &req.client_nonce)?;
+        lock(&self.inner.auth).take_challenge(&room_nonce, fp, &role, &client_nonce)?;
+        let key = principal_key(&slot, &role)?;
+        let message = accord_proto::signed::auth_challenge(
+            fp.as_bytes(),
+            role.kind(),
+            role.name(),
+            &room_nonce,
+            &client_nonce,
+            &self.inner.public_key.to_bytes(),
+        );
+        let sig = signature(&req.signature)?;
+        key.verify(Purpose::AuthChallenge, &message, &sig).map_err(|_| {
+            RoomError::Unauthenticated(format!(
+                "the challenge signature does not verify with the key the agreement names for {} {}",
+                role.kind(),
+                role.name()
+            ))
+        })?;
+        let (token, session) = lock(&self.inner.auth).start_session(fp, role.clone())?;
+        tracing::info!(agreement = %slot.agreement.id(), principal = %role.name(), kind = role.kind(), "session started");
+        Ok(v1::AuthenticateResponse {
+            session_token: token,
+            expires_unix_ms: session.expires_unix_ms,
+            head: Some(self.head(&slot)),
+        })
+    }
+
+    fn principal(&self, slot: &Slot, p: Option<&v1::Principal>) -> Result<Role> {
+        let m = slot.agreement.manifest();
+        match p.and_then(|p| p.kind.as_ref()) {
+            Some(v1::principal::Kind::Party(name)) => {
+                if m.parties.contains_key(name) {
+                    Ok(Role::Party(name.clone()))
+                } else {
+                    Err(RoomError::PermissionDenied(format!(
+                        "{name:?} is not a party of agreement {} (parties: {})",
+                        m.id,
+                        m.parties.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )))
+                }
+            }
+            Some(v1::principal::Kind::Analyst(name)) => {
+                if m.analyst(name).is_some() {
+                    Ok(Role::Analyst(name.clone()))
+                } else {
+                    Err(RoomError::PermissionDenied(format!(
+                        "{name:?} is not an analyst named in agreement {}",
+                        m.id
+                    )))
+                }
+            }
+            None => Err(RoomError::InvalidArgument("principal is missing: say which party or analyst you are".into())),
+        }
+    }
+
+    fn party_session(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Session, Arc<Slot>, String)> {
+        let session = self.session(metadata)?;
+        let Role::Party(party) = session.role.clone() else {
+            return Err(RoomError::PermissionDenied("only a party of the agreement may do this".into()));
+        };
+        let slot = self.slot_of(&session)?;
+        Ok((session, slot, party))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // PSI
+
+    /// Checks and stores one upload batch. Returns whether it was new.
+    pub(crate) async fn upload_batch(&self, slot: &Arc<Slot>, party: &str, batch: v1::UploadBatch) -> Result<bool> {
+        let now = Utc::now();
+        let m = slot.agreement.manifest();
+        if now < m.valid_from || now >= m.valid_until {
+            return Err(RoomError::FailedPrecondition(format!(
+                "agreement {} is not in force now (valid {} to {}): uploads are refused",
+                m.id, m.valid_from, m.valid_until
+            )));
+        }
+        let n = accord_proto::count_items("points", &batch.points, POINT_LEN)
+            .map_err(|e| RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)))?;
+        if n == 0 || n > MAX_BATCH_ROWS {
+            return Err(RoomError::InvalidArgument(format!(
+                "batch {} has {n} rows; a batch holds 1 to {MAX_BATCH_ROWS} rows",
+                batch.batch_number
+            )));
+        }
+        accord_proto::expect_items("handles", &batch.handles, HANDLE_LEN, n)
+            .map_err(|e| RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)))?;
+        let fp = slot.agreement.fingerprint();
+        let key = &m.parties[party].public_key;
+        let msg = accord_proto::signed::upload_batch(fp.as_bytes(), party, batch.batch_number, &batch.points);
+        key.verify(Purpose::UploadBatch, &msg, &signature(&batch.signature)?).map_err(|_| {
+            RoomError::InvalidArgument(format!(
+                "batch {}: the batch signature does not verify with {party}'s key",
+                batch.batch_number
+            ))
+        })?;
+        if let Err(e) = accord_psi::check_points(&batch.points) {
+            return Err(RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)));
+        }
+        let digest: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(batch.batch_number.to_be_bytes());
+            h.update(&batch.handles);
+            h.update(&batch.points);
+            h.update(prost::Message::encode_to_vec(&v1::UploadBatch { columns: batch.columns.clone(), ..Default::default() }));
+            h.finalize().into()
+        };
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let layout = store.party(party).cloned().ok_or_else(|| RoomError::Internal("party layout missing".into()))?;
+        let attributes = attributes(&layout, &batch.columns, n, batch.batch_number)?;
+        let pending = PendingBatch { handles: batch.handles, points: batch.points, signature: batch.signature, attributes, digest };
+        store.store_pending(party, batch.batch_number, &pending)
+    }
+
+    /// Stores a party's signed completion statement and seals if everything is ready.
+    pub(crate) async fn upload_complete(&self, slot: &Arc<Slot>, party: &str, c: v1::UploadComplete) -> Result<()> {
+        let fp = slot.agreement.fingerprint();
+        let key = &slot.agreement.manifest().parties[party].public_key;
+        let msg = accord_proto::signed::upload_complete(fp.as_bytes(), party, c.batches, c.rows);
+        key.verify(Purpose::UploadComplete, &msg, &signature(&c.signature)?).map_err(|_| {
+            RoomError::InvalidArgument(format!("the completion statement's signature does not verify with {party}'s key"))
+        })?;
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let progress = store.progress(party)?.clone();
+        if let Some(existing) = &progress.complete {
+            if existing.batches == c.batches && existing.rows == c.rows {
+                return Ok(());
+            }
+            return Err(RoomError::AlreadyExists(format!("{party} already completed its upload with other totals")));
+        }
+        if progress.batches.len() as u64 != c.batches || progress.rows() != c.rows {
+            return Err(RoomError::FailedPrecondition(format!(
+                "{party} says it uploaded {} batches and {} rows, but the room holds {} batches and {} rows: \
+                 resume the upload (run the same `accord party upload` again)",
+                c.batches,
+                c.rows,
+                progress.batches.len(),
+                progress.rows()
+            )));
+        }
+        store.store_completion(party, &Completion { batches: c.batches, rows: c.rows, signature: hex::encode(&c.signature) })?;
+        self.audit(slot, Actor::Party(party.to_owned()), Event::UploadComplete { batches: c.batches, rows: c.rows })?;
+        self.maybe_seal(slot, &mut live)?;
+        Ok(())
+    }
+
+    /// The partner's batches waiting for this party's blinding.
+    pub(crate) async fn fetch_work(&self, slot: &Arc<Slot>, party: &str, max: usize) -> Result<Vec<v1::WorkBatch>> {
+        let live = slot.live.read().await;
+        let store = live.store.as_ref().ok_or_else(ended)?;
+        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
+        let mut out = Vec::new();
+        for (&n, info) in &store.progress(&partner)?.batches {
+            if out.len() >= max {
+                break;
+            }
+            if info.state != BatchState::Pending {
+                continue;
+            }
+            let (points, signature) = store.read_pending_points(&partner, n)?;
+            out.push(v1::WorkBatch { from_party: partner.clone(), batch_number: n, points, signature });
+        }
+        Ok(out)
+    }
+
+    /// Stores one blinded batch returned by `party` for its partner.
+    pub(crate) async fn return_blinded(&self, slot: &Arc<Slot>, party: &str, b: v1::BlindedBatch) -> Result<()> {
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
+        let info = store.progress(&partner)?.batches.get(&b.batch_number).cloned().ok_or_else(|| {
+            RoomError::NotFound(format!("batch {} of {partner} was never uploaded", b.batch_number))
+        })?;
+        match info.state {
+            BatchState::Tokenized => return Ok(()), // a retry after a lost acknowledgement
+            BatchState::Refused(_) => {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "batch {} of {partner} was refused earlier and cannot be blinded now",
+                    b.batch_number
+                )));
+            }
+            BatchState::Pending => {}
+        }
+        accord_proto::expect_items("points", &b.points, POINT_LEN, info.rows as usize)
+            .map_err(|e| RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)))?;
+        if let Err(e) = accord_psi::check_points(&b.points) {
+            return Err(RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)));
+        }
+        store.store_tokens(&partner, b.batch_number, &b.points)?;
+        self.maybe_seal(slot, &mut live)?;
+        Ok(())
+    }
+
+    /// Records `party`'s refusal to blind one of its partner's batches.
+    pub(crate) async fn refuse_batch(&self, slot: &Arc<Slot>, party: &str, r: v1::WorkRefusal) -> Result<()> {
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
+        let Some(info) = store.progress(&partner)?.batches.get(&r.batch_number).cloned() else {
+            return Err(RoomError::NotFound(format!("batch {} of {partner} was never uploaded", r.batch_number)));
+        };
+        if info.state != BatchState::Pending {
+            return Ok(());
+        }
+        let reason: String = r.reason.chars().take(500).collect();
+        store.store_refusal(&partner, r.batch_number, &reason)?;
+        self.audit(slot, Actor::Party(party.to_owned()), Event::BatchRefused { owner: partner, batch_number: r.batch_number, reason })?;
+        Ok(())
+    }
+
+    fn maybe_seal(&self, slot: &Slot, live: &mut Live) -> Result<()> {
+        let Some(store) = live.store.as_ref() else { return Ok(()) };
+        if !store.ready_to_seal() || store.seal_info()?.is_some() {
+            return Ok(());
+        }
+        let (snapshot, duplicates) = store.build_snapshot()?;
+        let full_spec = table_spec(&slot.agreement, &[]);
+        let attrs = attribute_batch(&snapshot, &full_spec)?;
+        let withheld: Vec<(String, String)> = accord_engine::dimension_cardinality_problems(&full_spec, &[attrs])
+            .into_iter()
+            .map(|p| (p.column.clone(), p.to_string()))
+            .collect();
+        let info = SealInfo { sealed_at: Utc::now().to_rfc3339(), withheld: withheld.clone() };
+        store.write_snapshot(&snapshot, &info)?;
+        live.engine = Some(Arc::new(build_engine(&slot.agreement, &withheld, &snapshot)?));
+        live.withheld = withheld.clone();
+        self.audit(
+            slot,
+            Actor::Room,
+            Event::Sealed { withheld_columns: withheld.into_iter().map(|(c, _)| c).collect(), duplicate_tokens_dropped: duplicates },
+        )?;
+        tracing::info!(agreement = %slot.agreement.id(), "snapshot sealed");
+        Ok(())
+    }
+
+    /// A party's own progress.
+    pub(crate) async fn status(&self, slot: &Arc<Slot>, party: &str) -> Result<v1::StatusResponse> {
+        let live = slot.live.read().await;
+        let store = live.store.as_ref().ok_or_else(ended)?;
+        let partner = store.partner_of(party).unwrap_or_default().to_owned();
+        let me = store.progress(party)?;
+        let them = store.progress(&partner)?;
+        let sealed = store.seal_info()?.is_some();
+        Ok(v1::StatusResponse {
+            agreement_id: slot.agreement.id().to_owned(),
+            fingerprint: slot.agreement.fingerprint().to_string(),
+            state: if sealed { v1::AgreementState::Sealed } else { v1::AgreementState::Collecting } as i32,
+            batches_uploaded: me.batches.len() as u64,
+            rows_uploaded: me.rows(),
+            upload_complete: me.complete.is_some(),
+            batches_tokenized: me.tokenized(),
+            refused_batches: me
+                .batches
+                .iter()
+                .filter_map(|(n, b)| match &b.state {
+                    BatchState::Refused(reason) => Some(v1::WorkRefusal { batch_number: *n, reason: reason.clone() }),
+                    _ => None,
+                })
+                .collect(),
+            partner,
+            partner_upload_complete: them.complete.is_some(),
+            work_waiting: them.batches.values().filter(|b| b.state == BatchState::Pending).count() as u64,
+            tokens_complete: me.tokens_complete() && them.tokens_complete(),
+            head: Some(self.head(slot)),
+        })
+    }
+
+    /// Erases a party's rows by handle: all of them or none.
+    pub(crate) async fn erase(&self, slot: &Arc<Slot>, party: &str, handles: &[u8]) -> Result<v1::EraseResponse> {
+        let n = accord_proto::count_items("handles", handles, HANDLE_LEN).map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+        if n == 0 || n > accord_proto::limits::MAX_ERASE_HANDLES {
+            return Err(RoomError::InvalidArgument(format!(
+                "an erasure request carries 1 to {} handles, this one {n}",
+                accord_proto::limits::MAX_ERASE_HANDLES
+            )));
+        }
+        let wanted: HashSet<[u8; 16]> = handles
+            .chunks_exact(HANDLE_LEN)
+            .map(|c| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(c);
+                a
+            })
+            .collect();
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let known = store.known_handles(party)?;
+        let unknown = wanted.iter().filter(|h| !known.contains(*h)).count();
+        if unknown > 0 {
+            return Err(RoomError::NotFound(format!(
+                "{unknown} of the {} handles are not in {party}'s data for this agreement (never uploaded or already \
+                 erased); nothing was erased — send only handles of uploaded rows",
+                wanted.len()
+            )));
+        }
+        let snapshot = store.erase(party, &wanted)?;
+        if let Some(snapshot) = snapshot {
+            let withheld = live.withheld.clone();
+            live.engine = Some(Arc::new(build_engine(&slot.agreement, &withheld, &snapshot)?));
+        }
+        let erased = wanted.len() as u64;
+        self.audit(slot, Actor::Party(party.to_owned()), Event::Erasure { rows: erased })?;
+        let fp = slot.agreement.fingerprint();
+        let receipt = accord_proto::signed::erasure_receipt(fp.as_bytes(), party, erased, handles);
+        Ok(v1::EraseResponse {
+            erased,
+            receipt_signature: self.inner.key.sign(Purpose::ErasureReceipt, &receipt).to_bytes().to_vec(),
+            head: Some(self.head(slot)),
+        })
+    }
+
+    /// Session helpers for the gRPC layer.
+    pub(crate) fn party_call(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Arc<Slot>, String)> {
+        let (_, slot, party) = self.party_session(metadata)?;
+        Ok((slot, party))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Queries
+
+    /// Resolves an analyst session.
+    pub(crate) fn analyst_call(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Arc<Slot>, String)> {
+        let session = self.session(metadata)?;
+        let Role::Analyst(name) = session.role.clone() else {
+            return Err(RoomError::PermissionDenied(
+                "only an analyst named in the agreement may query; parties query through their analysts".into(),
+            ));
+        };
+        Ok((self.slot_of(&session)?, name))
+    }
+
+    /// The queryable columns.
+    pub(crate) async fn describe(&self, slot: &Arc<Slot>) -> Result<v1::DescribeResponse> {
+        let live = slot.live.read().await;
+        live.store.as_ref().ok_or_else(ended)?;
+        let m = slot.agreement.manifest();
+        let mut columns = Vec::new();
+        for (party, p) in &m.parties {
+            for c in &p.contributes {
+                let name = format!("{party}_{}", c.column);
+                let withheld = live.withheld.iter().find(|(w, _)| *w == name).map(|(_, r)| r.clone()).unwrap_or_default();
+                let (role, min, max) = match c.role {
+                    ColumnRole::Dimension => ("dimension", 0.0, 0.0),
+                    ColumnRole::Metric { min, max } => ("metric", min, max),
+                };
+                columns.push(v1::ColumnInfo { name, role: role.into(), min, max, withheld });
+            }
+        }
+        Ok(v1::DescribeResponse {
+            agreement_id: m.id.clone(),
+            fingerprint: slot.agreement.fingerprint().to_string(),
+            sealed: live.engine.is_some(),
+            min_group_size: m.min_group_size,
+            aggregates: m.privacy.aggregates.iter().map(|a| format!("{a:?}").to_uppercase()).collect(),
+            columns,
+            head: Some(self.head(slot)),
+        })
+    }
+
+    /// Runs one query under the policy and logs it, answered or refused. The answer is
+    /// encoded by `encode` while the agreement's read lock is held (result release is ordered
+    /// with revocation).
+    pub(crate) async fn query<T>(
+        &self,
+        slot: &Arc<Slot>,
+        analyst: &str,
+        sql: &str,
+        encode: impl FnOnce(&accord_engine::Answer) -> Result<T>,
+    ) -> Result<QueryResult<T>> {
+        let live = slot.live.read().await;
+        live.store.as_ref().ok_or_else(ended)?;
+        if slot.agreement.manifest().valid_until <= Utc::now() {
+            return Err(RoomError::FailedPrecondition("the agreement has expired: queries are refused".into()));
+        }
+        let engine = live.engine.clone().ok_or_else(|| {
+            RoomError::FailedPrecondition(
+                "the agreement's data is not sealed yet: both parties must finish their upload and blinding".into(),
+            )
+        })?;
+        let actor = Actor::Analyst(analyst.to_owned());
+        if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
+            let message = format!("the query is {} bytes long; the limit is 16 KiB", sql.len());
+            self.audit(slot, actor, query_event(sql, "refused", Some("too_long"), 0, 0))?;
+            return Ok(QueryResult::Refused { rule: "too_long".into(), message, head: self.head(slot) });
+        }
+        match engine.query(sql).await.map_err(|e| RoomError::Internal(format!("query engine: {e}")))? {
+            Outcome::Refused(refusal) => {
+                let rule = refusal.rule.name().to_owned();
+                let message = refusal.to_string();
+                self.audit(slot, actor, query_event(sql, "refused", Some(&rule), 0, 0))?;
+                tracing::info!(agreement = %slot.agreement.id(), analyst, rule, "query refused");
+                Ok(QueryResult::Refused { rule, message, head: self.head(slot) })
+            }
+            Outcome::Answered(answer) => {
+                let encoded = encode(&answer)?;
+                self.audit(
+                    slot,
+                    actor,
+                    query_event(sql, "answered", None, answer.rows as u64, answer.groups_suppressed),
+                )?;
+                tracing::info!(agreement = %slot.agreement.id(), analyst, rows = answer.rows, "query answered");
+                Ok(QueryResult::Answered { value: encoded, rows: answer.rows as u64, head: self.head(slot) })
+            }
+        }
+    }
+
+    /// The result schema of a query without running it (Flight SQL's GetFlightInfo), or its refusal.
+    pub(crate) async fn query_schema(&self, slot: &Arc<Slot>, sql: &str) -> Result<std::result::Result<arrow::datatypes::SchemaRef, (String, String)>> {
+        let live = slot.live.read().await;
+        let engine = live.engine.clone().ok_or_else(|| {
+            RoomError::FailedPrecondition("the agreement's data is not sealed yet".into())
+        })?;
+        if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
+            return Ok(Err(("too_long".into(), "the query is longer than 16 KiB".into())));
+        }
+        match engine.prepare(sql).await.map_err(|e| RoomError::Internal(format!("query engine: {e}")))? {
+            Ok(prepared) => Ok(Ok(prepared.schema())),
+            Err(refusal) => Ok(Err((refusal.rule.name().to_owned(), refusal.to_string()))),
+        }
+    }
+
+    /// The schema of the `overlap` table for an analyst session.
+    pub(crate) async fn overlap_schema(&self, slot: &Arc<Slot>) -> Result<arrow::datatypes::SchemaRef> {
+        let live = slot.live.read().await;
+        let withheld = live.withheld.clone();
+        Ok(table_spec(&slot.agreement, &withheld).arrow_schema())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Audit
+
+    /// The whole audit log of an agreement version, by fingerprint (also after its data was deleted).
+    pub fn fetch_audit(&self, fingerprint: &str) -> Result<v1::FetchAuditResponse> {
+        let fp: Fingerprint = fingerprint.trim().parse().map_err(|_| {
+            RoomError::InvalidArgument(
+                "the audit log is fetched by the agreement's fingerprint (64 hex characters, shown by `accord agreement show`)".into(),
+            )
+        })?;
+        let path = self.audit_path(fp);
+        if !path.exists() {
+            return Err(RoomError::NotFound(format!("this room has no audit log for fingerprint {fp}")));
+        }
+        let slot = lock(&self.inner.registry).by_fingerprint.get(&fp).cloned();
+        let (entries, head) = match slot {
+            Some(slot) => {
+                let audit = lock(&slot.audit);
+                (audit.read_all()?, audit.signed_head(&self.inner.key))
+            }
+            None => {
+                let audit = AuditLog::open(&path, fp)?;
+                (audit.read_all()?, audit.signed_head(&self.inner.key))
+            }
+        };
+        Ok(v1::FetchAuditResponse { entries, head: Some(head), room_public_key: self.inner.public_key.to_bytes().to_vec() })
+    }
+}
+
+/// The result of [`Room::query`].
+#[derive(Debug)]
+pub enum QueryResult<T> {
+    /// Answered; `value` is the encoded answer.
+    Answered {
+        /// The encoded answer.
+        value: T,
+        /// Rows returned.
+        rows: u64,
+        /// The audit head after logging.
+        head: v1::SignedHead,
+    },
+    /// Refused by the policy.
+    Refused {
+        /// Stable rule name.
+        rule: String,
+        /// The sentence for the analyst.
+        message: String,
+        /// The audit head after logging.
+        head: v1::SignedHead,
+    },
+}
+
+fn query_event(sql: &str, decision: &str, rule: Option<&str>, rows: u64, suppressed: u64) -> Event {
+    Event::Query {
+        sql: sql.to_owned(),
+        decision: decision.to_owned(),
+        rule: rule.map(str::to_owned),
+        rows_returned: rows,
+        groups_suppressed: suppressed,
+        budget_spent: 0.0,
+    }
+}
+
+fn ended() -> RoomError {
+    RoomError::FailedPrecondition("this agreement has ended (revoked, expired or superseded) and its data was deleted".into())
+}
+
+fn nonce(field: &'static str, bytes: &[u8]) -> Result<[u8; NONCE_LEN]> {
+    accord_proto::fixed::<NONCE_LEN>(field, bytes).map_err(|e| RoomError::InvalidArgument(e.to_string()))
+}
+
+fn signature(bytes: &[u8]) -> Result<Signature> {
+    let raw = accord_proto::fixed::<64>("signature", bytes).map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+    Ok(Signature::from_bytes(&raw))
+}
+
+fn principal_key(slot: &Slot, role: &Role) -> Result<PublicKey> {
+    let m = slot.agreement.manifest();
+    match role {
+        Role::Party(p) => m.parties.get(p).map(|p| p.public_key.clone()),
+        Role::Analyst(a) => m.analyst(a).map(|a| a.public_key.clone()),
+    }
+    .ok_or_else(|| RoomError::PermissionDenied(format!("{} is not named in the agreement", role.name())))
+}
+
+/// Converts a batch's proto columns into Arrow arrays in manifest order, checking names,
+/// types, counts, lengths and bounds.
+fn attributes(layout: &PartyColumns, columns: &[v1::Column], n: usize, batch: u64) -> Result<Vec<ArrayRef>> {
+    let bad = |m: String| RoomError::InvalidArgument(format!("batch {batch}: {m}"));
+    let mut by_name: HashMap<&str, &v1::Column> = HashMap::new();
+    for c in columns {
+        if by_name.insert(c.name.as_str(), c).is_some() {
+            return Err(bad(format!("column {:?} appears twice", c.name)));
+        }
+        if !layout.columns.iter().any(|(name, _)| *name == c.name) {
+            return Err(bad(format!(
+                "column {:?} is not one {} contributes under this agreement (agreed: {})",
+                c.name,
+                layout.party,
+                layout.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(layout.columns.len());
+    for (name, kind) in &layout.columns {
+        let c = by_name.get(name.as_str()).ok_or_else(|| bad(format!("agreed column {name:?} is missing")))?;
+        let present = |p: &[bool]| -> Result<Vec<bool>> {
+            match p.len() {
+                0 => Ok(vec![true; n]),
+                len if len == n => Ok(p.to_vec()),
+                len => Err(bad(format!("column {name:?} has {len} presence flags for {n} rows"))),
+            }
+        };
+        let array: ArrayRef = match (kind, &c.values) {
+            (ColumnKind::Text, Some(v1::column::Values::Text(t))) => {
+                if t.values.len() != n {
+                    return Err(bad(format!("column {name:?} has {} values for {n} rows", t.values.len())));
+                }
+                let p = present(&t.present)?;
+                if let Some(v) = t.values.iter().find(|v| v.len() > MAX_TEXT_VALUE_LEN) {
+                    return Err(bad(format!(
+                        "column {name:?} has a value of {} bytes; dimension values are at most {MAX_TEXT_VALUE_LEN} bytes",
+                        v.len()
+                    )));
+                }
+                Arc::new(t.values.iter().zip(p).map(|(v, ok)| ok.then_some(v.as_str())).collect::<StringArray>())
+            }
+            (ColumnKind::Number { min, max }, Some(v1::column::Values::Number(x))) => {
+                if x.values.len() != n {
+                    return Err(bad(format!("column {name:?} has {} values for {n} rows", x.values.len())));
+                }
+                let p = present(&x.present)?;
+                for (v, ok) in x.values.iter().zip(&p) {
+                    if *ok && (!v.is_finite() || *v < *min || *v > *max) {
+                        return Err(bad(format!(
+                            "column {name:?} has the value {v}, outside its agreed bounds [{min}, {max}] (parties clamp metrics before upload)"
+                        )));
+                    }
+                }
+                Arc::new(x.values.iter().zip(p).map(|(v, ok)| ok.then_some(*v)).collect::<Float64Array>())
+            }
+            (ColumnKind::Text, _) => return Err(bad(format!("column {name:?} is a dimension: send text values"))),
+            (ColumnKind::Number { .. }, _) => return Err(bad(format!("column {name:?} is a metric: send number values"))),
+        };
+        out.push(array);
+    }
+    Ok(out)
+}
+
+/// The attribute columns of a snapshot, in `spec` order (no handles, nothing else).
+fn attribute_batch(snapshot: &RecordBatch, spec: &TableSpec) -> Result<RecordBatch> {
+    let schema = spec.arrow_schema();
+    let mut columns = Vec::with_capacity(spec.columns.len());
+    for c in &spec.columns {
+        columns.push(snapshot.column(snapshot.schema().index_of(&c.name)?).clone());
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+fn build_engine(agreement: &VerifiedAgreement, withheld: &[(String, String)], snapshot: &RecordBatch) -> Result<Engine> {
+    let spec = table_spec(agreement, withheld);
+    let attrs = attribute_batch(snapshot, &spec)?;
+    Engine::new(spec, vec![attrs]).map_err(|e| RoomError::Internal(format!("query engine: {e}")))
+}

@@ -1,0 +1,728 @@
+//! The room's files for one agreement. Everything the room acknowledges is on disk first;
+//! the directory listing is the truth, so a restart (even after `kill -9`) rebuilds the same
+//! state with [`AgreementStore::open`].
+//!
+//! ```text
+//! <data>/agreements/<fingerprint>/manifest.toml
+//!     parties/<party>/pending/<batch>.parquet   handle, point (k_party·H), attributes — waits for the partner
+//!     parties/<party>/rows/<batch>.parquet      token (k_B·k_A·H), handle, attributes
+//!     parties/<party>/refused/<batch>.txt       the partner's reason for refusing to blind the batch
+//!     parties/<party>/complete.json             the party's signed completion statement
+//!     parties/<party>/erased.bin                handles erased while their batch was still pending
+//!     snapshot.parquet, sealed.json             the sealed join: matched rows only, no tokens
+//! <data>/audit/<fingerprint>.jsonl              the audit log (outlives the data)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use accord_agreement::{ColumnRole, Manifest};
+use arrow::array::{
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Float64Array, RecordBatch, StringArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RoomError};
+
+const POINT: i32 = 32;
+const HANDLE: i32 = 16;
+const DIGEST_KEY: &str = "accord.batch_digest";
+const SIGNATURE_KEY: &str = "accord.signature";
+
+/// How one attribute column is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnKind {
+    /// A dimension: text labels.
+    Text,
+    /// A metric with its agreed bounds.
+    Number {
+        /// Lower bound.
+        min: f64,
+        /// Upper bound.
+        max: f64,
+    },
+}
+
+/// A party's agreed columns, in manifest order.
+#[derive(Debug, Clone)]
+pub struct PartyColumns {
+    /// Party name.
+    pub party: String,
+    /// `(column, kind)` in the order of the manifest's `contributes` list.
+    pub columns: Vec<(String, ColumnKind)>,
+    /// The party's upload cap.
+    pub max_rows: u64,
+}
+
+impl PartyColumns {
+    /// The columns each party contributes, parties in name order.
+    pub fn from_manifest(manifest: &Manifest) -> Vec<PartyColumns> {
+        manifest
+            .parties
+            .iter()
+            .map(|(name, party)| PartyColumns {
+                party: name.clone(),
+                max_rows: party.max_rows,
+                columns: party
+                    .contributes
+                    .iter()
+                    .map(|c| {
+                        let kind = match c.role {
+                            ColumnRole::Dimension => ColumnKind::Text,
+                            ColumnRole::Metric { min, max } => ColumnKind::Number { min, max },
+                        };
+                        (c.column.clone(), kind)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn attribute_fields(&self, prefix: bool) -> Vec<Field> {
+        self.columns
+            .iter()
+            .map(|(name, kind)| {
+                let name = if prefix { format!("{}_{}", self.party, name) } else { name.clone() };
+                let ty = match kind {
+                    ColumnKind::Text => DataType::Utf8,
+                    ColumnKind::Number { .. } => DataType::Float64,
+                };
+                Field::new(name, ty, true)
+            })
+            .collect()
+    }
+}
+
+/// A batch as the room keeps it before the partner blinds it.
+#[derive(Debug, Clone)]
+pub struct PendingBatch {
+    /// Handles, 16 bytes each.
+    pub handles: Vec<u8>,
+    /// Points k_party·H(x), 32 bytes each.
+    pub points: Vec<u8>,
+    /// The party's signature over the batch.
+    pub signature: Vec<u8>,
+    /// Attribute columns in manifest order.
+    pub attributes: Vec<ArrayRef>,
+    /// SHA-256 of the batch as received, to recognize a retry.
+    pub digest: [u8; 32],
+}
+
+/// Where one batch of a party stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchState {
+    /// Stored; waiting for the partner to blind it.
+    Pending,
+    /// The partner blinded it; tokens stored.
+    Tokenized,
+    /// The partner refused to blind it.
+    Refused(String),
+}
+
+/// What is stored for one batch.
+#[derive(Debug, Clone)]
+pub struct BatchInfo {
+    /// Rows in the batch.
+    pub rows: u64,
+    /// Where it stands.
+    pub state: BatchState,
+    /// Digest of the batch as received.
+    pub digest: [u8; 32],
+}
+
+/// The signed completion statement of a party.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Completion {
+    /// Batches uploaded.
+    pub batches: u64,
+    /// Rows uploaded.
+    pub rows: u64,
+    /// Hex of the party's signature.
+    pub signature: String,
+}
+
+/// A party's progress, rebuilt from the files at open.
+#[derive(Debug, Clone, Default)]
+pub struct PartyProgress {
+    /// Batches by number.
+    pub batches: BTreeMap<u64, BatchInfo>,
+    /// The completion statement, once stored.
+    pub complete: Option<Completion>,
+    /// Handles erased while their batch was pending.
+    pub erased_pending: HashSet<[u8; 16]>,
+}
+
+impl PartyProgress {
+    /// Rows stored.
+    pub fn rows(&self) -> u64 {
+        self.batches.values().map(|b| b.rows).sum()
+    }
+    /// Batches the partner blinded.
+    pub fn tokenized(&self) -> u64 {
+        self.batches.values().filter(|b| b.state == BatchState::Tokenized).count() as u64
+    }
+    /// True when complete and every batch is tokenized.
+    pub fn tokens_complete(&self) -> bool {
+        self.complete.as_ref().is_some_and(|c| c.batches == self.batches.len() as u64)
+            && self.batches.values().all(|b| b.state == BatchState::Tokenized)
+    }
+}
+
+/// Information written at sealing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SealInfo {
+    /// When the snapshot was sealed (RFC 3339).
+    pub sealed_at: String,
+    /// Dimension columns withheld, with the reason.
+    pub withheld: Vec<(String, String)>,
+}
+
+/// One agreement's directory.
+#[derive(Debug)]
+pub struct AgreementStore {
+    dir: PathBuf,
+    parties: Vec<PartyColumns>,
+    progress: BTreeMap<String, PartyProgress>,
+}
+
+fn batch_file(n: u64) -> String {
+    format!("{n:010}.parquet")
+}
+
+fn parse_batch_file(name: &str, ext: &str) -> Option<u64> {
+    name.strip_suffix(ext)?.parse().ok()
+}
+
+impl AgreementStore {
+    /// Opens (creating if needed) the directory and rebuilds progress from its files.
+    /// Half-finished work from a crash is cleaned up: temp files are removed and a pending
+    /// batch whose tokens are already stored is dropped.
+    pub fn open(dir: &Path, parties: Vec<PartyColumns>) -> Result<Self> {
+        let mut progress = BTreeMap::new();
+        for p in &parties {
+            let pdir = dir.join("parties").join(&p.party);
+            for sub in ["pending", "rows", "refused"] {
+                accord_fs::create_dir_all(&pdir.join(sub), accord_fs::Access::OwnerOnly)?;
+            }
+            let mut pr = PartyProgress::default();
+            for (n, path) in list(&pdir.join("rows"), ".parquet")? {
+                let (rows, digest) = read_meta(&path)?;
+                pr.batches.insert(n, BatchInfo { rows, state: BatchState::Tokenized, digest });
+            }
+            for (n, path) in list(&pdir.join("pending"), ".parquet")? {
+                if pr.batches.contains_key(&n) {
+                    // Tokens were stored but the crash came before the pending file was removed.
+                    fs::remove_file(&path).map_err(|e| RoomError::io("remove", &path, e))?;
+                    continue;
+                }
+                let (rows, digest) = read_meta(&path)?;
+                pr.batches.insert(n, BatchInfo { rows, state: BatchState::Pending, digest });
+            }
+            for (n, path) in list(&pdir.join("refused"), ".txt")? {
+                let reason = fs::read_to_string(&path).map_err(|e| RoomError::io("read", &path, e))?;
+                if let Some(b) = pr.batches.get_mut(&n) {
+                    b.state = BatchState::Refused(reason);
+                }
+            }
+            let complete = pdir.join("complete.json");
+            if complete.exists() {
+                let text = fs::read(&complete).map_err(|e| RoomError::io("read", &complete, e))?;
+                pr.complete = Some(
+                    serde_json::from_slice(&text)
+                        .map_err(|e| RoomError::Internal(format!("{}: {e}", complete.display())))?,
+                );
+            }
+            let erased = pdir.join("erased.bin");
+            if erased.exists() {
+                let bytes = fs::read(&erased).map_err(|e| RoomError::io("read", &erased, e))?;
+                for h in bytes.chunks_exact(16) {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(h);
+                    pr.erased_pending.insert(a);
+                }
+            }
+            progress.insert(p.party.clone(), pr);
+        }
+        remove_temp_files(dir)?;
+        Ok(Self { dir: dir.to_path_buf(), parties, progress })
+    }
+
+    /// The agreement directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The parties' column layouts.
+    pub fn parties(&self) -> &[PartyColumns] {
+        &self.parties
+    }
+
+    /// A party's column layout.
+    pub fn party(&self, name: &str) -> Option<&PartyColumns> {
+        self.parties.iter().find(|p| p.party == name)
+    }
+
+    /// The other party (agreements have exactly two parties in this version).
+    pub fn partner_of(&self, name: &str) -> Option<&str> {
+        self.parties.iter().map(|p| p.party.as_str()).find(|p| *p != name)
+    }
+
+    /// A party's progress.
+    pub fn progress(&self, party: &str) -> Result<&PartyProgress> {
+        self.progress
+            .get(party)
+            .ok_or_else(|| RoomError::NotFound(format!("party {party:?} is not part of this agreement")))
+    }
+
+    fn party_dir(&self, party: &str) -> PathBuf {
+        self.dir.join("parties").join(party)
+    }
+
+    /// Stores an upload batch durably. Returns false when the same batch was already stored.
+    pub fn store_pending(&mut self, party: &str, batch_number: u64, batch: &PendingBatch) -> Result<bool> {
+        let layout = self.party(party).cloned().ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
+        let progress = self.progress.get(party).cloned().unwrap_or_default();
+        if let Some(existing) = progress.batches.get(&batch_number) {
+            if existing.digest == batch.digest {
+                return Ok(false);
+            }
+            return Err(RoomError::AlreadyExists(format!(
+                "batch {batch_number} of {party} is already stored with different content: an upload is resumed \
+                 only with exactly the same input and state directory (if the input changed, the agreement needs a \
+                 new version)"
+            )));
+        }
+        let next = progress.batches.len() as u64;
+        if batch_number != next {
+            return Err(RoomError::InvalidArgument(format!(
+                "batch {batch_number} of {party} is out of order: the room expects batch {next} next"
+            )));
+        }
+        if progress.complete.is_some() {
+            return Err(RoomError::FailedPrecondition(format!(
+                "{party} already completed its upload for this agreement version; later changes are erasures"
+            )));
+        }
+        let rows = (batch.handles.len() / 16) as u64;
+        if progress.rows() + rows > layout.max_rows {
+            return Err(RoomError::FailedPrecondition(format!(
+                "this batch would take {party} past its agreed upload cap of {} rows (max_rows in the agreement)",
+                layout.max_rows
+            )));
+        }
+        let mut fields = vec![
+            Field::new("handle", DataType::FixedSizeBinary(HANDLE), false),
+            Field::new("point", DataType::FixedSizeBinary(POINT), false),
+        ];
+        fields.extend(layout.attribute_fields(false));
+        let mut columns: Vec<ArrayRef> = vec![fixed_array(&batch.handles, HANDLE)?, fixed_array(&batch.points, POINT)?];
+        columns.extend(batch.attributes.iter().cloned());
+        let rb = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let meta = vec![
+            KeyValue::new(DIGEST_KEY.to_owned(), hex::encode(batch.digest)),
+            KeyValue::new(SIGNATURE_KEY.to_owned(), hex::encode(&batch.signature)),
+        ];
+        let path = self.party_dir(party).join("pending").join(batch_file(batch_number));
+        accord_fs::write_atomic(&path, &parquet_bytes(&rb, meta)?)?;
+        self.progress.entry(party.to_owned()).or_default().batches.insert(
+            batch_number,
+            BatchInfo { rows, state: BatchState::Pending, digest: batch.digest },
+        );
+        Ok(true)
+    }
+
+    /// Reads a pending batch: its points and the owner's signature.
+    pub fn read_pending_points(&self, party: &str, batch_number: u64) -> Result<(Vec<u8>, Vec<u8>)> {
+        let path = self.party_dir(party).join("pending").join(batch_file(batch_number));
+        let (batches, meta) = read_parquet(&path)?;
+        let signature = meta
+            .get(SIGNATURE_KEY)
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(|| RoomError::Internal(format!("{} has no signature", path.display())))?;
+        let mut points = Vec::new();
+        for rb in &batches {
+            let col = column_fixed(rb, "point")?;
+            for i in 0..col.len() {
+                points.extend_from_slice(col.value(i));
+            }
+        }
+        Ok((points, signature))
+    }
+
+    /// Replaces a pending batch by its double-blinded tokens (same order as its points).
+    /// Rows erased while pending are dropped here.
+    pub fn store_tokens(&mut self, party: &str, batch_number: u64, tokens: &[u8]) -> Result<()> {
+        let pending = self.party_dir(party).join("pending").join(batch_file(batch_number));
+        let (batches, meta) = read_parquet(&pending)?;
+        let rb = concat(&batches)?;
+        let erased = self.progress.get(party).map(|p| p.erased_pending.clone()).unwrap_or_default();
+        let handles = column_fixed(&rb, "handle")?;
+        let keep: Vec<u32> = (0..rb.num_rows())
+            .filter(|&i| !erased.contains(&to16(handles.value(i))))
+            .map(|i| i as u32)
+            .collect();
+        let token_col = fixed_array(tokens, POINT)?;
+        let mut fields = vec![Field::new("token", DataType::FixedSizeBinary(POINT), false)];
+        let mut columns: Vec<ArrayRef> = vec![token_col];
+        for (i, f) in rb.schema().fields().iter().enumerate() {
+            if f.name() == "point" {
+                continue;
+            }
+            fields.push(f.as_ref().clone());
+            columns.push(rb.column(i).clone());
+        }
+        let full = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let kept = take_rows(&full, &keep)?;
+        let meta: Vec<KeyValue> = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        let rows_path = self.party_dir(party).join("rows").join(batch_file(batch_number));
+        accord_fs::write_atomic(&rows_path, &parquet_bytes(&kept, meta)?)?;
+        fs::remove_file(&pending).map_err(|e| RoomError::io("remove", &pending, e))?;
+        accord_fs::sync_dir(&self.party_dir(party).join("pending"))?;
+        if let Some(b) = self.progress.get_mut(party).and_then(|p| p.batches.get_mut(&batch_number)) {
+            b.state = BatchState::Tokenized;
+        }
+        Ok(())
+    }
+
+    /// Records the partner's refusal to blind a batch.
+    pub fn store_refusal(&mut self, party: &str, batch_number: u64, reason: &str) -> Result<()> {
+        let path = self.party_dir(party).join("refused").join(format!("{batch_number:010}.txt"));
+        accord_fs::write_atomic(&path, reason.as_bytes())?;
+        if let Some(b) = self.progress.get_mut(party).and_then(|p| p.batches.get_mut(&batch_number)) {
+            b.state = BatchState::Refused(reason.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Stores a party's completion statement.
+    pub fn store_completion(&mut self, party: &str, completion: &Completion) -> Result<()> {
+        let path = self.party_dir(party).join("complete.json");
+        let bytes = serde_json::to_vec_pretty(completion).map_err(|e| RoomError::Internal(e.to_string()))?;
+        accord_fs::write_atomic(&path, &bytes)?;
+        self.progress.entry(party.to_owned()).or_default().complete = Some(completion.clone());
+        Ok(())
+    }
+
+    /// True when both parties are complete and every batch is tokenized.
+    pub fn ready_to_seal(&self) -> bool {
+        self.progress.len() >= 2 && self.progress.values().all(PartyProgress::tokens_complete)
+    }
+
+    /// The sealed snapshot's information, if sealed.
+    pub fn seal_info(&self) -> Result<Option<SealInfo>> {
+        let path = self.dir.join("sealed.json");
+        if !path.exists() || !self.dir.join("snapshot.parquet").exists() {
+            return Ok(None);
+        }
+        let bytes = fs::read(&path).map_err(|e| RoomError::io("read", &path, e))?;
+        Ok(Some(serde_json::from_slice(&bytes).map_err(|e| RoomError::Internal(format!("{}: {e}", path.display())))?))
+    }
+
+    /// Joins both parties' token tables, keeping only matched rows (no tokens), and writes
+    /// the snapshot. Returns the snapshot and the number of duplicate tokens dropped.
+    pub fn build_snapshot(&self) -> Result<(RecordBatch, u64)> {
+        if self.parties.len() != 2 {
+            return Err(RoomError::Internal("sealing needs exactly two parties".into()));
+        }
+        let a = &self.parties[0];
+        let b = &self.parties[1];
+        let (rows_a, dup_a) = self.read_party_rows(a)?;
+        let (rows_b, dup_b) = self.read_party_rows(b)?;
+        let tok_a = column_fixed(&rows_a, "token")?;
+        let mut index: HashMap<[u8; 32], u32> = HashMap::with_capacity(tok_a.len());
+        for i in 0..tok_a.len() {
+            index.entry(to32(tok_a.value(i))).or_insert(i as u32);
+        }
+        let tok_b = column_fixed(&rows_b, "token")?;
+        let mut take_a = Vec::new();
+        let mut take_b = Vec::new();
+        for j in 0..tok_b.len() {
+            if let Some(&i) = index.get(&to32(tok_b.value(j))) {
+                take_a.push(i);
+                take_b.push(j as u32);
+            }
+        }
+        let ra = take_rows(&rows_a, &take_a)?;
+        let rb = take_rows(&rows_b, &take_b)?;
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (party, rows) in [(a, &ra), (b, &rb)] {
+            fields.push(Field::new(format!("{}_handle", party.party), DataType::FixedSizeBinary(HANDLE), false));
+            columns.push(rows.column(rows.schema().index_of("handle")?).clone());
+        }
+        for (party, rows) in [(a, &ra), (b, &rb)] {
+            for (f, (name, _)) in party.attribute_fields(true).into_iter().zip(&party.columns) {
+                columns.push(rows.column(rows.schema().index_of(name)?).clone());
+                fields.push(f);
+            }
+        }
+        let snapshot = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        Ok((snapshot, dup_a + dup_b))
+    }
+
+    /// Writes the sealed snapshot and its information atomically.
+    pub fn write_snapshot(&self, snapshot: &RecordBatch, info: &SealInfo) -> Result<()> {
+        accord_fs::write_atomic(&self.dir.join("snapshot.parquet"), &parquet_bytes(snapshot, Vec::new())?)?;
+        let bytes = serde_json::to_vec_pretty(info).map_err(|e| RoomError::Internal(e.to_string()))?;
+        accord_fs::write_atomic(&self.dir.join("sealed.json"), &bytes)?;
+        Ok(())
+    }
+
+    /// Reads the sealed snapshot.
+    pub fn read_snapshot(&self) -> Result<RecordBatch> {
+        let (batches, _) = read_parquet(&self.dir.join("snapshot.parquet"))?;
+        concat(&batches)
+    }
+
+    /// Reads a party's tokenized rows, dropping duplicate tokens (first in batch order wins).
+    fn read_party_rows(&self, party: &PartyColumns) -> Result<(RecordBatch, u64)> {
+        let mut fields = vec![
+            Field::new("token", DataType::FixedSizeBinary(POINT), false),
+            Field::new("handle", DataType::FixedSizeBinary(HANDLE), false),
+        ];
+        fields.extend(party.attribute_fields(false));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let mut all = Vec::new();
+        for (_, path) in list(&self.party_dir(&party.party).join("rows"), ".parquet")? {
+            let (batches, _) = read_parquet(&path)?;
+            all.extend(batches);
+        }
+        let rows = arrow::compute::concat_batches(&schema, &all)?;
+        let tokens = column_fixed(&rows, "token")?;
+        let mut seen = HashSet::with_capacity(tokens.len());
+        let keep: Vec<u32> = (0..tokens.len()).filter(|&i| seen.insert(to32(tokens.value(i)))).map(|i| i as u32).collect();
+        let dropped = (rows.num_rows() - keep.len()) as u64;
+        Ok((take_rows(&rows, &keep)?, dropped))
+    }
+
+    /// Which of `handles` are stored for `party` (pending or tokenized, not yet erased).
+    pub fn known_handles(&self, party: &str) -> Result<HashSet<[u8; 16]>> {
+        let mut known = HashSet::new();
+        for sub in ["pending", "rows"] {
+            for (_, path) in list(&self.party_dir(party).join(sub), ".parquet")? {
+                let (batches, _) = read_parquet(&path)?;
+                for rb in &batches {
+                    let h = column_fixed(rb, "handle")?;
+                    for i in 0..h.len() {
+                        known.insert(to16(h.value(i)));
+                    }
+                }
+            }
+        }
+        if let Some(p) = self.progress.get(party) {
+            for h in &p.erased_pending {
+                known.remove(h);
+            }
+        }
+        Ok(known)
+    }
+
+    /// Erases rows of `party` with the given handles from every file: tokenized rows are
+    /// rewritten without them, pending rows lose their attributes now and are dropped when
+    /// their tokens arrive, and the sealed snapshot (if any) is rewritten without them.
+    /// Returns the new snapshot if there was one.
+    pub fn erase(&mut self, party: &str, handles: &HashSet<[u8; 16]>) -> Result<Option<RecordBatch>> {
+        let pdir = self.party_dir(party);
+        for (_, path) in list(&pdir.join("rows"), ".parquet")? {
+            let (batches, meta) = read_parquet(&path)?;
+            let rb = concat(&batches)?;
+            let h = column_fixed(&rb, "handle")?;
+            let keep: Vec<u32> = (0..rb.num_rows()).filter(|&i| !handles.contains(&to16(h.value(i)))).map(|i| i as u32).collect();
+            if keep.len() != rb.num_rows() {
+                let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+                accord_fs::write_atomic(&path, &parquet_bytes(&take_rows(&rb, &keep)?, meta)?)?;
+            }
+        }
+        let mut newly_pending = Vec::new();
+        for (_, path) in list(&pdir.join("pending"), ".parquet")? {
+            let (batches, meta) = read_parquet(&path)?;
+            let rb = concat(&batches)?;
+            let h = column_fixed(&rb, "handle")?;
+            let hit: Vec<usize> = (0..rb.num_rows()).filter(|&i| handles.contains(&to16(h.value(i)))).collect();
+            if hit.is_empty() {
+                continue;
+            }
+            // The points stay (the partner verifies the batch signature over them); the
+            // customer's attributes go now, the row itself when the tokens arrive.
+            let nulled = null_attributes(&rb, &hit)?;
+            let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+            accord_fs::write_atomic(&path, &parquet_bytes(&nulled, meta)?)?;
+            newly_pending.extend(hit.iter().map(|&i| to16(h.value(i))));
+        }
+        if !newly_pending.is_empty() {
+            let progress = self.progress.entry(party.to_owned()).or_default();
+            progress.erased_pending.extend(newly_pending);
+            let mut bytes = Vec::with_capacity(progress.erased_pending.len() * 16);
+            for h in &progress.erased_pending {
+                bytes.extend_from_slice(h);
+            }
+            accord_fs::write_atomic(&pdir.join("erased.bin"), &bytes)?;
+        }
+        if self.seal_info()?.is_some() {
+            let snapshot = self.read_snapshot()?;
+            let col = snapshot.schema().index_of(&format!("{party}_handle"))?;
+            let h = snapshot
+                .column(col)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| RoomError::Internal("snapshot handle column has the wrong type".into()))?;
+            let keep: Vec<u32> =
+                (0..snapshot.num_rows()).filter(|&i| !handles.contains(&to16(h.value(i)))).map(|i| i as u32).collect();
+            let new = take_rows(&snapshot, &keep)?;
+            accord_fs::write_atomic(&self.dir.join("snapshot.parquet"), &parquet_bytes(&new, Vec::new())?)?;
+            return Ok(Some(new));
+        }
+        Ok(None)
+    }
+}
+
+fn to16(b: &[u8]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    a
+}
+
+fn to32(b: &[u8]) -> [u8; 32] {
+    let mut a = [0u8; 32];
+    a.copy_from_slice(&b[..32]);
+    a
+}
+
+fn null_attributes(rb: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
+    let hit: HashSet<usize> = rows.iter().copied().collect();
+    let mut columns = Vec::with_capacity(rb.num_columns());
+    for (i, f) in rb.schema().fields().iter().enumerate() {
+        let col = rb.column(i);
+        let new: ArrayRef = match f.data_type() {
+            DataType::Utf8 => {
+                let a = col.as_any().downcast_ref::<StringArray>().ok_or_else(|| RoomError::Internal("bad text column".into()))?;
+                Arc::new((0..a.len()).map(|r| if hit.contains(&r) || a.is_null(r) { None } else { Some(a.value(r)) }).collect::<StringArray>())
+            }
+            DataType::Float64 => {
+                let a = col.as_any().downcast_ref::<Float64Array>().ok_or_else(|| RoomError::Internal("bad number column".into()))?;
+                Arc::new((0..a.len()).map(|r| if hit.contains(&r) || a.is_null(r) { None } else { Some(a.value(r)) }).collect::<Float64Array>())
+            }
+            _ => col.clone(),
+        };
+        columns.push(new);
+    }
+    Ok(RecordBatch::try_new(rb.schema(), columns)?)
+}
+
+/// A fixed-size binary column from concatenated items.
+pub fn fixed_array(bytes: &[u8], size: i32) -> Result<ArrayRef> {
+    let n = bytes.len() / size as usize;
+    let mut b = FixedSizeBinaryBuilder::with_capacity(n, size);
+    for chunk in bytes.chunks_exact(size as usize) {
+        b.append_value(chunk)?;
+    }
+    Ok(Arc::new(b.finish()))
+}
+
+fn column_fixed<'a>(rb: &'a RecordBatch, name: &str) -> Result<&'a FixedSizeBinaryArray> {
+    let idx = rb.schema().index_of(name)?;
+    rb.column(idx)
+        .as_any()
+        .downcast_ref::<FixedSizeBinaryArray>()
+        .ok_or_else(|| RoomError::Internal(format!("column {name} has the wrong type")))
+}
+
+fn take_rows(rb: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+    let idx = UInt32Array::from(rows.to_vec());
+    Ok(arrow::compute::take_record_batch(rb, &idx)?)
+}
+
+fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .ok_or_else(|| RoomError::Internal("a parquet file with no record batch".into()))?;
+    Ok(arrow::compute::concat_batches(&schema, batches)?)
+}
+
+fn parquet_bytes(rb: &RecordBatch, meta: Vec<KeyValue>) -> Result<Vec<u8>> {
+    let props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_key_value_metadata(if meta.is_empty() { None } else { Some(meta) })
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, rb.schema(), Some(props))?;
+    w.write(rb)?;
+    w.close()?;
+    Ok(out)
+}
+
+fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, BTreeMap<String, String>)> {
+    let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let meta = kv(builder.metadata().file_metadata().key_value_metadata());
+    let schema = builder.schema().clone();
+    let mut batches = Vec::new();
+    for b in builder.build()? {
+        batches.push(b?);
+    }
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(schema));
+    }
+    Ok((batches, meta))
+}
+
+fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {
+    meta.map(|m| m.iter().filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?))).collect()).unwrap_or_default()
+}
+
+fn read_meta(path: &Path) -> Result<(u64, [u8; 32])> {
+    let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let md = builder.metadata().file_metadata();
+    let rows = md.num_rows() as u64;
+    let digest = kv(md.key_value_metadata())
+        .get(DIGEST_KEY)
+        .and_then(|d| hex::decode(d).ok())
+        .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+        .ok_or_else(|| RoomError::Internal(format!("{} has no batch digest", path.display())))?;
+    Ok((rows, digest))
+}
+
+fn list(dir: &Path, ext: &str) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(RoomError::io("list", dir, e)),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| RoomError::io("list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = parse_batch_file(&name, ext) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Removes temp files left by an interrupted atomic write anywhere under `dir`.
+fn remove_temp_files(dir: &Path) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(_) => return Ok(()),
+    };
+    for entry in rd {
+        let entry = entry.map_err(|e| RoomError::io("list", dir, e))?;
+        let path = entry.path();
+        if path.is_dir() {
+            remove_temp_files(&path)?;
+        } else if entry.file_name().to_string_lossy().contains(".tmp-") {
+            fs::remove_file(&path).map_err(|e| RoomError::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
+}
