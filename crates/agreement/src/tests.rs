@@ -922,3 +922,75 @@ proptest! {
         let _ = verify(&text, in_window());
     }
 }
+
+/// Rebuilds the canonical bytes of `base()` from the byte-by-byte description in
+/// docs/AGREEMENTS.md ("Canonical encoding"), independently of `canonical.rs`.
+#[test]
+fn canonical_bytes_match_the_documented_encoding() {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    fn f(out: &mut Vec<u8>, v: f64) {
+        out.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+    let mut e = b"accord/v1/agreement\0".to_vec();
+    e.extend_from_slice(&1u32.to_be_bytes());
+    s(&mut e, "drinks-snacks-2027q1");
+    e.extend_from_slice(&1u64.to_be_bytes());
+    s(&mut e, "Plan joint promotions for shared customers");
+    e.push(1);
+    s(&mut e, "On record.");
+    s(&mut e, "2027-01-01T00:00:00Z");
+    s(&mut e, "2027-03-31T23:59:59Z");
+    e.extend_from_slice(&50u32.to_be_bytes());
+    s(&mut e, "email");
+    e.push(0);
+    e.extend_from_slice(&2u32.to_be_bytes());
+    // drinks
+    s(&mut e, "drinks");
+    e.extend_from_slice(&key(1).public_key().to_bytes());
+    e.extend_from_slice(&2_000_000u64.to_be_bytes());
+    s(&mut e, "consent_partner_marketing");
+    e.extend_from_slice(&2u32.to_be_bytes());
+    s(&mut e, "loyalty_tier");
+    e.extend_from_slice(&[0, 0, 0]);
+    s(&mut e, "monthly_spend");
+    e.push(1);
+    f(&mut e, 0.0);
+    f(&mut e, 500.0);
+    e.extend_from_slice(&[0, 0]);
+    // snacks: contributions sorted by column (region < weekly_spend)
+    s(&mut e, "snacks");
+    e.extend_from_slice(&key(2).public_key().to_bytes());
+    e.extend_from_slice(&1_000_000u64.to_be_bytes());
+    s(&mut e, "consent_ok");
+    e.extend_from_slice(&2u32.to_be_bytes());
+    s(&mut e, "region");
+    e.extend_from_slice(&[0, 0, 0]);
+    s(&mut e, "weekly_spend");
+    e.push(1);
+    f(&mut e, 0.0);
+    f(&mut e, 100.5);
+    e.extend_from_slice(&[0, 0]);
+    // analysts
+    e.extend_from_slice(&1u32.to_be_bytes());
+    s(&mut e, "ana@drinks.example");
+    s(&mut e, "drinks");
+    e.extend_from_slice(&key(3).public_key().to_bytes());
+    // privacy
+    e.extend_from_slice(&3u32.to_be_bytes());
+    for a in ["count", "sum", "avg"] {
+        s(&mut e, a);
+    }
+    e.push(1);
+
+    let m = Manifest::parse(&base()).unwrap();
+    assert_eq!(m.canonical_bytes(), e);
+    // The party signature is an Ed25519 signature over exactly these bytes.
+    let signed = Manifest::parse(&signed()).unwrap();
+    let sig = signed.signatures["drinks"].to_bytes();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&key(1).public_key().to_bytes()).unwrap();
+    vk.verify_strict(&e, &ed25519_dalek::Signature::from_bytes(&sig))
+        .unwrap();
+}
