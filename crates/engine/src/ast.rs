@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::refusal::{Refusal, Rule};
-use crate::spec::AggregateKind;
+use crate::spec::{AggregateKind, ColumnSpec, Role};
 
 /// Longest SQL text the policy accepts, in bytes.
 pub const MAX_SQL_LEN: usize = 16 * 1024;
@@ -117,6 +117,7 @@ const WINDOW_ONLY: &[&str] = &[
 pub(crate) fn parse_and_check(
     sql: &str,
     allowed: &[AggregateKind],
+    columns: &[ColumnSpec],
 ) -> Result<DFStatement, Refusal> {
     if sql.len() > MAX_SQL_LEN {
         return Err(Refusal::new(
@@ -141,7 +142,7 @@ pub(crate) fn parse_and_check(
     };
     match &statement {
         DFStatement::Statement(inner) => match inner.as_ref() {
-            Statement::Query(query) => check_query(query, allowed)?,
+            Statement::Query(query) => check_query(query, allowed, columns)?,
             other => {
                 return Err(Refusal::new(
                     Rule::Statement,
@@ -196,9 +197,14 @@ fn statement_keyword(text: &str) -> String {
     }
 }
 
-fn check_query(query: &Query, allowed: &[AggregateKind]) -> Result<(), Refusal> {
+fn check_query(
+    query: &Query,
+    allowed: &[AggregateKind],
+    columns: &[ColumnSpec],
+) -> Result<(), Refusal> {
     let mut visitor = PolicyVisitor {
         allowed,
+        columns,
         queries: 0,
         depth: 0,
     };
@@ -210,6 +216,7 @@ fn check_query(query: &Query, allowed: &[AggregateKind]) -> Result<(), Refusal> 
 
 struct PolicyVisitor<'a> {
     allowed: &'a [AggregateKind],
+    columns: &'a [ColumnSpec],
     queries: usize,
     depth: usize,
 }
@@ -339,21 +346,55 @@ impl Visitor for PolicyVisitor<'_> {
             }
             GroupByExpr::Expressions(..) => {}
         }
+        let mut aliases: Vec<(String, &Expr)> = Vec::new();
+        for item in &select.projection {
+            match item {
+                SelectItem::ExprWithAlias { alias, expr } => {
+                    if is_reserved(alias) {
+                        return refuse(Rule::ReservedName, format!("alias {}", alias.value));
+                    }
+                    let name = normalized(alias);
+                    let same_column = bare_column_name(expr).is_some_and(|c| c == name);
+                    if !same_column && self.columns.iter().any(|c| c.name == name) {
+                        return refuse(
+                            Rule::Projection,
+                            format!("alias {name} (it would shadow the column {name})"),
+                        );
+                    }
+                    aliases.push((name, expr));
+                }
+                SelectItem::ExprWithAliases { .. } => {
+                    return refuse(Rule::Clause, "multiple aliases for one expression");
+                }
+                _ => {}
+            }
+        }
+        if let GroupByExpr::Expressions(keys, _) = &select.group_by {
+            for key in keys {
+                if let Expr::Identifier(ident) = key {
+                    let name = normalized(ident);
+                    if let Some((_, expr)) = aliases.iter().find(|(a, _)| *a == name)
+                        && bare_column_name(expr).is_none()
+                    {
+                        return refuse(
+                            Rule::GroupKey,
+                            format!("GROUP BY {name} (an alias of {})", snippet(&expr.to_string())),
+                        );
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_select(&mut self, select: &Select) -> Flow {
         for item in &select.projection {
             match item {
                 SelectItem::Wildcard(_) => return refuse(Rule::RowLevel, "SELECT *"),
                 SelectItem::QualifiedWildcard(..) => {
                     return refuse(Rule::RowLevel, "SELECT table.*");
                 }
-                SelectItem::ExprWithAlias { alias, .. } => {
-                    if is_reserved(alias) {
-                        return refuse(Rule::ReservedName, format!("alias {}", alias.value));
-                    }
-                }
-                SelectItem::UnnamedExpr(_) => {}
-                SelectItem::ExprWithAliases { .. } => {
-                    return refuse(Rule::Clause, "multiple aliases for one expression");
-                }
+                _ => {}
             }
         }
         ControlFlow::Continue(())
@@ -556,7 +597,16 @@ impl PolicyVisitor<'_> {
                 [] => *kind == AggregateKind::Count,
                 [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => *kind == AggregateKind::Count,
                 [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] => {
-                    matches!(arg, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                    if let Some(name) = bare_column_name(arg)
+                        && let Some(column) = self.columns.iter().find(|c| c.name == name)
+                        && column.role == Role::Dimension
+                    {
+                        return refuse(
+                            Rule::AggregateArgument,
+                            format!("{shown}({name}) over a dimension"),
+                        );
+                    }
+                    bare_column_name(arg).is_some()
                 }
                 _ => false,
             };
@@ -590,6 +640,16 @@ fn normalized(ident: &Ident) -> String {
     }
 }
 
+/// The resolved column name of a bare (possibly qualified) column reference.
+fn bare_column_name(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Identifier(ident) => Some(normalized(ident)),
+        Expr::CompoundIdentifier(idents) => idents.last().map(normalized),
+        Expr::Nested(inner) => bare_column_name(inner),
+        _ => None,
+    }
+}
+
 fn is_reserved(ident: &Ident) -> bool {
     ident
         .value
@@ -603,8 +663,24 @@ mod tests {
 
     const ALL: &[AggregateKind] = &[AggregateKind::Count, AggregateKind::Sum, AggregateKind::Avg];
 
+    fn columns() -> Vec<ColumnSpec> {
+        vec![
+            ColumnSpec {
+                name: "drinks_region".into(),
+                role: Role::Dimension,
+            },
+            ColumnSpec {
+                name: "drinks_monthly_spend".into(),
+                role: Role::Metric {
+                    min: 0.0,
+                    max: 500.0,
+                },
+            },
+        ]
+    }
+
     fn rule(sql: &str) -> Option<&'static str> {
-        parse_and_check(sql, ALL).err().map(|r| r.rule.name())
+        parse_and_check(sql, ALL, &columns()).err().map(|r| r.rule.name())
     }
 
     #[test]
@@ -637,7 +713,7 @@ mod tests {
             Some("multiple_statements")
         );
         assert_eq!(rule(""), Some("syntax"));
-        assert_eq!(rule("SELEC count(*) FROM overlap"), Some("statement"));
+        assert_eq!(rule("SELEC count(*) FROM overlap"), Some("syntax"));
         assert_eq!(rule("SELECT count(* FROM overlap"), Some("syntax"));
     }
 
@@ -709,11 +785,27 @@ mod tests {
         );
         assert_eq!(
             rule("SELECT sum(drinks_monthly_spend + 1) FROM overlap"),
-            Some("expression")
+            Some("aggregate_argument")
         );
         assert_eq!(
             rule("SELECT sum(CASE WHEN drinks_region = 'x' THEN 1 ELSE 0 END) FROM overlap"),
-            Some("expression")
+            Some("aggregate_argument")
+        );
+        assert_eq!(
+            rule("SELECT sum(drinks_region) FROM overlap"),
+            Some("aggregate_argument")
+        );
+        assert_eq!(
+            rule("SELECT sum(drinks_monthly_spend) AS t FROM overlap GROUP BY t"),
+            Some("group_key")
+        );
+        assert_eq!(
+            rule("SELECT sum(drinks_monthly_spend) AS drinks_region FROM overlap"),
+            Some("projection")
+        );
+        assert_eq!(
+            rule("SELECT drinks_region AS drinks_region, count(*) FROM overlap GROUP BY drinks_region"),
+            None
         );
         assert_eq!(
             rule("SELECT count(*) FROM overlap WHERE lower(drinks_region) = 'x'"),
@@ -740,8 +832,12 @@ mod tests {
     #[test]
     fn aggregates_follow_the_agreement() {
         let only_count = [AggregateKind::Count];
-        let r = parse_and_check("SELECT sum(drinks_monthly_spend) FROM overlap", &only_count);
+        let r = parse_and_check(
+            "SELECT sum(drinks_monthly_spend) FROM overlap",
+            &only_count,
+            &columns(),
+        );
         assert_eq!(r.err().map(|r| r.rule), Some(Rule::AggregateFunction));
-        assert!(parse_and_check("SELECT count(*) FROM overlap", &only_count).is_ok());
+        assert!(parse_and_check("SELECT count(*) FROM overlap", &only_count, &columns()).is_ok());
     }
 }

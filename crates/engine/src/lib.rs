@@ -32,7 +32,8 @@ use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchemaRef;
 use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::error::{DataFusionError, SchemaError};
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::functions_aggregate::average::avg_udaf;
@@ -163,10 +164,18 @@ impl Prepared {
 ///
 /// The session registers only the aggregates the agreement allows, no scalar, window or
 /// table functions, no information_schema and no file or URL tables.
-#[derive(Debug)]
 pub struct Engine {
     spec: TableSpec,
     ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("spec", &self.spec)
+            .field("session_id", &self.ctx.session_id())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Engine {
@@ -282,7 +291,7 @@ impl Engine {
     /// The outer `Result` is for internal failures only; an analyst's mistake or attack
     /// (including a syntax error or an unknown column) is an inner `Err(Refusal)`.
     pub async fn prepare(&self, sql: &str) -> Result<Result<Prepared, Refusal>, EngineError> {
-        let statement = match ast::parse_and_check(sql, &self.spec.aggregates) {
+        let statement = match ast::parse_and_check(sql, &self.spec.aggregates, &self.spec.columns) {
             Ok(statement) => statement,
             Err(refusal) => return Ok(Err(refusal)),
         };

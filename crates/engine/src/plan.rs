@@ -528,28 +528,38 @@ fn literal_u64(v: &ScalarValue) -> Option<u64> {
     }
 }
 
-/// `count >= K` (or `K <= count`) with `count` a `COUNT(*)` output and `K >= k`.
+/// A conjunct that proves every row has a group size of at least `k`: a `COUNT(*)`
+/// output compared with a literal, `>= K`, `> K - 1` or `= K` with `K >= k` (either
+/// side). The optimizer may fold the rewrite's `>= k` into a stronger HAVING bound.
 fn is_k_gate(e: &Expr, k: u64, input: &LogicalPlan, origins: &[Origin]) -> bool {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
         return false;
     };
-    let (column, literal) = match op {
-        Operator::GtEq => (left, right),
-        Operator::LtEq => (right, left),
+    let (column, op, literal) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(_), Expr::Literal(..)) => (left, *op, right),
+        (Expr::Literal(..), Expr::Column(_)) => match op.swap() {
+            Some(swapped) => (right, swapped, left),
+            None => return false,
+        },
         _ => return false,
     };
-    let Expr::Column(col) = column.as_ref() else {
+    let (Expr::Column(col), Expr::Literal(value, _)) = (column.as_ref(), literal.as_ref()) else {
         return false;
     };
-    let Expr::Literal(value, _) = literal.as_ref() else {
-        return false;
-    };
-    column_origin(col, input, origins)
+    let is_group_size = column_origin(col, input, origins)
         == Some(Origin::Aggregate {
             kind: AggregateKind::Count,
             metric: None,
-        })
-        && literal_u64(value).is_some_and(|v| v >= k)
+        });
+    let Some(bound) = literal_u64(value) else {
+        return false;
+    };
+    is_group_size
+        && match op {
+            Operator::GtEq | Operator::Eq => bound >= k,
+            Operator::Gt => bound.saturating_add(1) >= k,
+            _ => false,
+        }
 }
 
 /// The k rewrite: adds a hidden `count(*)` to the aggregate and a filter `>= k`
