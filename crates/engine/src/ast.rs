@@ -151,7 +151,10 @@ pub(crate) fn parse_and_check(
             }
         },
         DFStatement::CreateExternalTable(_) => {
-            return Err(Refusal::new(Rule::Statement, "statement CREATE EXTERNAL TABLE"));
+            return Err(Refusal::new(
+                Rule::Statement,
+                "statement CREATE EXTERNAL TABLE",
+            ));
         }
         DFStatement::CopyTo(_) => return Err(Refusal::new(Rule::Statement, "statement COPY")),
         DFStatement::Explain(_) => {
@@ -243,10 +246,7 @@ impl Visitor for PolicyVisitor<'_> {
         self.queries += 1;
         if query.with.is_some() {
             let recursive = query.with.as_ref().is_some_and(|w| w.recursive);
-            return refuse(
-                Rule::Cte,
-                if recursive { "WITH RECURSIVE" } else { "WITH" },
-            );
+            return refuse(Rule::Cte, if recursive { "WITH RECURSIVE" } else { "WITH" });
         }
         if self.queries > 1 {
             return refuse(Rule::Subquery, "subquery");
@@ -378,7 +378,10 @@ impl Visitor for PolicyVisitor<'_> {
                     {
                         return refuse(
                             Rule::GroupKey,
-                            format!("GROUP BY {name} (an alias of {})", snippet(&expr.to_string())),
+                            format!(
+                                "GROUP BY {name} (an alias of {})",
+                                snippet(&expr.to_string())
+                            ),
                         );
                     }
                 }
@@ -471,7 +474,10 @@ impl Visitor for PolicyVisitor<'_> {
             _ => false,
         };
         if !ok {
-            return refuse(Rule::UnknownTable, format!("table {}", snippet(&relation.to_string())));
+            return refuse(
+                Rule::UnknownTable,
+                format!("table {}", snippet(&relation.to_string())),
+            );
         }
         ControlFlow::Continue(())
     }
@@ -514,8 +520,8 @@ impl Visitor for PolicyVisitor<'_> {
             },
             Expr::UnaryOp { op, expr: inner } => match op {
                 UnaryOperator::Not => {}
-                UnaryOperator::Minus | UnaryOperator::Plus
-                    if matches!(inner.as_ref(), Expr::Value(v) if matches!(v.value, Value::Number(..))) => {}
+                UnaryOperator::Minus | UnaryOperator::Plus if matches!(inner.as_ref(), Expr::Value(v) if matches!(v.value, Value::Number(..))) =>
+                    {}
                 other => return refuse(Rule::Expression, format!("operator {other}")),
             },
             Expr::Function(function) => return self.check_function(function),
@@ -529,7 +535,10 @@ impl Visitor for PolicyVisitor<'_> {
             Expr::Cast { .. } | Expr::TypedString { .. } | Expr::Convert { .. } => {
                 return refuse(Rule::Cast, format!("cast {}", snippet(&expr.to_string())));
             }
-            Expr::Like { .. } | Expr::ILike { .. } | Expr::SimilarTo { .. } | Expr::RLike { .. } => {
+            Expr::Like { .. }
+            | Expr::ILike { .. }
+            | Expr::SimilarTo { .. }
+            | Expr::RLike { .. } => {
                 return refuse(Rule::Expression, "LIKE");
             }
             Expr::Between { .. } => {
@@ -558,18 +567,29 @@ impl PolicyVisitor<'_> {
     fn check_function(&self, f: &Function) -> Flow {
         let name = match f.name.0.as_slice() {
             [ObjectNamePart::Identifier(ident)] => ident.value.to_ascii_lowercase(),
-            _ => return refuse(Rule::Function, format!("function {}", snippet(&f.name.to_string()))),
+            _ => {
+                return refuse(
+                    Rule::Function,
+                    format!("function {}", snippet(&f.name.to_string())),
+                );
+            }
         };
         let shown = name.to_ascii_uppercase();
         if f.over.is_some() {
-            return refuse(Rule::WindowFunction, format!("window function {shown}(...) OVER"));
+            return refuse(
+                Rule::WindowFunction,
+                format!("window function {shown}(...) OVER"),
+            );
         }
         if let Some((_, kind)) = ALLOWABLE_AGGREGATES.iter().find(|(n, _)| *n == name) {
             if !self.allowed.contains(kind) {
                 return refuse(Rule::AggregateFunction, format!("aggregate {shown}"));
             }
             if f.filter.is_some() {
-                return refuse(Rule::AggregateFilter, format!("{shown}(...) FILTER (WHERE ...)"));
+                return refuse(
+                    Rule::AggregateFilter,
+                    format!("{shown}(...) FILTER (WHERE ...)"),
+                );
             }
             if !f.within_group.is_empty() {
                 return refuse(Rule::AggregateOrder, format!("{shown}(...) WITHIN GROUP"));
@@ -584,7 +604,10 @@ impl PolicyVisitor<'_> {
                 FunctionArguments::List(list) => list,
                 FunctionArguments::Subquery(_) => return refuse(Rule::Subquery, "subquery"),
                 FunctionArguments::None => {
-                    return refuse(Rule::AggregateArgument, format!("{shown} without arguments"));
+                    return refuse(
+                        Rule::AggregateArgument,
+                        format!("{shown} without arguments"),
+                    );
                 }
             };
             if matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct)) {
@@ -680,7 +703,9 @@ mod tests {
     }
 
     fn rule(sql: &str) -> Option<&'static str> {
-        parse_and_check(sql, ALL, &columns()).err().map(|r| r.rule.name())
+        parse_and_check(sql, ALL, &columns())
+            .err()
+            .map(|r| r.rule.name())
     }
 
     #[test]
@@ -699,7 +724,10 @@ mod tests {
     fn refuses_statements_and_multiple_statements() {
         assert_eq!(rule("DROP TABLE overlap"), Some("statement"));
         assert_eq!(rule("INSERT INTO overlap VALUES ('a')"), Some("statement"));
-        assert_eq!(rule("SET datafusion.execution.batch_size = 1"), Some("statement"));
+        assert_eq!(
+            rule("SET datafusion.execution.batch_size = 1"),
+            Some("statement")
+        );
         assert_eq!(rule("EXPLAIN SELECT 1"), Some("statement"));
         assert_eq!(rule("EXPLAIN ANALYZE SELECT 1"), Some("statement"));
         assert_eq!(rule("COPY overlap TO 'x.csv'"), Some("statement"));
@@ -719,7 +747,10 @@ mod tests {
 
     #[test]
     fn refuses_too_long_and_too_deep() {
-        let long = format!("SELECT count(*) FROM overlap WHERE {}", "a".repeat(MAX_SQL_LEN));
+        let long = format!(
+            "SELECT count(*) FROM overlap WHERE {}",
+            "a".repeat(MAX_SQL_LEN)
+        );
         assert_eq!(rule(&long), Some("sql_too_long"));
         let chain = vec!["drinks_region = 'x'"; 200].join(" OR ");
         let deep = format!("SELECT count(*) FROM overlap WHERE {chain}");
@@ -729,43 +760,89 @@ mod tests {
     #[test]
     fn refuses_tables_other_than_overlap() {
         assert_eq!(rule("SELECT count(*) FROM 'file.csv'"), Some("file_table"));
-        assert_eq!(rule("SELECT count(*) FROM \"/tmp/x.parquet\""), Some("file_table"));
-        assert_eq!(rule("SELECT count(*) FROM \"OVERLAP\""), Some("unknown_table"));
+        assert_eq!(
+            rule("SELECT count(*) FROM \"/tmp/x.parquet\""),
+            Some("file_table")
+        );
+        assert_eq!(
+            rule("SELECT count(*) FROM \"OVERLAP\""),
+            Some("unknown_table")
+        );
         assert_eq!(rule("SELECT count(*) FROM other"), Some("unknown_table"));
-        assert_eq!(rule("SELECT count(*) FROM public.overlap"), Some("unknown_table"));
-        assert_eq!(rule("SELECT count(*) FROM generate_series(1, 10)"), Some("table_function"));
-        assert_eq!(rule("SELECT count(*) FROM overlap AS o(a, b)"), Some("clause"));
+        assert_eq!(
+            rule("SELECT count(*) FROM public.overlap"),
+            Some("unknown_table")
+        );
+        assert_eq!(
+            rule("SELECT count(*) FROM generate_series(1, 10)"),
+            Some("table_function")
+        );
+        assert_eq!(
+            rule("SELECT count(*) FROM overlap AS o(a, b)"),
+            Some("clause")
+        );
     }
 
     #[test]
     fn refuses_joins_unions_subqueries_ctes_values() {
-        assert_eq!(rule("SELECT count(*) FROM overlap a JOIN overlap b ON true"), Some("join"));
-        assert_eq!(rule("SELECT count(*) FROM overlap a CROSS JOIN overlap b"), Some("join"));
-        assert_eq!(rule("SELECT count(*) FROM overlap a, overlap b"), Some("join"));
+        assert_eq!(
+            rule("SELECT count(*) FROM overlap a JOIN overlap b ON true"),
+            Some("join")
+        );
+        assert_eq!(
+            rule("SELECT count(*) FROM overlap a CROSS JOIN overlap b"),
+            Some("join")
+        );
+        assert_eq!(
+            rule("SELECT count(*) FROM overlap a, overlap b"),
+            Some("join")
+        );
         assert_eq!(
             rule("SELECT count(*) FROM overlap UNION ALL SELECT count(*) FROM overlap"),
             Some("set_operation")
         );
-        assert_eq!(rule("SELECT count(*) FROM (SELECT * FROM overlap) t"), Some("subquery"));
         assert_eq!(
-            rule("SELECT count(*) FROM overlap WHERE drinks_region IN (SELECT drinks_region FROM overlap)"),
+            rule("SELECT count(*) FROM (SELECT * FROM overlap) t"),
             Some("subquery")
         );
-        assert_eq!(rule("WITH t AS (SELECT * FROM overlap) SELECT count(*) FROM t"), Some("cte"));
         assert_eq!(
-            rule("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM t) SELECT count(*) FROM t"),
+            rule(
+                "SELECT count(*) FROM overlap WHERE drinks_region IN (SELECT drinks_region FROM overlap)"
+            ),
+            Some("subquery")
+        );
+        assert_eq!(
+            rule("WITH t AS (SELECT * FROM overlap) SELECT count(*) FROM t"),
+            Some("cte")
+        );
+        assert_eq!(
+            rule(
+                "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM t) SELECT count(*) FROM t"
+            ),
             Some("cte")
         );
         assert_eq!(rule("VALUES (1)"), Some("values"));
-        assert_eq!(rule("SELECT DISTINCT drinks_region FROM overlap"), Some("distinct"));
+        assert_eq!(
+            rule("SELECT DISTINCT drinks_region FROM overlap"),
+            Some("distinct")
+        );
         assert_eq!(rule("SELECT * FROM overlap"), Some("row_level"));
     }
 
     #[test]
     fn refuses_functions_and_expressions() {
-        assert_eq!(rule("SELECT min(drinks_monthly_spend) FROM overlap"), Some("aggregate_function"));
-        assert_eq!(rule("SELECT MAX(drinks_monthly_spend) FROM overlap"), Some("aggregate_function"));
-        assert_eq!(rule("SELECT median(drinks_monthly_spend) FROM overlap"), Some("aggregate_function"));
+        assert_eq!(
+            rule("SELECT min(drinks_monthly_spend) FROM overlap"),
+            Some("aggregate_function")
+        );
+        assert_eq!(
+            rule("SELECT MAX(drinks_monthly_spend) FROM overlap"),
+            Some("aggregate_function")
+        );
+        assert_eq!(
+            rule("SELECT median(drinks_monthly_spend) FROM overlap"),
+            Some("aggregate_function")
+        );
         assert_eq!(
             rule("SELECT string_agg(drinks_region, ',') FROM overlap"),
             Some("aggregate_function")
@@ -774,7 +851,10 @@ mod tests {
             rule("SELECT count(*) OVER () FROM overlap"),
             Some("window_function")
         );
-        assert_eq!(rule("SELECT row_number() FROM overlap"), Some("window_function"));
+        assert_eq!(
+            rule("SELECT row_number() FROM overlap"),
+            Some("window_function")
+        );
         assert_eq!(
             rule("SELECT count(DISTINCT drinks_region) FROM overlap"),
             Some("aggregate_distinct")
@@ -804,7 +884,9 @@ mod tests {
             Some("projection")
         );
         assert_eq!(
-            rule("SELECT drinks_region AS drinks_region, count(*) FROM overlap GROUP BY drinks_region"),
+            rule(
+                "SELECT drinks_region AS drinks_region, count(*) FROM overlap GROUP BY drinks_region"
+            ),
             None
         );
         assert_eq!(

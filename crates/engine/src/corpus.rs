@@ -122,7 +122,9 @@ pub fn parse(text: &str) -> Result<Vec<Case>, CorpusError> {
         let expect = match kind {
             Kind::Refused(rule) => {
                 if i < lines.len() && lines[i].trim() == "----" {
-                    return Err(err(format!("refused case {name} must not have a result block")));
+                    return Err(err(format!(
+                        "refused case {name} must not have a result block"
+                    )));
                 }
                 Expect::Refused(rule)
             }
@@ -134,7 +136,9 @@ pub fn parse(text: &str) -> Result<Vec<Case>, CorpusError> {
                 }
                 i += 1;
                 let Some(header) = lines.get(i).filter(|l| !l.trim().is_empty()) else {
-                    return Err(err(format!("query case {name} has no header line after ----")));
+                    return Err(err(format!(
+                        "query case {name} has no header line after ----"
+                    )));
                 };
                 let columns = split_cells(header);
                 i += 1;
@@ -194,7 +198,11 @@ pub fn render_cell(array: &ArrayRef, row: usize) -> String {
 /// Renders a float with 4 decimals (`-0.0000` becomes `0.0000`).
 pub fn format_float(v: f64) -> String {
     let s = format!("{v:.4}");
-    if s == "-0.0000" { "0.0000".to_string() } else { s }
+    if s == "-0.0000" {
+        "0.0000".to_string()
+    } else {
+        s
+    }
 }
 
 /// Renders result batches as rows of corpus cells.

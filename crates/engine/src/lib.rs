@@ -31,8 +31,8 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::DFSchemaRef;
-use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::common::SchemaError;
+use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::session_state::SessionState;
@@ -46,6 +46,8 @@ use datafusion::physical_plan::collect;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+/// The Arrow version the engine's batches and schemas use.
+pub use arrow;
 pub use ast::{MAX_EXPR_DEPTH, MAX_SQL_LEN};
 pub use error::EngineError;
 pub use refusal::{Refusal, Rule};
@@ -310,7 +312,10 @@ impl Engine {
             Err(e) => return Ok(Err(planning_refusal(&e))),
         };
         if let Err(refusal) = plan::check(&optimized, &self.spec, plan::Stage::Optimized { k }) {
-            tracing::warn!(rule = refusal.rule.name(), "optimized plan failed the re-check");
+            tracing::warn!(
+                rule = refusal.rule.name(),
+                "optimized plan failed the re-check"
+            );
             return Ok(Err(refusal));
         }
         Ok(Ok(Prepared {
@@ -341,10 +346,16 @@ fn planning_refusal(e: &DataFusionError) -> Refusal {
                 Rule::UnknownColumn,
                 format!("column {} (ambiguous)", field.name),
             ),
-            other => Refusal::new(Rule::InvalidQuery, format!("the query ({})", first_line(&other.to_string()))),
+            other => Refusal::new(
+                Rule::InvalidQuery,
+                format!("the query ({})", first_line(&other.to_string())),
+            ),
         },
         DataFusionError::Plan(msg) if msg.contains("not found") && msg.contains("table") => {
-            Refusal::new(Rule::UnknownTable, format!("the query ({})", first_line(msg)))
+            Refusal::new(
+                Rule::UnknownTable,
+                format!("the query ({})", first_line(msg)),
+            )
         }
         DataFusionError::Plan(msg) if msg.starts_with("Invalid function") => {
             Refusal::new(Rule::Function, format!("the query ({})", first_line(msg)))
@@ -366,4 +377,131 @@ fn first_line(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+
+    fn spec() -> TableSpec {
+        TableSpec {
+            columns: vec![
+                ColumnSpec {
+                    name: "a_tier".into(),
+                    role: Role::Dimension,
+                },
+                ColumnSpec {
+                    name: "a_spend".into(),
+                    role: Role::Metric {
+                        min: 0.0,
+                        max: 10.0,
+                    },
+                },
+            ],
+            min_group_size: 10,
+            aggregates: vec![AggregateKind::Count, AggregateKind::Sum],
+        }
+    }
+
+    /// 25 rows `big`, 3 rows `small`, 12 rows `mid`.
+    fn batch(spend: f64) -> RecordBatch {
+        let tiers: Vec<&str> = std::iter::repeat_n("big", 25)
+            .chain(std::iter::repeat_n("small", 3))
+            .chain(std::iter::repeat_n("mid", 12))
+            .collect();
+        RecordBatch::try_new(
+            spec().arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(tiers)),
+                Arc::new(Float64Array::from(vec![spend; 40])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_groups_are_suppressed_and_counted() {
+        let engine = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        let sql = "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier ORDER BY n";
+        let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+            panic!("refused");
+        };
+        assert_eq!(
+            corpus::render_rows(&answer.batches),
+            vec![
+                vec!["mid".to_string(), "12".into()],
+                vec!["big".into(), "25".into()]
+            ]
+        );
+        assert_eq!(answer.rows, 2);
+        assert_eq!(answer.groups_suppressed, 1);
+        let names: Vec<_> = answer
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, vec!["a_tier", "n"], "the hidden count is dropped");
+    }
+
+    #[tokio::test]
+    async fn prepared_schema_matches_answer() {
+        let engine = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        let prepared = engine
+            .prepare("SELECT a_tier, SUM(a_spend) AS s FROM overlap GROUP BY a_tier")
+            .await
+            .unwrap()
+            .unwrap();
+        let schema = prepared.schema();
+        let answer = prepared.execute().await.unwrap();
+        assert_eq!(schema.fields().len(), 2);
+        assert_eq!(answer.schema.fields().len(), 2);
+        assert_eq!(answer.groups_suppressed, 1);
+    }
+
+    #[tokio::test]
+    async fn aggregates_outside_the_agreement_are_refused() {
+        let engine = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        let refusal = engine
+            .prepare("SELECT AVG(a_spend) FROM overlap")
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refusal.rule, Rule::AggregateFunction);
+        let refusal = engine
+            .prepare("SELECT a_tier, COUNT(*) FROM overlap WHERE a_spend > 1 GROUP BY a_tier")
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refusal.rule, Rule::MetricColumn);
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("column a_spend is a metric")
+        );
+    }
+
+    #[test]
+    fn new_refuses_bad_batches() {
+        assert!(matches!(
+            Engine::new(spec(), vec![batch(11.0)]),
+            Err(EngineError::MetricOutOfBounds { .. })
+        ));
+        assert!(matches!(
+            Engine::new(spec(), vec![batch(f64::NAN)]),
+            Err(EngineError::MetricOutOfBounds { .. })
+        ));
+        let other = RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("a_tier", arrow::datatypes::DataType::Utf8, true),
+            ])),
+            vec![Arc::new(StringArray::from(vec!["x"]))],
+        )
+        .unwrap();
+        assert!(matches!(
+            Engine::new(spec(), vec![other]),
+            Err(EngineError::SchemaMismatch { .. })
+        ));
+    }
 }

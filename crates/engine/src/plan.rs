@@ -146,7 +146,10 @@ impl Checker<'_> {
             }
             LogicalPlan::SubqueryAlias(s) => {
                 if zone == Zone::Above {
-                    return Err(refusal(Rule::RowLevel, "a query without GROUP BY or an aggregate"));
+                    return Err(refusal(
+                        Rule::RowLevel,
+                        "a query without GROUP BY or an aggregate",
+                    ));
                 }
                 let input = self.walk(&s.input, zone)?;
                 if input.origins.len() != s.schema.fields().len() {
@@ -156,12 +159,18 @@ impl Checker<'_> {
             }
             LogicalPlan::TableScan(scan) => {
                 if zone == Zone::Above {
-                    return Err(refusal(Rule::RowLevel, "a query without GROUP BY or an aggregate"));
+                    return Err(refusal(
+                        Rule::RowLevel,
+                        "a query without GROUP BY or an aggregate",
+                    ));
                 }
                 if scan.table_name.table() != crate::ast::TABLE_NAME
                     || scan.table_name.schema().is_some_and(|s| s != "public")
                 {
-                    return Err(refusal(Rule::UnknownTable, format!("table {}", scan.table_name)));
+                    return Err(refusal(
+                        Rule::UnknownTable,
+                        format!("table {}", scan.table_name),
+                    ));
                 }
                 if scan.fetch.is_some() {
                     return Err(refusal(Rule::PlanShape, "a row limit below the aggregate"));
@@ -208,9 +217,10 @@ impl Checker<'_> {
             LogicalPlan::EmptyRelation(_) => {
                 Err(refusal(Rule::PlanShape, "SELECT without FROM overlap"))
             }
-            LogicalPlan::Extension(_) | LogicalPlan::Repartition(_) => {
-                Err(refusal(Rule::PlanShape, format!("plan node {}", plan.display())))
-            }
+            LogicalPlan::Extension(_) | LogicalPlan::Repartition(_) => Err(refusal(
+                Rule::PlanShape,
+                format!("plan node {}", plan.display()),
+            )),
         }
     }
 
@@ -294,7 +304,10 @@ impl Checker<'_> {
 
     fn aggregate(&mut self, a: &Aggregate, zone: Zone) -> Result<Walked, Refusal> {
         if zone == Zone::Below {
-            return Err(refusal(Rule::Subquery, "an aggregate inside another aggregate"));
+            return Err(refusal(
+                Rule::Subquery,
+                "an aggregate inside another aggregate",
+            ));
         }
         self.aggregates += 1;
         let input = self.walk(&a.input, Zone::Below)?;
@@ -345,22 +358,42 @@ impl Checker<'_> {
             "count" => AggregateKind::Count,
             "sum" => AggregateKind::Sum,
             "avg" => AggregateKind::Avg,
-            _ => return Err(refusal(Rule::AggregateFunction, format!("aggregate {shown}"))),
+            _ => {
+                return Err(refusal(
+                    Rule::AggregateFunction,
+                    format!("aggregate {shown}"),
+                ));
+            }
         };
         if !self.spec.aggregates.contains(&kind) {
-            return Err(refusal(Rule::AggregateFunction, format!("aggregate {shown}")));
+            return Err(refusal(
+                Rule::AggregateFunction,
+                format!("aggregate {shown}"),
+            ));
         }
         if params.distinct {
-            return Err(refusal(Rule::AggregateDistinct, format!("{shown}(DISTINCT ...)")));
+            return Err(refusal(
+                Rule::AggregateDistinct,
+                format!("{shown}(DISTINCT ...)"),
+            ));
         }
         if params.filter.is_some() {
-            return Err(refusal(Rule::AggregateFilter, format!("{shown}(...) FILTER")));
+            return Err(refusal(
+                Rule::AggregateFilter,
+                format!("{shown}(...) FILTER"),
+            ));
         }
         if !params.order_by.is_empty() {
-            return Err(refusal(Rule::AggregateOrder, format!("{shown}(... ORDER BY ...)")));
+            return Err(refusal(
+                Rule::AggregateOrder,
+                format!("{shown}(... ORDER BY ...)"),
+            ));
         }
         if params.null_treatment.is_some() {
-            return Err(refusal(Rule::Clause, format!("{shown}(...) IGNORE/RESPECT NULLS")));
+            return Err(refusal(
+                Rule::Clause,
+                format!("{shown}(...) IGNORE/RESPECT NULLS"),
+            ));
         }
         match params.args.as_slice() {
             [Expr::Literal(value, _)] if kind == AggregateKind::Count && !value.is_null() => {
@@ -444,7 +477,9 @@ impl Checker<'_> {
                 dimension(&list.expr)?;
                 list.list.iter().try_for_each(string_literal)
             }
-            Expr::Literal(ScalarValue::Boolean(_), _) if matches!(self.stage, Stage::Optimized { .. }) => {
+            Expr::Literal(ScalarValue::Boolean(_), _)
+                if matches!(self.stage, Stage::Optimized { .. }) =>
+            {
                 Ok(())
             }
             Expr::Column(col) => match column_origin(col, input, origins) {
@@ -493,7 +528,9 @@ impl Checker<'_> {
                 _ => Err(bad()),
             },
             Expr::Not(inner) => self.having(inner, input, origins),
-            Expr::Literal(ScalarValue::Boolean(_), _) if matches!(self.stage, Stage::Optimized { .. }) => {
+            Expr::Literal(ScalarValue::Boolean(_), _)
+                if matches!(self.stage, Stage::Optimized { .. }) =>
+            {
                 Ok(())
             }
             _ => Err(bad()),
@@ -514,8 +551,7 @@ fn column_origin(col: &Column, input: &LogicalPlan, origins: &[Origin]) -> Optio
 }
 
 fn is_numeric(v: &ScalarValue) -> bool {
-    !v.is_null()
-        && (v.data_type().is_numeric() || matches!(v, ScalarValue::Decimal128(..)))
+    !v.is_null() && (v.data_type().is_numeric() || matches!(v, ScalarValue::Decimal128(..)))
 }
 
 fn literal_u64(v: &ScalarValue) -> Option<u64> {
@@ -598,8 +634,9 @@ fn rewrite(plan: LogicalPlan, k: i64) -> Result<LogicalPlan, EngineError> {
             .alias(HIDDEN_COUNT);
             let mut aggr_expr = agg.aggr_expr.clone();
             aggr_expr.push(hidden);
-            let aggregate = Aggregate::try_new(Arc::clone(&agg.input), agg.group_expr.clone(), aggr_expr)
-                .map_err(EngineError::df("adding the hidden group size"))?;
+            let aggregate =
+                Aggregate::try_new(Arc::clone(&agg.input), agg.group_expr.clone(), aggr_expr)
+                    .map_err(EngineError::df("adding the hidden group size"))?;
             let gate = Expr::Column(Column::from_name(HIDDEN_COUNT)).gt_eq(lit(k));
             let filter = Filter::try_new(gate, Arc::new(LogicalPlan::Aggregate(aggregate)))
                 .map_err(EngineError::df("adding the k filter"))?;
@@ -655,12 +692,14 @@ pub(crate) fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
 
 /// Index, in the aggregate's output, of a `COUNT(*)` column (the group size).
 pub(crate) fn group_size_column(agg: &Aggregate) -> Option<usize> {
-    agg.aggr_expr.iter().position(|e| {
-        matches!(strip_alias(e), Expr::AggregateFunction(AggregateFunction { func, params })
+    agg.aggr_expr
+        .iter()
+        .position(|e| {
+            matches!(strip_alias(e), Expr::AggregateFunction(AggregateFunction { func, params })
             if func.name() == "count"
                 && !params.distinct
                 && params.filter.is_none()
                 && matches!(params.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null()))
-    })
-    .map(|i| agg.group_expr.len() + i)
+        })
+        .map(|i| agg.group_expr.len() + i)
 }

@@ -209,7 +209,9 @@ impl Rule {
             Rule::SetOperation => {
                 "is not allowed: set operations can duplicate or combine groups past the k threshold"
             }
-            Rule::Subquery => "is not allowed: subqueries and derived tables can smuggle row-level data",
+            Rule::Subquery => {
+                "is not allowed: subqueries and derived tables can smuggle row-level data"
+            }
             Rule::Cte => "is not allowed: WITH clauses can rename and reshape columns",
             Rule::Values => "is not allowed: VALUES lists are not part of the overlap table",
             Rule::WindowFunction => {
@@ -223,7 +225,9 @@ impl Rule {
             Rule::MetricColumn => {
                 "is a metric: it may be aggregated, not grouped, filtered or selected"
             }
-            Rule::GroupKey => "is not a bare dimension column: GROUP BY takes dimension columns only",
+            Rule::GroupKey => {
+                "is not a bare dimension column: GROUP BY takes dimension columns only"
+            }
             Rule::GroupingSets => {
                 "is not allowed: ROLLUP, CUBE and GROUPING SETS produce subtotals the k check does not cover"
             }
@@ -257,13 +261,17 @@ impl Rule {
             Rule::Projection => {
                 "is not a group key or an aggregate: select dimension columns you group by and aggregates, with optional aliases"
             }
-            Rule::OrderBy => "is not a group key or an aggregate: ORDER BY takes selected columns only",
+            Rule::OrderBy => {
+                "is not a group key or an aggregate: ORDER BY takes selected columns only"
+            }
             Rule::Limit => "is not a literal: LIMIT and OFFSET take a non-negative integer",
             Rule::TooComplex => "nests too deeply: simplify the query",
             Rule::ReservedName => "is reserved for the policy's own columns: choose another name",
             Rule::Clause => "is not allowed in an analyst query",
             Rule::InvalidQuery => "cannot be planned",
-            Rule::PlanShape => "is outside the allowed query shape: SELECT dimensions, aggregates FROM overlap [WHERE] GROUP BY dimensions [HAVING] [ORDER BY] [LIMIT]",
+            Rule::PlanShape => {
+                "is outside the allowed query shape: SELECT dimensions, aggregates FROM overlap [WHERE] GROUP BY dimensions [HAVING] [ORDER BY] [LIMIT]"
+            }
         }
     }
 }

@@ -298,6 +298,10 @@ mod tests {
                 limit: 4
             }]
         );
-        assert!(problems[0].to_string().contains("drinks_tier has 5 distinct values"));
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("drinks_tier has 5 distinct values")
+        );
     }
 }

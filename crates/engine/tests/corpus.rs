@@ -95,7 +95,10 @@ fn oracles() -> HashMap<&'static str, Oracle> {
     });
     m.insert("global_sum_snacks", |rows| {
         let all: Vec<&Row> = rows.iter().collect();
-        (vec!["s", "a"], vec![vec![fl(sum(&all, ss)), fl(avg(&all, ss))]])
+        (
+            vec!["s", "a"],
+            vec![vec![fl(sum(&all, ss)), fl(avg(&all, ss))]],
+        )
     });
     m.insert("region_tier_counts", |rows| {
         let out = groups(rows, |_| true, |r| (r.region, r.tier))
@@ -105,7 +108,10 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         (vec!["drinks_region", "drinks_loyalty_tier", "n"], out)
     });
     m.insert("where_gold", |rows| {
-        (vec!["drinks_region", "n"], count_by_region(rows, |r| r.tier == Some("gold")))
+        (
+            vec!["drinks_region", "n"],
+            count_by_region(rows, |r| r.tier == Some("gold")),
+        )
     });
     m.insert("where_in", |rows| {
         (
@@ -116,11 +122,16 @@ fn oracles() -> HashMap<&'static str, Oracle> {
     m.insert("where_not_in", |rows| {
         (
             vec!["drinks_region", "n"],
-            count_by_region(rows, |r| r.tier.is_some_and(|t| t != "bronze" && t != "silver")),
+            count_by_region(rows, |r| {
+                r.tier.is_some_and(|t| t != "bronze" && t != "silver")
+            }),
         )
     });
     m.insert("where_is_null", |rows| {
-        (vec!["drinks_region", "n"], count_by_region(rows, |r| r.tier.is_none()))
+        (
+            vec!["drinks_region", "n"],
+            count_by_region(rows, |r| r.tier.is_none()),
+        )
     });
     m.insert("where_and_or_not", |rows| {
         (
@@ -151,8 +162,12 @@ fn oracles() -> HashMap<&'static str, Oracle> {
             .collect();
         (vec!["drinks_region", "n"], out)
     });
-    m.insert("having_small_groups_trick", |_| (vec!["drinks_region", "n"], vec![]));
-    m.insert("where_rare_value_trick", |_| (vec!["drinks_region", "n"], vec![]));
+    m.insert("having_small_groups_trick", |_| {
+        (vec!["drinks_region", "n"], vec![])
+    });
+    m.insert("where_rare_value_trick", |_| {
+        (vec!["drinks_region", "n"], vec![])
+    });
     m.insert("order_limit_smallest", |rows| {
         let mut out = count_by_region(rows, |_| true);
         out.sort_by_key(|r| r[1].parse::<usize>().unwrap_or(0));
@@ -196,7 +211,10 @@ fn oracles() -> HashMap<&'static str, Oracle> {
             .into_iter()
             .map(|((a, b), g)| vec![s(a), s(b), g.len().to_string(), fl(avg(&g, ds))])
             .collect();
-        (vec!["snacks_favourite", "drinks_loyalty_tier", "n", "avg_drinks"], out)
+        (
+            vec!["snacks_favourite", "drinks_loyalty_tier", "n", "avg_drinks"],
+            out,
+        )
     });
     m.insert("having_sum_and_count", |rows| {
         let out = groups(rows, |_| true, |r| r.favourite)
@@ -209,7 +227,10 @@ fn oracles() -> HashMap<&'static str, Oracle> {
     m.insert("order_by_unselected_aggregate", |rows| {
         let mut g = groups(rows, |_| true, |r| r.region);
         g.sort_by_key(|(_, g)| std::cmp::Reverse(g.len()));
-        (vec!["drinks_region"], g.into_iter().map(|(k, _)| vec![s(k)]).collect())
+        (
+            vec!["drinks_region"],
+            g.into_iter().map(|(k, _)| vec![s(k)]).collect(),
+        )
     });
     m.insert("group_keys_only", |rows| {
         let out = groups(rows, |_| true, |r| r.tier)
@@ -257,7 +278,9 @@ async fn corpus() {
                 if r.rule.name() != rule {
                     failures.push(format!(
                         "{} (line {}): expected rule {rule}, got {}: {r}",
-                        case.name, case.line, r.rule.name()
+                        case.name,
+                        case.line,
+                        r.rule.name()
                     ));
                 }
             }
@@ -269,10 +292,20 @@ async fn corpus() {
                 "{} (line {}): expected rows, refused: {r}",
                 case.name, case.line
             )),
-            (Expect::Rows { columns, rows, rowsort }, Outcome::Answered(answer)) => {
+            (
+                Expect::Rows {
+                    columns,
+                    rows,
+                    rowsort,
+                },
+                Outcome::Answered(answer),
+            ) => {
                 allowed += 1;
                 let Some(oracle) = oracles.get(case.name.as_str()) else {
-                    failures.push(format!("{}: no independent computation registered", case.name));
+                    failures.push(format!(
+                        "{}: no independent computation registered",
+                        case.name
+                    ));
                     continue;
                 };
                 let (o_cols, o_rows) = oracle(&data);
@@ -283,8 +316,12 @@ async fn corpus() {
                         println!("{}", r.join(" | "));
                     }
                 }
-                let got_cols: Vec<String> =
-                    answer.schema.fields().iter().map(|f| f.name().clone()).collect();
+                let got_cols: Vec<String> = answer
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
                 let got = normalize(corpus::render_rows(&answer.batches), *rowsort);
                 let want = normalize(rows.clone(), *rowsort);
                 if &got_cols != columns || o_cols != *columns {
@@ -294,7 +331,10 @@ async fn corpus() {
                     ));
                 }
                 if got != want {
-                    failures.push(format!("{}: engine rows {got:?} != file rows {want:?}", case.name));
+                    failures.push(format!(
+                        "{}: engine rows {got:?} != file rows {want:?}",
+                        case.name
+                    ));
                 }
                 if o_rows != want {
                     failures.push(format!(
@@ -308,7 +348,12 @@ async fn corpus() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(allowed >= 20, "only {allowed} allowed cases");
     assert!(refused + allowed >= 60, "only {} cases", refused + allowed);
 }

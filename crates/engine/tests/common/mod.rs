@@ -117,9 +117,13 @@ pub fn batches(rows: &[Row], batch_size: usize) -> Vec<RecordBatch> {
                 vec![
                     Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.tier))),
                     Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.region))),
-                    Arc::new(Float64Array::from_iter(chunk.iter().map(|r| r.drinks_spend))),
+                    Arc::new(Float64Array::from_iter(
+                        chunk.iter().map(|r| r.drinks_spend),
+                    )),
                     Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.favourite))),
-                    Arc::new(Float64Array::from_iter(chunk.iter().map(|r| r.snacks_spend))),
+                    Arc::new(Float64Array::from_iter(
+                        chunk.iter().map(|r| r.snacks_spend),
+                    )),
                 ],
             )
             .expect("synthetic batch matches the spec")
