@@ -8,8 +8,14 @@
 #![forbid(unsafe_code)]
 
 mod agreement;
+mod audit;
 mod bench;
+mod common;
+mod demo;
 mod keygen;
+mod party;
+mod query;
+mod room;
 
 use std::process::ExitCode;
 
@@ -28,7 +34,11 @@ impl std::fmt::Display for RoomUnreachable {
 impl std::error::Error for RoomUnreachable {}
 
 #[derive(Debug, Parser)]
-#[command(name = "accord", version, about = "Accord: a privacy-preserving data clean room")]
+#[command(
+    name = "accord",
+    version,
+    about = "Accord: a privacy-preserving data clean room"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,6 +51,19 @@ enum Command {
     /// Write, sign, verify, summarize, submit and revoke sharing agreements.
     #[command(subcommand)]
     Agreement(agreement::AgreementCommand),
+    /// Run the room server.
+    #[command(subcommand)]
+    Room(room::RoomCommand),
+    /// A partner data team's side: upload, blind the partner's work, erase, status.
+    #[command(subcommand)]
+    Party(party::PartyCommand),
+    /// Run an aggregate SQL query as an analyst named in the agreement.
+    Query(query::QueryArgs),
+    /// Verify an agreement's audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// A full two-party run on loopback with generated data: the quickest tour of Accord.
+    Demo(demo::DemoArgs),
     /// Measure performance against the hardware bound.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,9 +71,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG=info (or debug) shows more. Output meant for people goes to stdout.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(match cli.command {
+            Command::Room(_) => "info",
+            _ => "warn",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Agreement(cmd) => agreement::run(cmd),
+        Command::Room(cmd) => room::run(cmd),
+        Command::Party(cmd) => party::run(cmd),
+        Command::Query(args) => query::run(args),
+        Command::Audit(cmd) => audit::run(cmd),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

@@ -29,7 +29,9 @@ pub enum FsError {
         source: io::Error,
     },
     /// Refused to overwrite an existing file.
-    #[error("{path} already exists: refusing to overwrite it (choose another path or remove it first)")]
+    #[error(
+        "{path} already exists: refusing to overwrite it (choose another path or remove it first)"
+    )]
     AlreadyExists {
         /// The existing file.
         path: PathBuf,
@@ -194,7 +196,10 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
     }
 
@@ -207,7 +212,10 @@ mod tests {
         write_new_secret(&path, b"secret").unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(write_new_secret(&path, b"other"), Err(FsError::AlreadyExists { .. })));
+        assert!(matches!(
+            write_new_secret(&path, b"other"),
+            Err(FsError::AlreadyExists { .. })
+        ));
         assert_eq!(read_secret(&path).unwrap().as_slice(), b"secret");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_secret(&path).unwrap_err();

@@ -19,6 +19,8 @@ pub enum Principal<'a> {
     Party(&'a str),
     /// An analyst, by name.
     Analyst(&'a str),
+    /// An analyst, by public key (the room finds the name).
+    AnalystKey(&'a PublicKey),
 }
 
 impl Principal<'_> {
@@ -27,13 +29,14 @@ impl Principal<'_> {
             kind: Some(match self {
                 Principal::Party(p) => v1::principal::Kind::Party(p.to_owned()),
                 Principal::Analyst(a) => v1::principal::Kind::Analyst(a.to_owned()),
+                Principal::AnalystKey(k) => v1::principal::Kind::AnalystKey(k.to_bytes().to_vec()),
             }),
         }
     }
-    fn parts(self) -> (&'static str, String) {
+    fn role(self) -> &'static str {
         match self {
-            Principal::Party(p) => ("party", p.to_owned()),
-            Principal::Analyst(a) => ("analyst", a.to_owned()),
+            Principal::Party(_) => "party",
+            Principal::Analyst(_) | Principal::AnalystKey(_) => "analyst",
         }
     }
 }
@@ -69,7 +72,11 @@ pub async fn channel(url: &str) -> Result<Channel, PartyError> {
         ));
     }
     let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| PartyError::Invalid(format!("{url:?} is not a valid room URL (e.g. http://127.0.0.1:7700): {e}")))?
+        .map_err(|e| {
+            PartyError::Invalid(format!(
+                "{url:?} is not a valid room URL (e.g. http://127.0.0.1:7700): {e}"
+            ))
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     with_retries("connect", || {
@@ -78,7 +85,10 @@ pub async fn channel(url: &str) -> Result<Channel, PartyError> {
             endpoint
                 .connect()
                 .await
-                .map_err(|e| PartyError::Unreachable { url: url.to_owned(), reason: source_chain(&e) })
+                .map_err(|e| PartyError::Unreachable {
+                    url: url.to_owned(),
+                    reason: source_chain(&e),
+                })
         }
     })
     .await
@@ -104,16 +114,23 @@ pub struct Connection {
     token_text: String,
     room_key: PublicKey,
     fingerprint: Fingerprint,
+    principal_name: String,
     last_entries: u64,
 }
 
 impl Connection {
     /// Connects and proves `key` for `principal` of `agreement` (an id or a fingerprint).
-    pub async fn open(url: &str, agreement: &str, principal: Principal<'_>, key: &SecretKey) -> Result<Self, PartyError> {
+    pub async fn open(
+        url: &str,
+        agreement: &str,
+        principal: Principal<'_>,
+        key: &SecretKey,
+    ) -> Result<Self, PartyError> {
         let channel = channel(url).await?;
         let mut auth = AuthClient::new(channel.clone());
         let mut client_nonce = [0u8; 32];
-        getrandom::fill(&mut client_nonce).map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
+        getrandom::fill(&mut client_nonce)
+            .map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
         let challenge = auth
             .challenge(v1::ChallengeRequest {
                 agreement: agreement.to_owned(),
@@ -127,19 +144,29 @@ impl Connection {
             .fingerprint
             .parse()
             .map_err(|_| PartyError::Refused("the room sent an invalid fingerprint".into()))?;
-        let room_key_bytes: [u8; 32] = challenge
-            .room_public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| PartyError::Refused("the room sent a public key that is not 32 bytes".into()))?;
-        let room_key = PublicKey::from_bytes(&room_key_bytes)
-            .map_err(|e| PartyError::Refused(format!("the room sent an invalid public key: {e}")))?;
-        let room_nonce: [u8; 32] = challenge
-            .room_nonce
-            .as_slice()
-            .try_into()
-            .map_err(|_| PartyError::Refused("the room sent a nonce that is not 32 bytes".into()))?;
-        let (role, name) = principal.parts();
+        let room_key_bytes: [u8; 32] =
+            challenge
+                .room_public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| {
+                    PartyError::Refused("the room sent a public key that is not 32 bytes".into())
+                })?;
+        let room_key = PublicKey::from_bytes(&room_key_bytes).map_err(|e| {
+            PartyError::Refused(format!("the room sent an invalid public key: {e}"))
+        })?;
+        let room_nonce: [u8; 32] = challenge.room_nonce.as_slice().try_into().map_err(|_| {
+            PartyError::Refused("the room sent a nonce that is not 32 bytes".into())
+        })?;
+        let role = principal.role();
+        let name = challenge.principal_name.clone();
+        if let Principal::Party(n) | Principal::Analyst(n) = principal {
+            if n != name {
+                return Err(PartyError::Refused(format!(
+                    "the room asked to sign a challenge for {name:?} instead of {n:?}: refusing"
+                )));
+            }
+        }
         let message = accord_proto::signed::auth_challenge(
             fingerprint.as_bytes(),
             role,
@@ -160,8 +187,12 @@ impl Connection {
             .await
             .map_err(|s| PartyError::from_status(url, s))?
             .into_inner();
-        let token = MetadataValue::try_from(format!("Bearer {}", session.session_token))
-            .map_err(|_| PartyError::Refused("the room sent a session token that is not valid header text".into()))?;
+        let token =
+            MetadataValue::try_from(format!("Bearer {}", session.session_token)).map_err(|_| {
+                PartyError::Refused(
+                    "the room sent a session token that is not valid header text".into(),
+                )
+            })?;
         let mut conn = Self {
             url: url.to_owned(),
             channel,
@@ -169,6 +200,7 @@ impl Connection {
             token_text: session.session_token,
             room_key,
             fingerprint,
+            principal_name: name,
             last_entries: 0,
         };
         conn.check_head(session.head.as_ref())?;
@@ -195,6 +227,11 @@ impl Connection {
         self.fingerprint
     }
 
+    /// The principal's name as the agreement spells it.
+    pub fn principal_name(&self) -> &str {
+        &self.principal_name
+    }
+
     /// The bearer token (for Flight SQL clients: `authorization: Bearer <token>`).
     pub fn token(&self) -> &str {
         &self.token_text
@@ -215,24 +252,34 @@ impl Connection {
     /// Checks the room's signed audit head: it must be signed by the room's key, name this
     /// agreement, and never shrink during the session (truncation is noticed).
     pub fn check_head(&mut self, head: Option<&v1::SignedHead>) -> Result<(), PartyError> {
-        let head = head.ok_or_else(|| PartyError::Refused("the room's response carries no signed audit head".into()))?;
+        let head = head.ok_or_else(|| {
+            PartyError::Refused("the room's response carries no signed audit head".into())
+        })?;
         let hash: [u8; 32] = head
             .hash
             .as_slice()
             .try_into()
             .map_err(|_| PartyError::Refused("the audit head hash is not 32 bytes".into()))?;
-        let sig: [u8; 64] = head
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| PartyError::Refused("the audit head signature is not 64 bytes".into()))?;
+        let sig: [u8; 64] =
+            head.signature.as_slice().try_into().map_err(|_| {
+                PartyError::Refused("the audit head signature is not 64 bytes".into())
+            })?;
         if head.fingerprint != self.fingerprint.to_string() {
-            return Err(PartyError::Refused("the room's audit head names another agreement".into()));
+            return Err(PartyError::Refused(
+                "the room's audit head names another agreement".into(),
+            ));
         }
-        let message = accord_proto::signed::audit_head(self.fingerprint.as_bytes(), head.entries, &hash);
+        let message =
+            accord_proto::signed::audit_head(self.fingerprint.as_bytes(), head.entries, &hash);
         self.room_key
-            .verify(Purpose::AuditHead, &message, &accord_agreement::Signature::from_bytes(&sig))
-            .map_err(|_| PartyError::Refused("the room's signature on its audit head does not verify".into()))?;
+            .verify(
+                Purpose::AuditHead,
+                &message,
+                &accord_agreement::Signature::from_bytes(&sig),
+            )
+            .map_err(|_| {
+                PartyError::Refused("the room's signature on its audit head does not verify".into())
+            })?;
         if head.entries < self.last_entries {
             return Err(PartyError::Refused(format!(
                 "the room's audit log shrank from {} to {} entries: it was truncated",

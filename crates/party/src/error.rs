@@ -37,9 +37,10 @@ impl PartyError {
     pub fn from_status(url: &str, status: tonic::Status) -> Self {
         use tonic::Code;
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded => {
-                PartyError::Unreachable { url: url.to_owned(), reason: status.message().to_owned() }
-            }
+            Code::Unavailable | Code::DeadlineExceeded => PartyError::Unreachable {
+                url: url.to_owned(),
+                reason: status.message().to_owned(),
+            },
             _ => PartyError::Room(status.message().to_owned()),
         }
     }

@@ -72,21 +72,49 @@ pub struct InputReport {
 
 impl std::fmt::Display for InputReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "  rows read                         {:>10}", self.rows_read)?;
+        writeln!(
+            f,
+            "  rows read                         {:>10}",
+            self.rows_read
+        )?;
         if self.bad_rows_skipped > 0 {
-            writeln!(f, "  malformed rows skipped            {:>10}", self.bad_rows_skipped)?;
+            writeln!(
+                f,
+                "  malformed rows skipped            {:>10}",
+                self.bad_rows_skipped
+            )?;
         }
-        writeln!(f, "  without consent (not uploaded)    {:>10}", self.not_consented)?;
-        writeln!(f, "  empty identifier (skipped)        {:>10}", self.empty_identifier)?;
-        writeln!(f, "  invalid identifier (skipped)      {:>10}", self.invalid_identifier)?;
+        writeln!(
+            f,
+            "  without consent (not uploaded)    {:>10}",
+            self.not_consented
+        )?;
+        writeln!(
+            f,
+            "  empty identifier (skipped)        {:>10}",
+            self.empty_identifier
+        )?;
+        writeln!(
+            f,
+            "  invalid identifier (skipped)      {:>10}",
+            self.invalid_identifier
+        )?;
         for e in &self.invalid_examples {
             writeln!(f, "      e.g. {e}")?;
         }
-        writeln!(f, "  duplicates (first row kept)       {:>10}", self.duplicates)?;
+        writeln!(
+            f,
+            "  duplicates (first row kept)       {:>10}",
+            self.duplicates
+        )?;
         for (col, n) in &self.clamped {
             writeln!(f, "  {:<34}{n:>10}", format!("{col} clamped to bounds"))?;
         }
-        write!(f, "  rows to upload                    {:>10}", self.prepared)
+        write!(
+            f,
+            "  rows to upload                    {:>10}",
+            self.prepared
+        )
     }
 }
 
@@ -115,15 +143,31 @@ impl Layout {
             PartyError::Invalid(format!(
                 "{party:?} is not a party of agreement {} (parties: {})",
                 manifest.id,
-                manifest.parties.keys().cloned().collect::<Vec<_>>().join(", ")
+                manifest
+                    .parties
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
-        let kind = IdentifierKind::from_label(manifest.identifier.as_str())
-            .ok_or_else(|| PartyError::Invalid(format!("unsupported identifier {:?}", manifest.identifier.as_str())))?;
+        let kind = IdentifierKind::from_label(manifest.identifier.as_str()).ok_or_else(|| {
+            PartyError::Invalid(format!(
+                "unsupported identifier {:?}",
+                manifest.identifier.as_str()
+            ))
+        })?;
         Ok(Self {
-            id_column: options.id_column.clone().unwrap_or_else(|| manifest.identifier.as_str().to_owned()),
+            id_column: options
+                .id_column
+                .clone()
+                .unwrap_or_else(|| manifest.identifier.as_str().to_owned()),
             consent_column: p.consent_column.clone(),
-            columns: p.contributes.iter().map(|c| (c.column.clone(), c.role.clone())).collect(),
+            columns: p
+                .contributes
+                .iter()
+                .map(|c| (c.column.clone(), c.role.clone()))
+                .collect(),
             kind,
             region: manifest.default_region.clone(),
         })
@@ -186,7 +230,11 @@ impl Rules<'_> {
                 (ColumnRole::Metric { min, max }, Cell::Number(v)) => {
                     let v = match v {
                         Some(x) if !x.is_finite() => {
-                            return self.bad(row.line, name, format!("the metric value {x} is not a finite number"));
+                            return self.bad(
+                                row.line,
+                                name,
+                                format!("the metric value {x} is not a finite number"),
+                            );
                         }
                         Some(x) if x < *min || x > *max => {
                             clamped.push(name.clone());
@@ -196,14 +244,22 @@ impl Rules<'_> {
                     };
                     values.push(Value::Number(v));
                 }
-                (_, _) => return Err(PartyError::Internal("cell kind does not match the column role".into())),
+                (_, _) => {
+                    return Err(PartyError::Internal(
+                        "cell kind does not match the column role".into(),
+                    ));
+                }
             }
         }
         if !row.consent {
             self.report.not_consented += 1;
             return Ok(());
         }
-        let normalized = match accord_psi::normalize(self.layout.kind, row.id.unwrap_or(""), self.layout.region.as_deref()) {
+        let normalized = match accord_psi::normalize(
+            self.layout.kind,
+            row.id.unwrap_or(""),
+            self.layout.region.as_deref(),
+        ) {
             Ok(Some(n)) => n,
             Ok(None) => {
                 self.report.empty_identifier += 1;
@@ -212,7 +268,9 @@ impl Rules<'_> {
             Err(e) => {
                 self.report.invalid_identifier += 1;
                 if self.report.invalid_examples.len() < 3 {
-                    self.report.invalid_examples.push(format!("line {}: {e}", row.line));
+                    self.report
+                        .invalid_examples
+                        .push(format!("line {}: {e}", row.line));
                 }
                 return Ok(());
             }
@@ -225,7 +283,10 @@ impl Rules<'_> {
             *self.report.clamped.entry(c).or_default() += 1;
         }
         self.report.prepared += 1;
-        self.rows.push(PreparedRow { identifier: normalized, values });
+        self.rows.push(PreparedRow {
+            identifier: normalized,
+            values,
+        });
         Ok(())
     }
 }
@@ -235,7 +296,9 @@ fn parse_number(text: &str) -> Result<Option<f64>, String> {
     if t.is_empty() {
         return Ok(None);
     }
-    t.parse::<f64>().map(Some).map_err(|_| format!("{t:?} is not a number"))
+    t.parse::<f64>()
+        .map(Some)
+        .map_err(|_| format!("{t:?} is not a number"))
 }
 
 fn is_true(text: &str) -> bool {
@@ -244,7 +307,12 @@ fn is_true(text: &str) -> bool {
 
 /// Reads `path` (CSV, or Parquet when the name ends in `.parquet`/`.pq`) as `party`'s data
 /// for `manifest`, applying every rule. Nothing is uploaded here.
-pub fn read(path: &Path, manifest: &Manifest, party: &str, options: &InputOptions) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
+pub fn read(
+    path: &Path,
+    manifest: &Manifest,
+    party: &str,
+    options: &InputOptions,
+) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
     let layout = Layout::new(manifest, party, options)?;
     let mut rules = Rules {
         layout: &layout,
@@ -254,7 +322,11 @@ pub fn read(path: &Path, manifest: &Manifest, party: &str, options: &InputOption
         report: InputReport::default(),
         rows: Vec::new(),
     };
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ext == "parquet" || ext == "pq" {
         read_parquet(path, &layout, &mut rules)?;
     } else {
@@ -263,31 +335,65 @@ pub fn read(path: &Path, manifest: &Manifest, party: &str, options: &InputOption
     Ok((rules.rows, rules.report))
 }
 
-fn column_index(headers: &[String], name: &str, path: &Path, what: &str) -> Result<usize, PartyError> {
-    headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-        PartyError::BadInput(format!(
-            "{}: no column {name:?} ({what}); the file has: {}",
-            path.display(),
-            headers.join(", ")
-        ))
-    })
+fn column_index(
+    headers: &[String],
+    name: &str,
+    path: &Path,
+    what: &str,
+) -> Result<usize, PartyError> {
+    headers
+        .iter()
+        .position(|h| h.trim() == name)
+        .ok_or_else(|| {
+            PartyError::BadInput(format!(
+                "{}: no column {name:?} ({what}); the file has: {}",
+                path.display(),
+                headers.join(", ")
+            ))
+        })
 }
 
 fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
-    let file = File::open(path).map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(file);
+    let file = File::open(path)
+        .map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(file);
     let headers: Vec<String> = reader
         .headers()
-        .map_err(|e| PartyError::BadInput(format!("{}: could not read the header line: {e}", path.display())))?
+        .map_err(|e| {
+            PartyError::BadInput(format!(
+                "{}: could not read the header line: {e}",
+                path.display()
+            ))
+        })?
         .iter()
         .map(str::to_owned)
         .collect();
-    let id_idx = column_index(&headers, &layout.id_column, path, "the identifier; use --id-column to name another")?;
-    let consent_idx = column_index(&headers, &layout.consent_column, path, "the consent column named in the agreement")?;
+    let id_idx = column_index(
+        &headers,
+        &layout.id_column,
+        path,
+        "the identifier; use --id-column to name another",
+    )?;
+    let consent_idx = column_index(
+        &headers,
+        &layout.consent_column,
+        path,
+        "the consent column named in the agreement",
+    )?;
     let col_idx: Vec<usize> = layout
         .columns
         .iter()
-        .map(|(c, _)| column_index(&headers, c, path, "a column this party contributes under the agreement"))
+        .map(|(c, _)| {
+            column_index(
+                &headers,
+                c,
+                path,
+                "a column this party contributes under the agreement",
+            )
+        })
         .collect::<Result<_, _>>()?;
     let mut record = csv::StringRecord::new();
     loop {
@@ -296,12 +402,19 @@ fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), P
             Ok(true) => {}
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                return Err(PartyError::BadInput(format!("{}, line {line}: the CSV is malformed: {e}", path.display())));
+                return Err(PartyError::BadInput(format!(
+                    "{}, line {line}: the CSV is malformed: {e}",
+                    path.display()
+                )));
             }
         }
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         if record.len() != headers.len() {
-            let message = format!("the row has {} fields but the header has {}", record.len(), headers.len());
+            let message = format!(
+                "the row has {} fields but the header has {}",
+                record.len(),
+                headers.len()
+            );
             if rules.skip_bad_rows {
                 rules.report.rows_read += 1;
                 rules.report.bad_rows_skipped += 1;
@@ -343,16 +456,44 @@ fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), P
 }
 
 fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
-    let file = File::open(path).map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
+    let file = File::open(path)
+        .map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| PartyError::BadInput(format!("{}: not a readable Parquet file: {e}", path.display())))?;
-    let headers: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let id_idx = column_index(&headers, &layout.id_column, path, "the identifier; use --id-column to name another")?;
-    let consent_idx = column_index(&headers, &layout.consent_column, path, "the consent column named in the agreement")?;
+        .map_err(|e| {
+            PartyError::BadInput(format!(
+                "{}: not a readable Parquet file: {e}",
+                path.display()
+            ))
+        })?;
+    let headers: Vec<String> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let id_idx = column_index(
+        &headers,
+        &layout.id_column,
+        path,
+        "the identifier; use --id-column to name another",
+    )?;
+    let consent_idx = column_index(
+        &headers,
+        &layout.consent_column,
+        path,
+        "the consent column named in the agreement",
+    )?;
     let col_idx: Vec<usize> = layout
         .columns
         .iter()
-        .map(|(c, _)| column_index(&headers, c, path, "a column this party contributes under the agreement"))
+        .map(|(c, _)| {
+            column_index(
+                &headers,
+                c,
+                path,
+                "a column this party contributes under the agreement",
+            )
+        })
         .collect::<Result<_, _>>()?;
     let reader = builder
         .with_batch_size(8192)
@@ -361,7 +502,10 @@ fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(
     let mut row_number = 0u64;
     for batch in reader {
         let batch = batch.map_err(|e| {
-            PartyError::BadInput(format!("{}: could not decode rows after row {row_number}: {e}", path.display()))
+            PartyError::BadInput(format!(
+                "{}: could not decode rows after row {row_number}: {e}",
+                path.display()
+            ))
         })?;
         let ids = text_column(&batch, id_idx, path, &headers[id_idx])?;
         let consent = consent_column(&batch, consent_idx, path, &headers[consent_idx])?;
@@ -381,7 +525,12 @@ fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(
                     Col::Number(v) => Cell::Number(v[r]),
                 })
                 .collect();
-            rules.push(RawRow { line: row_number, id: ids[r].as_deref(), consent: consent[r], cells })?;
+            rules.push(RawRow {
+                line: row_number,
+                id: ids[r].as_deref(),
+                consent: consent[r],
+                cells,
+            })?;
         }
     }
     Ok(())
@@ -392,42 +541,81 @@ enum Col {
     Number(Vec<Option<f64>>),
 }
 
-fn text_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<Option<String>>, PartyError> {
+fn text_column(
+    batch: &RecordBatch,
+    i: usize,
+    path: &Path,
+    name: &str,
+) -> Result<Vec<Option<String>>, PartyError> {
     let col = batch.column(i);
     let cast = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| {
-        PartyError::BadInput(format!("{}: column {name:?} of type {} cannot be read as text: {e}", path.display(), col.data_type()))
+        PartyError::BadInput(format!(
+            "{}: column {name:?} of type {} cannot be read as text: {e}",
+            path.display(),
+            col.data_type()
+        ))
     })?;
     let s = cast.as_string::<i32>();
-    Ok((0..s.len()).map(|r| (!s.is_null(r)).then(|| s.value(r).to_owned())).collect())
+    Ok((0..s.len())
+        .map(|r| (!s.is_null(r)).then(|| s.value(r).to_owned()))
+        .collect())
 }
 
-fn number_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<Option<f64>>, PartyError> {
+fn number_column(
+    batch: &RecordBatch,
+    i: usize,
+    path: &Path,
+    name: &str,
+) -> Result<Vec<Option<f64>>, PartyError> {
     let col = batch.column(i);
-    if matches!(col.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+    if matches!(
+        col.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
         let texts = text_column(batch, i, path, name)?;
         return texts
             .into_iter()
             .enumerate()
             .map(|(r, t)| match t {
                 None => Ok(None),
-                Some(t) => parse_number(&t).map_err(|m| PartyError::BadInput(format!("{}, row {}, column {name:?}: {m}", path.display(), r + 1))),
+                Some(t) => parse_number(&t).map_err(|m| {
+                    PartyError::BadInput(format!(
+                        "{}, row {}, column {name:?}: {m}",
+                        path.display(),
+                        r + 1
+                    ))
+                }),
             })
             .collect();
     }
     let cast = arrow::compute::cast(col, &DataType::Float64).map_err(|e| {
-        PartyError::BadInput(format!("{}: column {name:?} of type {} is not numeric: {e}", path.display(), col.data_type()))
+        PartyError::BadInput(format!(
+            "{}: column {name:?} of type {} is not numeric: {e}",
+            path.display(),
+            col.data_type()
+        ))
     })?;
     let f = cast.as_primitive::<arrow::datatypes::Float64Type>();
-    Ok((0..f.len()).map(|r| (!f.is_null(r)).then(|| f.value(r))).collect())
+    Ok((0..f.len())
+        .map(|r| (!f.is_null(r)).then(|| f.value(r)))
+        .collect())
 }
 
-fn consent_column(batch: &RecordBatch, i: usize, path: &Path, name: &str) -> Result<Vec<bool>, PartyError> {
+fn consent_column(
+    batch: &RecordBatch,
+    i: usize,
+    path: &Path,
+    name: &str,
+) -> Result<Vec<bool>, PartyError> {
     let col = batch.column(i);
     if col.data_type() == &DataType::Boolean {
         let b = col.as_boolean();
         return Ok((0..b.len()).map(|r| !b.is_null(r) && b.value(r)).collect());
     }
-    Ok(text_column(batch, i, path, name)?.into_iter().map(|t| t.is_some_and(|t| is_true(&t))).collect())
+    Ok(text_column(batch, i, path, name)?
+        .into_iter()
+        .map(|t| t.is_some_and(|t| is_true(&t)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -471,7 +659,15 @@ exact_results = true
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.csv");
         std::fs::write(&path, csv).unwrap();
-        read(&path, &manifest(), "drinks", &InputOptions { id_column: None, skip_bad_rows: skip })
+        read(
+            &path,
+            &manifest(),
+            "drinks",
+            &InputOptions {
+                id_column: None,
+                skip_bad_rows: skip,
+            },
+        )
     }
 
     #[test]
@@ -493,15 +689,24 @@ exact_results = true
         assert_eq!(report.clamped.get("spend"), Some(&1));
         assert_eq!(report.prepared, 2);
         assert_eq!(rows[0].identifier, "ana@example.com");
-        assert_eq!(rows[0].values, vec![Value::Text(Some("gold".into())), Value::Number(Some(10.0))]);
-        assert_eq!(rows[1].values, vec![Value::Text(None), Value::Number(Some(100.0))]);
+        assert_eq!(
+            rows[0].values,
+            vec![Value::Text(Some("gold".into())), Value::Number(Some(10.0))]
+        );
+        assert_eq!(
+            rows[1].values,
+            vec![Value::Text(None), Value::Number(Some(100.0))]
+        );
     }
 
     #[test]
     fn malformed_rows_stop_with_file_line_and_column_unless_skipped() {
         let csv = "email,consent,tier,spend\na@x.com,true,gold,10\nb@x.com,true,gold,lots\nc@x.com,true,gold\n";
         let err = run(csv, false).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("\"spend\"") && err.contains("lots"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("\"spend\"") && err.contains("lots"),
+            "{err}"
+        );
         let (rows, report) = run(csv, true).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(report.bad_rows_skipped, 2);
@@ -510,14 +715,21 @@ exact_results = true
 
     #[test]
     fn non_finite_metrics_are_refused() {
-        let err = run("email,consent,tier,spend\na@x.com,true,gold,NaN\n", false).unwrap_err().to_string();
+        let err = run("email,consent,tier,spend\na@x.com,true,gold,NaN\n", false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a finite number"), "{err}");
     }
 
     #[test]
     fn missing_columns_are_named() {
-        let err = run("email,tier,spend\na@x.com,gold,1\n", false).unwrap_err().to_string();
-        assert!(err.contains("\"consent\"") && err.contains("email, tier, spend"), "{err}");
+        let err = run("email,tier,spend\na@x.com,gold,1\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"consent\"") && err.contains("email, tier, spend"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -527,18 +739,42 @@ exact_results = true
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.parquet");
         let batch = RecordBatch::try_from_iter(vec![
-            ("email", Arc::new(StringArray::from(vec![Some("A@x.com"), Some("a@x.com"), None])) as _),
-            ("consent", Arc::new(BooleanArray::from(vec![true, true, true])) as _),
-            ("tier", Arc::new(StringArray::from(vec!["g", "s", "g"])) as _),
-            ("spend", Arc::new(Float64Array::from(vec![1.0, 2.0, -3.0])) as _),
+            (
+                "email",
+                Arc::new(StringArray::from(vec![
+                    Some("A@x.com"),
+                    Some("a@x.com"),
+                    None,
+                ])) as _,
+            ),
+            (
+                "consent",
+                Arc::new(BooleanArray::from(vec![true, true, true])) as _,
+            ),
+            (
+                "tier",
+                Arc::new(StringArray::from(vec!["g", "s", "g"])) as _,
+            ),
+            (
+                "spend",
+                Arc::new(Float64Array::from(vec![1.0, 2.0, -3.0])) as _,
+            ),
         ])
         .unwrap();
         let file = File::create(&path).unwrap();
         let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        let (rows, report) =
-            read(&path, &manifest(), "drinks", &InputOptions { id_column: None, skip_bad_rows: false }).unwrap();
+        let (rows, report) = read(
+            &path,
+            &manifest(),
+            "drinks",
+            &InputOptions {
+                id_column: None,
+                skip_bad_rows: false,
+            },
+        )
+        .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(report.duplicates, 1);
         assert_eq!(report.empty_identifier, 1);

@@ -20,4 +20,6 @@ pub mod state;
 
 pub use client::{Connection, Principal};
 pub use error::PartyError;
-pub use protocol::{EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload};
+pub use protocol::{
+    EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
+};

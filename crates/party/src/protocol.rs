@@ -63,7 +63,14 @@ impl PartyContext {
                 p.public_key
             )));
         }
-        Ok(Self { agreement, party: party.to_owned(), key, state_root, room_url: room_url.to_owned(), progress: None })
+        Ok(Self {
+            agreement,
+            party: party.to_owned(),
+            key,
+            state_root,
+            room_url: room_url.to_owned(),
+            progress: None,
+        })
     }
 
     fn partner(&self) -> Result<String, PartyError> {
@@ -91,7 +98,15 @@ impl PartyContext {
 
     async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
         let fp = self.fingerprint().to_string();
-        let conn = with_retries("authenticate", || Connection::open(&self.room_url, &fp, Principal::Party(&self.party), &self.key)).await?;
+        let conn = with_retries("authenticate", || {
+            Connection::open(
+                &self.room_url,
+                &fp,
+                Principal::Party(&self.party),
+                &self.key,
+            )
+        })
+        .await?;
         state.pin_room_key(conn.room_key())?;
         Ok(conn)
     }
@@ -146,7 +161,10 @@ struct Prepared {
 }
 
 /// Reads, filters, shuffles and uploads the party's data, resuming an interrupted upload.
-pub async fn upload(ctx: &PartyContext, options: &UploadOptions) -> Result<UploadOutcome, PartyError> {
+pub async fn upload(
+    ctx: &PartyContext,
+    options: &UploadOptions,
+) -> Result<UploadOutcome, PartyError> {
     let m = ctx.agreement.manifest();
     let now = chrono::Utc::now();
     if !m.is_in_window(now) {
@@ -155,7 +173,9 @@ pub async fn upload(ctx: &PartyContext, options: &UploadOptions) -> Result<Uploa
             m.id, m.valid_from, m.valid_until
         )));
     }
-    let batch_rows = options.batch_rows.clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
+    let batch_rows = options
+        .batch_rows
+        .clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
     let (rows, report) = {
         let path = options.input.clone();
         let manifest = m.clone();
@@ -184,7 +204,14 @@ pub async fn upload(ctx: &PartyContext, options: &UploadOptions) -> Result<Uploa
     let secrets = state.secrets()?;
     let agreement_id = ctx.agreement.id().to_owned();
     let mut prepared = Prepared {
-        handles: rows.iter().map(|r| secrets.handle_key.handle(&agreement_id, r.identifier.as_bytes())).collect(),
+        handles: rows
+            .iter()
+            .map(|r| {
+                secrets
+                    .handle_key
+                    .handle(&agreement_id, r.identifier.as_bytes())
+            })
+            .collect(),
         rows,
     };
     // A fixed per-agreement seed: a resumed upload shuffles identically and sends the same batches.
@@ -206,7 +233,15 @@ pub async fn upload(ctx: &PartyContext, options: &UploadOptions) -> Result<Uploa
     let mut attempt = 0;
     let status = loop {
         attempt += 1;
-        let result = upload_attempt(ctx, &state, &prepared, batch_rows, total_batches, total_rows).await;
+        let result = upload_attempt(
+            ctx,
+            &state,
+            &prepared,
+            batch_rows,
+            total_batches,
+            total_rows,
+        )
+        .await;
         match result {
             Ok((status, first_stored)) => {
                 already_stored.get_or_insert(first_stored);
@@ -252,8 +287,13 @@ async fn upload_attempt(
     total_rows: u64,
 ) -> Result<(v1::StatusResponse, u64), PartyError> {
     let mut conn = ctx.connect(state).await?;
-    let mut psi = PsiClient::new(conn.channel()).max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
-    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    let mut psi = PsiClient::new(conn.channel())
+        .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    let status = psi
+        .status(conn.request(v1::StatusRequest {}))
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner();
     conn.check_head(status.head.as_ref())?;
     let stored = status.batches_uploaded;
     if status.upload_complete {
@@ -290,36 +330,61 @@ async fn upload_attempt(
             let end = (start + batch_rows).min(prepared.rows.len());
             let rows = &prepared.rows[start..end];
             let ids: Vec<&[u8]> = rows.iter().map(|r| r.identifier.as_bytes()).collect();
-            let points: Vec<u8> = accord_psi::hash_and_blind(&secrets.psi, &domain, &ids).into_iter().flatten().collect();
-            let handles: Vec<u8> = prepared.handles[start..end].iter().flatten().copied().collect();
+            let points: Vec<u8> = accord_psi::hash_and_blind(&secrets.psi, &domain, &ids)
+                .into_iter()
+                .flatten()
+                .collect();
+            let handles: Vec<u8> = prepared.handles[start..end]
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
             let message = accord_proto::signed::upload_batch(fp.as_bytes(), &party, n, &points);
             let signature = key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec();
             let columns = proto_columns(&manifest, &party, rows);
-            let batch = v1::UploadBatch { batch_number: n, handles, points, columns, signature };
-            if tx.blocking_send(Ok(v1::UploadMessage { kind: Some(v1::upload_message::Kind::Batch(batch)) })).is_err() {
+            let batch = v1::UploadBatch {
+                batch_number: n,
+                handles,
+                points,
+                columns,
+                signature,
+            };
+            if tx
+                .blocking_send(Ok(v1::UploadMessage {
+                    kind: Some(v1::upload_message::Kind::Batch(batch)),
+                }))
+                .is_err()
+            {
                 return;
             }
             producer_bar.inc(1);
         }
-        let message = accord_proto::signed::upload_complete(fp.as_bytes(), &party, total_batches, total_rows);
+        let message =
+            accord_proto::signed::upload_complete(fp.as_bytes(), &party, total_batches, total_rows);
         let complete = v1::UploadComplete {
             batches: total_batches,
             rows: total_rows,
-            signature: key.sign(Purpose::UploadComplete, &message).to_bytes().to_vec(),
+            signature: key
+                .sign(Purpose::UploadComplete, &message)
+                .to_bytes()
+                .to_vec(),
         };
-        let _ = tx.blocking_send(Ok(v1::UploadMessage { kind: Some(v1::upload_message::Kind::Complete(complete)) }));
+        let _ = tx.blocking_send(Ok(v1::UploadMessage {
+            kind: Some(v1::upload_message::Kind::Complete(complete)),
+        }));
     });
     let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<PartyError>();
     let mut err_tx = Some(err_tx);
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map_while(move |item| match item {
-        Ok(m) => Some(m),
-        Err(e) => {
-            if let Some(tx) = err_tx.take() {
-                let _ = tx.send(e);
+    let stream =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map_while(move |item| match item {
+            Ok(m) => Some(m),
+            Err(e) => {
+                if let Some(tx) = err_tx.take() {
+                    let _ = tx.send(e);
+                }
+                None
             }
-            None
-        }
-    });
+        });
     let response = psi.upload(conn.request(stream)).await;
     producer.abort();
     bar.finish_and_clear();
@@ -328,7 +393,11 @@ async fn upload_attempt(
     }
     let response = response.map_err(|s| conn.error(s))?.into_inner();
     conn.check_head(response.head.as_ref())?;
-    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    let status = psi
+        .status(conn.request(v1::StatusRequest {}))
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner();
     conn.check_head(status.head.as_ref())?;
     if !status.upload_complete {
         return Err(PartyError::Unreachable {
@@ -341,8 +410,14 @@ async fn upload_attempt(
 
 use tokio_stream::StreamExt as _;
 
-fn proto_columns(manifest: &accord_agreement::Manifest, party: &str, rows: &[PreparedRow]) -> Vec<v1::Column> {
-    let Some(p) = manifest.parties.get(party) else { return Vec::new() };
+fn proto_columns(
+    manifest: &accord_agreement::Manifest,
+    party: &str,
+    rows: &[PreparedRow],
+) -> Vec<v1::Column> {
+    let Some(p) = manifest.parties.get(party) else {
+        return Vec::new();
+    };
     p.contributes
         .iter()
         .enumerate()
@@ -379,7 +454,10 @@ fn proto_columns(manifest: &accord_agreement::Manifest, party: &str, rows: &[Pre
                     v1::column::Values::Number(x)
                 }
             };
-            v1::Column { name: c.column.clone(), values: Some(values) }
+            v1::Column {
+                name: c.column.clone(),
+                values: Some(values),
+            }
         })
         .collect()
 }
@@ -394,7 +472,8 @@ pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResp
     let partner_cap = m.parties[&partner].max_rows;
     let fp = ctx.fingerprint();
     let mut conn = ctx.connect(&state).await?;
-    let mut psi = PsiClient::new(conn.channel()).max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    let mut psi = PsiClient::new(conn.channel())
+        .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
     let mut blinded_total = 0u64;
     let bar = ctx.bar(0, &format!("blind {partner}'s batches"));
     let mut idle = Duration::from_millis(50);
@@ -406,7 +485,16 @@ pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResp
             let mut log = state.blinded(&partner)?;
             let mut replies = Vec::with_capacity(work.len());
             for batch in work {
-                let reply = blind_one(&state, &partner, &partner_key, partner_cap, fp, &mut log, batch).await?;
+                let reply = blind_one(
+                    &state,
+                    &partner,
+                    &partner_key,
+                    partner_cap,
+                    fp,
+                    &mut log,
+                    batch,
+                )
+                .await?;
                 if matches!(reply.kind, Some(v1::return_work_message::Kind::Blinded(_))) {
                     blinded_total += 1;
                 }
@@ -421,7 +509,11 @@ pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResp
             conn.check_head(response.head.as_ref())?;
             continue;
         }
-        let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+        let status = psi
+            .status(conn.request(v1::StatusRequest {}))
+            .await
+            .map_err(|s| conn.error(s))?
+            .into_inner();
         conn.check_head(status.head.as_ref())?;
         if !status.refused_batches.is_empty() {
             bar.finish_and_clear();
@@ -440,7 +532,10 @@ pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResp
     }
 }
 
-async fn fetch_work(psi: &mut PsiClient<tonic::transport::Channel>, conn: &Connection) -> Result<Vec<v1::WorkBatch>, PartyError> {
+async fn fetch_work(
+    psi: &mut PsiClient<tonic::transport::Channel>,
+    conn: &Connection,
+) -> Result<Vec<v1::WorkBatch>, PartyError> {
     let mut stream = psi
         .fetch_work(conn.request(v1::FetchWorkRequest { max_batches: 16 }))
         .await
@@ -467,23 +562,42 @@ async fn blind_one(
     let n = batch.batch_number;
     let refuse = |reason: String| {
         tracing::warn!(batch = n, %reason, "refusing to blind a partner batch");
-        v1::ReturnWorkMessage { kind: Some(v1::return_work_message::Kind::Refusal(v1::WorkRefusal { batch_number: n, reason })) }
+        v1::ReturnWorkMessage {
+            kind: Some(v1::return_work_message::Kind::Refusal(v1::WorkRefusal {
+                batch_number: n,
+                reason,
+            })),
+        }
     };
     if batch.from_party != partner {
-        return Ok(refuse(format!("the batch claims to come from {:?}, not the partner {partner}", batch.from_party)));
+        return Ok(refuse(format!(
+            "the batch claims to come from {:?}, not the partner {partner}",
+            batch.from_party
+        )));
     }
     let Ok(sig) = <[u8; 64]>::try_from(batch.signature.as_slice()) else {
         return Ok(refuse("the batch signature is not 64 bytes".into()));
     };
     let message = accord_proto::signed::upload_batch(fp.as_bytes(), partner, n, &batch.points);
-    if partner_key.verify(Purpose::UploadBatch, &message, &accord_agreement::Signature::from_bytes(&sig)).is_err() {
-        return Ok(refuse(format!("batch {n}: {partner}'s signature does not verify")));
+    if partner_key
+        .verify(
+            Purpose::UploadBatch,
+            &message,
+            &accord_agreement::Signature::from_bytes(&sig),
+        )
+        .is_err()
+    {
+        return Ok(refuse(format!(
+            "batch {n}: {partner}'s signature does not verify"
+        )));
     }
     let rows = (batch.points.len() / accord_proto::limits::POINT_LEN) as u64;
     let digest: [u8; 32] = Sha256::digest(&batch.points).into();
     match log.get(&n) {
         Some((d, _)) if *d != digest => {
-            return Ok(refuse(format!("batch {n} was blinded before with other points; a batch is blinded only once")));
+            return Ok(refuse(format!(
+                "batch {n} was blinded before with other points; a batch is blinded only once"
+            )));
         }
         Some(_) => {} // the same points again: a retry after a lost acknowledgement
         None => {
@@ -497,9 +611,10 @@ async fn blind_one(
     }
     let secrets = state.secrets()?;
     let points = batch.points;
-    let result = tokio::task::spawn_blocking(move || accord_psi::blind_concatenated(&secrets.psi, &points))
-        .await
-        .map_err(|e| PartyError::Internal(e.to_string()))?;
+    let result =
+        tokio::task::spawn_blocking(move || accord_psi::blind_concatenated(&secrets.psi, &points))
+            .await
+            .map_err(|e| PartyError::Internal(e.to_string()))?;
     match result {
         Ok(blinded) => {
             if !log.contains_key(&n) {
@@ -507,7 +622,10 @@ async fn blind_one(
                 log.insert(n, (digest, rows));
             }
             Ok(v1::ReturnWorkMessage {
-                kind: Some(v1::return_work_message::Kind::Blinded(v1::BlindedBatch { batch_number: n, points: blinded })),
+                kind: Some(v1::return_work_message::Kind::Blinded(v1::BlindedBatch {
+                    batch_number: n,
+                    points: blinded,
+                })),
             })
         }
         Err(e) => Ok(refuse(format!("batch {n}: {e}"))),
@@ -519,7 +637,11 @@ pub async fn status(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError
     let state = ctx.state()?;
     let mut conn = ctx.connect(&state).await?;
     let mut psi = PsiClient::new(conn.channel());
-    let status = psi.status(conn.request(v1::StatusRequest {})).await.map_err(|s| conn.error(s))?.into_inner();
+    let status = psi
+        .status(conn.request(v1::StatusRequest {}))
+        .await
+        .map_err(|s| conn.error(s))?
+        .into_inner();
     conn.check_head(status.head.as_ref())?;
     Ok(status)
 }
@@ -578,17 +700,31 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
     for chunk in wanted.chunks(accord_proto::limits::MAX_ERASE_HANDLES) {
         let handles: Vec<u8> = chunk.iter().flatten().copied().collect();
         let response = psi
-            .erase(conn.request(v1::EraseRequest { handles: handles.clone() }))
+            .erase(conn.request(v1::EraseRequest {
+                handles: handles.clone(),
+            }))
             .await
             .map_err(|s| conn.error(s))?
             .into_inner();
         conn.check_head(response.head.as_ref())?;
-        let receipt = accord_proto::signed::erasure_receipt(fp.as_bytes(), &ctx.party, response.erased, &handles);
-        let sig = <[u8; 64]>::try_from(response.receipt_signature.as_slice())
-            .map_err(|_| PartyError::Refused("the erasure receipt signature is not 64 bytes".into()))?;
+        let receipt = accord_proto::signed::erasure_receipt(
+            fp.as_bytes(),
+            &ctx.party,
+            response.erased,
+            &handles,
+        );
+        let sig = <[u8; 64]>::try_from(response.receipt_signature.as_slice()).map_err(|_| {
+            PartyError::Refused("the erasure receipt signature is not 64 bytes".into())
+        })?;
         conn.room_key()
-            .verify(Purpose::ErasureReceipt, &receipt, &accord_agreement::Signature::from_bytes(&sig))
-            .map_err(|_| PartyError::Refused("the room's erasure receipt does not verify".into()))?;
+            .verify(
+                Purpose::ErasureReceipt,
+                &receipt,
+                &accord_agreement::Signature::from_bytes(&sig),
+            )
+            .map_err(|_| {
+                PartyError::Refused("the room's erasure receipt does not verify".into())
+            })?;
         outcome.erased += response.erased;
         for h in chunk {
             uploaded.remove(h);

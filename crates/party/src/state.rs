@@ -33,8 +33,13 @@ pub fn default_root() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(p).join("accord").join("party");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".local").join("share").join("accord").join("party")
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local")
+        .join("share")
+        .join("accord")
+        .join("party")
 }
 
 /// A party's secrets for one agreement version. No `Clone`; `Debug` shows nothing secret.
@@ -61,7 +66,11 @@ pub struct State {
 
 impl State {
     /// Opens (creating with mode 0700) the state for an agreement version.
-    pub fn open(root: &Path, agreement_id: &str, fingerprint: Fingerprint) -> Result<Self, PartyError> {
+    pub fn open(
+        root: &Path,
+        agreement_id: &str,
+        fingerprint: Fingerprint,
+    ) -> Result<Self, PartyError> {
         let dir = root.join(agreement_id).join(fingerprint.to_string());
         accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)
             .map_err(|e| PartyError::State(e.to_string()))?;
@@ -80,13 +89,15 @@ impl State {
             let psi = PsiSecret::generate().map_err(|e| PartyError::State(e.to_string()))?;
             let handle_key = HandleKey::generate().map_err(|e| PartyError::State(e.to_string()))?;
             let mut seed = Zeroizing::new([0u8; 32]);
-            getrandom::fill(seed.as_mut()).map_err(|e| PartyError::State(format!("OS randomness: {e}")))?;
+            getrandom::fill(seed.as_mut())
+                .map_err(|e| PartyError::State(format!("OS randomness: {e}")))?;
             let mut bytes = Zeroizing::new(Vec::with_capacity(MAGIC.len() + 96));
             bytes.extend_from_slice(MAGIC);
             bytes.extend_from_slice(psi.to_bytes().as_ref());
             bytes.extend_from_slice(handle_key.to_bytes().as_ref());
             bytes.extend_from_slice(seed.as_ref());
-            accord_fs::write_new_secret(&path, &bytes).map_err(|e| PartyError::State(e.to_string()))?;
+            accord_fs::write_new_secret(&path, &bytes)
+                .map_err(|e| PartyError::State(e.to_string()))?;
         }
         let bytes = accord_fs::read_secret(&path).map_err(|e| PartyError::State(e.to_string()))?;
         let body = bytes.strip_prefix(MAGIC).filter(|b| b.len() == 96).ok_or_else(|| {
@@ -118,13 +129,15 @@ impl State {
                 pinned.trim(),
                 path.display()
             ))),
-            Err(_) => accord_fs::write_atomic(&path, text.as_bytes()).map_err(|e| PartyError::State(e.to_string())),
+            Err(_) => accord_fs::write_atomic(&path, text.as_bytes())
+                .map_err(|e| PartyError::State(e.to_string())),
         }
     }
 
     /// Records the handles of the rows being uploaded (replacing any earlier list).
     pub fn save_uploaded_handles(&self, handles: &[u8]) -> Result<(), PartyError> {
-        accord_fs::write_atomic(&self.dir.join("uploaded.handles"), handles).map_err(|e| PartyError::State(e.to_string()))
+        accord_fs::write_atomic(&self.dir.join("uploaded.handles"), handles)
+            .map_err(|e| PartyError::State(e.to_string()))
     }
 
     /// The handles of the rows this party uploaded.
@@ -159,26 +172,40 @@ impl State {
         for line in text.lines() {
             // A torn last line (crash mid-append) was never acted on: ignore it.
             let parts: Vec<&str> = line.split(' ').collect();
-            let [n, digest, rows] = parts.as_slice() else { continue };
-            let (Ok(n), Ok(digest), Ok(rows)) = (n.parse::<u64>(), hex::decode(digest), rows.parse::<u64>()) else {
+            let [n, digest, rows] = parts.as_slice() else {
                 continue;
             };
-            let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else { continue };
+            let (Ok(n), Ok(digest), Ok(rows)) =
+                (n.parse::<u64>(), hex::decode(digest), rows.parse::<u64>())
+            else {
+                continue;
+            };
+            let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) else {
+                continue;
+            };
             out.insert(n, (digest, rows));
         }
         Ok(out)
     }
 
     /// Appends to the blinded log and syncs it before the blinded points are sent.
-    pub fn record_blinded(&self, partner: &str, batch: u64, digest: &[u8; 32], rows: u64) -> Result<(), PartyError> {
+    pub fn record_blinded(
+        &self,
+        partner: &str,
+        batch: u64,
+        digest: &[u8; 32],
+        rows: u64,
+    ) -> Result<(), PartyError> {
         let path = self.dir.join(format!("blinded-{partner}"));
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
-        writeln!(f, "{batch} {} {rows}", hex::encode(digest)).map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
-        f.sync_data().map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        writeln!(f, "{batch} {} {rows}", hex::encode(digest))
+            .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        f.sync_data()
+            .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
         Ok(())
     }
 }
@@ -199,7 +226,12 @@ mod tests {
         assert_eq!(format!("{a:?}"), "Secrets([redacted])");
         s.record_blinded("snacks", 0, &[1; 32], 10).unwrap();
         s.record_blinded("snacks", 1, &[2; 32], 5).unwrap();
-        std::fs::OpenOptions::new().append(true).open(s.dir().join("blinded-snacks")).unwrap().write_all(b"2 abc").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.dir().join("blinded-snacks"))
+            .unwrap()
+            .write_all(b"2 abc")
+            .unwrap();
         let log = s.blinded("snacks").unwrap();
         assert_eq!(log.len(), 2);
         assert_eq!(log[&1], ([2; 32], 5));
@@ -210,10 +242,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fp: Fingerprint = "cd".repeat(32).parse().unwrap();
         let s = State::open(dir.path(), "a-1", fp).unwrap();
-        let k1 = accord_agreement::SecretKey::generate().unwrap().public_key();
-        let k2 = accord_agreement::SecretKey::generate().unwrap().public_key();
+        let k1 = accord_agreement::SecretKey::generate()
+            .unwrap()
+            .public_key();
+        let k2 = accord_agreement::SecretKey::generate()
+            .unwrap()
+            .public_key();
         s.pin_room_key(&k1).unwrap();
         s.pin_room_key(&k1).unwrap();
-        assert!(s.pin_room_key(&k2).unwrap_err().to_string().contains("pinned"));
+        assert!(
+            s.pin_room_key(&k2)
+                .unwrap_err()
+                .to_string()
+                .contains("pinned")
+        );
     }
 }

@@ -153,7 +153,12 @@ pub mod signed {
     }
 
     /// Purpose `upload-batch`: binds the batch's points to the agreement, party and position.
-    pub fn upload_batch(fingerprint: &[u8; 32], party: &str, batch_number: u64, points: &[u8]) -> Vec<u8> {
+    pub fn upload_batch(
+        fingerprint: &[u8; 32],
+        party: &str,
+        batch_number: u64,
+        points: &[u8],
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(32 + 8 + party.len() + 16 + 32);
         m.extend_from_slice(fingerprint);
         put_str(&mut m, party);
@@ -164,7 +169,12 @@ pub mod signed {
     }
 
     /// Purpose `upload-complete`.
-    pub fn upload_complete(fingerprint: &[u8; 32], party: &str, batches: u64, rows: u64) -> Vec<u8> {
+    pub fn upload_complete(
+        fingerprint: &[u8; 32],
+        party: &str,
+        batches: u64,
+        rows: u64,
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(32 + 8 + party.len() + 16);
         m.extend_from_slice(fingerprint);
         put_str(&mut m, party);
@@ -183,7 +193,11 @@ pub mod signed {
     }
 
     /// Purpose `revocation-receipt`.
-    pub fn revocation_receipt(fingerprint: &[u8; 32], revoked_unix_ms: i64, party: &str) -> Vec<u8> {
+    pub fn revocation_receipt(
+        fingerprint: &[u8; 32],
+        revoked_unix_ms: i64,
+        party: &str,
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(48 + party.len());
         m.extend_from_slice(fingerprint);
         m.extend_from_slice(&revoked_unix_ms.to_be_bytes());
@@ -192,7 +206,12 @@ pub mod signed {
     }
 
     /// Purpose `erasure-receipt`.
-    pub fn erasure_receipt(fingerprint: &[u8; 32], party: &str, erased: u64, handles: &[u8]) -> Vec<u8> {
+    pub fn erasure_receipt(
+        fingerprint: &[u8; 32],
+        party: &str,
+        erased: u64,
+        handles: &[u8],
+    ) -> Vec<u8> {
         let mut m = Vec::with_capacity(80 + party.len());
         m.extend_from_slice(fingerprint);
         put_str(&mut m, party);
@@ -210,7 +229,10 @@ mod tests {
     fn counting_items_names_the_field() {
         assert_eq!(count_items("points", &[0; 64], 32), Ok(2));
         let err = count_items("points", &[0; 65], 32).unwrap_err();
-        assert_eq!(err.to_string(), "points has 65 bytes, which is not a whole number of 32-byte items");
+        assert_eq!(
+            err.to_string(),
+            "points has 65 bytes, which is not a whole number of 32-byte items"
+        );
         let err = expect_items("handles", &[0; 32], 16, 3).unwrap_err();
         assert!(err.to_string().contains("2 items but 3"), "{err}");
         assert!(fixed::<32>("room_nonce", &[0; 31]).is_err());

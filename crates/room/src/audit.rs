@@ -132,11 +132,14 @@ impl AuditLog {
         let mut last_hash = [0u8; 32];
         let mut good_len = 0u64;
         if path.exists() {
-            let reader = BufReader::new(File::open(path).map_err(|e| RoomError::io("open", path, e))?);
+            let reader =
+                BufReader::new(File::open(path).map_err(|e| RoomError::io("open", path, e))?);
             for (i, line) in reader.split(b'\n').enumerate() {
                 let line = line.map_err(|e| RoomError::io("read", path, e))?;
                 let expected_seq = i as u64 + 1;
-                let Ok(text) = std::str::from_utf8(&line) else { break };
+                let Ok(text) = std::str::from_utf8(&line) else {
+                    break;
+                };
                 match check_line(text, expected_seq, &last_hash) {
                     Ok(hash) => {
                         entries = expected_seq;
@@ -146,11 +149,17 @@ impl AuditLog {
                     Err(_) => break,
                 }
             }
-            let actual = std::fs::metadata(path).map_err(|e| RoomError::io("stat", path, e))?.len();
+            let actual = std::fs::metadata(path)
+                .map_err(|e| RoomError::io("stat", path, e))?
+                .len();
             if actual != good_len {
                 tracing::warn!(path = %path.display(), kept = entries, "dropping a torn or invalid tail of the audit log");
-                let f = OpenOptions::new().write(true).open(path).map_err(|e| RoomError::io("open", path, e))?;
-                f.set_len(good_len).map_err(|e| RoomError::io("truncate", path, e))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| RoomError::io("open", path, e))?;
+                f.set_len(good_len)
+                    .map_err(|e| RoomError::io("truncate", path, e))?;
                 f.sync_all().map_err(|e| RoomError::io("sync", path, e))?;
             }
         }
@@ -159,11 +168,22 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| RoomError::io("open", path, e))?;
-        Ok(Self { path: path.to_path_buf(), file, fingerprint, entries, last_hash })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            fingerprint,
+            entries,
+            last_hash,
+        })
     }
 
     /// Appends an entry and syncs it to disk before returning.
-    pub fn append(&mut self, actor: Actor, event: Event, at: DateTime<Utc>) -> Result<(), RoomError> {
+    pub fn append(
+        &mut self,
+        actor: Actor,
+        event: Event,
+        at: DateTime<Utc>,
+    ) -> Result<(), RoomError> {
         let line = Line {
             seq: self.entries + 1,
             prev: hex::encode(self.last_hash),
@@ -171,11 +191,16 @@ impl AuditLog {
             actor,
             event,
         };
-        let mut text = serde_json::to_string(&line).map_err(|e| RoomError::Internal(format!("audit entry: {e}")))?;
+        let mut text = serde_json::to_string(&line)
+            .map_err(|e| RoomError::Internal(format!("audit entry: {e}")))?;
         let hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         text.push('\n');
-        self.file.write_all(text.as_bytes()).map_err(|e| RoomError::io("append to", &self.path, e))?;
-        self.file.sync_data().map_err(|e| RoomError::io("sync", &self.path, e))?;
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|e| RoomError::io("append to", &self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| RoomError::io("sync", &self.path, e))?;
         self.entries += 1;
         self.last_hash = hash;
         Ok(())
@@ -188,31 +213,53 @@ impl AuditLog {
 
     /// Every entry, in order, as stored.
     pub fn read_all(&self) -> Result<Vec<String>, RoomError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|e| RoomError::io("read", &self.path, e))?;
-        Ok(text.lines().take(self.entries as usize).map(str::to_owned).collect())
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| RoomError::io("read", &self.path, e))?;
+        Ok(text
+            .lines()
+            .take(self.entries as usize)
+            .map(str::to_owned)
+            .collect())
     }
 }
 
 /// Signs a head.
-pub fn sign_head(room_key: &SecretKey, fingerprint: Fingerprint, entries: u64, hash: [u8; 32]) -> SignedHead {
+pub fn sign_head(
+    room_key: &SecretKey,
+    fingerprint: Fingerprint,
+    entries: u64,
+    hash: [u8; 32],
+) -> SignedHead {
     let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), entries, &hash);
     SignedHead {
         fingerprint: fingerprint.to_string(),
         entries,
         hash: hash.to_vec(),
-        signature: room_key.sign(Purpose::AuditHead, &message).to_bytes().to_vec(),
+        signature: room_key
+            .sign(Purpose::AuditHead, &message)
+            .to_bytes()
+            .to_vec(),
     }
 }
 
 /// Checks a head's signature against the room's public key.
 pub fn verify_head(room_key: &PublicKey, head: &SignedHead) -> Result<Fingerprint, String> {
-    let fingerprint: Fingerprint = head
-        .fingerprint
-        .parse()
-        .map_err(|_| format!("the head names an invalid fingerprint {:?}", head.fingerprint))?;
-    let hash: [u8; 32] = head.hash.as_slice().try_into().map_err(|_| "the head hash is not 32 bytes".to_owned())?;
-    let sig: [u8; 64] =
-        head.signature.as_slice().try_into().map_err(|_| "the head signature is not 64 bytes".to_owned())?;
+    let fingerprint: Fingerprint = head.fingerprint.parse().map_err(|_| {
+        format!(
+            "the head names an invalid fingerprint {:?}",
+            head.fingerprint
+        )
+    })?;
+    let hash: [u8; 32] = head
+        .hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| "the head hash is not 32 bytes".to_owned())?;
+    let sig: [u8; 64] = head
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| "the head signature is not 64 bytes".to_owned())?;
     let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), head.entries, &hash);
     room_key
         .verify(Purpose::AuditHead, &message, &Signature::from_bytes(&sig))
@@ -221,9 +268,13 @@ pub fn verify_head(room_key: &PublicKey, head: &SignedHead) -> Result<Fingerprin
 }
 
 fn check_line(text: &str, expected_seq: u64, prev: &[u8; 32]) -> Result<[u8; 32], String> {
-    let line: Line = serde_json::from_str(text).map_err(|e| format!("entry {expected_seq} is not valid JSON: {e}"))?;
+    let line: Line = serde_json::from_str(text)
+        .map_err(|e| format!("entry {expected_seq} is not valid JSON: {e}"))?;
     if line.seq != expected_seq {
-        return Err(format!("entry {expected_seq} says it is entry {}", line.seq));
+        return Err(format!(
+            "entry {expected_seq} says it is entry {}",
+            line.seq
+        ));
     }
     if line.prev != hex::encode(prev) {
         return Err(format!(
@@ -249,10 +300,19 @@ pub struct LogSummary {
 
 /// Verifies a fetched log against its signed head: every entry chains to the previous one,
 /// the count and last hash match the head, and the room's signature on the head verifies.
-pub fn verify_log(entries: &[String], head: &SignedHead, room_key: &PublicKey) -> Result<LogSummary, String> {
+pub fn verify_log(
+    entries: &[String],
+    head: &SignedHead,
+    room_key: &PublicKey,
+) -> Result<LogSummary, String> {
     verify_head(room_key, head)?;
     let mut prev = [0u8; 32];
-    let mut summary = LogSummary { entries: 0, queries_answered: 0, queries_refused: 0, last_event: None };
+    let mut summary = LogSummary {
+        entries: 0,
+        queries_answered: 0,
+        queries_refused: 0,
+        last_event: None,
+    };
     for (i, text) in entries.iter().enumerate() {
         prev = check_line(text, i as u64 + 1, &prev)?;
         let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -273,7 +333,9 @@ pub fn verify_log(entries: &[String], head: &SignedHead, room_key: &PublicKey) -
         ));
     }
     if head.hash.as_slice() != prev {
-        return Err("the last entry does not match the signed head: the log was altered".to_owned());
+        return Err(
+            "the last entry does not match the signed head: the log was altered".to_owned(),
+        );
     }
     Ok(summary)
 }
@@ -308,9 +370,21 @@ mod tests {
         let fp: Fingerprint = "00".repeat(32).parse().unwrap();
         let k = key();
         let mut log = AuditLog::open(&path, fp).unwrap();
-        log.append(Actor::Submitter, Event::AgreementRegistered { agreement_id: "a".into(), version: 1 }, Utc::now())
-            .unwrap();
-        log.append(Actor::Party("drinks".into()), Event::Erasure { rows: 3 }, Utc::now()).unwrap();
+        log.append(
+            Actor::Submitter,
+            Event::AgreementRegistered {
+                agreement_id: "a".into(),
+                version: 1,
+            },
+            Utc::now(),
+        )
+        .unwrap();
+        log.append(
+            Actor::Party("drinks".into()),
+            Event::Erasure { rows: 3 },
+            Utc::now(),
+        )
+        .unwrap();
         log.append(Actor::Room, Event::Expired, Utc::now()).unwrap();
         let head = log.signed_head(&k);
         let entries = log.read_all().unwrap();
@@ -319,14 +393,22 @@ mod tests {
 
         let mut truncated = entries.clone();
         truncated.pop();
-        assert!(verify_log(&truncated, &head, &k.public_key()).unwrap_err().contains("entries"));
+        assert!(
+            verify_log(&truncated, &head, &k.public_key())
+                .unwrap_err()
+                .contains("entries")
+        );
 
         let mut altered = entries.clone();
         altered[1] = altered[1].replace("\"rows\":3", "\"rows\":4");
         assert!(verify_log(&altered, &head, &k.public_key()).is_err());
 
         let other = key();
-        assert!(verify_log(&entries, &head, &other.public_key()).unwrap_err().contains("signature"));
+        assert!(
+            verify_log(&entries, &head, &other.public_key())
+                .unwrap_err()
+                .contains("signature")
+        );
     }
 
     #[test]
@@ -344,7 +426,8 @@ mod tests {
         f.write_all(b"{\"seq\":2,\"prev\":\"ab").unwrap();
         drop(f);
         let mut log = AuditLog::open(&path, fp).unwrap();
-        log.append(Actor::Room, Event::DataDeleted, Utc::now()).unwrap();
+        log.append(Actor::Room, Event::DataDeleted, Utc::now())
+            .unwrap();
         let entries = log.read_all().unwrap();
         assert_eq!(entries.len(), 2);
         verify_log(&entries, &log.signed_head(&k), &k.public_key()).unwrap();

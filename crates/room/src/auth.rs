@@ -75,7 +75,12 @@ pub struct AuthState {
 
 impl AuthState {
     /// Records a new challenge and returns the room nonce.
-    pub fn issue_challenge(&mut self, fingerprint: Fingerprint, role: Role, client_nonce: [u8; 32]) -> Result<[u8; 32]> {
+    pub fn issue_challenge(
+        &mut self,
+        fingerprint: Fingerprint,
+        role: Role,
+        client_nonce: [u8; 32],
+    ) -> Result<[u8; 32]> {
         let now = Instant::now();
         self.challenges.retain(|_, c| c.expires > now);
         self.sessions.retain(|_, s| s.expires > now);
@@ -85,7 +90,15 @@ impl AuthState {
             ));
         }
         let nonce = random32()?;
-        self.challenges.insert(nonce, Challenge { fingerprint, role, client_nonce, expires: now + CHALLENGE_TTL });
+        self.challenges.insert(
+            nonce,
+            Challenge {
+                fingerprint,
+                role,
+                client_nonce,
+                expires: now + CHALLENGE_TTL,
+            },
+        );
         Ok(nonce)
     }
 
@@ -98,10 +111,14 @@ impl AuthState {
         client_nonce: &[u8; 32],
     ) -> Result<()> {
         let c = self.challenges.remove(room_nonce).ok_or_else(|| {
-            RoomError::Unauthenticated("unknown or already used challenge: ask for a new one".into())
+            RoomError::Unauthenticated(
+                "unknown or already used challenge: ask for a new one".into(),
+            )
         })?;
         if c.expires <= Instant::now() {
-            return Err(RoomError::Unauthenticated("the challenge expired: ask for a new one".into()));
+            return Err(RoomError::Unauthenticated(
+                "the challenge expired: ask for a new one".into(),
+            ));
         }
         if c.fingerprint != fingerprint || &c.role != role || &c.client_nonce != client_nonce {
             return Err(RoomError::Unauthenticated(
@@ -112,11 +129,22 @@ impl AuthState {
     }
 
     /// Starts a session; returns the bearer token (hex) and the session.
-    pub fn start_session(&mut self, fingerprint: Fingerprint, role: Role) -> Result<(String, Session)> {
+    pub fn start_session(
+        &mut self,
+        fingerprint: Fingerprint,
+        role: Role,
+    ) -> Result<(String, Session)> {
         let token = random32()?;
-        let expires_unix_ms = chrono::Utc::now().timestamp_millis() + SESSION_TTL.as_millis() as i64;
-        let session = Session { fingerprint, role, expires: Instant::now() + SESSION_TTL, expires_unix_ms };
-        self.sessions.insert(Sha256::digest(token).into(), session.clone());
+        let expires_unix_ms =
+            chrono::Utc::now().timestamp_millis() + SESSION_TTL.as_millis() as i64;
+        let session = Session {
+            fingerprint,
+            role,
+            expires: Instant::now() + SESSION_TTL,
+            expires_unix_ms,
+        };
+        self.sessions
+            .insert(Sha256::digest(token).into(), session.clone());
         Ok((hex::encode(token), session))
     }
 
@@ -130,7 +158,9 @@ impl AuthState {
         };
         match self.sessions.get(&key) {
             Some(s) if s.expires > Instant::now() => Ok(s.clone()),
-            Some(_) => Err(RoomError::Unauthenticated("the session expired: authenticate again".into())),
+            Some(_) => Err(RoomError::Unauthenticated(
+                "the session expired: authenticate again".into(),
+            )),
             None => Err(RoomError::Unauthenticated(
                 "no valid session: authenticate with the key the agreement names for you".into(),
             )),
@@ -146,22 +176,27 @@ impl AuthState {
 
 fn random32() -> Result<[u8; 32]> {
     let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| RoomError::Internal(format!("OS randomness unavailable: {e}")))?;
+    getrandom::fill(&mut b)
+        .map_err(|e| RoomError::Internal(format!("OS randomness unavailable: {e}")))?;
     Ok(b)
 }
 
 /// Reads `authorization: Bearer <token>` from request metadata.
 pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<String> {
-    let value = metadata
-        .get("authorization")
-        .ok_or_else(|| RoomError::Unauthenticated("missing `authorization: Bearer <token>`: authenticate first".into()))?;
+    let value = metadata.get("authorization").ok_or_else(|| {
+        RoomError::Unauthenticated(
+            "missing `authorization: Bearer <token>`: authenticate first".into(),
+        )
+    })?;
     let text = value
         .to_str()
         .map_err(|_| RoomError::Unauthenticated("the authorization header is not text".into()))?;
     let token = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| RoomError::Unauthenticated("the authorization header must be `Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            RoomError::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+        })?;
     Ok(token.to_owned())
 }
 
@@ -178,10 +213,16 @@ mod tests {
         let mut a = AuthState::default();
         let role = Role::Party("drinks".into());
         let n = a.issue_challenge(fp(1), role.clone(), [9; 32]).unwrap();
-        assert!(a.take_challenge(&n, fp(2), &role, &[9; 32]).is_err(), "other agreement");
+        assert!(
+            a.take_challenge(&n, fp(2), &role, &[9; 32]).is_err(),
+            "other agreement"
+        );
         let n = a.issue_challenge(fp(1), role.clone(), [9; 32]).unwrap();
         a.take_challenge(&n, fp(1), &role, &[9; 32]).unwrap();
-        assert!(a.take_challenge(&n, fp(1), &role, &[9; 32]).is_err(), "replayed");
+        assert!(
+            a.take_challenge(&n, fp(1), &role, &[9; 32]).is_err(),
+            "replayed"
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ pub enum RoomError {
 impl RoomError {
     /// An I/O error about `path`.
     pub fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.display().to_string(), source }
+        Self::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     /// The gRPC status for this error. Internal details stay in the room's log.
@@ -59,7 +63,9 @@ impl RoomError {
             Self::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             Self::Io { .. } | Self::Internal(_) => {
                 tracing::error!(error = %self, "internal error");
-                Status::internal("the room hit an internal error; it has been logged on the room's side")
+                Status::internal(
+                    "the room hit an internal error; it has been logged on the room's side",
+                )
             }
         }
     }

@@ -26,10 +26,12 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandStatementQuery,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+};
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -59,7 +61,9 @@ pub(crate) struct FlightRoom {
 
 impl std::fmt::Debug for FlightRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FlightRoom").field("room", &self.room).finish_non_exhaustive()
+        f.debug_struct("FlightRoom")
+            .field("room", &self.room)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,9 +77,15 @@ pub(crate) fn service(room: Room) -> Result<FlightServiceServer<FlightRoom>, Roo
     info.append(SqlInfo::FlightSqlServerSql, true);
     info.append(SqlInfo::FlightSqlServerSubstrait, false);
     info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    let sql_info = info.build().map_err(|e| RoomError::Internal(format!("Flight SQL info: {e}")))?;
-    Ok(FlightServiceServer::new(FlightRoom { room, tickets: Arc::default(), sql_info: Arc::new(sql_info) })
-        .max_decoding_message_size(1024 * 1024))
+    let sql_info = info
+        .build()
+        .map_err(|e| RoomError::Internal(format!("Flight SQL info: {e}")))?;
+    Ok(FlightServiceServer::new(FlightRoom {
+        room,
+        tickets: Arc::default(),
+        sql_info: Arc::new(sql_info),
+    })
+    .max_decoding_message_size(1024 * 1024))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,20 +116,27 @@ struct HandshakeProof {
 }
 
 fn hex_field(name: &str, value: &str) -> Result<Vec<u8>, Status> {
-    hex::decode(value).map_err(|_| Status::invalid_argument(format!("handshake: {name} must be hex")))
+    hex::decode(value)
+        .map_err(|_| Status::invalid_argument(format!("handshake: {name} must be hex")))
 }
 
 type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send>>;
 
 impl FlightRoom {
-    fn analyst(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Arc<crate::room::Slot>, String), Status> {
+    fn analyst(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(Arc<crate::room::Slot>, String), Status> {
         self.room.analyst_call(metadata).map_err(status)
     }
 
     fn batch_stream(schema: Arc<Schema>, batches: Vec<arrow::array::RecordBatch>) -> DoGetStream {
         let input = futures::stream::iter(batches.into_iter().map(Ok::<_, FlightError>));
-        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(input).map_err(Status::from);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(input)
+            .map_err(Status::from);
         Box::pin(stream)
     }
 }
@@ -143,7 +160,9 @@ impl FlightSqlService for FlightRoom {
             ))
         })?;
         let client_nonce = hex_field("client_nonce", &hello.client_nonce)?;
-        let principal = v1::Principal { kind: Some(v1::principal::Kind::Analyst(hello.analyst.clone())) };
+        let principal = v1::Principal {
+            kind: Some(v1::principal::Kind::Analyst(hello.analyst.clone())),
+        };
         let challenge = self
             .room
             .challenge(v1::ChallengeRequest {
@@ -159,19 +178,25 @@ impl FlightSqlService for FlightRoom {
         };
         let room = self.room.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<HandshakeResponse, Status>>(2);
-        let first_reply = serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
-        tx.send(Ok(HandshakeResponse { protocol_version: 0, payload: first_reply.into() }))
-            .await
-            .map_err(|_| Status::internal("handshake channel closed"))?;
+        let first_reply =
+            serde_json::to_vec(&reply).map_err(|e| Status::internal(e.to_string()))?;
+        tx.send(Ok(HandshakeResponse {
+            protocol_version: 0,
+            payload: first_reply.into(),
+        }))
+        .await
+        .map_err(|_| Status::internal("handshake channel closed"))?;
         tokio::spawn(async move {
             let result = async {
-                let proof = stream
-                    .message()
-                    .await?
-                    .ok_or_else(|| Status::invalid_argument("handshake: expected the signed challenge"))?;
-                let proof: HandshakeProof = serde_json::from_slice(&proof.payload).map_err(|e| {
-                    Status::invalid_argument(format!("handshake: the second payload must be JSON {{signature}}: {e}"))
+                let proof = stream.message().await?.ok_or_else(|| {
+                    Status::invalid_argument("handshake: expected the signed challenge")
                 })?;
+                let proof: HandshakeProof =
+                    serde_json::from_slice(&proof.payload).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "handshake: the second payload must be JSON {{signature}}: {e}"
+                        ))
+                    })?;
                 let signature = hex_field("signature", &proof.signature)?;
                 let auth = room
                     .authenticate(v1::AuthenticateRequest {
@@ -182,7 +207,10 @@ impl FlightSqlService for FlightRoom {
                         signature,
                     })
                     .map_err(status)?;
-                Ok::<_, Status>(HandshakeResponse { protocol_version: 0, payload: auth.session_token.into_bytes().into() })
+                Ok::<_, Status>(HandshakeResponse {
+                    protocol_version: 0,
+                    payload: auth.session_token.into_bytes().into(),
+                })
             }
             .await;
             let _ = tx.send(result).await;
@@ -201,21 +229,32 @@ impl FlightSqlService for FlightRoom {
         match self.room.query_schema(&slot, &sql).await.map_err(status)? {
             Ok(schema) => {
                 let mut id = [0u8; 16];
-                getrandom::fill(&mut id).map_err(|e| Status::internal(format!("randomness: {e}")))?;
+                getrandom::fill(&mut id)
+                    .map_err(|e| Status::internal(format!("randomness: {e}")))?;
                 {
                     let mut tickets = lock(&self.tickets);
                     let now = Instant::now();
                     tickets.retain(|_, t| t.expires > now);
                     if tickets.len() >= MAX_TICKETS {
-                        return Err(Status::resource_exhausted("too many outstanding tickets; fetch or let them expire"));
+                        return Err(Status::resource_exhausted(
+                            "too many outstanding tickets; fetch or let them expire",
+                        ));
                     }
                     tickets.insert(
                         id,
-                        PendingTicket { fingerprint: slot.agreement.fingerprint(), analyst, sql, expires: now + TICKET_TTL },
+                        PendingTicket {
+                            fingerprint: slot.agreement.fingerprint(),
+                            analyst,
+                            sql,
+                            expires: now + TICKET_TTL,
+                        },
                     );
                 }
-                let ticket = TicketStatementQuery { statement_handle: id.to_vec().into() };
-                let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+                let ticket = TicketStatementQuery {
+                    statement_handle: id.to_vec().into(),
+                };
+                let endpoint =
+                    FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
                 let info = FlightInfo::new()
                     .try_with_schema(&schema)
                     .map_err(|e| Status::internal(e.to_string()))?
@@ -225,11 +264,18 @@ impl FlightSqlService for FlightRoom {
             }
             Err(_) => {
                 // Run it through the one query path so the refusal is logged like any other.
-                match self.room.query(&slot, &analyst, &sql, |_| Ok(())).await.map_err(status)? {
-                    QueryResult::Refused { rule, message, .. } => {
-                        Err(Status::invalid_argument(format!("query refused [{rule}]: {message}")))
-                    }
-                    QueryResult::Answered { .. } => Err(Status::internal("the policy gave two answers for one query")),
+                match self
+                    .room
+                    .query(&slot, &analyst, &sql, |_| Ok(()))
+                    .await
+                    .map_err(status)?
+                {
+                    QueryResult::Refused { rule, message, .. } => Err(Status::invalid_argument(
+                        format!("query refused [{rule}]: {message}"),
+                    )),
+                    QueryResult::Answered { .. } => Err(Status::internal(
+                        "the policy gave two answers for one query",
+                    )),
                 }
             }
         }
@@ -246,24 +292,34 @@ impl FlightSqlService for FlightRoom {
             .as_ref()
             .try_into()
             .map_err(|_| Status::invalid_argument("unknown ticket"))?;
-        let pending = lock(&self.tickets)
-            .remove(&id)
-            .ok_or_else(|| Status::not_found("unknown, used or expired ticket: ask for a new one with GetFlightInfo"))?;
-        if pending.fingerprint != slot.agreement.fingerprint() || pending.analyst != analyst || pending.expires <= Instant::now() {
-            return Err(Status::permission_denied("this ticket belongs to another session"));
+        let pending = lock(&self.tickets).remove(&id).ok_or_else(|| {
+            Status::not_found(
+                "unknown, used or expired ticket: ask for a new one with GetFlightInfo",
+            )
+        })?;
+        if pending.fingerprint != slot.agreement.fingerprint()
+            || pending.analyst != analyst
+            || pending.expires <= Instant::now()
+        {
+            return Err(Status::permission_denied(
+                "this ticket belongs to another session",
+            ));
         }
         let result = self
             .room
-            .query(&slot, &analyst, &pending.sql, |answer| Ok((answer.schema.clone(), answer.batches.clone())))
+            .query(&slot, &analyst, &pending.sql, |answer| {
+                Ok((answer.schema.clone(), answer.batches.clone()))
+            })
             .await
             .map_err(status)?;
         match result {
-            QueryResult::Answered { value: (schema, batches), .. } => {
-                Ok(Response::new(Self::batch_stream(schema, batches)))
-            }
-            QueryResult::Refused { rule, message, .. } => {
-                Err(Status::invalid_argument(format!("query refused [{rule}]: {message}")))
-            }
+            QueryResult::Answered {
+                value: (schema, batches),
+                ..
+            } => Ok(Response::new(Self::batch_stream(schema, batches))),
+            QueryResult::Refused { rule, message, .. } => Err(Status::invalid_argument(format!(
+                "query refused [{rule}]: {message}"
+            ))),
         }
     }
 
@@ -274,7 +330,8 @@ impl FlightSqlService for FlightRoom {
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -290,8 +347,12 @@ impl FlightSqlService for FlightRoom {
     ) -> Result<Response<DoGetStream>, Status> {
         let (slot, _) = self.analyst(request.metadata())?;
         let table_schema = self.room.overlap_schema(&slot).await.map_err(status)?;
-        let name_matches = query.table_name_filter_pattern.as_deref().is_none_or(|p| like(p, "overlap"));
-        let type_matches = query.table_types.is_empty() || query.table_types.iter().any(|t| t == "TABLE");
+        let name_matches = query
+            .table_name_filter_pattern
+            .as_deref()
+            .is_none_or(|p| like(p, "overlap"));
+        let type_matches =
+            query.table_types.is_empty() || query.table_types.iter().any(|t| t == "TABLE");
         let mut builder = query.into_builder();
         if name_matches && type_matches {
             builder
@@ -299,7 +360,9 @@ impl FlightSqlService for FlightRoom {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         let schema = builder.schema();
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Self::batch_stream(schema, vec![batch])))
     }
 
@@ -309,8 +372,13 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let schema = Schema::new(vec![arrow::datatypes::Field::new("table_type", arrow::datatypes::DataType::Utf8, false)]);
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
+        let schema = Schema::new(vec![arrow::datatypes::Field::new(
+            "table_type",
+            arrow::datatypes::DataType::Utf8,
+            false,
+        )]);
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -345,7 +413,8 @@ impl FlightSqlService for FlightRoom {
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?
@@ -363,7 +432,9 @@ impl FlightSqlService for FlightRoom {
         let mut builder = query.into_builder();
         builder.append("", "");
         let schema = builder.schema();
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Self::batch_stream(schema, vec![batch])))
     }
 
@@ -373,7 +444,8 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
         let info = FlightInfo::new()
             .try_with_schema(query.into_builder(&self.sql_info).schema().as_ref())
             .map_err(|e| Status::internal(e.to_string()))?
@@ -390,7 +462,9 @@ impl FlightSqlService for FlightRoom {
         self.analyst(request.metadata())?;
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(Self::batch_stream(schema, vec![batch])))
     }
 
@@ -424,4 +498,3 @@ mod tests {
         assert!(!like("other", "overlap"));
     }
 }
-

@@ -2,7 +2,9 @@
 
 use std::pin::Pin;
 
-use accord_proto::v1::{self, agreements_server, audit_server, auth_server, psi_server, query_server};
+use accord_proto::v1::{
+    self, agreements_server, audit_server, auth_server, psi_server, query_server,
+};
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -17,19 +19,32 @@ impl auth_server::Auth for Room {
         Ok(Response::new(Room::challenge(self, request.into_inner())?))
     }
 
-    async fn authenticate(&self, request: Request<v1::AuthenticateRequest>) -> R<v1::AuthenticateResponse> {
-        Ok(Response::new(Room::authenticate(self, request.into_inner())?))
+    async fn authenticate(
+        &self,
+        request: Request<v1::AuthenticateRequest>,
+    ) -> R<v1::AuthenticateResponse> {
+        Ok(Response::new(Room::authenticate(
+            self,
+            request.into_inner(),
+        )?))
     }
 }
 
 #[tonic::async_trait]
 impl agreements_server::Agreements for Room {
-    async fn submit(&self, request: Request<v1::SubmitAgreementRequest>) -> R<v1::SubmitAgreementResponse> {
-        Ok(Response::new(Room::submit(self, &request.into_inner().manifest_toml).await?))
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitAgreementRequest>,
+    ) -> R<v1::SubmitAgreementResponse> {
+        Ok(Response::new(
+            Room::submit(self, &request.into_inner().manifest_toml).await?,
+        ))
     }
 
     async fn revoke(&self, request: Request<v1::RevokeRequest>) -> R<v1::RevokeResponse> {
-        Ok(Response::new(Room::revoke(self, &request.into_inner().revocation_toml).await?))
+        Ok(Response::new(
+            Room::revoke(self, &request.into_inner().revocation_toml).await?,
+        ))
     }
 }
 
@@ -37,7 +52,10 @@ type WorkStream = Pin<Box<dyn Stream<Item = Result<v1::WorkBatch, Status>> + Sen
 
 #[tonic::async_trait]
 impl psi_server::Psi for Room {
-    async fn upload(&self, request: Request<Streaming<v1::UploadMessage>>) -> R<v1::UploadResponse> {
+    async fn upload(
+        &self,
+        request: Request<Streaming<v1::UploadMessage>>,
+    ) -> R<v1::UploadResponse> {
         let (slot, party) = self.party_call(request.metadata())?;
         let mut stream = request.into_inner();
         while let Some(message) = stream.message().await? {
@@ -48,7 +66,12 @@ impl psi_server::Psi for Room {
                 Some(v1::upload_message::Kind::Complete(c)) => {
                     self.upload_complete(&slot, &party, c).await?;
                 }
-                None => return Err(RoomError::InvalidArgument("an upload message with no content".into()).into()),
+                None => {
+                    return Err(RoomError::InvalidArgument(
+                        "an upload message with no content".into(),
+                    )
+                    .into());
+                }
             }
         }
         let status = self.status(&slot, &party).await?;
@@ -73,7 +96,10 @@ impl psi_server::Psi for Room {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn return_work(&self, request: Request<Streaming<v1::ReturnWorkMessage>>) -> R<v1::ReturnWorkResponse> {
+    async fn return_work(
+        &self,
+        request: Request<Streaming<v1::ReturnWorkMessage>>,
+    ) -> R<v1::ReturnWorkResponse> {
         let (slot, party) = self.party_call(request.metadata())?;
         let mut stream = request.into_inner();
         let (mut accepted, mut refused) = (0, 0);
@@ -87,10 +113,18 @@ impl psi_server::Psi for Room {
                     self.refuse_batch(&slot, &party, r).await?;
                     refused += 1;
                 }
-                None => return Err(RoomError::InvalidArgument("a work message with no content".into()).into()),
+                None => {
+                    return Err(
+                        RoomError::InvalidArgument("a work message with no content".into()).into(),
+                    );
+                }
             }
         }
-        Ok(Response::new(v1::ReturnWorkResponse { accepted, refused, head: Some(self.head(&slot)) }))
+        Ok(Response::new(v1::ReturnWorkResponse {
+            accepted,
+            refused,
+            head: Some(self.head(&slot)),
+        }))
     }
 
     async fn status(&self, request: Request<v1::StatusRequest>) -> R<v1::StatusResponse> {
@@ -100,7 +134,9 @@ impl psi_server::Psi for Room {
 
     async fn erase(&self, request: Request<v1::EraseRequest>) -> R<v1::EraseResponse> {
         let (slot, party) = self.party_call(request.metadata())?;
-        Ok(Response::new(Room::erase(self, &slot, &party, &request.get_ref().handles).await?))
+        Ok(Response::new(
+            Room::erase(self, &slot, &party, &request.get_ref().handles).await?,
+        ))
     }
 }
 
@@ -114,14 +150,28 @@ impl query_server::Query for Room {
     async fn run(&self, request: Request<v1::RunQueryRequest>) -> R<v1::RunQueryResponse> {
         let (slot, analyst) = self.analyst_call(request.metadata())?;
         let sql = request.into_inner().sql;
-        let result = self.query(&slot, &analyst, &sql, |answer| crate::ipc::encode(&answer.schema, &answer.batches)).await?;
+        let result = self
+            .query(&slot, &analyst, &sql, |answer| {
+                crate::ipc::encode(&answer.schema, &answer.batches)
+            })
+            .await?;
         Ok(Response::new(match result {
             QueryResult::Answered { value, rows, head } => v1::RunQueryResponse {
-                outcome: Some(v1::run_query_response::Outcome::Answer(v1::QueryAnswer { arrow_ipc_stream: value, rows })),
+                outcome: Some(v1::run_query_response::Outcome::Answer(v1::QueryAnswer {
+                    arrow_ipc_stream: value,
+                    rows,
+                })),
                 head: Some(head),
             },
-            QueryResult::Refused { rule, message, head } => v1::RunQueryResponse {
-                outcome: Some(v1::run_query_response::Outcome::Refused(v1::QueryRefusal { rule, message })),
+            QueryResult::Refused {
+                rule,
+                message,
+                head,
+            } => v1::RunQueryResponse {
+                outcome: Some(v1::run_query_response::Outcome::Refused(v1::QueryRefusal {
+                    rule,
+                    message,
+                })),
                 head: Some(head),
             },
         }))
@@ -131,6 +181,8 @@ impl query_server::Query for Room {
 #[tonic::async_trait]
 impl audit_server::Audit for Room {
     async fn fetch(&self, request: Request<v1::FetchAuditRequest>) -> R<v1::FetchAuditResponse> {
-        Ok(Response::new(self.fetch_audit(&request.get_ref().fingerprint)?))
+        Ok(Response::new(
+            self.fetch_audit(&request.get_ref().fingerprint)?,
+        ))
     }
 }

@@ -91,7 +91,9 @@ impl RunningRoom {
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, RoomError> {
     TcpListener::bind(addr).await.map_err(|e| {
-        RoomError::FailedPrecondition(format!("could not listen for {what} on {addr}: {e} (is another process using it?)"))
+        RoomError::FailedPrecondition(format!(
+            "could not listen for {what} on {addr}: {e} (is another process using it?)"
+        ))
     })
 }
 
@@ -114,15 +116,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let room = Room::open(&config.data_dir)?;
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
-    let grpc_addr = listener.local_addr().map_err(|e| RoomError::Internal(e.to_string()))?;
+    let grpc_addr = listener
+        .local_addr()
+        .map_err(|e| RoomError::Internal(e.to_string()))?;
     let mut tasks = Vec::new();
 
     let r = room.clone();
     let mut s = stopped.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024))
-        .add_service(agreements_server::AgreementsServer::new(r.clone()).max_decoding_message_size(1024 * 1024))
-        .add_service(psi_server::PsiServer::new(r.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(
+            agreements_server::AgreementsServer::new(r.clone())
+                .max_decoding_message_size(1024 * 1024),
+        )
+        .add_service(
+            psi_server::PsiServer::new(r.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .add_service(query_server::QueryServer::new(r.clone()).max_decoding_message_size(64 * 1024))
         .add_service(audit_server::AuditServer::new(r.clone()).max_decoding_message_size(64 * 1024))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -133,7 +142,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let mut flight_sql_addr = None;
     if let Some(addr) = config.flight_sql {
         let listener = bind(addr, "Flight SQL").await?;
-        flight_sql_addr = Some(listener.local_addr().map_err(|e| RoomError::Internal(e.to_string()))?);
+        flight_sql_addr = Some(
+            listener
+                .local_addr()
+                .map_err(|e| RoomError::Internal(e.to_string()))?,
+        );
         let mut s = stopped.clone();
         let server = tonic::transport::Server::builder()
             .add_service(flight::service(room.clone())?)
@@ -160,5 +173,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     });
 
     tracing::info!(%grpc_addr, flight_sql = ?flight_sql_addr, data_dir = %config.data_dir.display(), "room listening");
-    Ok(RunningRoom { grpc_addr, flight_sql_addr, room, stop, tasks })
+    Ok(RunningRoom {
+        grpc_addr,
+        flight_sql_addr,
+        room,
+        stop,
+        tasks,
+    })
 }

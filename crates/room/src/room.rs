@@ -25,7 +25,9 @@ use tokio::sync::RwLock;
 use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
-use crate::store::{AgreementStore, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch, SealInfo};
+use crate::store::{
+    AgreementStore, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch, SealInfo,
+};
 
 /// Why a fingerprint may never be registered again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,7 +112,11 @@ pub fn table_spec(agreement: &VerifiedAgreement, withheld: &[(String, String)]) 
             Aggregate::Avg => AggregateKind::Avg,
         })
         .collect();
-    TableSpec { columns, min_group_size: u64::from(m.min_group_size), aggregates }
+    TableSpec {
+        columns,
+        min_group_size: u64::from(m.min_group_size),
+        aggregates,
+    }
 }
 
 impl Room {
@@ -158,13 +164,17 @@ impl Room {
     }
 
     fn audit_path(&self, fp: Fingerprint) -> PathBuf {
-        self.inner.data_dir.join("audit").join(format!("{fp}.jsonl"))
+        self.inner
+            .data_dir
+            .join("audit")
+            .join(format!("{fp}.jsonl"))
     }
 
     fn recover(&self) -> Result<()> {
         let tomb_path = self.tombstones_path();
         if tomb_path.exists() {
-            let bytes = std::fs::read(&tomb_path).map_err(|e| RoomError::io("read", &tomb_path, e))?;
+            let bytes =
+                std::fs::read(&tomb_path).map_err(|e| RoomError::io("read", &tomb_path, e))?;
             lock(&self.inner.registry).tombstones = serde_json::from_slice(&bytes)
                 .map_err(|e| RoomError::Internal(format!("{}: {e}", tomb_path.display())))?;
         }
@@ -217,15 +227,27 @@ impl Room {
         let dir = self.agreement_dir(fp);
         let store = AgreementStore::open(&dir, PartyColumns::from_manifest(agreement.manifest()))?;
         let audit = AuditLog::open(&self.audit_path(fp), fp)?;
-        let mut live = Live { store: Some(store), engine: None, withheld: Vec::new() };
+        let mut live = Live {
+            store: Some(store),
+            engine: None,
+            withheld: Vec::new(),
+        };
         if let Some(store) = &live.store {
             if let Some(info) = store.seal_info()? {
                 let snapshot = store.read_snapshot()?;
-                live.engine = Some(Arc::new(build_engine(&agreement, &info.withheld, &snapshot)?));
+                live.engine = Some(Arc::new(build_engine(
+                    &agreement,
+                    &info.withheld,
+                    &snapshot,
+                )?));
                 live.withheld = info.withheld;
             }
         }
-        let slot = Arc::new(Slot { agreement, audit: Mutex::new(audit), live: RwLock::new(live) });
+        let slot = Arc::new(Slot {
+            agreement,
+            audit: Mutex::new(audit),
+            live: RwLock::new(live),
+        });
         let mut reg = lock(&self.inner.registry);
         let id = slot.agreement.id().to_owned();
         let newer = reg
@@ -244,9 +266,14 @@ impl Room {
         let mut reg = lock(&self.inner.registry);
         reg.tombstones.insert(
             fp.to_string(),
-            Tombstone { agreement_id: id.to_owned(), reason: reason.to_owned(), at: Utc::now().to_rfc3339() },
+            Tombstone {
+                agreement_id: id.to_owned(),
+                reason: reason.to_owned(),
+                at: Utc::now().to_rfc3339(),
+            },
         );
-        let bytes = serde_json::to_vec_pretty(&reg.tombstones).map_err(|e| RoomError::Internal(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&reg.tombstones)
+            .map_err(|e| RoomError::Internal(e.to_string()))?;
         accord_fs::write_atomic(&self.tombstones_path(), &bytes)?;
         Ok(())
     }
@@ -271,9 +298,11 @@ impl Room {
         if let Some(slot) = fp.and_then(|fp| reg.by_fingerprint.get(&fp)) {
             return Ok(slot.clone());
         }
-        if let Some(t) = reg.tombstones.get(needle).or_else(|| {
-            reg.tombstones.values().find(|t| t.agreement_id == needle)
-        }) {
+        if let Some(t) = reg
+            .tombstones
+            .get(needle)
+            .or_else(|| reg.tombstones.values().find(|t| t.agreement_id == needle))
+        {
             return Err(RoomError::FailedPrecondition(format!(
                 "agreement {} is {} ({}): its data was deleted and it can no longer be used",
                 t.agreement_id, t.reason, t.at
@@ -286,9 +315,14 @@ impl Room {
 
     fn slot_of(&self, session: &Session) -> Result<Arc<Slot>> {
         let reg = lock(&self.inner.registry);
-        reg.by_fingerprint.get(&session.fingerprint).cloned().ok_or_else(|| {
-            RoomError::FailedPrecondition("the agreement of this session is no longer in force".into())
-        })
+        reg.by_fingerprint
+            .get(&session.fingerprint)
+            .cloned()
+            .ok_or_else(|| {
+                RoomError::FailedPrecondition(
+                    "the agreement of this session is no longer in force".into(),
+                )
+            })
     }
 
     /// Resolves the bearer token of a request to a session.
@@ -303,7 +337,9 @@ impl Room {
     /// Registers a signed agreement (see the `Agreements.Submit` contract).
     pub async fn submit(&self, text: &str) -> Result<v1::SubmitAgreementResponse> {
         if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
-            return Err(RoomError::InvalidArgument("the manifest is larger than 256 KiB".into()));
+            return Err(RoomError::InvalidArgument(
+                "the manifest is larger than 256 KiB".into(),
+            ));
         }
         let agreement = accord_agreement::verify(text, Utc::now()).map_err(|e| {
             RoomError::InvalidArgument(format!("the room refuses this agreement:\n{e}"))
@@ -373,14 +409,30 @@ impl Room {
         accord_fs::write_atomic(&dir.join("manifest.toml"), agreement.text().as_bytes())?;
         let old = {
             let reg = lock(&self.inner.registry);
-            reg.current.get(&id).and_then(|f| reg.by_fingerprint.get(f)).cloned()
+            reg.current
+                .get(&id)
+                .and_then(|f| reg.by_fingerprint.get(f))
+                .cloned()
         };
         let slot = self.load_slot(agreement)?;
-        self.audit(&slot, Actor::Submitter, Event::AgreementRegistered { agreement_id: id.clone(), version })?;
+        self.audit(
+            &slot,
+            Actor::Submitter,
+            Event::AgreementRegistered {
+                agreement_id: id.clone(),
+                version,
+            },
+        )?;
         let mut superseded = String::new();
         if let Some(old) = old {
             let old_fp = old.agreement.fingerprint();
-            self.end(&old, Actor::Room, Event::Superseded { by: fp.to_string() }, "superseded").await?;
+            self.end(
+                &old,
+                Actor::Room,
+                Event::Superseded { by: fp.to_string() },
+                "superseded",
+            )
+            .await?;
             superseded = old_fp.to_string();
         }
         tracing::info!(agreement = %id, version, %fp, "agreement registered");
@@ -421,25 +473,44 @@ impl Room {
     /// Revokes an agreement with a revocation statement signed by one of its parties.
     pub async fn revoke(&self, text: &str) -> Result<v1::RevokeResponse> {
         if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
-            return Err(RoomError::InvalidArgument("the revocation statement is larger than 256 KiB".into()));
+            return Err(RoomError::InvalidArgument(
+                "the revocation statement is larger than 256 KiB".into(),
+            ));
         }
-        let revocation = Revocation::from_toml(text)
-            .map_err(|e| RoomError::InvalidArgument(format!("the revocation statement is malformed: {e}")))?;
+        let revocation = Revocation::from_toml(text).map_err(|e| {
+            RoomError::InvalidArgument(format!("the revocation statement is malformed: {e}"))
+        })?;
         let slot = self.find(&revocation.fingerprint.to_string())?;
-        revocation
-            .verify(slot.agreement.manifest())
-            .map_err(|e| RoomError::PermissionDenied(format!("the revocation does not verify: {e}")))?;
+        revocation.verify(slot.agreement.manifest()).map_err(|e| {
+            RoomError::PermissionDenied(format!("the revocation does not verify: {e}"))
+        })?;
         // The audit log survives the deletion; keep a handle on it for the receipt's head.
-        self.end(&slot, Actor::Party(revocation.party.clone()), Event::Revoked { reason: revocation.reason.clone() }, "revoked")
-            .await?;
+        self.end(
+            &slot,
+            Actor::Party(revocation.party.clone()),
+            Event::Revoked {
+                reason: revocation.reason.clone(),
+            },
+            "revoked",
+        )
+        .await?;
         let revoked_unix_ms = Utc::now().timestamp_millis();
         let fp = slot.agreement.fingerprint();
-        let receipt = accord_proto::signed::revocation_receipt(fp.as_bytes(), revoked_unix_ms, &revocation.party);
+        let receipt = accord_proto::signed::revocation_receipt(
+            fp.as_bytes(),
+            revoked_unix_ms,
+            &revocation.party,
+        );
         Ok(v1::RevokeResponse {
             agreement_id: slot.agreement.id().to_owned(),
             fingerprint: fp.to_string(),
             revoked_unix_ms,
-            receipt_signature: self.inner.key.sign(Purpose::RevocationReceipt, &receipt).to_bytes().to_vec(),
+            receipt_signature: self
+                .inner
+                .key
+                .sign(Purpose::RevocationReceipt, &receipt)
+                .to_bytes()
+                .to_vec(),
             head: Some(self.head(&slot)),
         })
     }
@@ -455,7 +526,8 @@ impl Room {
             .cloned()
             .collect();
         for slot in &due {
-            self.end(slot, Actor::Room, Event::Expired, "expired").await?;
+            self.end(slot, Actor::Room, Event::Expired, "expired")
+                .await?;
         }
         Ok(due.len())
     }
@@ -469,11 +541,13 @@ impl Room {
         let role = self.principal(&slot, req.principal.as_ref())?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
         let fp = slot.agreement.fingerprint();
+        let principal_name = role.name().to_owned();
         let room_nonce = lock(&self.inner.auth).issue_challenge(fp, role, client_nonce)?;
         Ok(v1::ChallengeResponse {
             room_nonce: room_nonce.to_vec(),
             fingerprint: fp.to_string(),
             room_public_key: self.inner.public_key.to_bytes().to_vec(),
+            principal_name,
         })
     }
 
@@ -535,14 +609,38 @@ impl Room {
                     )))
                 }
             }
-            None => Err(RoomError::InvalidArgument("principal is missing: say which party or analyst you are".into())),
+            Some(v1::principal::Kind::AnalystKey(key)) => {
+                let bytes = accord_proto::fixed::<32>("analyst_key", key)
+                    .map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+                let key = PublicKey::from_bytes(&bytes).map_err(|e| {
+                    RoomError::InvalidArgument(format!(
+                        "analyst_key is not an Ed25519 public key: {e}"
+                    ))
+                })?;
+                m.analyst_by_key(&key)
+                    .map(|a| Role::Analyst(a.name.clone()))
+                    .ok_or_else(|| {
+                        RoomError::PermissionDenied(format!(
+                            "no analyst of agreement {} has the key {key}",
+                            m.id
+                        ))
+                    })
+            }
+            None => Err(RoomError::InvalidArgument(
+                "principal is missing: say which party or analyst you are".into(),
+            )),
         }
     }
 
-    fn party_session(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Session, Arc<Slot>, String)> {
+    fn party_session(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(Session, Arc<Slot>, String)> {
         let session = self.session(metadata)?;
         let Role::Party(party) = session.role.clone() else {
-            return Err(RoomError::PermissionDenied("only a party of the agreement may do this".into()));
+            return Err(RoomError::PermissionDenied(
+                "only a party of the agreement may do this".into(),
+            ));
         };
         let slot = self.slot_of(&session)?;
         Ok((session, slot, party))
@@ -552,7 +650,12 @@ impl Room {
     // PSI
 
     /// Checks and stores one upload batch. Returns whether it was new.
-    pub(crate) async fn upload_batch(&self, slot: &Arc<Slot>, party: &str, batch: v1::UploadBatch) -> Result<bool> {
+    pub(crate) async fn upload_batch(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        batch: v1::UploadBatch,
+    ) -> Result<bool> {
         let now = Utc::now();
         let m = slot.agreement.manifest();
         if now < m.valid_from || now >= m.valid_until {
@@ -561,52 +664,83 @@ impl Room {
                 m.id, m.valid_from, m.valid_until
             )));
         }
-        let n = accord_proto::count_items("points", &batch.points, POINT_LEN)
-            .map_err(|e| RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)))?;
+        let n = accord_proto::count_items("points", &batch.points, POINT_LEN).map_err(|e| {
+            RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number))
+        })?;
         if n == 0 || n > MAX_BATCH_ROWS {
             return Err(RoomError::InvalidArgument(format!(
                 "batch {} has {n} rows; a batch holds 1 to {MAX_BATCH_ROWS} rows",
                 batch.batch_number
             )));
         }
-        accord_proto::expect_items("handles", &batch.handles, HANDLE_LEN, n)
-            .map_err(|e| RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)))?;
+        accord_proto::expect_items("handles", &batch.handles, HANDLE_LEN, n).map_err(|e| {
+            RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number))
+        })?;
         let fp = slot.agreement.fingerprint();
         let key = &m.parties[party].public_key;
-        let msg = accord_proto::signed::upload_batch(fp.as_bytes(), party, batch.batch_number, &batch.points);
-        key.verify(Purpose::UploadBatch, &msg, &signature(&batch.signature)?).map_err(|_| {
-            RoomError::InvalidArgument(format!(
-                "batch {}: the batch signature does not verify with {party}'s key",
-                batch.batch_number
-            ))
-        })?;
+        let msg = accord_proto::signed::upload_batch(
+            fp.as_bytes(),
+            party,
+            batch.batch_number,
+            &batch.points,
+        );
+        key.verify(Purpose::UploadBatch, &msg, &signature(&batch.signature)?)
+            .map_err(|_| {
+                RoomError::InvalidArgument(format!(
+                    "batch {}: the batch signature does not verify with {party}'s key",
+                    batch.batch_number
+                ))
+            })?;
         if let Err(e) = accord_psi::check_points(&batch.points) {
-            return Err(RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number)));
+            return Err(RoomError::InvalidArgument(format!(
+                "batch {}: {e}",
+                batch.batch_number
+            )));
         }
         let digest: [u8; 32] = {
             let mut h = Sha256::new();
             h.update(batch.batch_number.to_be_bytes());
             h.update(&batch.handles);
             h.update(&batch.points);
-            h.update(prost::Message::encode_to_vec(&v1::UploadBatch { columns: batch.columns.clone(), ..Default::default() }));
+            h.update(prost::Message::encode_to_vec(&v1::UploadBatch {
+                columns: batch.columns.clone(),
+                ..Default::default()
+            }));
             h.finalize().into()
         };
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
-        let layout = store.party(party).cloned().ok_or_else(|| RoomError::Internal("party layout missing".into()))?;
+        let layout = store
+            .party(party)
+            .cloned()
+            .ok_or_else(|| RoomError::Internal("party layout missing".into()))?;
         let attributes = attributes(&layout, &batch.columns, n, batch.batch_number)?;
-        let pending = PendingBatch { handles: batch.handles, points: batch.points, signature: batch.signature, attributes, digest };
+        let pending = PendingBatch {
+            handles: batch.handles,
+            points: batch.points,
+            signature: batch.signature,
+            attributes,
+            digest,
+        };
         store.store_pending(party, batch.batch_number, &pending)
     }
 
     /// Stores a party's signed completion statement and seals if everything is ready.
-    pub(crate) async fn upload_complete(&self, slot: &Arc<Slot>, party: &str, c: v1::UploadComplete) -> Result<()> {
+    pub(crate) async fn upload_complete(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        c: v1::UploadComplete,
+    ) -> Result<()> {
         let fp = slot.agreement.fingerprint();
         let key = &slot.agreement.manifest().parties[party].public_key;
         let msg = accord_proto::signed::upload_complete(fp.as_bytes(), party, c.batches, c.rows);
-        key.verify(Purpose::UploadComplete, &msg, &signature(&c.signature)?).map_err(|_| {
-            RoomError::InvalidArgument(format!("the completion statement's signature does not verify with {party}'s key"))
-        })?;
+        key.verify(Purpose::UploadComplete, &msg, &signature(&c.signature)?)
+            .map_err(|_| {
+                RoomError::InvalidArgument(format!(
+                    "the completion statement's signature does not verify with {party}'s key"
+                ))
+            })?;
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
         let progress = store.progress(party)?.clone();
@@ -614,7 +748,9 @@ impl Room {
             if existing.batches == c.batches && existing.rows == c.rows {
                 return Ok(());
             }
-            return Err(RoomError::AlreadyExists(format!("{party} already completed its upload with other totals")));
+            return Err(RoomError::AlreadyExists(format!(
+                "{party} already completed its upload with other totals"
+            )));
         }
         if progress.batches.len() as u64 != c.batches || progress.rows() != c.rows {
             return Err(RoomError::FailedPrecondition(format!(
@@ -626,17 +762,39 @@ impl Room {
                 progress.rows()
             )));
         }
-        store.store_completion(party, &Completion { batches: c.batches, rows: c.rows, signature: hex::encode(&c.signature) })?;
-        self.audit(slot, Actor::Party(party.to_owned()), Event::UploadComplete { batches: c.batches, rows: c.rows })?;
+        store.store_completion(
+            party,
+            &Completion {
+                batches: c.batches,
+                rows: c.rows,
+                signature: hex::encode(&c.signature),
+            },
+        )?;
+        self.audit(
+            slot,
+            Actor::Party(party.to_owned()),
+            Event::UploadComplete {
+                batches: c.batches,
+                rows: c.rows,
+            },
+        )?;
         self.maybe_seal(slot, &mut live)?;
         Ok(())
     }
 
     /// The partner's batches waiting for this party's blinding.
-    pub(crate) async fn fetch_work(&self, slot: &Arc<Slot>, party: &str, max: usize) -> Result<Vec<v1::WorkBatch>> {
+    pub(crate) async fn fetch_work(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        max: usize,
+    ) -> Result<Vec<v1::WorkBatch>> {
         let live = slot.live.read().await;
         let store = live.store.as_ref().ok_or_else(ended)?;
-        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
+        let partner = store
+            .partner_of(party)
+            .ok_or_else(|| RoomError::Internal("no partner".into()))?
+            .to_owned();
         let mut out = Vec::new();
         for (&n, info) in &store.progress(&partner)?.batches {
             if out.len() >= max {
@@ -646,19 +804,40 @@ impl Room {
                 continue;
             }
             let (points, signature) = store.read_pending_points(&partner, n)?;
-            out.push(v1::WorkBatch { from_party: partner.clone(), batch_number: n, points, signature });
+            out.push(v1::WorkBatch {
+                from_party: partner.clone(),
+                batch_number: n,
+                points,
+                signature,
+            });
         }
         Ok(out)
     }
 
     /// Stores one blinded batch returned by `party` for its partner.
-    pub(crate) async fn return_blinded(&self, slot: &Arc<Slot>, party: &str, b: v1::BlindedBatch) -> Result<()> {
+    pub(crate) async fn return_blinded(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        b: v1::BlindedBatch,
+    ) -> Result<()> {
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
-        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
-        let info = store.progress(&partner)?.batches.get(&b.batch_number).cloned().ok_or_else(|| {
-            RoomError::NotFound(format!("batch {} of {partner} was never uploaded", b.batch_number))
-        })?;
+        let partner = store
+            .partner_of(party)
+            .ok_or_else(|| RoomError::Internal("no partner".into()))?
+            .to_owned();
+        let info = store
+            .progress(&partner)?
+            .batches
+            .get(&b.batch_number)
+            .cloned()
+            .ok_or_else(|| {
+                RoomError::NotFound(format!(
+                    "batch {} of {partner} was never uploaded",
+                    b.batch_number
+                ))
+            })?;
         match info.state {
             BatchState::Tokenized => return Ok(()), // a retry after a lost acknowledgement
             BatchState::Refused(_) => {
@@ -669,10 +848,14 @@ impl Room {
             }
             BatchState::Pending => {}
         }
-        accord_proto::expect_items("points", &b.points, POINT_LEN, info.rows as usize)
-            .map_err(|e| RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)))?;
+        accord_proto::expect_items("points", &b.points, POINT_LEN, info.rows as usize).map_err(
+            |e| RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)),
+        )?;
         if let Err(e) = accord_psi::check_points(&b.points) {
-            return Err(RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)));
+            return Err(RoomError::InvalidArgument(format!(
+                "blinded batch {}: {e}",
+                b.batch_number
+            )));
         }
         store.store_tokens(&partner, b.batch_number, &b.points)?;
         self.maybe_seal(slot, &mut live)?;
@@ -680,42 +863,79 @@ impl Room {
     }
 
     /// Records `party`'s refusal to blind one of its partner's batches.
-    pub(crate) async fn refuse_batch(&self, slot: &Arc<Slot>, party: &str, r: v1::WorkRefusal) -> Result<()> {
+    pub(crate) async fn refuse_batch(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        r: v1::WorkRefusal,
+    ) -> Result<()> {
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
-        let partner = store.partner_of(party).ok_or_else(|| RoomError::Internal("no partner".into()))?.to_owned();
-        let Some(info) = store.progress(&partner)?.batches.get(&r.batch_number).cloned() else {
-            return Err(RoomError::NotFound(format!("batch {} of {partner} was never uploaded", r.batch_number)));
+        let partner = store
+            .partner_of(party)
+            .ok_or_else(|| RoomError::Internal("no partner".into()))?
+            .to_owned();
+        let Some(info) = store
+            .progress(&partner)?
+            .batches
+            .get(&r.batch_number)
+            .cloned()
+        else {
+            return Err(RoomError::NotFound(format!(
+                "batch {} of {partner} was never uploaded",
+                r.batch_number
+            )));
         };
         if info.state != BatchState::Pending {
             return Ok(());
         }
         let reason: String = r.reason.chars().take(500).collect();
         store.store_refusal(&partner, r.batch_number, &reason)?;
-        self.audit(slot, Actor::Party(party.to_owned()), Event::BatchRefused { owner: partner, batch_number: r.batch_number, reason })?;
+        self.audit(
+            slot,
+            Actor::Party(party.to_owned()),
+            Event::BatchRefused {
+                owner: partner,
+                batch_number: r.batch_number,
+                reason,
+            },
+        )?;
         Ok(())
     }
 
     fn maybe_seal(&self, slot: &Slot, live: &mut Live) -> Result<()> {
-        let Some(store) = live.store.as_ref() else { return Ok(()) };
+        let Some(store) = live.store.as_ref() else {
+            return Ok(());
+        };
         if !store.ready_to_seal() || store.seal_info()?.is_some() {
             return Ok(());
         }
         let (snapshot, duplicates) = store.build_snapshot()?;
         let full_spec = table_spec(&slot.agreement, &[]);
         let attrs = attribute_batch(&snapshot, &full_spec)?;
-        let withheld: Vec<(String, String)> = accord_engine::dimension_cardinality_problems(&full_spec, &[attrs])
-            .into_iter()
-            .map(|p| (p.column.clone(), p.to_string()))
-            .collect();
-        let info = SealInfo { sealed_at: Utc::now().to_rfc3339(), withheld: withheld.clone() };
+        let withheld: Vec<(String, String)> =
+            accord_engine::dimension_cardinality_problems(&full_spec, &[attrs])
+                .into_iter()
+                .map(|p| (p.column.clone(), p.to_string()))
+                .collect();
+        let info = SealInfo {
+            sealed_at: Utc::now().to_rfc3339(),
+            withheld: withheld.clone(),
+        };
         store.write_snapshot(&snapshot, &info)?;
-        live.engine = Some(Arc::new(build_engine(&slot.agreement, &withheld, &snapshot)?));
+        live.engine = Some(Arc::new(build_engine(
+            &slot.agreement,
+            &withheld,
+            &snapshot,
+        )?));
         live.withheld = withheld.clone();
         self.audit(
             slot,
             Actor::Room,
-            Event::Sealed { withheld_columns: withheld.into_iter().map(|(c, _)| c).collect(), duplicate_tokens_dropped: duplicates },
+            Event::Sealed {
+                withheld_columns: withheld.into_iter().map(|(c, _)| c).collect(),
+                duplicate_tokens_dropped: duplicates,
+            },
         )?;
         tracing::info!(agreement = %slot.agreement.id(), "snapshot sealed");
         Ok(())
@@ -732,7 +952,11 @@ impl Room {
         Ok(v1::StatusResponse {
             agreement_id: slot.agreement.id().to_owned(),
             fingerprint: slot.agreement.fingerprint().to_string(),
-            state: if sealed { v1::AgreementState::Sealed } else { v1::AgreementState::Collecting } as i32,
+            state: if sealed {
+                v1::AgreementState::Sealed
+            } else {
+                v1::AgreementState::Collecting
+            } as i32,
             batches_uploaded: me.batches.len() as u64,
             rows_uploaded: me.rows(),
             upload_complete: me.complete.is_some(),
@@ -741,21 +965,34 @@ impl Room {
                 .batches
                 .iter()
                 .filter_map(|(n, b)| match &b.state {
-                    BatchState::Refused(reason) => Some(v1::WorkRefusal { batch_number: *n, reason: reason.clone() }),
+                    BatchState::Refused(reason) => Some(v1::WorkRefusal {
+                        batch_number: *n,
+                        reason: reason.clone(),
+                    }),
                     _ => None,
                 })
                 .collect(),
             partner,
             partner_upload_complete: them.complete.is_some(),
-            work_waiting: them.batches.values().filter(|b| b.state == BatchState::Pending).count() as u64,
+            work_waiting: them
+                .batches
+                .values()
+                .filter(|b| b.state == BatchState::Pending)
+                .count() as u64,
             tokens_complete: me.tokens_complete() && them.tokens_complete(),
             head: Some(self.head(slot)),
         })
     }
 
     /// Erases a party's rows by handle: all of them or none.
-    pub(crate) async fn erase(&self, slot: &Arc<Slot>, party: &str, handles: &[u8]) -> Result<v1::EraseResponse> {
-        let n = accord_proto::count_items("handles", handles, HANDLE_LEN).map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+    pub(crate) async fn erase(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        handles: &[u8],
+    ) -> Result<v1::EraseResponse> {
+        let n = accord_proto::count_items("handles", handles, HANDLE_LEN)
+            .map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
         if n == 0 || n > accord_proto::limits::MAX_ERASE_HANDLES {
             return Err(RoomError::InvalidArgument(format!(
                 "an erasure request carries 1 to {} handles, this one {n}",
@@ -784,21 +1021,37 @@ impl Room {
         let snapshot = store.erase(party, &wanted)?;
         if let Some(snapshot) = snapshot {
             let withheld = live.withheld.clone();
-            live.engine = Some(Arc::new(build_engine(&slot.agreement, &withheld, &snapshot)?));
+            live.engine = Some(Arc::new(build_engine(
+                &slot.agreement,
+                &withheld,
+                &snapshot,
+            )?));
         }
         let erased = wanted.len() as u64;
-        self.audit(slot, Actor::Party(party.to_owned()), Event::Erasure { rows: erased })?;
+        self.audit(
+            slot,
+            Actor::Party(party.to_owned()),
+            Event::Erasure { rows: erased },
+        )?;
         let fp = slot.agreement.fingerprint();
         let receipt = accord_proto::signed::erasure_receipt(fp.as_bytes(), party, erased, handles);
         Ok(v1::EraseResponse {
             erased,
-            receipt_signature: self.inner.key.sign(Purpose::ErasureReceipt, &receipt).to_bytes().to_vec(),
+            receipt_signature: self
+                .inner
+                .key
+                .sign(Purpose::ErasureReceipt, &receipt)
+                .to_bytes()
+                .to_vec(),
             head: Some(self.head(slot)),
         })
     }
 
     /// Session helpers for the gRPC layer.
-    pub(crate) fn party_call(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Arc<Slot>, String)> {
+    pub(crate) fn party_call(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(Arc<Slot>, String)> {
         let (_, slot, party) = self.party_session(metadata)?;
         Ok((slot, party))
     }
@@ -807,7 +1060,10 @@ impl Room {
     // Queries
 
     /// Resolves an analyst session.
-    pub(crate) fn analyst_call(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(Arc<Slot>, String)> {
+    pub(crate) fn analyst_call(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(Arc<Slot>, String)> {
         let session = self.session(metadata)?;
         let Role::Analyst(name) = session.role.clone() else {
             return Err(RoomError::PermissionDenied(
@@ -826,12 +1082,23 @@ impl Room {
         for (party, p) in &m.parties {
             for c in &p.contributes {
                 let name = format!("{party}_{}", c.column);
-                let withheld = live.withheld.iter().find(|(w, _)| *w == name).map(|(_, r)| r.clone()).unwrap_or_default();
+                let withheld = live
+                    .withheld
+                    .iter()
+                    .find(|(w, _)| *w == name)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_default();
                 let (role, min, max) = match c.role {
                     ColumnRole::Dimension => ("dimension", 0.0, 0.0),
                     ColumnRole::Metric { min, max } => ("metric", min, max),
                 };
-                columns.push(v1::ColumnInfo { name, role: role.into(), min, max, withheld });
+                columns.push(v1::ColumnInfo {
+                    name,
+                    role: role.into(),
+                    min,
+                    max,
+                    withheld,
+                });
             }
         }
         Ok(v1::DescribeResponse {
@@ -839,7 +1106,12 @@ impl Room {
             fingerprint: slot.agreement.fingerprint().to_string(),
             sealed: live.engine.is_some(),
             min_group_size: m.min_group_size,
-            aggregates: m.privacy.aggregates.iter().map(|a| format!("{a:?}").to_uppercase()).collect(),
+            aggregates: m
+                .privacy
+                .aggregates
+                .iter()
+                .map(|a| format!("{a:?}").to_uppercase())
+                .collect(),
             columns,
             head: Some(self.head(slot)),
         })
@@ -858,7 +1130,9 @@ impl Room {
         let live = slot.live.read().await;
         live.store.as_ref().ok_or_else(ended)?;
         if slot.agreement.manifest().valid_until <= Utc::now() {
-            return Err(RoomError::FailedPrecondition("the agreement has expired: queries are refused".into()));
+            return Err(RoomError::FailedPrecondition(
+                "the agreement has expired: queries are refused".into(),
+            ));
         }
         let engine = live.engine.clone().ok_or_else(|| {
             RoomError::FailedPrecondition(
@@ -868,47 +1142,87 @@ impl Room {
         let actor = Actor::Analyst(analyst.to_owned());
         if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
             let message = format!("the query is {} bytes long; the limit is 16 KiB", sql.len());
-            self.audit(slot, actor, query_event(sql, "refused", Some("too_long"), 0, 0))?;
-            return Ok(QueryResult::Refused { rule: "too_long".into(), message, head: self.head(slot) });
+            self.audit(
+                slot,
+                actor,
+                query_event(sql, "refused", Some("too_long"), 0, 0),
+            )?;
+            return Ok(QueryResult::Refused {
+                rule: "too_long".into(),
+                message,
+                head: self.head(slot),
+            });
         }
-        match engine.query(sql).await.map_err(|e| RoomError::Internal(format!("query engine: {e}")))? {
+        match engine
+            .query(sql)
+            .await
+            .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?
+        {
             Outcome::Refused(refusal) => {
                 let rule = refusal.rule.name().to_owned();
                 let message = refusal.to_string();
                 self.audit(slot, actor, query_event(sql, "refused", Some(&rule), 0, 0))?;
                 tracing::info!(agreement = %slot.agreement.id(), analyst, rule, "query refused");
-                Ok(QueryResult::Refused { rule, message, head: self.head(slot) })
+                Ok(QueryResult::Refused {
+                    rule,
+                    message,
+                    head: self.head(slot),
+                })
             }
             Outcome::Answered(answer) => {
                 let encoded = encode(&answer)?;
                 self.audit(
                     slot,
                     actor,
-                    query_event(sql, "answered", None, answer.rows as u64, answer.groups_suppressed),
+                    query_event(
+                        sql,
+                        "answered",
+                        None,
+                        answer.rows as u64,
+                        answer.groups_suppressed,
+                    ),
                 )?;
                 tracing::info!(agreement = %slot.agreement.id(), analyst, rows = answer.rows, "query answered");
-                Ok(QueryResult::Answered { value: encoded, rows: answer.rows as u64, head: self.head(slot) })
+                Ok(QueryResult::Answered {
+                    value: encoded,
+                    rows: answer.rows as u64,
+                    head: self.head(slot),
+                })
             }
         }
     }
 
     /// The result schema of a query without running it (Flight SQL's GetFlightInfo), or its refusal.
-    pub(crate) async fn query_schema(&self, slot: &Arc<Slot>, sql: &str) -> Result<std::result::Result<arrow::datatypes::SchemaRef, (String, String)>> {
+    pub(crate) async fn query_schema(
+        &self,
+        slot: &Arc<Slot>,
+        sql: &str,
+    ) -> Result<std::result::Result<arrow::datatypes::SchemaRef, (String, String)>> {
         let live = slot.live.read().await;
         let engine = live.engine.clone().ok_or_else(|| {
             RoomError::FailedPrecondition("the agreement's data is not sealed yet".into())
         })?;
         if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
-            return Ok(Err(("too_long".into(), "the query is longer than 16 KiB".into())));
+            return Ok(Err((
+                "too_long".into(),
+                "the query is longer than 16 KiB".into(),
+            )));
         }
-        match engine.prepare(sql).await.map_err(|e| RoomError::Internal(format!("query engine: {e}")))? {
+        match engine
+            .prepare(sql)
+            .await
+            .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?
+        {
             Ok(prepared) => Ok(Ok(prepared.schema())),
             Err(refusal) => Ok(Err((refusal.rule.name().to_owned(), refusal.to_string()))),
         }
     }
 
     /// The schema of the `overlap` table for an analyst session.
-    pub(crate) async fn overlap_schema(&self, slot: &Arc<Slot>) -> Result<arrow::datatypes::SchemaRef> {
+    pub(crate) async fn overlap_schema(
+        &self,
+        slot: &Arc<Slot>,
+    ) -> Result<arrow::datatypes::SchemaRef> {
         let live = slot.live.read().await;
         let withheld = live.withheld.clone();
         Ok(table_spec(&slot.agreement, &withheld).arrow_schema())
@@ -926,7 +1240,9 @@ impl Room {
         })?;
         let path = self.audit_path(fp);
         if !path.exists() {
-            return Err(RoomError::NotFound(format!("this room has no audit log for fingerprint {fp}")));
+            return Err(RoomError::NotFound(format!(
+                "this room has no audit log for fingerprint {fp}"
+            )));
         }
         let slot = lock(&self.inner.registry).by_fingerprint.get(&fp).cloned();
         let (entries, head) = match slot {
@@ -939,7 +1255,11 @@ impl Room {
                 (audit.read_all()?, audit.signed_head(&self.inner.key))
             }
         };
-        Ok(v1::FetchAuditResponse { entries, head: Some(head), room_public_key: self.inner.public_key.to_bytes().to_vec() })
+        Ok(v1::FetchAuditResponse {
+            entries,
+            head: Some(head),
+            room_public_key: self.inner.public_key.to_bytes().to_vec(),
+        })
     }
 }
 
@@ -978,15 +1298,19 @@ fn query_event(sql: &str, decision: &str, rule: Option<&str>, rows: u64, suppres
 }
 
 fn ended() -> RoomError {
-    RoomError::FailedPrecondition("this agreement has ended (revoked, expired or superseded) and its data was deleted".into())
+    RoomError::FailedPrecondition(
+        "this agreement has ended (revoked, expired or superseded) and its data was deleted".into(),
+    )
 }
 
 fn nonce(field: &'static str, bytes: &[u8]) -> Result<[u8; NONCE_LEN]> {
-    accord_proto::fixed::<NONCE_LEN>(field, bytes).map_err(|e| RoomError::InvalidArgument(e.to_string()))
+    accord_proto::fixed::<NONCE_LEN>(field, bytes)
+        .map_err(|e| RoomError::InvalidArgument(e.to_string()))
 }
 
 fn signature(bytes: &[u8]) -> Result<Signature> {
-    let raw = accord_proto::fixed::<64>("signature", bytes).map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+    let raw = accord_proto::fixed::<64>("signature", bytes)
+        .map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
     Ok(Signature::from_bytes(&raw))
 }
 
@@ -996,12 +1320,19 @@ fn principal_key(slot: &Slot, role: &Role) -> Result<PublicKey> {
         Role::Party(p) => m.parties.get(p).map(|p| p.public_key.clone()),
         Role::Analyst(a) => m.analyst(a).map(|a| a.public_key.clone()),
     }
-    .ok_or_else(|| RoomError::PermissionDenied(format!("{} is not named in the agreement", role.name())))
+    .ok_or_else(|| {
+        RoomError::PermissionDenied(format!("{} is not named in the agreement", role.name()))
+    })
 }
 
 /// Converts a batch's proto columns into Arrow arrays in manifest order, checking names,
 /// types, counts, lengths and bounds.
-fn attributes(layout: &PartyColumns, columns: &[v1::Column], n: usize, batch: u64) -> Result<Vec<ArrayRef>> {
+fn attributes(
+    layout: &PartyColumns,
+    columns: &[v1::Column],
+    n: usize,
+    batch: u64,
+) -> Result<Vec<ArrayRef>> {
     let bad = |m: String| RoomError::InvalidArgument(format!("batch {batch}: {m}"));
     let mut by_name: HashMap<&str, &v1::Column> = HashMap::new();
     for c in columns {
@@ -1013,24 +1344,36 @@ fn attributes(layout: &PartyColumns, columns: &[v1::Column], n: usize, batch: u6
                 "column {:?} is not one {} contributes under this agreement (agreed: {})",
                 c.name,
                 layout.party,
-                layout.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                layout
+                    .columns
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
     }
     let mut out = Vec::with_capacity(layout.columns.len());
     for (name, kind) in &layout.columns {
-        let c = by_name.get(name.as_str()).ok_or_else(|| bad(format!("agreed column {name:?} is missing")))?;
+        let c = by_name
+            .get(name.as_str())
+            .ok_or_else(|| bad(format!("agreed column {name:?} is missing")))?;
         let present = |p: &[bool]| -> Result<Vec<bool>> {
             match p.len() {
                 0 => Ok(vec![true; n]),
                 len if len == n => Ok(p.to_vec()),
-                len => Err(bad(format!("column {name:?} has {len} presence flags for {n} rows"))),
+                len => Err(bad(format!(
+                    "column {name:?} has {len} presence flags for {n} rows"
+                ))),
             }
         };
         let array: ArrayRef = match (kind, &c.values) {
             (ColumnKind::Text, Some(v1::column::Values::Text(t))) => {
                 if t.values.len() != n {
-                    return Err(bad(format!("column {name:?} has {} values for {n} rows", t.values.len())));
+                    return Err(bad(format!(
+                        "column {name:?} has {} values for {n} rows",
+                        t.values.len()
+                    )));
                 }
                 let p = present(&t.present)?;
                 if let Some(v) = t.values.iter().find(|v| v.len() > MAX_TEXT_VALUE_LEN) {
@@ -1039,11 +1382,20 @@ fn attributes(layout: &PartyColumns, columns: &[v1::Column], n: usize, batch: u6
                         v.len()
                     )));
                 }
-                Arc::new(t.values.iter().zip(p).map(|(v, ok)| ok.then_some(v.as_str())).collect::<StringArray>())
+                Arc::new(
+                    t.values
+                        .iter()
+                        .zip(p)
+                        .map(|(v, ok)| ok.then_some(v.as_str()))
+                        .collect::<StringArray>(),
+                )
             }
             (ColumnKind::Number { min, max }, Some(v1::column::Values::Number(x))) => {
                 if x.values.len() != n {
-                    return Err(bad(format!("column {name:?} has {} values for {n} rows", x.values.len())));
+                    return Err(bad(format!(
+                        "column {name:?} has {} values for {n} rows",
+                        x.values.len()
+                    )));
                 }
                 let p = present(&x.present)?;
                 for (v, ok) in x.values.iter().zip(&p) {
@@ -1053,10 +1405,24 @@ fn attributes(layout: &PartyColumns, columns: &[v1::Column], n: usize, batch: u6
                         )));
                     }
                 }
-                Arc::new(x.values.iter().zip(p).map(|(v, ok)| ok.then_some(*v)).collect::<Float64Array>())
+                Arc::new(
+                    x.values
+                        .iter()
+                        .zip(p)
+                        .map(|(v, ok)| ok.then_some(*v))
+                        .collect::<Float64Array>(),
+                )
             }
-            (ColumnKind::Text, _) => return Err(bad(format!("column {name:?} is a dimension: send text values"))),
-            (ColumnKind::Number { .. }, _) => return Err(bad(format!("column {name:?} is a metric: send number values"))),
+            (ColumnKind::Text, _) => {
+                return Err(bad(format!(
+                    "column {name:?} is a dimension: send text values"
+                )));
+            }
+            (ColumnKind::Number { .. }, _) => {
+                return Err(bad(format!(
+                    "column {name:?} is a metric: send number values"
+                )));
+            }
         };
         out.push(array);
     }
@@ -1068,12 +1434,20 @@ fn attribute_batch(snapshot: &RecordBatch, spec: &TableSpec) -> Result<RecordBat
     let schema = spec.arrow_schema();
     let mut columns = Vec::with_capacity(spec.columns.len());
     for c in &spec.columns {
-        columns.push(snapshot.column(snapshot.schema().index_of(&c.name)?).clone());
+        columns.push(
+            snapshot
+                .column(snapshot.schema().index_of(&c.name)?)
+                .clone(),
+        );
     }
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-fn build_engine(agreement: &VerifiedAgreement, withheld: &[(String, String)], snapshot: &RecordBatch) -> Result<Engine> {
+fn build_engine(
+    agreement: &VerifiedAgreement,
+    withheld: &[(String, String)],
+    snapshot: &RecordBatch,
+) -> Result<Engine> {
     let spec = table_spec(agreement, withheld);
     let attrs = attribute_batch(snapshot, &spec)?;
     Engine::new(spec, vec![attrs]).map_err(|e| RoomError::Internal(format!("query engine: {e}")))

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use accord_agreement::{ColumnRole, Manifest};
 use arrow::array::{
-    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Float64Array, RecordBatch, StringArray, UInt32Array,
+    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Float64Array, RecordBatch,
+    StringArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -89,7 +90,11 @@ impl PartyColumns {
         self.columns
             .iter()
             .map(|(name, kind)| {
-                let name = if prefix { format!("{}_{}", self.party, name) } else { name.clone() };
+                let name = if prefix {
+                    format!("{}_{}", self.party, name)
+                } else {
+                    name.clone()
+                };
                 let ty = match kind {
                     ColumnKind::Text => DataType::Utf8,
                     ColumnKind::Number { .. } => DataType::Float64,
@@ -166,12 +171,20 @@ impl PartyProgress {
     }
     /// Batches the partner blinded.
     pub fn tokenized(&self) -> u64 {
-        self.batches.values().filter(|b| b.state == BatchState::Tokenized).count() as u64
+        self.batches
+            .values()
+            .filter(|b| b.state == BatchState::Tokenized)
+            .count() as u64
     }
     /// True when complete and every batch is tokenized.
     pub fn tokens_complete(&self) -> bool {
-        self.complete.as_ref().is_some_and(|c| c.batches == self.batches.len() as u64)
-            && self.batches.values().all(|b| b.state == BatchState::Tokenized)
+        self.complete
+            .as_ref()
+            .is_some_and(|c| c.batches == self.batches.len() as u64)
+            && self
+                .batches
+                .values()
+                .all(|b| b.state == BatchState::Tokenized)
     }
 }
 
@@ -214,7 +227,14 @@ impl AgreementStore {
             let mut pr = PartyProgress::default();
             for (n, path) in list(&pdir.join("rows"), ".parquet")? {
                 let (rows, digest) = read_meta(&path)?;
-                pr.batches.insert(n, BatchInfo { rows, state: BatchState::Tokenized, digest });
+                pr.batches.insert(
+                    n,
+                    BatchInfo {
+                        rows,
+                        state: BatchState::Tokenized,
+                        digest,
+                    },
+                );
             }
             for (n, path) in list(&pdir.join("pending"), ".parquet")? {
                 if pr.batches.contains_key(&n) {
@@ -223,10 +243,18 @@ impl AgreementStore {
                     continue;
                 }
                 let (rows, digest) = read_meta(&path)?;
-                pr.batches.insert(n, BatchInfo { rows, state: BatchState::Pending, digest });
+                pr.batches.insert(
+                    n,
+                    BatchInfo {
+                        rows,
+                        state: BatchState::Pending,
+                        digest,
+                    },
+                );
             }
             for (n, path) in list(&pdir.join("refused"), ".txt")? {
-                let reason = fs::read_to_string(&path).map_err(|e| RoomError::io("read", &path, e))?;
+                let reason =
+                    fs::read_to_string(&path).map_err(|e| RoomError::io("read", &path, e))?;
                 if let Some(b) = pr.batches.get_mut(&n) {
                     b.state = BatchState::Refused(reason);
                 }
@@ -234,10 +262,10 @@ impl AgreementStore {
             let complete = pdir.join("complete.json");
             if complete.exists() {
                 let text = fs::read(&complete).map_err(|e| RoomError::io("read", &complete, e))?;
-                pr.complete = Some(
-                    serde_json::from_slice(&text)
-                        .map_err(|e| RoomError::Internal(format!("{}: {e}", complete.display())))?,
-                );
+                pr.complete =
+                    Some(serde_json::from_slice(&text).map_err(|e| {
+                        RoomError::Internal(format!("{}: {e}", complete.display()))
+                    })?);
             }
             let erased = pdir.join("erased.bin");
             if erased.exists() {
@@ -251,7 +279,11 @@ impl AgreementStore {
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), parties, progress })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            parties,
+            progress,
+        })
     }
 
     /// The agreement directory.
@@ -271,14 +303,17 @@ impl AgreementStore {
 
     /// The other party (agreements have exactly two parties in this version).
     pub fn partner_of(&self, name: &str) -> Option<&str> {
-        self.parties.iter().map(|p| p.party.as_str()).find(|p| *p != name)
+        self.parties
+            .iter()
+            .map(|p| p.party.as_str())
+            .find(|p| *p != name)
     }
 
     /// A party's progress.
     pub fn progress(&self, party: &str) -> Result<&PartyProgress> {
-        self.progress
-            .get(party)
-            .ok_or_else(|| RoomError::NotFound(format!("party {party:?} is not part of this agreement")))
+        self.progress.get(party).ok_or_else(|| {
+            RoomError::NotFound(format!("party {party:?} is not part of this agreement"))
+        })
     }
 
     fn party_dir(&self, party: &str) -> PathBuf {
@@ -286,8 +321,16 @@ impl AgreementStore {
     }
 
     /// Stores an upload batch durably. Returns false when the same batch was already stored.
-    pub fn store_pending(&mut self, party: &str, batch_number: u64, batch: &PendingBatch) -> Result<bool> {
-        let layout = self.party(party).cloned().ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
+    pub fn store_pending(
+        &mut self,
+        party: &str,
+        batch_number: u64,
+        batch: &PendingBatch,
+    ) -> Result<bool> {
+        let layout = self
+            .party(party)
+            .cloned()
+            .ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
         let progress = self.progress.get(party).cloned().unwrap_or_default();
         if let Some(existing) = progress.batches.get(&batch_number) {
             if existing.digest == batch.digest {
@@ -322,25 +365,46 @@ impl AgreementStore {
             Field::new("point", DataType::FixedSizeBinary(POINT), false),
         ];
         fields.extend(layout.attribute_fields(false));
-        let mut columns: Vec<ArrayRef> = vec![fixed_array(&batch.handles, HANDLE)?, fixed_array(&batch.points, POINT)?];
+        let mut columns: Vec<ArrayRef> = vec![
+            fixed_array(&batch.handles, HANDLE)?,
+            fixed_array(&batch.points, POINT)?,
+        ];
         columns.extend(batch.attributes.iter().cloned());
         let rb = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         let meta = vec![
             KeyValue::new(DIGEST_KEY.to_owned(), hex::encode(batch.digest)),
             KeyValue::new(SIGNATURE_KEY.to_owned(), hex::encode(&batch.signature)),
         ];
-        let path = self.party_dir(party).join("pending").join(batch_file(batch_number));
+        let path = self
+            .party_dir(party)
+            .join("pending")
+            .join(batch_file(batch_number));
         accord_fs::write_atomic(&path, &parquet_bytes(&rb, meta)?)?;
-        self.progress.entry(party.to_owned()).or_default().batches.insert(
-            batch_number,
-            BatchInfo { rows, state: BatchState::Pending, digest: batch.digest },
-        );
+        self.progress
+            .entry(party.to_owned())
+            .or_default()
+            .batches
+            .insert(
+                batch_number,
+                BatchInfo {
+                    rows,
+                    state: BatchState::Pending,
+                    digest: batch.digest,
+                },
+            );
         Ok(true)
     }
 
     /// Reads a pending batch: its points and the owner's signature.
-    pub fn read_pending_points(&self, party: &str, batch_number: u64) -> Result<(Vec<u8>, Vec<u8>)> {
-        let path = self.party_dir(party).join("pending").join(batch_file(batch_number));
+    pub fn read_pending_points(
+        &self,
+        party: &str,
+        batch_number: u64,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let path = self
+            .party_dir(party)
+            .join("pending")
+            .join(batch_file(batch_number));
         let (batches, meta) = read_parquet(&path)?;
         let signature = meta
             .get(SIGNATURE_KEY)
@@ -359,10 +423,17 @@ impl AgreementStore {
     /// Replaces a pending batch by its double-blinded tokens (same order as its points).
     /// Rows erased while pending are dropped here.
     pub fn store_tokens(&mut self, party: &str, batch_number: u64, tokens: &[u8]) -> Result<()> {
-        let pending = self.party_dir(party).join("pending").join(batch_file(batch_number));
+        let pending = self
+            .party_dir(party)
+            .join("pending")
+            .join(batch_file(batch_number));
         let (batches, meta) = read_parquet(&pending)?;
         let rb = concat(&batches)?;
-        let erased = self.progress.get(party).map(|p| p.erased_pending.clone()).unwrap_or_default();
+        let erased = self
+            .progress
+            .get(party)
+            .map(|p| p.erased_pending.clone())
+            .unwrap_or_default();
         let handles = column_fixed(&rb, "handle")?;
         let keep: Vec<u32> = (0..rb.num_rows())
             .filter(|&i| !erased.contains(&to16(handles.value(i))))
@@ -381,11 +452,18 @@ impl AgreementStore {
         let full = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         let kept = take_rows(&full, &keep)?;
         let meta: Vec<KeyValue> = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-        let rows_path = self.party_dir(party).join("rows").join(batch_file(batch_number));
+        let rows_path = self
+            .party_dir(party)
+            .join("rows")
+            .join(batch_file(batch_number));
         accord_fs::write_atomic(&rows_path, &parquet_bytes(&kept, meta)?)?;
         fs::remove_file(&pending).map_err(|e| RoomError::io("remove", &pending, e))?;
         accord_fs::sync_dir(&self.party_dir(party).join("pending"))?;
-        if let Some(b) = self.progress.get_mut(party).and_then(|p| p.batches.get_mut(&batch_number)) {
+        if let Some(b) = self
+            .progress
+            .get_mut(party)
+            .and_then(|p| p.batches.get_mut(&batch_number))
+        {
             b.state = BatchState::Tokenized;
         }
         Ok(())
@@ -393,9 +471,16 @@ impl AgreementStore {
 
     /// Records the partner's refusal to blind a batch.
     pub fn store_refusal(&mut self, party: &str, batch_number: u64, reason: &str) -> Result<()> {
-        let path = self.party_dir(party).join("refused").join(format!("{batch_number:010}.txt"));
+        let path = self
+            .party_dir(party)
+            .join("refused")
+            .join(format!("{batch_number:010}.txt"));
         accord_fs::write_atomic(&path, reason.as_bytes())?;
-        if let Some(b) = self.progress.get_mut(party).and_then(|p| p.batches.get_mut(&batch_number)) {
+        if let Some(b) = self
+            .progress
+            .get_mut(party)
+            .and_then(|p| p.batches.get_mut(&batch_number))
+        {
             b.state = BatchState::Refused(reason.to_owned());
         }
         Ok(())
@@ -404,7 +489,8 @@ impl AgreementStore {
     /// Stores a party's completion statement.
     pub fn store_completion(&mut self, party: &str, completion: &Completion) -> Result<()> {
         let path = self.party_dir(party).join("complete.json");
-        let bytes = serde_json::to_vec_pretty(completion).map_err(|e| RoomError::Internal(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(completion)
+            .map_err(|e| RoomError::Internal(e.to_string()))?;
         accord_fs::write_atomic(&path, &bytes)?;
         self.progress.entry(party.to_owned()).or_default().complete = Some(completion.clone());
         Ok(())
@@ -422,14 +508,18 @@ impl AgreementStore {
             return Ok(None);
         }
         let bytes = fs::read(&path).map_err(|e| RoomError::io("read", &path, e))?;
-        Ok(Some(serde_json::from_slice(&bytes).map_err(|e| RoomError::Internal(format!("{}: {e}", path.display())))?))
+        Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            RoomError::Internal(format!("{}: {e}", path.display()))
+        })?))
     }
 
     /// Joins both parties' token tables, keeping only matched rows (no tokens), and writes
     /// the snapshot. Returns the snapshot and the number of duplicate tokens dropped.
     pub fn build_snapshot(&self) -> Result<(RecordBatch, u64)> {
         if self.parties.len() != 2 {
-            return Err(RoomError::Internal("sealing needs exactly two parties".into()));
+            return Err(RoomError::Internal(
+                "sealing needs exactly two parties".into(),
+            ));
         }
         let a = &self.parties[0];
         let b = &self.parties[1];
@@ -454,7 +544,11 @@ impl AgreementStore {
         let mut fields = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
         for (party, rows) in [(a, &ra), (b, &rb)] {
-            fields.push(Field::new(format!("{}_handle", party.party), DataType::FixedSizeBinary(HANDLE), false));
+            fields.push(Field::new(
+                format!("{}_handle", party.party),
+                DataType::FixedSizeBinary(HANDLE),
+                false,
+            ));
             columns.push(rows.column(rows.schema().index_of("handle")?).clone());
         }
         for (party, rows) in [(a, &ra), (b, &rb)] {
@@ -469,8 +563,12 @@ impl AgreementStore {
 
     /// Writes the sealed snapshot and its information atomically.
     pub fn write_snapshot(&self, snapshot: &RecordBatch, info: &SealInfo) -> Result<()> {
-        accord_fs::write_atomic(&self.dir.join("snapshot.parquet"), &parquet_bytes(snapshot, Vec::new())?)?;
-        let bytes = serde_json::to_vec_pretty(info).map_err(|e| RoomError::Internal(e.to_string()))?;
+        accord_fs::write_atomic(
+            &self.dir.join("snapshot.parquet"),
+            &parquet_bytes(snapshot, Vec::new())?,
+        )?;
+        let bytes =
+            serde_json::to_vec_pretty(info).map_err(|e| RoomError::Internal(e.to_string()))?;
         accord_fs::write_atomic(&self.dir.join("sealed.json"), &bytes)?;
         Ok(())
     }
@@ -497,7 +595,10 @@ impl AgreementStore {
         let rows = arrow::compute::concat_batches(&schema, &all)?;
         let tokens = column_fixed(&rows, "token")?;
         let mut seen = HashSet::with_capacity(tokens.len());
-        let keep: Vec<u32> = (0..tokens.len()).filter(|&i| seen.insert(to32(tokens.value(i)))).map(|i| i as u32).collect();
+        let keep: Vec<u32> = (0..tokens.len())
+            .filter(|&i| seen.insert(to32(tokens.value(i))))
+            .map(|i| i as u32)
+            .collect();
         let dropped = (rows.num_rows() - keep.len()) as u64;
         Ok((take_rows(&rows, &keep)?, dropped))
     }
@@ -528,13 +629,20 @@ impl AgreementStore {
     /// rewritten without them, pending rows lose their attributes now and are dropped when
     /// their tokens arrive, and the sealed snapshot (if any) is rewritten without them.
     /// Returns the new snapshot if there was one.
-    pub fn erase(&mut self, party: &str, handles: &HashSet<[u8; 16]>) -> Result<Option<RecordBatch>> {
+    pub fn erase(
+        &mut self,
+        party: &str,
+        handles: &HashSet<[u8; 16]>,
+    ) -> Result<Option<RecordBatch>> {
         let pdir = self.party_dir(party);
         for (_, path) in list(&pdir.join("rows"), ".parquet")? {
             let (batches, meta) = read_parquet(&path)?;
             let rb = concat(&batches)?;
             let h = column_fixed(&rb, "handle")?;
-            let keep: Vec<u32> = (0..rb.num_rows()).filter(|&i| !handles.contains(&to16(h.value(i)))).map(|i| i as u32).collect();
+            let keep: Vec<u32> = (0..rb.num_rows())
+                .filter(|&i| !handles.contains(&to16(h.value(i))))
+                .map(|i| i as u32)
+                .collect();
             if keep.len() != rb.num_rows() {
                 let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
                 accord_fs::write_atomic(&path, &parquet_bytes(&take_rows(&rb, &keep)?, meta)?)?;
@@ -545,7 +653,9 @@ impl AgreementStore {
             let (batches, meta) = read_parquet(&path)?;
             let rb = concat(&batches)?;
             let h = column_fixed(&rb, "handle")?;
-            let hit: Vec<usize> = (0..rb.num_rows()).filter(|&i| handles.contains(&to16(h.value(i)))).collect();
+            let hit: Vec<usize> = (0..rb.num_rows())
+                .filter(|&i| handles.contains(&to16(h.value(i))))
+                .collect();
             if hit.is_empty() {
                 continue;
             }
@@ -572,11 +682,18 @@ impl AgreementStore {
                 .column(col)
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| RoomError::Internal("snapshot handle column has the wrong type".into()))?;
-            let keep: Vec<u32> =
-                (0..snapshot.num_rows()).filter(|&i| !handles.contains(&to16(h.value(i)))).map(|i| i as u32).collect();
+                .ok_or_else(|| {
+                    RoomError::Internal("snapshot handle column has the wrong type".into())
+                })?;
+            let keep: Vec<u32> = (0..snapshot.num_rows())
+                .filter(|&i| !handles.contains(&to16(h.value(i))))
+                .map(|i| i as u32)
+                .collect();
             let new = take_rows(&snapshot, &keep)?;
-            accord_fs::write_atomic(&self.dir.join("snapshot.parquet"), &parquet_bytes(&new, Vec::new())?)?;
+            accord_fs::write_atomic(
+                &self.dir.join("snapshot.parquet"),
+                &parquet_bytes(&new, Vec::new())?,
+            )?;
             return Ok(Some(new));
         }
         Ok(None)
@@ -602,12 +719,38 @@ fn null_attributes(rb: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
         let col = rb.column(i);
         let new: ArrayRef = match f.data_type() {
             DataType::Utf8 => {
-                let a = col.as_any().downcast_ref::<StringArray>().ok_or_else(|| RoomError::Internal("bad text column".into()))?;
-                Arc::new((0..a.len()).map(|r| if hit.contains(&r) || a.is_null(r) { None } else { Some(a.value(r)) }).collect::<StringArray>())
+                let a = col
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| RoomError::Internal("bad text column".into()))?;
+                Arc::new(
+                    (0..a.len())
+                        .map(|r| {
+                            if hit.contains(&r) || a.is_null(r) {
+                                None
+                            } else {
+                                Some(a.value(r))
+                            }
+                        })
+                        .collect::<StringArray>(),
+                )
             }
             DataType::Float64 => {
-                let a = col.as_any().downcast_ref::<Float64Array>().ok_or_else(|| RoomError::Internal("bad number column".into()))?;
-                Arc::new((0..a.len()).map(|r| if hit.contains(&r) || a.is_null(r) { None } else { Some(a.value(r)) }).collect::<Float64Array>())
+                let a = col
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| RoomError::Internal("bad number column".into()))?;
+                Arc::new(
+                    (0..a.len())
+                        .map(|r| {
+                            if hit.contains(&r) || a.is_null(r) {
+                                None
+                            } else {
+                                Some(a.value(r))
+                            }
+                        })
+                        .collect::<Float64Array>(),
+                )
             }
             _ => col.clone(),
         };
@@ -675,7 +818,12 @@ fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, BTreeMap<String, Strin
 }
 
 fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {
-    meta.map(|m| m.iter().filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?))).collect()).unwrap_or_default()
+    meta.map(|m| {
+        m.iter()
+            .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn read_meta(path: &Path) -> Result<(u64, [u8; 32])> {

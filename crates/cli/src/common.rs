@@ -1,0 +1,64 @@
+//! Helpers shared by the commands: loading keys and agreements, mapping errors to exit codes.
+
+use std::path::Path;
+
+use accord_agreement::{SecretKey, VerifiedAgreement};
+use anyhow::{Context, Result, anyhow};
+
+use crate::RoomUnreachable;
+
+/// Loads an Ed25519 key file (refusing one readable by other users).
+pub fn load_key(path: &Path) -> Result<SecretKey> {
+    let bytes = accord_fs::read_secret(path)?;
+    SecretKey::from_key_file(&bytes)
+        .with_context(|| format!("{} is not a usable key file", path.display()))
+}
+
+/// Loads and verifies an agreement file: valid, in force now, signed by every party.
+pub fn load_agreement(path: &Path) -> Result<VerifiedAgreement> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "could not read the agreement {} (party commands take the agreement file)",
+            path.display()
+        )
+    })?;
+    accord_agreement::verify(&text, chrono::Utc::now())
+        .map_err(|e| anyhow!("{} cannot be used:\n{e}", path.display()))
+}
+
+/// An agreement given as a file path, an id or a fingerprint → what the room understands
+/// (the fingerprint when a file was given, otherwise the text as is).
+pub fn agreement_ref(given: &str) -> Result<String> {
+    let path = Path::new(given);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {}", path.display()))?;
+        let manifest = accord_agreement::Manifest::parse(&text)
+            .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
+        return Ok(manifest.fingerprint().to_string());
+    }
+    Ok(given.to_owned())
+}
+
+/// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.
+pub fn party_error(e: accord_party::PartyError) -> anyhow::Error {
+    match e {
+        accord_party::PartyError::Unreachable { url, reason } => {
+            anyhow::Error::new(RoomUnreachable(format!("{url}: {reason}")))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Converts a gRPC status from the room.
+pub fn status_error(url: &str, s: tonic::Status) -> anyhow::Error {
+    party_error(accord_party::PartyError::from_status(url, s))
+}
+
+/// A multi-threaded runtime for the async commands.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}

@@ -1,0 +1,524 @@
+//! `accord demo`: a full two-party run on loopback with generated data.
+//!
+//! A drinks maker and a snack supplier, each with its own messy customer file, sign an
+//! agreement, upload through a room started in this process, and an analyst asks a handful of
+//! questions — one of which loses small groups to the k threshold and one of which is
+//! refused. Every file is left in a directory the demo names, so each step can be repeated
+//! with the real commands it prints at the end.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use accord_agreement::SecretKey;
+use accord_party::input::InputOptions;
+use accord_party::{Connection, PartyContext, Principal, UploadOptions};
+use accord_proto::v1::{
+    self, agreements_client::AgreementsClient, audit_client::AuditClient, query_client::QueryClient,
+};
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::{party_error, runtime};
+use crate::query::{Format, decode, render};
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Customers per company (the shared customers are about a third of them).
+    #[arg(long, default_value_t = 100_000)]
+    pub rows: usize,
+    /// Where to put the generated files (a previous demo there is replaced).
+    #[arg(long, default_value = "accord-demo")]
+    pub dir: PathBuf,
+    /// Seed for the generated data (the same seed gives the same files).
+    #[arg(long, default_value_t = 2027)]
+    pub seed: u64,
+}
+
+const MARKER: &str = ".accord-demo";
+const K: u32 = 50;
+
+const TIERS: &[(&str, u32)] = &[
+    ("bronze", 50),
+    ("silver", 30),
+    ("gold", 17),
+    ("platinum", 3),
+];
+const REGIONS: &[(&str, u32)] = &[
+    ("north", 30),
+    ("south", 30),
+    ("east", 20),
+    ("west", 19),
+    ("islands", 1),
+];
+const SNACKS: &[(&str, u32)] = &[
+    ("crisps", 40),
+    ("nuts", 25),
+    ("pretzels", 20),
+    ("popcorn", 14),
+    ("seaweed", 1),
+];
+
+fn pick<'a>(rng: &mut StdRng, table: &'a [(&'a str, u32)]) -> &'a str {
+    let total: u32 = table.iter().map(|(_, w)| w).sum();
+    let mut x = rng.random_range(0..total);
+    for (v, w) in table {
+        if x < *w {
+            return v;
+        }
+        x -= w;
+    }
+    table[0].0
+}
+
+/// Makes an e-mail look like real data entry: random case, stray spaces.
+fn messy(rng: &mut StdRng, email: &str) -> String {
+    let mut s: String = email
+        .chars()
+        .map(|c| {
+            if rng.random_bool(0.15) {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    if rng.random_bool(0.05) {
+        s = format!("  {s}");
+    }
+    if rng.random_bool(0.05) {
+        s.push(' ');
+    }
+    s
+}
+
+struct Generated {
+    drinks_rows: usize,
+    snacks_rows: usize,
+}
+
+/// Writes the two companies' customer files. Customers 0..n are drinks', n·2/3..n·5/3 are
+/// snacks': about a third overlap.
+fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let email = |i: usize| {
+        format!(
+            "customer{i:07}@example.{}",
+            ["com", "net", "org", "is"][i % 4]
+        )
+    };
+    let mut drinks =
+        String::from("email,consent_partner_marketing,loyalty_tier,region,monthly_spend\n");
+    let mut drinks_rows = 0;
+    for i in 0..n {
+        let id = if rng.random_bool(0.004) {
+            String::new()
+        } else if rng.random_bool(0.002) {
+            format!("customer{i}.example.com")
+        } else {
+            messy(&mut rng, &email(i))
+        };
+        let consent = if rng.random_bool(0.9) {
+            "true"
+        } else {
+            "false"
+        };
+        let spend = if rng.random_bool(0.01) {
+            750.0
+        } else {
+            (rng.random_range(5.0..300.0f64) * 100.0).round() / 100.0
+        };
+        writeln!(
+            drinks,
+            "{id},{consent},{},{},{spend}",
+            pick(&mut rng, TIERS),
+            pick(&mut rng, REGIONS)
+        )?;
+        drinks_rows += 1;
+        if rng.random_bool(0.01) {
+            // The same customer entered twice (different case): the first row wins.
+            writeln!(drinks, "{},true,gold,north,99", email(i).to_uppercase())?;
+            drinks_rows += 1;
+        }
+    }
+    let mut snacks =
+        String::from("email,consent_snacks_partner,favourite_snack,store_format,weekly_spend\n");
+    let mut snacks_rows = 0;
+    let start = n * 2 / 3;
+    for i in start..start + n {
+        let id = if rng.random_bool(0.004) {
+            String::new()
+        } else {
+            messy(&mut rng, &email(i))
+        };
+        let consent = if rng.random_bool(0.85) { "TRUE" } else { "no" };
+        let spend = (rng.random_range(1.0..60.0f64) * 100.0).round() / 100.0;
+        let format = if rng.random_bool(0.6) {
+            "supermarket"
+        } else {
+            "convenience"
+        };
+        writeln!(
+            snacks,
+            "{id},{consent},{},{format},{spend}",
+            pick(&mut rng, SNACKS)
+        )?;
+        snacks_rows += 1;
+    }
+    accord_fs::write_atomic(&dir.join("drinks-customers.csv"), drinks.as_bytes())?;
+    accord_fs::write_atomic(&dir.join("snacks-customers.csv"), snacks.as_bytes())?;
+    Ok(Generated {
+        drinks_rows,
+        snacks_rows,
+    })
+}
+
+fn manifest(id: &str, drinks: &str, snacks: &str, analyst: &str, rows: usize) -> String {
+    let now = Utc::now();
+    let from = (now - ChronoDuration::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = (now + ChronoDuration::days(90)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let cap = rows * 2 + 1000;
+    format!(
+        r#"# Generated by `accord demo`. Review it with: accord agreement show <this file>
+schema_version = 1
+id = "{id}"
+version = 1
+purpose = "Plan joint promotions for customers of both the drinks maker and the snack supplier"
+notes = "Demo agreement with generated data."
+valid_from = {from}
+valid_until = {until}
+min_group_size = {K}
+identifier = "email"
+
+[parties.drinks]
+public_key = "{drinks}"
+max_rows = {cap}
+consent_column = "consent_partner_marketing"
+contributes = [
+  {{ column = "loyalty_tier", role = "dimension" }},
+  {{ column = "region", role = "dimension" }},
+  {{ column = "monthly_spend", role = "metric", min = 0, max = 500 }},
+]
+
+[parties.snacks]
+public_key = "{snacks}"
+max_rows = {cap}
+consent_column = "consent_snacks_partner"
+contributes = [
+  {{ column = "favourite_snack", role = "dimension" }},
+  {{ column = "store_format", role = "dimension" }},
+  {{ column = "weekly_spend", role = "metric", min = 0, max = 100 }},
+]
+
+[[analysts]]
+name = "ana@drinks.example"
+party = "drinks"
+public_key = "{analyst}"
+
+[privacy]
+aggregates = ["count", "sum", "avg"]
+# No noise: see the warning in `accord agreement show`.
+exact_results = true
+"#
+    )
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            let empty = std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            if !empty {
+                bail!(
+                    "{} exists and was not made by `accord demo`: choose another --dir",
+                    dir.display()
+                );
+            }
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("could not clear the previous demo in {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), b"made by accord demo; safe to delete\n")?;
+    Ok(())
+}
+
+fn keygen(dir: &Path, name: &str) -> Result<SecretKey> {
+    let key = SecretKey::generate()?;
+    accord_fs::write_new_secret(
+        &dir.join(format!("{name}.key")),
+        key.to_key_file().as_bytes(),
+    )?;
+    Ok(key)
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n== {n}. {text}");
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    if args.rows < 1000 {
+        bail!("--rows must be at least 1000 so that groups can reach k = {K}");
+    }
+    let started = Instant::now();
+    let dir = args.dir.clone();
+    prepare_dir(&dir)?;
+    let dir = dir.canonicalize()?;
+
+    step(
+        1,
+        "Two companies' customer files (generated, deliberately messy)",
+    );
+    let g = generate(&dir, args.rows, args.seed)?;
+    println!(
+        "  drinks-customers.csv  {:>8} rows  (mixed case, stray spaces, duplicates, empty and invalid e-mails, 10% without consent)",
+        g.drinks_rows
+    );
+    println!(
+        "  snacks-customers.csv  {:>8} rows  (about a third of them are also drinks customers)",
+        g.snacks_rows
+    );
+
+    step(2, "Keys and a signed sharing agreement");
+    let drinks = keygen(&dir, "drinks")?;
+    let snacks = keygen(&dir, "snacks")?;
+    let analyst = keygen(&dir, "analyst")?;
+    let id = "drinks-snacks-demo";
+    let text = manifest(
+        id,
+        &drinks.public_key().to_string(),
+        &snacks.public_key().to_string(),
+        &analyst.public_key().to_string(),
+        args.rows,
+    );
+    let text = accord_agreement::sign_text(&text, "drinks", &drinks)?;
+    let text = accord_agreement::sign_text(&text, "snacks", &snacks)?;
+    let agreement_path = dir.join("agreement.toml");
+    accord_fs::write_atomic(&agreement_path, text.as_bytes())?;
+    let agreement = accord_agreement::verify(&text, Utc::now())
+        .map_err(|e| anyhow!("the demo agreement does not verify:\n{e}"))?;
+    println!(
+        "  agreement.toml signed by drinks and snacks; fingerprint {}",
+        agreement.fingerprint()
+    );
+    println!("  k = {K}, exact results (no differential privacy), analyst ana@drinks.example");
+
+    runtime()?.block_on(async move {
+        step(3, "A room on loopback");
+        let running = accord_room::start(accord_room::ServeConfig {
+            data_dir: dir.join("room-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            expiry_check: Duration::from_secs(5),
+        })
+        .await?;
+        let url = format!("http://{}", running.grpc_addr);
+        println!(
+            "  gRPC {url}   Flight SQL grpc://{}",
+            running
+                .flight_sql_addr
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        let result = drive(&dir, &url, &agreement, text, drinks, snacks, analyst).await;
+        running.shutdown().await;
+        result?;
+        println!(
+            "\nDemo finished in {:.1} s. Files are in {}",
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn drive(
+    dir: &Path,
+    url: &str,
+    agreement: &accord_agreement::VerifiedAgreement,
+    text: String,
+    drinks: SecretKey,
+    snacks: SecretKey,
+    analyst: SecretKey,
+) -> Result<()> {
+    let channel = accord_party::client::channel(url)
+        .await
+        .map_err(party_error)?;
+    let submitted = AgreementsClient::new(channel.clone())
+        .submit(v1::SubmitAgreementRequest {
+            manifest_toml: text,
+        })
+        .await
+        .map_err(|s| anyhow!("the room refused the agreement: {}", s.message()))?
+        .into_inner();
+    println!("  agreement {} registered", submitted.agreement_id);
+
+    step(
+        4,
+        "Both parties run the private set intersection at the same time",
+    );
+    println!(
+        "  each hashes its e-mails to ristretto255 points and blinds them with its own secret;"
+    );
+    println!(
+        "  the room relays them so the other party blinds them again: only double-blinded tokens meet."
+    );
+    let progress = indicatif::MultiProgress::new();
+    let mut contexts = Vec::new();
+    for (name, key) in [("drinks", drinks), ("snacks", snacks)] {
+        let mut ctx = PartyContext::new(
+            agreement.clone(),
+            name,
+            key,
+            dir.join(format!("{name}-state")),
+            url,
+        )
+        .map_err(party_error)?;
+        ctx.progress = Some(progress.clone());
+        contexts.push(ctx);
+    }
+    let psi_started = Instant::now();
+    let options = |name: &str| UploadOptions {
+        input: dir.join(format!("{name}-customers.csv")),
+        read: InputOptions {
+            id_column: None,
+            skip_bad_rows: false,
+        },
+        batch_rows: accord_party::protocol::DEFAULT_BATCH_ROWS,
+        wait: true,
+    };
+    let (drinks_options, snacks_options) = (options("drinks"), options("snacks"));
+    let (a, b) = tokio::join!(
+        accord_party::upload(&contexts[0], &drinks_options),
+        accord_party::upload(&contexts[1], &snacks_options)
+    );
+    let (a, b) = (a.map_err(party_error)?, b.map_err(party_error)?);
+    let psi_secs = psi_started.elapsed().as_secs_f64();
+    for (name, o) in [("drinks", &a), ("snacks", &b)] {
+        println!("  {name}:\n{}", o.report);
+    }
+    println!(
+        "  PSI done in {psi_secs:.1} s ({:.0} records/s across both parties); the room sealed the snapshot of matched rows",
+        (a.rows + b.rows) as f64 / psi_secs
+    );
+
+    step(
+        5,
+        "An analyst asks questions (only aggregates; groups under k are never shown)",
+    );
+    let public = analyst.public_key();
+    let mut conn = Connection::open(
+        url,
+        id_of(agreement),
+        Principal::AnalystKey(&public),
+        &analyst,
+    )
+    .await
+    .map_err(party_error)?;
+    let queries = [
+        (
+            "How many customers do we share?",
+            "SELECT COUNT(*) AS shared_customers FROM overlap",
+        ),
+        (
+            "Snack spending by drinks loyalty tier",
+            "SELECT drinks_loyalty_tier, COUNT(*) AS customers, AVG(snacks_weekly_spend) AS avg_weekly_snacks \
+             FROM overlap GROUP BY drinks_loyalty_tier ORDER BY customers DESC",
+        ),
+        (
+            "Favourite snack by region (rare combinations fall under k and are suppressed)",
+            "SELECT drinks_region, snacks_favourite_snack, COUNT(*) AS customers FROM overlap \
+             GROUP BY drinks_region, snacks_favourite_snack ORDER BY drinks_region, customers DESC",
+        ),
+        (
+            "Drinks spending of supermarket shoppers",
+            "SELECT snacks_store_format, SUM(drinks_monthly_spend) AS monthly_drinks_spend FROM overlap \
+             WHERE snacks_store_format = 'supermarket' GROUP BY snacks_store_format",
+        ),
+        (
+            "A row-level question (refused)",
+            "SELECT drinks_monthly_spend FROM overlap WHERE drinks_region = 'islands'",
+        ),
+    ];
+    let mut client = QueryClient::new(conn.channel());
+    for (title, sql) in queries {
+        println!("\n  -- {title}\n  $ accord query --sql \"{sql}\"");
+        let response = client
+            .run(conn.request(v1::RunQueryRequest {
+                sql: sql.to_owned(),
+            }))
+            .await
+            .map_err(|s| anyhow!("query failed: {}", s.message()))?
+            .into_inner();
+        conn.check_head(response.head.as_ref())
+            .map_err(party_error)?;
+        match response.outcome {
+            Some(v1::run_query_response::Outcome::Answer(answer)) => {
+                let batches = decode(&answer.arrow_ipc_stream)?;
+                for line in render(&batches, Format::Table)?.lines() {
+                    println!("  {line}");
+                }
+            }
+            Some(v1::run_query_response::Outcome::Refused(r)) => {
+                println!("  refused [{}]: {}", r.rule, r.message)
+            }
+            None => bail!("the room sent neither an answer nor a refusal"),
+        }
+    }
+
+    step(6, "Everyone can check the audit log");
+    let fp = agreement.fingerprint().to_string();
+    let log = AuditClient::new(conn.channel())
+        .fetch(v1::FetchAuditRequest {
+            fingerprint: fp.clone(),
+        })
+        .await
+        .map_err(|s| anyhow!("audit fetch failed: {}", s.message()))?
+        .into_inner();
+    let head = log.head.ok_or_else(|| anyhow!("no audit head"))?;
+    let summary = accord_room::audit::verify_log(&log.entries, &head, conn.room_key())
+        .map_err(|e| anyhow!(e))?;
+    let suppressed: u64 = log
+        .entries
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter_map(|v| {
+            v.get("groups_suppressed")
+                .and_then(serde_json::Value::as_u64)
+        })
+        .sum();
+    println!(
+        "  {} entries, hash chain intact, head signed by the room; {} queries answered, {} refused",
+        summary.entries, summary.queries_answered, summary.queries_refused
+    );
+    println!("  the log (not the analyst) records that {suppressed} small groups were suppressed");
+
+    step(7, "Repeat any step yourself");
+    let d = dir.display();
+    println!("  accord agreement show {d}/agreement.toml");
+    println!(
+        "  accord room serve --data-dir {d}/room-data2 --listen 127.0.0.1:7700 --flight-sql 127.0.0.1:7701"
+    );
+    println!("  accord agreement submit {d}/agreement.toml --room http://127.0.0.1:7700");
+    println!(
+        "  accord party upload --room http://127.0.0.1:7700 --agreement {d}/agreement.toml --party drinks --key {d}/drinks.key --state {d}/drinks-state2 --input {d}/drinks-customers.csv --wait"
+    );
+    println!(
+        "  accord party upload --room http://127.0.0.1:7700 --agreement {d}/agreement.toml --party snacks --key {d}/snacks.key --state {d}/snacks-state2 --input {d}/snacks-customers.csv --wait"
+    );
+    println!(
+        "  accord query --room http://127.0.0.1:7700 --agreement {} --key {d}/analyst.key --sql \"SELECT drinks_loyalty_tier, COUNT(*) FROM overlap GROUP BY drinks_loyalty_tier\"",
+        id_of(agreement)
+    );
+    println!("  accord audit verify --room http://127.0.0.1:7700 --agreement {d}/agreement.toml");
+    Ok(())
+}
+
+fn id_of(agreement: &accord_agreement::VerifiedAgreement) -> &str {
+    agreement.id()
+}

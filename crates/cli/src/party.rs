@@ -1,0 +1,206 @@
+//! `accord party upload | sync | erase | status`: the partner data team's side of the PSI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use accord_party::input::InputOptions;
+use accord_party::{PartyContext, UploadOptions};
+use anyhow::Result;
+
+use crate::common::{load_agreement, load_key, party_error, runtime};
+
+#[derive(Debug, clap::Args)]
+pub struct PartyArgs {
+    /// The room's URL, e.g. http://127.0.0.1:7700.
+    #[arg(long)]
+    pub room: String,
+    /// The signed agreement file.
+    #[arg(long)]
+    pub agreement: PathBuf,
+    /// This party's name in the agreement.
+    #[arg(long)]
+    pub party: String,
+    /// This party's Ed25519 key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Where this party's PSI secret and handle key live (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PartyCommand {
+    /// Read the customer file, apply consent and the agreement's rules, and upload blinded points.
+    Upload {
+        #[command(flatten)]
+        common: PartyArgs,
+        /// The customer file: CSV (with a header line) or Parquet.
+        #[arg(long)]
+        input: PathBuf,
+        /// The identifier column (default: the agreement's identifier kind, e.g. `email`).
+        #[arg(long)]
+        id_column: Option<String>,
+        /// Skip malformed rows (counted in the report) instead of stopping at the first.
+        #[arg(long)]
+        skip_bad_rows: bool,
+        /// Rows per batch (1 to 8192).
+        #[arg(long, default_value_t = accord_party::protocol::DEFAULT_BATCH_ROWS)]
+        batch_rows: usize,
+        /// Keep blinding the partner's work until both sides' tokens are complete.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Blind the partner's batches waiting at the room.
+    Sync {
+        #[command(flatten)]
+        common: PartyArgs,
+        /// Keep going until both sides' tokens are complete.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Forget customers: one identifier per line in FILE.
+    Erase {
+        #[command(flatten)]
+        common: PartyArgs,
+        /// File of identifiers to erase, one per line.
+        #[arg(long)]
+        ids: PathBuf,
+    },
+    /// Show this party's progress at the room (never match counts).
+    Status {
+        #[command(flatten)]
+        common: PartyArgs,
+    },
+}
+
+fn context(args: &PartyArgs) -> Result<PartyContext> {
+    let agreement = load_agreement(&args.agreement)?;
+    let key = load_key(&args.key)?;
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(accord_party::state::default_root);
+    Ok(PartyContext::new(agreement, &args.party, key, state, &args.room).map_err(party_error)?)
+}
+
+pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
+    let rt = runtime()?;
+    match cmd {
+        PartyCommand::Upload {
+            common,
+            input,
+            id_column,
+            skip_bad_rows,
+            batch_rows,
+            wait,
+        } => {
+            let ctx = context(&common)?;
+            let options = UploadOptions {
+                input: input.clone(),
+                read: InputOptions {
+                    id_column,
+                    skip_bad_rows,
+                },
+                batch_rows,
+                wait,
+            };
+            let outcome = rt
+                .block_on(accord_party::upload(&ctx, &options))
+                .map_err(party_error)?;
+            println!(
+                "{}: upload of {} to agreement {}",
+                ctx.party,
+                input.display(),
+                ctx.agreement.id()
+            );
+            println!("{}", outcome.report);
+            if outcome.already_stored > 0 {
+                println!(
+                    "  resumed: the room already had {} of {} batches",
+                    outcome.already_stored, outcome.batches
+                );
+            }
+            println!(
+                "  uploaded {} rows in {} batches; raw identifiers never left this machine",
+                outcome.rows, outcome.batches
+            );
+            if let Some(s) = &outcome.status {
+                print_status(s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Sync { common, wait } => {
+            let ctx = context(&common)?;
+            let (blinded, status) = rt
+                .block_on(accord_party::sync(&ctx, wait))
+                .map_err(party_error)?;
+            println!(
+                "{}: blinded {blinded} batches of {}",
+                ctx.party, status.partner
+            );
+            print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Erase { common, ids } => {
+            let ctx = context(&common)?;
+            let o = rt
+                .block_on(accord_party::erase(&ctx, &ids))
+                .map_err(party_error)?;
+            println!(
+                "{}: erasure for agreement {}",
+                ctx.party,
+                ctx.agreement.id()
+            );
+            println!(
+                "  identifiers in {:<28}{:>8}",
+                ids.display().to_string(),
+                o.requested
+            );
+            println!("  empty or invalid lines             {:>8}", o.invalid);
+            println!("  never uploaded or already erased   {:>8}", o.not_uploaded);
+            println!("  erased at the room (receipt ok)    {:>8}", o.erased);
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Status { common } => {
+            let ctx = context(&common)?;
+            let status = rt
+                .block_on(accord_party::status(&ctx))
+                .map_err(party_error)?;
+            print_status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_status(s: &accord_proto::v1::StatusResponse) {
+    let state = if s.state == accord_proto::v1::AgreementState::Sealed as i32 {
+        "sealed: analysts may query"
+    } else {
+        "collecting"
+    };
+    println!("  agreement {} ({state})", s.agreement_id);
+    println!(
+        "  this party: {} rows in {} batches uploaded{}, {} batches blinded by {}",
+        s.rows_uploaded,
+        s.batches_uploaded,
+        if s.upload_complete { " (complete)" } else { "" },
+        s.batches_tokenized,
+        s.partner
+    );
+    println!(
+        "  {}: upload {}, {} of its batches wait for this party's blinding",
+        s.partner,
+        if s.partner_upload_complete {
+            "complete"
+        } else {
+            "not complete"
+        },
+        s.work_waiting
+    );
+    for r in &s.refused_batches {
+        println!(
+            "  batch {} was refused by {}: {}",
+            r.batch_number, s.partner, r.reason
+        );
+    }
+}
