@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use accord_agreement::{IdentifierKind, Manifest, ManifestError, PublicKey, SecretKey, SummaryFormat};
+use accord_agreement::{
+    IdentifierKind, Manifest, ManifestError, PublicKey, SecretKey, SummaryFormat,
+};
 use anyhow::Context as _;
 use chrono::Utc;
 
@@ -162,7 +164,11 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let fingerprint = Manifest::parse(&signed)
         .map(|m| m.fingerprint().to_string())
         .unwrap_or_default();
-    println!("signed {} as {} (fingerprint {fingerprint})", args.file.display(), args.party);
+    println!(
+        "signed {} as {} (fingerprint {fingerprint})",
+        args.file.display(),
+        args.party
+    );
     Ok(ExitCode::SUCCESS)
 }
 

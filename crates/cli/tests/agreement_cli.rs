@@ -14,8 +14,12 @@ fn keygen(dir: &Path, name: &str) -> String {
         .get_output()
         .stdout
         .clone();
-    let stdout = String::from_utf8(out).unwrap();
-    assert_eq!(stdout.lines().count(), 1, "only the public key on stdout: {stdout:?}");
+    let stdout = String::from_utf8(out).expect("stdout is UTF-8");
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "only the public key on stdout: {stdout:?}"
+    );
     let key = stdout.trim().to_owned();
     assert!(key.starts_with("ed25519:"), "{key}");
     key
@@ -23,7 +27,14 @@ fn keygen(dir: &Path, name: &str) -> String {
 
 fn init(dir: &Path, drinks: &str, snacks: &str) -> PathBuf {
     let out = cargo_bin_cmd!("accord")
-        .args(["agreement", "init", "--id", "drinks-snacks-test", "--identifier", "email"])
+        .args([
+            "agreement",
+            "init",
+            "--id",
+            "drinks-snacks-test",
+            "--identifier",
+            "email",
+        ])
         .args(["--party", &format!("drinks={drinks}")])
         .args(["--party", &format!("snacks={snacks}")])
         .assert()
@@ -32,7 +43,7 @@ fn init(dir: &Path, drinks: &str, snacks: &str) -> PathBuf {
         .stdout
         .clone();
     let file = dir.join("agreement.toml");
-    std::fs::write(&file, out).unwrap();
+    std::fs::write(&file, out).expect("write the agreement");
     file
 }
 
@@ -45,7 +56,10 @@ fn keygen_init_sign_sign_verify() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("drinks.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("drinks.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     // keygen never overwrites.
@@ -68,13 +82,18 @@ fn keygen_init_sign_sign_verify() {
             .success();
     }
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains("# Accord sharing agreement"), "comments are kept");
+    assert!(
+        text.contains("# Accord sharing agreement"),
+        "comments are kept"
+    );
     cargo_bin_cmd!("accord")
         .args(["agreement", "verify"])
         .arg(&file)
         .assert()
         .success()
-        .stdout(predicate::str::contains("valid, in force and signed by every party"));
+        .stdout(predicate::str::contains(
+            "valid, in force and signed by every party",
+        ));
 
     // Signing with the wrong party's key is refused and leaves the file alone.
     cargo_bin_cmd!("accord")
@@ -88,7 +107,11 @@ fn keygen_init_sign_sign_verify() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 
     // Tampering breaks it.
-    std::fs::write(&file, text.replace("min_group_size = 50", "min_group_size = 10")).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("min_group_size = 50", "min_group_size = 10"),
+    )
+    .unwrap();
     cargo_bin_cmd!("accord")
         .args(["agreement", "verify"])
         .arg(&file)
@@ -141,18 +164,31 @@ fn show_warns_about_exact_results() {
 
 #[test]
 fn usage_errors_exit_2_and_bad_input_exits_1() {
-    cargo_bin_cmd!("accord").args(["agreement", "verify"]).assert().code(2);
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "verify"])
+        .assert()
+        .code(2);
     let dir = tempfile::tempdir().unwrap();
     let drinks = keygen(dir.path(), "d.key");
     cargo_bin_cmd!("accord")
         .args(["agreement", "init", "--id", "x", "--identifier", "email"])
-        .args(["--party", &format!("drinks={drinks}"), "--party", &format!("snacks={drinks}")])
+        .args([
+            "--party",
+            &format!("drinks={drinks}"),
+            "--party",
+            &format!("snacks={drinks}"),
+        ])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("same public key"));
     cargo_bin_cmd!("accord")
         .args(["agreement", "init", "--id", "x", "--identifier", "phone"])
-        .args(["--party", &format!("drinks={drinks}"), "--party", "snacks=ed25519:nope"])
+        .args([
+            "--party",
+            &format!("drinks={drinks}"),
+            "--party",
+            "snacks=ed25519:nope",
+        ])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("--party snacks"));
