@@ -482,6 +482,30 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn k_filter_works_without_count_in_the_agreement() {
+        let mut only_sum = spec();
+        only_sum.aggregates = vec![AggregateKind::Sum];
+        let engine = Engine::new(only_sum, vec![batch(2.0)]).unwrap();
+        let sql = "SELECT a_tier, SUM(a_spend) AS s FROM overlap GROUP BY a_tier ORDER BY s";
+        let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+            panic!("refused");
+        };
+        assert_eq!(
+            corpus::render_rows(&answer.batches),
+            vec![
+                vec!["mid".to_string(), "24.0000".into()],
+                vec!["big".into(), "50.0000".into()]
+            ]
+        );
+        let refusal = engine
+            .prepare("SELECT COUNT(*) FROM overlap")
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refusal.rule, Rule::AggregateFunction);
+    }
+
     #[test]
     fn new_refuses_bad_batches() {
         assert!(matches!(

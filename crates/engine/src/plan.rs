@@ -365,7 +365,12 @@ impl Checker<'_> {
                 ));
             }
         };
-        if !self.spec.aggregates.contains(&kind) {
+        let count_star = kind == AggregateKind::Count
+            && matches!(params.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null());
+        // The rewrite's hidden group size is a COUNT(*) even when the agreement does not
+        // offer COUNT to analysts (the AST check and the initial check refuse theirs).
+        let hidden_ok = count_star && matches!(self.stage, Stage::Optimized { .. });
+        if !self.spec.aggregates.contains(&kind) && !hidden_ok {
             return Err(refusal(
                 Rule::AggregateFunction,
                 format!("aggregate {shown}"),
