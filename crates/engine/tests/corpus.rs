@@ -40,11 +40,11 @@ fn fl(v: Option<f64>) -> String {
 }
 
 /// Groups the rows passing `keep` by `key`, dropping groups under k.
-fn groups<'a, Key: std::hash::Hash + Eq + Ord + Clone>(
-    rows: &'a [Row],
+fn groups<Key: std::hash::Hash + Eq + Ord + Clone>(
+    rows: &[Row],
     keep: impl Fn(&Row) -> bool,
     key: impl Fn(&Row) -> Key,
-) -> Vec<(Key, Vec<&'a Row>)> {
+) -> Vec<(Key, Vec<&Row>)> {
     let mut map: HashMap<Key, Vec<&Row>> = HashMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
         map.entry(key(r)).or_default().push(r);
