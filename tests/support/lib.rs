@@ -1,1 +1,261 @@
+//! Shared set-up for the end-to-end tests: keys, signed agreements, customer files, a real
+//! room on loopback port 0, and party/analyst clients.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use accord_agreement::{SecretKey, VerifiedAgreement};
+use accord_party::input::InputOptions;
+use accord_party::{Connection, PartyContext, Principal, UploadOptions};
+use accord_proto::v1::{self, agreements_client::AgreementsClient, query_client::QueryClient};
+use accord_room::{RunningRoom, ServeConfig};
+use arrow::array::RecordBatch;
+use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
+
+/// Deterministic keys for the two parties and an analyst (seeds, since keys are not `Clone`).
+#[derive(Debug, Clone, Copy)]
+pub struct Keys {
+    pub drinks: [u8; 32],
+    pub snacks: [u8; 32],
+    pub analyst: [u8; 32],
+}
+
+impl Keys {
+    pub fn new(salt: u8) -> Self {
+        Self {
+            drinks: [salt ^ 1; 32],
+            snacks: [salt ^ 2; 32],
+            analyst: [salt ^ 3; 32],
+        }
+    }
+    pub fn drinks(&self) -> SecretKey {
+        SecretKey::from_seed(&self.drinks)
+    }
+    pub fn snacks(&self) -> SecretKey {
+        SecretKey::from_seed(&self.snacks)
+    }
+    pub fn analyst(&self) -> SecretKey {
+        SecretKey::from_seed(&self.analyst)
+    }
+}
+
+/// A signed manifest: drinks contributes `loyalty_tier`, `region` (dimensions) and
+/// `monthly_spend` (0..500); snacks contributes `favourite` (dimension) and `weekly_spend`
+/// (0..100). The table columns therefore match the engine's policy corpus.
+pub fn agreement_text(id: &str, version: u64, keys: &Keys, k: u32, max_rows: u64) -> String {
+    let now = Utc::now();
+    let from = (now - ChronoDuration::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = (now + ChronoDuration::days(30)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let text = format!(
+        r#"schema_version = 1
+id = "{id}"
+version = {version}
+purpose = "End-to-end test of joint promotions"
+valid_from = {from}
+valid_until = {until}
+min_group_size = {k}
+identifier = "email"
+
+[parties.drinks]
+public_key = "{}"
+max_rows = {max_rows}
+consent_column = "consent"
+contributes = [
+  {{ column = "loyalty_tier", role = "dimension" }},
+  {{ column = "region", role = "dimension" }},
+  {{ column = "monthly_spend", role = "metric", min = 0, max = 500 }},
+]
+
+[parties.snacks]
+public_key = "{}"
+max_rows = {max_rows}
+consent_column = "consent"
+contributes = [
+  {{ column = "favourite", role = "dimension" }},
+  {{ column = "weekly_spend", role = "metric", min = 0, max = 100 }},
+]
+
+[[analysts]]
+name = "ana@drinks.example"
+party = "drinks"
+public_key = "{}"
+
+[privacy]
+aggregates = ["count", "sum", "avg"]
+exact_results = true
+"#,
+        keys.drinks().public_key(),
+        keys.snacks().public_key(),
+        keys.analyst().public_key()
+    );
+    let text = accord_agreement::sign_text(&text, "drinks", &keys.drinks()).unwrap();
+    accord_agreement::sign_text(&text, "snacks", &keys.snacks()).unwrap()
+}
+
+pub fn verified(text: &str) -> VerifiedAgreement {
+    accord_agreement::verify(text, Utc::now()).unwrap()
+}
+
+/// One customer row of a party file.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub email: String,
+    pub consent: bool,
+    /// Attribute cells in the party's column order ("" = empty).
+    pub cells: Vec<String>,
+}
+
+pub fn write_csv(path: &Path, party: &str, customers: &[Customer]) {
+    let header = match party {
+        "drinks" => "email,consent,loyalty_tier,region,monthly_spend",
+        _ => "email,consent,favourite,weekly_spend",
+    };
+    let mut s = format!("{header}\n");
+    for c in customers {
+        writeln!(
+            s,
+            "{},{},{}",
+            c.email,
+            if c.consent { "true" } else { "false" },
+            c.cells.join(",")
+        )
+        .unwrap();
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// A room on 127.0.0.1:0 (and Flight SQL on another free port).
+pub async fn start_room(data_dir: &Path) -> RunningRoom {
+    accord_room::start(ServeConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        expiry_check: Duration::from_millis(200),
+    })
+    .await
+    .unwrap()
+}
+
+pub fn url(room: &RunningRoom) -> String {
+    format!("http://{}", room.grpc_addr)
+}
+
+pub async fn submit(url: &str, text: &str) -> Result<v1::SubmitAgreementResponse, tonic::Status> {
+    let channel = accord_party::client::channel(url).await.unwrap();
+    AgreementsClient::new(channel)
+        .submit(v1::SubmitAgreementRequest {
+            manifest_toml: text.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub fn party(
+    agreement: &VerifiedAgreement,
+    name: &str,
+    keys: &Keys,
+    state: &Path,
+    url: &str,
+) -> PartyContext {
+    let key = if name == "drinks" {
+        keys.drinks()
+    } else {
+        keys.snacks()
+    };
+    PartyContext::new(agreement.clone(), name, key, state.to_path_buf(), url).unwrap()
+}
+
+pub fn upload_options(input: PathBuf, batch_rows: usize, wait: bool) -> UploadOptions {
+    UploadOptions {
+        input,
+        read: InputOptions {
+            id_column: None,
+            skip_bad_rows: false,
+        },
+        batch_rows,
+        wait,
+    }
+}
+
+/// Uploads both parties concurrently and waits until the room has sealed.
+pub async fn run_psi(
+    agreement: &VerifiedAgreement,
+    keys: &Keys,
+    dir: &Path,
+    url: &str,
+    batch_rows: usize,
+) {
+    let a = party(agreement, "drinks", keys, &dir.join("drinks-state"), url);
+    let b = party(agreement, "snacks", keys, &dir.join("snacks-state"), url);
+    let oa = upload_options(dir.join("drinks.csv"), batch_rows, true);
+    let ob = upload_options(dir.join("snacks.csv"), batch_rows, true);
+    let (ra, rb) = tokio::join!(accord_party::upload(&a, &oa), accord_party::upload(&b, &ob));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.status.unwrap().tokens_complete);
+    assert!(rb.status.unwrap().tokens_complete);
+}
+
+pub async fn analyst(url: &str, agreement: &str, keys: &Keys) -> Connection {
+    let key = keys.analyst();
+    let public = key.public_key();
+    Connection::open(url, agreement, Principal::AnalystKey(&public), &key)
+        .await
+        .unwrap()
+}
+
+/// Runs SQL through the gRPC Query service: Ok(batches) or Err((rule, message)).
+pub async fn grpc_query(
+    conn: &mut Connection,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, (String, String)> {
+    let mut client = QueryClient::new(conn.channel());
+    let response = client
+        .run(conn.request(v1::RunQueryRequest {
+            sql: sql.to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    conn.check_head(response.head.as_ref()).unwrap();
+    match response.outcome.unwrap() {
+        v1::run_query_response::Outcome::Answer(a) => {
+            let reader = arrow::ipc::reader::StreamReader::try_new(
+                std::io::Cursor::new(a.arrow_ipc_stream),
+                None,
+            )
+            .unwrap();
+            Ok(reader.map(Result::unwrap).collect())
+        }
+        v1::run_query_response::Outcome::Refused(r) => Err((r.rule, r.message)),
+    }
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,5 +1,5 @@
-//! `accord agreement init | sign | verify | show` (DESIGN §9). `submit` and `revoke` talk to
-//! the room and live with the room commands.
+//! `accord agreement init | sign | verify | show | submit | revoke` (DESIGN §9). `submit`
+//! and `revoke` talk to the room (`agreement_room.rs`).
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,6 +29,10 @@ pub enum AgreementCommand {
         #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
         format: ShowFormat,
     },
+    /// Register a fully signed agreement with a room.
+    Submit(crate::agreement_room::SubmitArgs),
+    /// Revoke an agreement at the room: queries stop and its data is deleted.
+    Revoke(crate::agreement_room::RevokeArgs),
 }
 
 /// Arguments of `accord agreement init`.
@@ -99,6 +103,8 @@ pub fn run(cmd: AgreementCommand) -> anyhow::Result<ExitCode> {
         AgreementCommand::Sign(args) => sign(args),
         AgreementCommand::Verify { file } => verify(&file),
         AgreementCommand::Show { file, format } => show(&file, format),
+        AgreementCommand::Submit(args) => crate::agreement_room::submit(args),
+        AgreementCommand::Revoke(args) => crate::agreement_room::revoke(args),
     }
 }
 

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod agreement;
+mod agreement_room;
 mod audit;
 mod bench;
 mod common;

@@ -4,12 +4,12 @@
 //! 1. a malformed row (wrong column count, unparseable or non-finite metric, a dimension
 //!    value over 256 bytes) stops the run with file, line and column — or, with
 //!    `skip_bad_rows`, is skipped and counted;
-//! 2. a row whose consent column is not `true` is dropped (never uploaded);
-//! 3. a row whose identifier is empty after trimming is dropped;
-//! 4. a row whose identifier cannot be normalized (e.g. an e-mail without `@`) is dropped
+//! 2. a row whose identifier is empty after trimming is dropped;
+//! 3. a row whose identifier cannot be normalized (e.g. an e-mail without `@`) is dropped
 //!    and counted, with the first few line numbers in the report;
-//! 5. a row whose normalized identifier was already seen is dropped (first row in file
-//!    order wins);
+//! 4. a row whose normalized identifier was already seen is dropped: the first row in file
+//!    order wins, *including its consent* (a later "yes" never overrides an earlier "no");
+//! 5. a winning row whose consent column is not `true` is dropped (never uploaded);
 //! 6. metric values outside the agreement's bounds are clamped to them (counted per column).
 //!
 //! Consent is `true` (any letter case) or a Parquet boolean `true`; anything else — `false`,
@@ -251,10 +251,6 @@ impl Rules<'_> {
                 }
             }
         }
-        if !row.consent {
-            self.report.not_consented += 1;
-            return Ok(());
-        }
         let normalized = match accord_psi::normalize(
             self.layout.kind,
             row.id.unwrap_or(""),
@@ -277,6 +273,12 @@ impl Rules<'_> {
         };
         if !self.seen.insert(normalized.clone()) {
             self.report.duplicates += 1;
+            return Ok(());
+        }
+        // Consent is judged on the row that wins: a customer recorded twice is uploaded only
+        // if the first record consents (a later "yes" never overrides an earlier "no").
+        if !row.consent {
+            self.report.not_consented += 1;
             return Ok(());
         }
         for c in clamped {

@@ -1,0 +1,149 @@
+//! `accord agreement submit | revoke`: the two agreement commands that talk to the room.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use accord_agreement::{Revocation, sig::Purpose};
+use accord_proto::v1::{self, agreements_client::AgreementsClient};
+use anyhow::{Context, Result, anyhow};
+
+use crate::common::{load_agreement, load_key, party_error, runtime, status_error};
+
+/// Arguments of `accord agreement submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The signed agreement file.
+    pub file: PathBuf,
+    /// The room's URL, e.g. http://127.0.0.1:7700.
+    #[arg(long)]
+    pub room: String,
+}
+
+/// Arguments of `accord agreement revoke`.
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// The signed agreement file.
+    pub file: PathBuf,
+    /// The revoking party.
+    #[arg(long)]
+    pub party: String,
+    /// The party's key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The room's URL.
+    #[arg(long)]
+    pub room: String,
+    /// Why, for the record (kept in the audit log).
+    #[arg(long, default_value = "revoked by the party")]
+    pub reason: String,
+}
+
+/// Submits a verified agreement.
+pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let agreement = load_agreement(&args.file)?;
+    runtime()?.block_on(async move {
+        let channel = accord_party::client::channel(&args.room)
+            .await
+            .map_err(party_error)?;
+        let r = AgreementsClient::new(channel)
+            .submit(v1::SubmitAgreementRequest {
+                manifest_toml: agreement.text().to_owned(),
+            })
+            .await
+            .map_err(|s| status_error(&args.room, s))?
+            .into_inner();
+        if r.already_registered {
+            println!(
+                "agreement {} version {} was already registered (fingerprint {})",
+                r.agreement_id, r.version, r.fingerprint
+            );
+        } else {
+            println!(
+                "agreement {} version {} registered (fingerprint {})",
+                r.agreement_id, r.version, r.fingerprint
+            );
+        }
+        if !r.superseded.is_empty() {
+            println!(
+                "it supersedes {}: that version's data was deleted and it can never be used again",
+                r.superseded
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Signs a revocation statement and sends it; checks the room's signed receipt.
+pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("could not read {}", args.file.display()))?;
+    // A revocation must work for an agreement that is still valid; verify it as of now.
+    let agreement = accord_agreement::verify(&text, chrono::Utc::now()).map_err(|e| {
+        anyhow!(
+            "{} cannot be revoked as it is not a valid agreement in force:\n{e}",
+            args.file.display()
+        )
+    })?;
+    let key = load_key(&args.key)?;
+    let revocation = Revocation::sign(
+        &agreement,
+        &args.party,
+        &args.reason,
+        chrono::Utc::now(),
+        &key,
+    )?;
+    runtime()?.block_on(async move {
+        // Authenticate first: it proves the key and tells us the room's key to check the receipt.
+        let fp = agreement.fingerprint().to_string();
+        let conn = accord_party::Connection::open(
+            &args.room,
+            &fp,
+            accord_party::Principal::Party(&args.party),
+            &key,
+        )
+        .await
+        .map_err(party_error)?;
+        let r = AgreementsClient::new(conn.channel())
+            .revoke(v1::RevokeRequest {
+                revocation_toml: revocation.to_toml(),
+            })
+            .await
+            .map_err(|s| status_error(&args.room, s))?
+            .into_inner();
+        let message = accord_proto::signed::revocation_receipt(
+            agreement.fingerprint().as_bytes(),
+            r.revoked_unix_ms,
+            &args.party,
+        );
+        let sig = <[u8; 64]>::try_from(r.receipt_signature.as_slice())
+            .map_err(|_| anyhow!("the receipt signature is not 64 bytes"))?;
+        conn.room_key()
+            .verify(
+                Purpose::RevocationReceipt,
+                &message,
+                &accord_agreement::Signature::from_bytes(&sig),
+            )
+            .map_err(|_| {
+                anyhow!(
+                    "the room's revocation receipt does not verify with its key {}",
+                    conn.room_key()
+                )
+            })?;
+        println!(
+            "agreement {} (fingerprint {}) revoked by {}",
+            r.agreement_id, r.fingerprint, args.party
+        );
+        println!("the room stopped its queries and deleted its data");
+        println!(
+            "signed receipt (verified, room key {}): revoked_unix_ms={} signature={}",
+            conn.room_key(),
+            r.revoked_unix_ms,
+            hex_encode(&r.receipt_signature)
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

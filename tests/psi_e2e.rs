@@ -1,0 +1,662 @@
+//! Room and parties end to end over real gRPC on loopback (issue: room-and-party).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use accord_agreement::sig::Purpose;
+use accord_proto::v1::{self, psi_client::PsiClient};
+use accord_tests::*;
+use arrow::array::Array;
+use sha2::{Digest, Sha256, Sha512};
+
+/// Both files: messy case and whitespace, duplicates, non-consented and empty-id rows.
+/// Returns the plaintext intersection of consented, normalized identifiers.
+fn write_messy_files(dir: &Path, n: usize) -> HashSet<String> {
+    let mut drinks = Vec::new();
+    let mut snacks = Vec::new();
+    let mut drinks_ok = HashSet::new();
+    let mut snacks_ok = HashSet::new();
+    for i in 0..n {
+        let email = format!("person{i}@example.com");
+        // drinks: everyone 0..n; every 7th without consent; every 11th written messily.
+        let consent = i % 7 != 0;
+        let written = if i % 11 == 0 {
+            format!("  PERSON{i}@Example.COM ")
+        } else {
+            email.clone()
+        };
+        drinks.push(Customer {
+            email: written,
+            consent,
+            cells: vec!["gold".into(), "north".into(), "10".into()],
+        });
+        if consent {
+            drinks_ok.insert(email.clone());
+        }
+        // snacks: customers n/2..n+n/2; every 5th without consent; duplicates of every 13th.
+        let j = i + n / 2;
+        let semail = format!("person{j}@example.com");
+        let sconsent = j % 5 != 0;
+        snacks.push(Customer {
+            email: semail.to_uppercase(),
+            consent: sconsent,
+            cells: vec!["nuts".into(), "5".into()],
+        });
+        if sconsent {
+            snacks_ok.insert(semail.clone());
+        }
+        if j % 13 == 0 {
+            // A later duplicate without consent: the first row (above) wins, so it changes nothing.
+            snacks.push(Customer {
+                email: format!(" {semail}"),
+                consent: !sconsent,
+                cells: vec!["nuts".into(), "5".into()],
+            });
+        }
+    }
+    // Empty identifiers, consented, in both files.
+    for _ in 0..3 {
+        drinks.push(Customer {
+            email: "  ".into(),
+            consent: true,
+            cells: vec!["gold".into(), "north".into(), "1".into()],
+        });
+        snacks.push(Customer {
+            email: String::new(),
+            consent: true,
+            cells: vec!["nuts".into(), "1".into()],
+        });
+    }
+    write_csv(&dir.join("drinks.csv"), "drinks", &drinks);
+    write_csv(&dir.join("snacks.csv"), "snacks", &snacks);
+    drinks_ok.intersection(&snacks_ok).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joined_count_equals_the_plaintext_intersection_and_nothing_reversible_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_messy_files(dir.path(), 600);
+    let keys = Keys::new(10);
+    let text = agreement_text("e2e-count", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
+
+    let mut ana = analyst(&url, "e2e-count", &keys).await;
+    let batches = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(
+        n as usize,
+        expected.len(),
+        "the room's join must equal the plaintext intersection"
+    );
+
+    // No normalized identifier, nor its SHA-256 / SHA-512, anywhere in the room's data dir.
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    for i in [0usize, 1, 300, 301, 450, 599, 650, 899] {
+        let email = format!("person{i}@example.com");
+        needles.push(email.clone().into_bytes());
+        needles.push(Sha256::digest(email.as_bytes()).to_vec());
+        needles.push(hex::encode(Sha256::digest(email.as_bytes())).into_bytes());
+        needles.push(Sha512::digest(email.as_bytes()).to_vec());
+        needles.push(hex::encode(Sha512::digest(email.as_bytes())).into_bytes());
+    }
+    let files = files_under(&dir.path().join("room"));
+    assert!(files.len() > 5, "the room should have written files");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{} contains an identifier or a plain hash of one",
+                f.display()
+            );
+        }
+    }
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_party_only_ever_receives_the_partners_points_never_its_own_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    write_messy_files(dir.path(), 200);
+    let keys = Keys::new(20);
+    let text = agreement_text("e2e-own", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    // Both upload without blinding each other's work.
+    let a = party(
+        &agreement,
+        "drinks",
+        &keys,
+        &dir.path().join("drinks-state"),
+        &url,
+    );
+    let b = party(
+        &agreement,
+        "snacks",
+        &keys,
+        &dir.path().join("snacks-state"),
+        &url,
+    );
+    accord_party::upload(
+        &a,
+        &upload_options(dir.path().join("drinks.csv"), 50, false),
+    )
+    .await
+    .unwrap();
+    accord_party::upload(
+        &b,
+        &upload_options(dir.path().join("snacks.csv"), 50, false),
+    )
+    .await
+    .unwrap();
+
+    // What drinks receives as work: only snacks' batches, signed by snacks.
+    let conn = accord_party::Connection::open(
+        &url,
+        "e2e-own",
+        accord_party::Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap();
+    let mut psi = PsiClient::new(conn.channel());
+    let mut stream = psi
+        .fetch_work(conn.request(v1::FetchWorkRequest { max_batches: 0 }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = HashSet::new();
+    let fp = agreement.fingerprint();
+    while let Some(w) = stream.message().await.unwrap() {
+        assert_eq!(w.from_party, "snacks");
+        let msg =
+            accord_proto::signed::upload_batch(fp.as_bytes(), "snacks", w.batch_number, &w.points);
+        keys.snacks()
+            .public_key()
+            .verify(
+                Purpose::UploadBatch,
+                &msg,
+                &accord_agreement::Signature::from_bytes(
+                    &w.signature.as_slice().try_into().unwrap(),
+                ),
+            )
+            .unwrap();
+        for p in w.points.chunks(32) {
+            received.insert(p.to_vec());
+        }
+    }
+    assert!(!received.is_empty());
+    // Finish the protocol, then compare with drinks' final tokens as stored by the room.
+    let (ra, rb) = tokio::join!(accord_party::sync(&a, true), accord_party::sync(&b, true));
+    ra.unwrap();
+    rb.unwrap();
+    let rows_dir = dir
+        .path()
+        .join("room/agreements")
+        .join(fp.to_string())
+        .join("parties/drinks/rows");
+    let mut tokens = 0;
+    for f in std::fs::read_dir(rows_dir).unwrap() {
+        let file = std::fs::File::open(f.unwrap().path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let col = b
+                .column_by_name("token")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                .unwrap();
+            for i in 0..col.len() {
+                tokens += 1;
+                assert!(
+                    !received.contains(col.value(i)),
+                    "drinks received one of its own tokens"
+                );
+            }
+        }
+    }
+    assert!(tokens > 0);
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_of_the_same_customers_differ_between_agreements() {
+    let dir = tempfile::tempdir().unwrap();
+    write_messy_files(dir.path(), 120);
+    let keys = Keys::new(30);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    let mut all = Vec::new();
+    for id in ["e2e-one", "e2e-two"] {
+        let text = agreement_text(id, 1, &keys, 10, 10_000);
+        let agreement = verified(&text);
+        submit(&url, &text).await.unwrap();
+        let sub = dir.path().join(id);
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::copy(dir.path().join("drinks.csv"), sub.join("drinks.csv")).unwrap();
+        std::fs::copy(dir.path().join("snacks.csv"), sub.join("snacks.csv")).unwrap();
+        run_psi(&agreement, &keys, &sub, &url, 64).await;
+        let mut tokens = HashSet::new();
+        let rows = dir
+            .path()
+            .join("room/agreements")
+            .join(agreement.fingerprint().to_string())
+            .join("parties/drinks/rows");
+        for f in std::fs::read_dir(rows).unwrap() {
+            let file = std::fs::File::open(f.unwrap().path()).unwrap();
+            for b in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let b = b.unwrap();
+                let col = b
+                    .column_by_name("token")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+                    .unwrap();
+                tokens.extend((0..col.len()).map(|i| col.value(i).to_vec()));
+            }
+        }
+        assert!(!tokens.is_empty());
+        all.push(tokens);
+    }
+    assert_eq!(
+        all[0].intersection(&all[1]).count(),
+        0,
+        "tokens must not link across agreements"
+    );
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploading_twice_and_dropping_the_stream_midway_leave_exactly_the_right_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_messy_files(dir.path(), 300);
+    let keys = Keys::new(40);
+    let text = agreement_text("e2e-faults", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+
+    // drinks uploads, then uploads the same file again: the second run finds everything stored.
+    let a = party(
+        &agreement,
+        "drinks",
+        &keys,
+        &dir.path().join("drinks-state"),
+        &url,
+    );
+    let first = accord_party::upload(
+        &a,
+        &upload_options(dir.path().join("drinks.csv"), 40, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.already_stored, 0);
+    let again = accord_party::upload(
+        &a,
+        &upload_options(dir.path().join("drinks.csv"), 40, false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.already_stored, first.batches,
+        "the second upload must find every batch stored"
+    );
+    assert_eq!(
+        again.status.unwrap().rows_uploaded,
+        first.rows,
+        "nothing doubled"
+    );
+
+    // snacks: one row per batch, and the client goes away once the room holds a few batches.
+    let b = party(
+        &agreement,
+        "snacks",
+        &keys,
+        &dir.path().join("snacks-state"),
+        &url,
+    );
+    let b2 = party(
+        &agreement,
+        "snacks",
+        &keys,
+        &dir.path().join("snacks-state"),
+        &url,
+    );
+    let input = dir.path().join("snacks.csv");
+    let task =
+        tokio::spawn(
+            async move { accord_party::upload(&b2, &upload_options(input, 1, false)).await },
+        );
+    let conn = accord_party::Connection::open(
+        &url,
+        "e2e-faults",
+        accord_party::Principal::Party("snacks"),
+        &keys.snacks(),
+    )
+    .await
+    .unwrap();
+    let mut psi = PsiClient::new(conn.channel());
+    let mut interrupted = false;
+    for _ in 0..2000 {
+        let s = psi
+            .status(conn.request(v1::StatusRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        if s.batches_uploaded >= 3 && !s.upload_complete {
+            task.abort();
+            interrupted = true;
+            break;
+        }
+        if s.upload_complete {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let _ = task.await;
+    let mid = psi
+        .status(conn.request(v1::StatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    if interrupted {
+        assert!(
+            !mid.upload_complete,
+            "an interrupted upload is not complete"
+        );
+    }
+    // Resume: the room keeps what it acknowledged, the party sends the rest once.
+    let opts = upload_options(dir.path().join("snacks.csv"), 1, true);
+    let (resumed, synced) = tokio::join!(
+        accord_party::upload(&b, &opts),
+        accord_party::sync(&a, true)
+    );
+    let resumed = resumed.unwrap();
+    synced.unwrap();
+    // Batches already in flight when the client went away may still land: never fewer.
+    assert!(resumed.already_stored >= mid.batches_uploaded);
+    let done = resumed.status.as_ref().unwrap();
+    assert_eq!(done.rows_uploaded, resumed.rows, "every row exactly once");
+    assert_eq!(done.batches_uploaded, resumed.batches);
+
+    let mut ana = analyst(&url, "e2e-faults", &keys).await;
+    let batches = grpc_query(&mut ana, "SELECT COUNT(*) FROM overlap")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(
+        n as usize,
+        expected.len(),
+        "exactly the right rows after the interruption"
+    );
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_input_gets_specific_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(50);
+    let text = agreement_text("e2e-hostile", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    let fp = agreement.fingerprint();
+
+    // Unknown agreement.
+    let err = accord_party::Connection::open(
+        &url,
+        "no-such-agreement",
+        accord_party::Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("no agreement"), "{err}");
+    // A party that is not in the agreement.
+    let err = accord_party::Connection::open(
+        &url,
+        "e2e-hostile",
+        accord_party::Principal::Party("cheese"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not a party"), "{err}");
+    // The right party name with the wrong key.
+    let err = accord_party::Connection::open(
+        &url,
+        "e2e-hostile",
+        accord_party::Principal::Party("drinks"),
+        &keys.snacks(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("does not verify"), "{err}");
+
+    let conn = accord_party::Connection::open(
+        &url,
+        "e2e-hostile",
+        accord_party::Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap();
+    let mut psi = PsiClient::new(conn.channel()).max_encoding_message_size(64 * 1024 * 1024);
+    let columns = |n: usize| {
+        vec![
+            v1::Column {
+                name: "loyalty_tier".into(),
+                values: Some(v1::column::Values::Text(v1::TextValues {
+                    values: vec!["g".into(); n],
+                    present: vec![],
+                })),
+            },
+            v1::Column {
+                name: "region".into(),
+                values: Some(v1::column::Values::Text(v1::TextValues {
+                    values: vec!["n".into(); n],
+                    present: vec![],
+                })),
+            },
+            v1::Column {
+                name: "monthly_spend".into(),
+                values: Some(v1::column::Values::Number(v1::NumberValues {
+                    values: vec![1.0; n],
+                    present: vec![],
+                })),
+            },
+        ]
+    };
+    let signed = |points: &[u8], n: u64| {
+        let msg = accord_proto::signed::upload_batch(fp.as_bytes(), "drinks", n, points);
+        keys.drinks()
+            .sign(Purpose::UploadBatch, &msg)
+            .to_bytes()
+            .to_vec()
+    };
+    let send = |batch: v1::UploadBatch| {
+        let mut psi = psi.clone();
+        let req = conn.request(futures::stream::iter(vec![v1::UploadMessage {
+            kind: Some(v1::upload_message::Kind::Batch(batch)),
+        }]));
+        async move { psi.upload(req).await }
+    };
+    // A corrupt point (not a valid ristretto255 encoding), properly signed.
+    let mut points = accord_psi::HashDomain::new("x", accord_psi::IdentifierKind::Email)
+        .hash_compressed(b"a@b.c")
+        .to_vec();
+    points.extend_from_slice(&[0xff; 32]);
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 32],
+        points: points.clone(),
+        columns: columns(2),
+        signature: signed(&points, 0),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("index 1") || e.message().contains("1"),
+        "{}",
+        e.message()
+    );
+    // A batch whose handles do not match its points.
+    let good: Vec<u8> = (0..2u8)
+        .flat_map(|i| {
+            accord_psi::HashDomain::new("x", accord_psi::IdentifierKind::Email)
+                .hash_compressed(&[i])
+        })
+        .collect();
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 48],
+        points: good.clone(),
+        columns: columns(2),
+        signature: signed(&good, 0),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Points of the wrong size.
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 32],
+        points: good[..63].to_vec(),
+        columns: columns(2),
+        signature: signed(&good[..63], 0),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A bad signature.
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 32],
+        points: good.clone(),
+        columns: columns(2),
+        signature: vec![0; 64],
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("signature"));
+    // A column the party does not contribute.
+    let mut cols = columns(2);
+    cols[0].name = "email".into();
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 32],
+        points: good.clone(),
+        columns: cols,
+        signature: signed(&good, 0),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("not one drinks contributes"),
+        "{}",
+        e.message()
+    );
+    // A metric outside its agreed bounds.
+    let mut cols = columns(2);
+    cols[2].values = Some(v1::column::Values::Number(v1::NumberValues {
+        values: vec![1.0, 9999.0],
+        present: vec![],
+    }));
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![1; 32],
+        points: good.clone(),
+        columns: cols,
+        signature: signed(&good, 0),
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        e.message().contains("outside its agreed bounds"),
+        "{}",
+        e.message()
+    );
+    // An oversized message.
+    let huge = vec![7u8; 9 * 1024 * 1024];
+    let e = send(v1::UploadBatch {
+        batch_number: 0,
+        handles: vec![],
+        points: huge,
+        columns: vec![],
+        signature: vec![],
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+        ),
+        "{e:?}"
+    );
+    // Erasing an unknown handle.
+    let e = psi
+        .erase(conn.request(v1::EraseRequest {
+            handles: vec![9; 16],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    // An analyst session cannot act as a party.
+    let mut ana = analyst(&url, "e2e-hostile", &keys).await;
+    let e = PsiClient::new(ana.channel())
+        .status(ana.request(v1::StatusRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // Nothing was stored by any of the above.
+    let status = psi
+        .status(conn.request(v1::StatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.batches_uploaded, 0);
+    assert_eq!(status.rows_uploaded, 0);
+    // Not sealed: queries are refused with a clear precondition.
+    let e = accord_proto::v1::query_client::QueryClient::new(ana.channel())
+        .run(ana.request(v1::RunQueryRequest {
+            sql: "SELECT COUNT(*) FROM overlap".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let _ = &mut ana;
+    room.shutdown().await;
+}
