@@ -20,8 +20,8 @@ fn write_messy_files(dir: &Path, n: usize) -> HashSet<String> {
     for i in 0..n {
         let email = format!("person{i}@example.com");
         // drinks: everyone 0..n; every 7th without consent; every 11th written messily.
-        let consent = i % 7 != 0;
-        let written = if i % 11 == 0 {
+        let consent = !i.is_multiple_of(7);
+        let written = if i.is_multiple_of(11) {
             format!("  PERSON{i}@Example.COM ")
         } else {
             email.clone()
@@ -37,7 +37,7 @@ fn write_messy_files(dir: &Path, n: usize) -> HashSet<String> {
         // snacks: customers n/2..n+n/2; every 5th without consent; duplicates of every 13th.
         let j = i + n / 2;
         let semail = format!("person{j}@example.com");
-        let sconsent = j % 5 != 0;
+        let sconsent = !j.is_multiple_of(5);
         snacks.push(Customer {
             email: semail.to_uppercase(),
             consent: sconsent,
@@ -46,7 +46,7 @@ fn write_messy_files(dir: &Path, n: usize) -> HashSet<String> {
         if sconsent {
             snacks_ok.insert(semail.clone());
         }
-        if j % 13 == 0 {
+        if j.is_multiple_of(13) {
             // A later duplicate without consent: the first row (above) wins, so it changes nothing.
             snacks.push(Customer {
                 email: format!(" {semail}"),

@@ -80,7 +80,7 @@ fn context(args: &PartyArgs) -> Result<PartyContext> {
         .state
         .clone()
         .unwrap_or_else(accord_party::state::default_root);
-    Ok(PartyContext::new(agreement, &args.party, key, state, &args.room).map_err(party_error)?)
+    PartyContext::new(agreement, &args.party, key, state, &args.room).map_err(party_error)
 }
 
 pub fn run(cmd: PartyCommand) -> Result<ExitCode> {

@@ -160,12 +160,12 @@ impl Connection {
         })?;
         let role = principal.role();
         let name = challenge.principal_name.clone();
-        if let Principal::Party(n) | Principal::Analyst(n) = principal {
-            if n != name {
-                return Err(PartyError::Refused(format!(
-                    "the room asked to sign a challenge for {name:?} instead of {n:?}: refusing"
-                )));
-            }
+        if let Principal::Party(n) | Principal::Analyst(n) = principal
+            && n != name
+        {
+            return Err(PartyError::Refused(format!(
+                "the room asked to sign a challenge for {name:?} instead of {n:?}: refusing"
+            )));
         }
         let message = accord_proto::signed::auth_challenge(
             fingerprint.as_bytes(),

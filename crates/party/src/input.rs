@@ -166,7 +166,7 @@ impl Layout {
             columns: p
                 .contributes
                 .iter()
-                .map(|c| (c.column.clone(), c.role.clone()))
+                .map(|c| (c.column.clone(), c.role))
                 .collect(),
             kind,
             region: manifest.default_region.clone(),
@@ -217,13 +217,13 @@ impl Rules<'_> {
             match (role, cell) {
                 (ColumnRole::Dimension, Cell::Text(v)) => {
                     let v = v.map(str::trim).filter(|v| !v.is_empty());
-                    if let Some(v) = v {
-                        if v.len() > MAX_TEXT_VALUE_LEN {
-                            return self.bad(row.line, name, format!(
+                    if let Some(v) = v
+                        && v.len() > MAX_TEXT_VALUE_LEN
+                    {
+                        return self.bad(row.line, name, format!(
                                 "a dimension value of {} bytes; at most {MAX_TEXT_VALUE_LEN} are allowed",
                                 v.len()
                             ));
-                        }
                     }
                     values.push(Value::Text(v.map(str::to_owned)));
                 }

@@ -468,7 +468,7 @@ pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResp
     let state = ctx.state()?;
     let partner = ctx.partner()?;
     let m = ctx.agreement.manifest();
-    let partner_key = m.parties[&partner].public_key.clone();
+    let partner_key = m.parties[&partner].public_key;
     let partner_cap = m.parties[&partner].max_rows;
     let fp = ctx.fingerprint();
     let mut conn = ctx.connect(&state).await?;
@@ -617,9 +617,9 @@ async fn blind_one(
             .map_err(|e| PartyError::Internal(e.to_string()))?;
     match result {
         Ok(blinded) => {
-            if !log.contains_key(&n) {
+            if let std::collections::btree_map::Entry::Vacant(entry) = log.entry(n) {
                 state.record_blinded(partner, n, &digest, rows)?;
-                log.insert(n, (digest, rows));
+                entry.insert((digest, rows));
             }
             Ok(v1::ReturnWorkMessage {
                 kind: Some(v1::return_work_message::Kind::Blinded(v1::BlindedBatch {

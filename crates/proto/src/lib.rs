@@ -83,7 +83,7 @@ pub enum WireError {
 
 /// Number of `item`-byte items in `bytes`, or an error naming `field`.
 pub fn count_items(field: &'static str, bytes: &[u8], item: usize) -> Result<usize, WireError> {
-    if item == 0 || bytes.len() % item != 0 {
+    if item == 0 || !bytes.len().is_multiple_of(item) {
         return Err(WireError::NotAMultiple {
             field,
             len: bytes.len(),

@@ -114,9 +114,10 @@ impl psi_server::Psi for Room {
                     refused += 1;
                 }
                 None => {
-                    return Err(
-                        RoomError::InvalidArgument("a work message with no content".into()).into(),
-                    );
+                    return Err(RoomError::InvalidArgument(
+                        "a work message with no content".into(),
+                    )
+                    .into());
                 }
             }
         }

@@ -227,22 +227,19 @@ impl Room {
         let dir = self.agreement_dir(fp);
         let store = AgreementStore::open(&dir, PartyColumns::from_manifest(agreement.manifest()))?;
         let audit = AuditLog::open(&self.audit_path(fp), fp)?;
-        let mut live = Live {
-            store: Some(store),
-            engine: None,
-            withheld: Vec::new(),
-        };
-        if let Some(store) = &live.store {
-            if let Some(info) = store.seal_info()? {
+        let (engine, withheld) = match store.seal_info()? {
+            Some(info) => {
                 let snapshot = store.read_snapshot()?;
-                live.engine = Some(Arc::new(build_engine(
-                    &agreement,
-                    &info.withheld,
-                    &snapshot,
-                )?));
-                live.withheld = info.withheld;
+                let engine = build_engine(&agreement, &info.withheld, &snapshot)?;
+                (Some(Arc::new(engine)), info.withheld)
             }
-        }
+            None => (None, Vec::new()),
+        };
+        let live = Live {
+            store: Some(store),
+            engine,
+            withheld,
+        };
         let slot = Arc::new(Slot {
             agreement,
             audit: Mutex::new(audit),
@@ -1317,8 +1314,8 @@ fn signature(bytes: &[u8]) -> Result<Signature> {
 fn principal_key(slot: &Slot, role: &Role) -> Result<PublicKey> {
     let m = slot.agreement.manifest();
     match role {
-        Role::Party(p) => m.parties.get(p).map(|p| p.public_key.clone()),
-        Role::Analyst(a) => m.analyst(a).map(|a| a.public_key.clone()),
+        Role::Party(p) => m.parties.get(p).map(|p| p.public_key),
+        Role::Analyst(a) => m.analyst(a).map(|a| a.public_key),
     }
     .ok_or_else(|| {
         RoomError::PermissionDenied(format!("{} is not named in the agreement", role.name()))

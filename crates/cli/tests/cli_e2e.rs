@@ -1,0 +1,381 @@
+//! The real `accord` binary end to end: a room process killed with SIGKILL in the middle of an
+//! upload and restarted, parties and analysts as separate processes, exit codes, and the demo.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn accord() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_accord"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run accord")
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{:?} failed:\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_room(data: &Path, port: u16) -> Child {
+    let child = accord()
+        .args(["room", "serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the room did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = ok(accord()
+        .arg("keygen")
+        .arg("--out")
+        .arg(dir.join(format!("{name}.key"))));
+    out.trim().to_owned()
+}
+
+fn write_files(dir: &Path, n: usize) -> usize {
+    let mut drinks = String::from("email,consent,tier,spend\n");
+    let mut snacks = String::from("email,consent,snack\n");
+    for i in 0..n {
+        writeln!(
+            drinks,
+            "Person{i}@Example.com,true,{},{}",
+            ["gold", "silver"][i % 2],
+            i % 90
+        )
+        .unwrap();
+        let j = i + n / 2;
+        writeln!(
+            snacks,
+            " person{j}@example.com ,true,{}",
+            ["nuts", "crisps", "popcorn"][j % 3]
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("drinks.csv"), drinks).unwrap();
+    std::fs::write(dir.join("snacks.csv"), snacks).unwrap();
+    n - n / 2
+}
+
+fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str) -> PathBuf {
+    let now = chrono::Utc::now();
+    let from =
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let until =
+        (now + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        r#"schema_version = 1
+id = "cli-e2e"
+version = 1
+purpose = "Command-line end-to-end test"
+valid_from = {from}
+valid_until = {until}
+min_group_size = 10
+identifier = "email"
+
+[parties.drinks]
+public_key = "{drinks}"
+max_rows = 100000
+consent_column = "consent"
+contributes = [
+  {{ column = "tier", role = "dimension" }},
+  {{ column = "spend", role = "metric", min = 0, max = 100 }},
+]
+
+[parties.snacks]
+public_key = "{snacks}"
+max_rows = 100000
+consent_column = "consent"
+contributes = [ {{ column = "snack", role = "dimension" }} ]
+
+[[analysts]]
+name = "ana@drinks.example"
+party = "drinks"
+public_key = "{analyst}"
+
+[privacy]
+aggregates = ["count", "sum", "avg"]
+exact_results = true
+"#
+    );
+    let path = dir.join("agreement.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn party_args(cmd: &mut Command, sub: &str, url: &str, agreement: &Path, dir: &Path, name: &str) {
+    cmd.args(["party", sub, "--room", url, "--agreement"])
+        .arg(agreement)
+        .args(["--party", name, "--key"])
+        .arg(dir.join(format!("{name}.key")))
+        .arg("--state")
+        .arg(dir.join(format!("{name}-state")));
+}
+
+fn pending_batches(data: &Path) -> usize {
+    let Ok(agreements) = std::fs::read_dir(data.join("agreements")) else {
+        return 0;
+    };
+    agreements
+        .filter_map(Result::ok)
+        .map(|a| {
+            ["pending", "rows"]
+                .iter()
+                .map(|sub| {
+                    std::fs::read_dir(a.path().join("parties/drinks").join(sub))
+                        .map(|d| d.count())
+                        .unwrap_or(0)
+                })
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+#[test]
+fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let expected = write_files(d, 3000);
+    let (drinks, snacks, analyst) = (
+        keygen(d, "drinks"),
+        keygen(d, "snacks"),
+        keygen(d, "analyst"),
+    );
+    let file = agreement(d, &drinks, &snacks, &analyst);
+    ok(accord()
+        .args(["agreement", "sign"])
+        .arg(&file)
+        .args(["--party", "drinks", "--key"])
+        .arg(d.join("drinks.key")));
+    // Not signed by snacks yet: verify lists the missing signature and exits 1.
+    let out = run(accord().args(["agreement", "verify"]).arg(&file));
+    assert_eq!(out.status.code(), Some(1));
+    ok(accord()
+        .args(["agreement", "sign"])
+        .arg(&file)
+        .args(["--party", "snacks", "--key"])
+        .arg(d.join("snacks.key")));
+    ok(accord().args(["agreement", "verify"]).arg(&file));
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = d.join("room-data");
+    let mut room = spawn_room(&data, port);
+    ok(accord()
+        .args(["agreement", "submit"])
+        .arg(&file)
+        .args(["--room", &url]));
+
+    // drinks uploads in small batches; the room is killed -9 once a few are stored.
+    let mut upload = accord();
+    party_args(&mut upload, "upload", &url, &file, d, "drinks");
+    let drinks_proc = upload
+        .arg("--input")
+        .arg(d.join("drinks.csv"))
+        .args(["--batch-rows", "16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pending_batches(&data) < 5 {
+        assert!(Instant::now() < deadline, "no batch reached the room");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    room.kill().unwrap(); // SIGKILL
+    room.wait().unwrap();
+    let stored_at_kill = pending_batches(&data);
+    let mut room = spawn_room(&data, port);
+    let first = drinks_proc.wait_with_output().unwrap();
+    if !first.status.success() {
+        // The party gave up while the room was down (exit 3): running it again resumes.
+        assert_eq!(
+            first.status.code(),
+            Some(3),
+            "{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        let mut again = accord();
+        party_args(&mut again, "upload", &url, &file, d, "drinks");
+        ok(again
+            .arg("--input")
+            .arg(d.join("drinks.csv"))
+            .args(["--batch-rows", "16"]));
+    }
+    assert!(
+        pending_batches(&data) >= stored_at_kill,
+        "acknowledged batches survived the kill"
+    );
+
+    // Both parties finish the protocol as separate processes.
+    let mut s = accord();
+    party_args(&mut s, "upload", &url, &file, d, "snacks");
+    let snacks_proc = s
+        .arg("--input")
+        .arg(d.join("snacks.csv"))
+        .arg("--wait")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sync = accord();
+    party_args(&mut sync, "sync", &url, &file, d, "drinks");
+    ok(sync.arg("--wait"));
+    let out = snacks_proc.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        report.contains("rows to upload") && report.contains("sealed"),
+        "{report}"
+    );
+
+    // Exactly the right rows: nothing lost or doubled by the kill.
+    let query = |sql: &str, format: &str| {
+        let mut c = accord();
+        c.args(["query", "--room", &url, "--agreement", "cli-e2e", "--key"])
+            .arg(d.join("analyst.key"))
+            .args(["--sql", sql, "--format", format]);
+        run(&mut c)
+    };
+    let out = query("SELECT COUNT(*) AS n FROM overlap", "json");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["n"].as_u64().unwrap() as usize, expected);
+    let csv = String::from_utf8(query("SELECT drinks_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_tier ORDER BY drinks_tier", "csv").stdout).unwrap();
+    assert!(csv.starts_with("drinks_tier,n\ngold,"), "{csv}");
+
+    // A refusal: exit 1, the reason on stderr, nothing on stdout.
+    let out = query("SELECT drinks_spend FROM overlap", "table");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    // The audit log verifies offline.
+    let audit = ok(accord()
+        .args(["audit", "verify", "--room", &url, "--agreement"])
+        .arg(&file));
+    assert!(audit.contains("OK"), "{audit}");
+
+    // A room nobody listens on: exit 3.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut c = accord();
+    c.args(["query", "--room", &dead, "--agreement", "cli-e2e", "--key"])
+        .arg(d.join("analyst.key"))
+        .args(["--sql", "SELECT COUNT(*) FROM overlap"]);
+    let out = run(&mut c);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Revocation: acknowledged with a verified receipt; afterwards queries are refused.
+    let revoked = ok(accord()
+        .args(["agreement", "revoke"])
+        .arg(&file)
+        .args(["--party", "snacks", "--key"])
+        .arg(d.join("snacks.key"))
+        .args(["--room", &url]));
+    assert!(
+        revoked.contains("revoked") && revoked.contains("verified"),
+        "{revoked}"
+    );
+    let out = query("SELECT COUNT(*) FROM overlap", "json");
+    assert_eq!(out.status.code(), Some(1));
+    room.kill().unwrap();
+    room.wait().unwrap();
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_shows_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(accord()
+        .args(["demo", "--rows", "2000", "--dir"])
+        .arg(dir.path().join("demo")));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "rows to upload",
+        "shared_customers",
+        "drinks_loyalty_tier",
+        "refused [",
+        "hash chain intact",
+        "small groups were suppressed",
+        "accord party upload",
+        "Demo finished",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "the demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    for file in [
+        "agreement.toml",
+        "drinks-customers.csv",
+        "snacks-customers.csv",
+        "drinks.key",
+        "analyst.key",
+    ] {
+        assert!(
+            dir.path().join("demo").join(file).exists(),
+            "{file} was not left for the user"
+        );
+    }
+    // The agreement it wrote is valid and fully signed.
+    assert!(
+        run(accord()
+            .args(["agreement", "verify"])
+            .arg(dir.path().join("demo/agreement.toml")))
+        .status
+        .success()
+    );
+}
