@@ -36,8 +36,22 @@ impl PartyError {
     /// Maps a gRPC status from the room.
     pub fn from_status(url: &str, status: tonic::Status) -> Self {
         use tonic::Code;
+        // A connection that breaks mid-call surfaces as UNKNOWN "transport error" (or an h2
+        // error) rather than UNAVAILABLE: it is the room going away, not the room refusing.
+        let broken = status.code() == Code::Unknown && {
+            let m = status.message();
+            m.contains("transport error")
+                || m.contains("h2 protocol error")
+                || m.contains("connection")
+        };
         match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded => PartyError::Unreachable {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                PartyError::Unreachable {
+                    url: url.to_owned(),
+                    reason: status.message().to_owned(),
+                }
+            }
+            _ if broken => PartyError::Unreachable {
                 url: url.to_owned(),
                 reason: status.message().to_owned(),
             },
