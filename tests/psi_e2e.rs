@@ -660,3 +660,82 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
     let _ = &mut ana;
     room.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_room_refuses_differential_privacy_replays_and_stale_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(55);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    let v1 = agreement_text("e2e-life", 1, &keys, 10, 1000);
+
+    // Differential privacy is not implemented: refused, never ignored.
+    let dp = resign(&v1, &keys, |l| {
+        if l.starts_with("exact_results") {
+            "differential_privacy = { epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }"
+                .to_owned()
+        } else {
+            l.to_owned()
+        }
+    });
+    let e = submit(&url, &dp).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("differential privacy"),
+        "{}",
+        e.message()
+    );
+
+    // Not signed by every party: refused with the reason.
+    let unsigned: String = v1
+        .lines()
+        .take_while(|l| !l.starts_with("[signatures]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let once = accord_agreement::sign_text(&unsigned, "drinks", &keys.drinks()).unwrap();
+    let e = submit(&url, &once).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("snacks"), "{}", e.message());
+
+    // Registered once; the same text again is a no-op.
+    let first = submit(&url, &v1).await.unwrap();
+    assert!(!first.already_registered);
+    assert!(submit(&url, &v1).await.unwrap().already_registered);
+    // A changed agreement under the same version is refused; a higher version supersedes.
+    let changed = resign(&v1, &keys, |l| {
+        if l.starts_with("purpose") {
+            "purpose = \"Something else\"".to_owned()
+        } else {
+            l.to_owned()
+        }
+    });
+    let e = submit(&url, &changed).await.unwrap_err();
+    assert!(e.message().contains("higher"), "{}", e.message());
+    let v2 = resign(&changed, &keys, |l| {
+        if l.starts_with("version") {
+            "version = 2".to_owned()
+        } else {
+            l.to_owned()
+        }
+    });
+    let second = submit(&url, &v2).await.unwrap();
+    assert_eq!(second.superseded, first.fingerprint);
+    // The superseded version can never come back.
+    let e = submit(&url, &v1).await.unwrap_err();
+    assert!(e.message().contains("superseded"), "{}", e.message());
+    assert!(
+        !dir.path()
+            .join("room/agreements")
+            .join(&first.fingerprint)
+            .exists()
+    );
+
+    // After a restart the room still knows all of this.
+    room.shutdown().await;
+    let room = start_room(&dir.path().join("room")).await;
+    let url = accord_tests::url(&room);
+    let e = submit(&url, &v1).await.unwrap_err();
+    assert!(e.message().contains("superseded"), "{}", e.message());
+    assert!(submit(&url, &v2).await.unwrap().already_registered);
+    room.shutdown().await;
+}

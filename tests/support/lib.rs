@@ -96,6 +96,17 @@ exact_results = true
     accord_agreement::sign_text(&text, "snacks", &keys.snacks()).unwrap()
 }
 
+/// Changes a signed agreement with `edit` (applied to each line) and signs it again by both parties.
+pub fn resign(text: &str, keys: &Keys, edit: impl Fn(&str) -> String) -> String {
+    let unsigned: String = text
+        .lines()
+        .take_while(|l| !l.starts_with("[signatures]"))
+        .map(|l| edit(l) + "\n")
+        .collect();
+    let text = accord_agreement::sign_text(&unsigned, "drinks", &keys.drinks()).unwrap();
+    accord_agreement::sign_text(&text, "snacks", &keys.snacks()).unwrap()
+}
+
 pub fn verified(text: &str) -> VerifiedAgreement {
     accord_agreement::verify(text, Utc::now()).unwrap()
 }

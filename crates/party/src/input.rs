@@ -355,6 +355,40 @@ fn column_index(
         })
 }
 
+/// Positions of the identifier, consent and contributed columns, or an error naming the
+/// missing one and listing the file's columns.
+fn locate(
+    headers: &[String],
+    layout: &Layout,
+    path: &Path,
+) -> Result<(usize, usize, Vec<usize>), PartyError> {
+    let id = column_index(
+        headers,
+        &layout.id_column,
+        path,
+        "the identifier; use --id-column to name another",
+    )?;
+    let consent = column_index(
+        headers,
+        &layout.consent_column,
+        path,
+        "the consent column named in the agreement",
+    )?;
+    let columns = layout
+        .columns
+        .iter()
+        .map(|(c, _)| {
+            column_index(
+                headers,
+                c,
+                path,
+                "a column this party contributes under the agreement",
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((id, consent, columns))
+}
+
 fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
     let file = File::open(path)
         .map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
@@ -373,30 +407,7 @@ fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), P
         .iter()
         .map(str::to_owned)
         .collect();
-    let id_idx = column_index(
-        &headers,
-        &layout.id_column,
-        path,
-        "the identifier; use --id-column to name another",
-    )?;
-    let consent_idx = column_index(
-        &headers,
-        &layout.consent_column,
-        path,
-        "the consent column named in the agreement",
-    )?;
-    let col_idx: Vec<usize> = layout
-        .columns
-        .iter()
-        .map(|(c, _)| {
-            column_index(
-                &headers,
-                c,
-                path,
-                "a column this party contributes under the agreement",
-            )
-        })
-        .collect::<Result<_, _>>()?;
+    let (id_idx, consent_idx, col_idx) = locate(&headers, layout, path)?;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -473,30 +484,7 @@ fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let id_idx = column_index(
-        &headers,
-        &layout.id_column,
-        path,
-        "the identifier; use --id-column to name another",
-    )?;
-    let consent_idx = column_index(
-        &headers,
-        &layout.consent_column,
-        path,
-        "the consent column named in the agreement",
-    )?;
-    let col_idx: Vec<usize> = layout
-        .columns
-        .iter()
-        .map(|(c, _)| {
-            column_index(
-                &headers,
-                c,
-                path,
-                "a column this party contributes under the agreement",
-            )
-        })
-        .collect::<Result<_, _>>()?;
+    let (id_idx, consent_idx, col_idx) = locate(&headers, layout, path)?;
     let reader = builder
         .with_batch_size(8192)
         .build()

@@ -330,14 +330,11 @@ impl FlightSqlService for FlightRoom {
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        metadata_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )
     }
 
     async fn do_get_tables(
@@ -372,19 +369,11 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let schema = Schema::new(vec![arrow::datatypes::Field::new(
-            "table_type",
-            arrow::datatypes::DataType::Utf8,
-            false,
-        )]);
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        metadata_info(
+            query.as_any().encode_to_vec(),
+            &table_types_schema(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_table_types(
@@ -393,11 +382,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.analyst(request.metadata())?;
-        let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
-            "table_type",
-            arrow::datatypes::DataType::Utf8,
-            false,
-        )]));
+        let schema = Arc::new(table_types_schema());
         let batch = arrow::array::RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(arrow::array::StringArray::from(vec!["TABLE"]))],
@@ -413,14 +398,11 @@ impl FlightSqlService for FlightRoom {
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        metadata_info(
+            query.as_any().encode_to_vec(),
+            &schema,
+            request.into_inner(),
+        )
     }
 
     async fn do_get_schemas(
@@ -444,14 +426,11 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
-        let endpoint =
-            FlightEndpoint::new().with_ticket(Ticket::new(query.as_any().encode_to_vec()));
-        let info = FlightInfo::new()
-            .try_with_schema(query.into_builder(&self.sql_info).schema().as_ref())
-            .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(endpoint)
-            .with_descriptor(request.into_inner());
-        Ok(Response::new(info))
+        metadata_info(
+            query.as_any().encode_to_vec(),
+            query.into_builder(&self.sql_info).schema().as_ref(),
+            request.into_inner(),
+        )
     }
 
     async fn do_get_sql_info(
@@ -469,6 +448,30 @@ impl FlightSqlService for FlightRoom {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// The schema of `GetTableTypes` results.
+fn table_types_schema() -> Schema {
+    Schema::new(vec![arrow::datatypes::Field::new(
+        "table_type",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )])
+}
+
+/// A FlightInfo whose one endpoint's ticket is the metadata command itself.
+fn metadata_info(
+    ticket: Vec<u8>,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(endpoint)
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
 }
 
 /// SQL LIKE with `%` and `_`, for Flight SQL's table name filter.

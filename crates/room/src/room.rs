@@ -34,6 +34,9 @@ use crate::store::{
 pub struct Tombstone {
     /// The agreement id.
     pub agreement_id: String,
+    /// The agreement version that ended.
+    #[serde(default)]
+    pub version: u64,
     /// "revoked", "expired" or "superseded".
     pub reason: String,
     /// When (RFC 3339).
@@ -206,7 +209,7 @@ impl Room {
                 audit.append(Actor::Room, Event::Expired, now)?;
                 accord_fs::remove_dir_all_durable(&path)?;
                 audit.append(Actor::Room, Event::DataDeleted, now)?;
-                self.add_tombstone(fp, &manifest.id, "expired")?;
+                self.add_tombstone(fp, &manifest.id, manifest.version, "expired")?;
                 tracing::info!(agreement = %manifest.id, %fp, "agreement expired while the room was down; data deleted");
                 continue;
             }
@@ -259,12 +262,13 @@ impl Room {
         Ok(slot)
     }
 
-    fn add_tombstone(&self, fp: Fingerprint, id: &str, reason: &str) -> Result<()> {
+    fn add_tombstone(&self, fp: Fingerprint, id: &str, version: u64, reason: &str) -> Result<()> {
         let mut reg = lock(&self.inner.registry);
         reg.tombstones.insert(
             fp.to_string(),
             Tombstone {
                 agreement_id: id.to_owned(),
+                version,
                 reason: reason.to_owned(),
                 at: Utc::now().to_rfc3339(),
             },
@@ -387,18 +391,18 @@ impl Room {
                     )));
                 }
             }
-            if reg.tombstones.values().any(|t| t.agreement_id == id) {
-                let max_dead = reg
-                    .by_fingerprint
-                    .values()
-                    .filter(|s| s.agreement.id() == id)
-                    .map(|s| s.agreement.manifest().version)
-                    .max();
-                if max_dead.is_some_and(|v| version <= v) {
-                    return Err(RoomError::FailedPrecondition(format!(
-                        "agreement {id}: a new version must be higher than every earlier one"
-                    )));
-                }
+            // Every ended version of this id counts too: a new agreement must be newer than all.
+            let max_ended = reg
+                .tombstones
+                .values()
+                .filter(|t| t.agreement_id == id)
+                .map(|t| t.version)
+                .max();
+            if let Some(v) = max_ended.filter(|v| version <= *v) {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "agreement {id} version {v} has ended (revoked, expired or superseded); a new agreement under \
+                     this id must carry a version higher than {v} (this one says {version})"
+                )));
             }
         }
         let dir = self.agreement_dir(fp);
@@ -456,7 +460,12 @@ impl Room {
         live.store = None;
         accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
         self.audit(slot, Actor::Room, Event::DataDeleted)?;
-        self.add_tombstone(fp, slot.agreement.id(), reason)?;
+        self.add_tombstone(
+            fp,
+            slot.agreement.id(),
+            slot.agreement.manifest().version,
+            reason,
+        )?;
         lock(&self.inner.auth).end_sessions_for(fp);
         let mut reg = lock(&self.inner.registry);
         reg.by_fingerprint.remove(&fp);
