@@ -69,6 +69,29 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The fixed cost of the policy alone, without execution: plain DataFusion's parse, plan
+    // and optimize versus the engine's `prepare` (which adds the AST check, both plan
+    // checks and the k rewrite).
+    for (name, sql) in QUERIES {
+        group.bench_function(format!("{name}/plain_plan_only"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let df = plain.sql(sql).await.expect("plan");
+                    black_box(df.into_optimized_plan().expect("optimize"))
+                })
+            })
+        });
+        group.bench_function(format!("{name}/accord_prepare_only"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    match engine.prepare(sql).await.expect("engine") {
+                        Ok(p) => black_box(p),
+                        Err(r) => panic!("bench query refused: {r}"),
+                    }
+                })
+            })
+        });
+    }
     group.finish();
 }
 

@@ -26,7 +26,8 @@ use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
 use crate::store::{
-    AgreementStore, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch, SealInfo,
+    AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
+    SealInfo,
 };
 
 /// Why a fingerprint may never be registered again.
@@ -829,21 +830,7 @@ impl Room {
     ) -> Result<()> {
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
-        let partner = store
-            .partner_of(party)
-            .ok_or_else(|| RoomError::Internal("no partner".into()))?
-            .to_owned();
-        let info = store
-            .progress(&partner)?
-            .batches
-            .get(&b.batch_number)
-            .cloned()
-            .ok_or_else(|| {
-                RoomError::NotFound(format!(
-                    "batch {} of {partner} was never uploaded",
-                    b.batch_number
-                ))
-            })?;
+        let (partner, info) = partner_batch(store, party, b.batch_number)?;
         match info.state {
             BatchState::Tokenized => return Ok(()), // a retry after a lost acknowledgement
             BatchState::Refused(_) => {
@@ -877,21 +864,7 @@ impl Room {
     ) -> Result<()> {
         let mut live = slot.live.write().await;
         let store = live.store.as_mut().ok_or_else(ended)?;
-        let partner = store
-            .partner_of(party)
-            .ok_or_else(|| RoomError::Internal("no partner".into()))?
-            .to_owned();
-        let Some(info) = store
-            .progress(&partner)?
-            .batches
-            .get(&r.batch_number)
-            .cloned()
-        else {
-            return Err(RoomError::NotFound(format!(
-                "batch {} of {partner} was never uploaded",
-                r.batch_number
-            )));
-        };
+        let (partner, info) = partner_batch(store, party, r.batch_number)?;
         if info.state != BatchState::Pending {
             return Ok(());
         }
@@ -1307,6 +1280,29 @@ fn ended() -> RoomError {
     RoomError::FailedPrecondition(
         "this agreement has ended (revoked, expired or superseded) and its data was deleted".into(),
     )
+}
+
+/// `party`'s partner and the state of the partner's batch `batch_number`.
+fn partner_batch(
+    store: &AgreementStore,
+    party: &str,
+    batch_number: u64,
+) -> Result<(String, BatchInfo)> {
+    let partner = store
+        .partner_of(party)
+        .ok_or_else(|| RoomError::Internal("no partner".into()))?
+        .to_owned();
+    let info = store
+        .progress(&partner)?
+        .batches
+        .get(&batch_number)
+        .cloned()
+        .ok_or_else(|| {
+            RoomError::NotFound(format!(
+                "batch {batch_number} of {partner} was never uploaded"
+            ))
+        })?;
+    Ok((partner, info))
 }
 
 fn nonce(field: &'static str, bytes: &[u8]) -> Result<[u8; NONCE_LEN]> {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use accord_agreement::{ColumnRole, Manifest};
 use arrow::array::{
-    Array, ArrayRef, FixedSizeBinaryArray, FixedSizeBinaryBuilder, Float64Array, RecordBatch,
-    StringArray, UInt32Array,
+    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
+    UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -712,50 +712,26 @@ fn to32(b: &[u8]) -> [u8; 32] {
     a
 }
 
+/// The batch with every text and number column (the customer's attributes) set to null in
+/// `rows`; the fixed-size columns (handles, points) are kept.
 fn null_attributes(rb: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-    let hit: HashSet<usize> = rows.iter().copied().collect();
-    let mut columns = Vec::with_capacity(rb.num_columns());
-    for (i, f) in rb.schema().fields().iter().enumerate() {
-        let col = rb.column(i);
-        let new: ArrayRef = match f.data_type() {
-            DataType::Utf8 => {
-                let a = col
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| RoomError::Internal("bad text column".into()))?;
-                Arc::new(
-                    (0..a.len())
-                        .map(|r| {
-                            if hit.contains(&r) || a.is_null(r) {
-                                None
-                            } else {
-                                Some(a.value(r))
-                            }
-                        })
-                        .collect::<StringArray>(),
-                )
-            }
-            DataType::Float64 => {
-                let a = col
-                    .as_any()
-                    .downcast_ref::<Float64Array>()
-                    .ok_or_else(|| RoomError::Internal("bad number column".into()))?;
-                Arc::new(
-                    (0..a.len())
-                        .map(|r| {
-                            if hit.contains(&r) || a.is_null(r) {
-                                None
-                            } else {
-                                Some(a.value(r))
-                            }
-                        })
-                        .collect::<Float64Array>(),
-                )
-            }
-            _ => col.clone(),
-        };
-        columns.push(new);
+    let mut mask = vec![false; rb.num_rows()];
+    for &r in rows {
+        if let Some(m) = mask.get_mut(r) {
+            *m = true;
+        }
     }
+    let mask = BooleanArray::from(mask);
+    let columns = rb
+        .schema()
+        .fields()
+        .iter()
+        .zip(rb.columns())
+        .map(|(f, col)| match f.data_type() {
+            DataType::Utf8 | DataType::Float64 => arrow::compute::nullif(col, &mask),
+            _ => Ok(col.clone()),
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(rb.schema(), columns)?)
 }
 
@@ -873,4 +849,53 @@ fn remove_temp_files(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+
+    #[test]
+    fn null_attributes_clears_only_the_named_rows_attributes() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("handle", DataType::FixedSizeBinary(2), false),
+            Field::new("tier", DataType::Utf8, true),
+            Field::new("spend", DataType::Float64, true),
+        ]));
+        let rb = RecordBatch::try_new(
+            schema,
+            vec![
+                fixed_array(&[1, 1, 2, 2, 3, 3], 2).unwrap(),
+                Arc::new(StringArray::from(vec![Some("gold"), None, Some("silver")])),
+                Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0), Some(3.0)])),
+            ],
+        )
+        .unwrap();
+        let out = null_attributes(&rb, &[0, 2]).unwrap();
+        assert_eq!(out.schema(), rb.schema());
+        assert_eq!(
+            out.column(0).as_ref(),
+            rb.column(0).as_ref(),
+            "handles kept"
+        );
+        let tier = out
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(tier.iter().collect::<Vec<_>>(), vec![None, None, None]);
+        let spend = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(
+            spend.iter().collect::<Vec<_>>(),
+            vec![None, Some(2.0), None]
+        );
+        // An out-of-range row number changes nothing rather than failing the erasure.
+        let same = null_attributes(&rb, &[7]).unwrap();
+        assert_eq!(same, rb);
+    }
 }
