@@ -13,7 +13,8 @@ use crate::common::{agreement_ref, load_key, party_error, runtime};
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
-    /// An aligned text table.
+    /// An aligned text table; numbers with a fraction are shown with 2 decimals (4
+    /// significant digits below 1). Use csv or json for full precision.
     Table,
     /// CSV with a header line.
     Csv,
@@ -151,13 +152,65 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
+/// A float as a person reads it in a table: 2 decimals, or 4 significant digits for
+/// magnitudes below 1 so that small averages do not print as 0.00.
+fn human_float(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return v.to_string();
+    }
+    let decimals = if v.abs() >= 1.0 {
+        2
+    } else {
+        // digits needed after the point for 4 significant digits, at most 12
+        (3 - v.abs().log10().floor() as i32).clamp(2, 12) as usize
+    };
+    format!("{v:.decimals$}")
+}
+
+/// The batch with every Float64 column turned into text rounded by [`human_float`].
+fn round_floats(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, Float64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match column.as_any().downcast_ref::<Float64Array>() {
+            Some(values) => {
+                let text: StringArray = values.iter().map(|v| v.map(human_float)).collect();
+                fields.push(Field::new(
+                    field.name(),
+                    DataType::Utf8,
+                    field.is_nullable(),
+                ));
+                columns.push(Arc::new(text));
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// Renders batches in a format.
 pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
     match format {
-        Format::Table => Ok(format!(
-            "{}\n",
-            arrow::util::pretty::pretty_format_batches(batches)?
-        )),
+        Format::Table => {
+            let rounded = batches
+                .iter()
+                .map(round_floats)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(format!(
+                "{}\n",
+                arrow::util::pretty::pretty_format_batches(&rounded)?
+            ))
+        }
         Format::Csv => {
             let mut out = Vec::new();
             {
@@ -185,5 +238,43 @@ pub fn render(batches: &[RecordBatch], format: Format) -> Result<String> {
             s.push('\n');
             Ok(s)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn human_float_rounds_for_reading() {
+        assert_eq!(human_float(2335294.1000000066), "2335294.10");
+        assert_eq!(human_float(30.479519832985325), "30.48");
+        assert_eq!(human_float(-1.005), "-1.00");
+        assert_eq!(human_float(0.5), "0.5000");
+        assert_eq!(human_float(0.00123456), "0.001235");
+        assert_eq!(human_float(0.0), "0");
+        assert_eq!(human_float(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn tables_round_floats_and_csv_keeps_them() {
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("n", DataType::Int64, false),
+                Field::new("avg", DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![12454])),
+                Arc::new(Float64Array::from(vec![Some(30.479519832985325)])),
+            ],
+        )
+        .unwrap();
+        let table = render(std::slice::from_ref(&batch), Format::Table).unwrap();
+        assert!(table.contains("| 12454 | 30.48 |"), "{table}");
+        let csv = render(&[batch], Format::Csv).unwrap();
+        assert_eq!(csv, "n,avg\n12454,30.479519832985325\n");
     }
 }
