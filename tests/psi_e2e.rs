@@ -739,3 +739,73 @@ async fn the_room_refuses_differential_privacy_replays_and_stale_versions() {
     assert!(submit(&url, &v2).await.unwrap().already_registered);
     room.shutdown().await;
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_stopped_while_ending_or_superseding_finishes_the_job_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(56);
+    let v1 = agreement_text("e2e-crash", 1, &keys, 10, 1000);
+    let v2 = resign(&v1, &keys, |l| {
+        if l.starts_with("version") {
+            "version = 2".to_owned()
+        } else {
+            l.to_owned()
+        }
+    });
+    let fp1 = verified(&v1).fingerprint().to_string();
+    let fp2 = verified(&v2).fingerprint().to_string();
+
+    // A reference room that superseded v1 by v2 normally: its files show what a finished
+    // supersession leaves behind (v2's directory, v1's tombstone).
+    let reference = dir.path().join("reference");
+    let room = start_room(&reference).await;
+    submit(&url(&room), &v1).await.unwrap();
+    assert_eq!(submit(&url(&room), &v2).await.unwrap().superseded, fp1);
+    room.shutdown().await;
+
+    // Stopped between registering v2 and ending v1: both versions on disk, no tombstone.
+    let mid_supersede = dir.path().join("mid-supersede");
+    let room = start_room(&mid_supersede).await;
+    submit(&url(&room), &v1).await.unwrap();
+    room.shutdown().await;
+    copy_dir(
+        &reference.join("agreements").join(&fp2),
+        &mid_supersede.join("agreements").join(&fp2),
+    );
+    let room = start_room(&mid_supersede).await;
+    let e = submit(&url(&room), &v1).await.unwrap_err();
+    assert!(e.message().contains("superseded"), "{}", e.message());
+    assert!(submit(&url(&room), &v2).await.unwrap().already_registered);
+    assert!(!mid_supersede.join("agreements").join(&fp1).exists());
+    room.shutdown().await;
+
+    // Stopped between recording v1's tombstone and deleting its data.
+    let mid_end = dir.path().join("mid-end");
+    let room = start_room(&mid_end).await;
+    submit(&url(&room), &v1).await.unwrap();
+    room.shutdown().await;
+    std::fs::copy(
+        reference.join("tombstones.json"),
+        mid_end.join("tombstones.json"),
+    )
+    .unwrap();
+    assert!(mid_end.join("agreements").join(&fp1).exists());
+    let room = start_room(&mid_end).await;
+    assert!(!mid_end.join("agreements").join(&fp1).exists());
+    let e = submit(&url(&room), &v1).await.unwrap_err();
+    assert!(e.message().contains("superseded"), "{}", e.message());
+    room.shutdown().await;
+}

@@ -198,6 +198,29 @@ async fn the_policy_corpus_gives_the_same_decisions_and_values_through_grpc_and_
     assert_eq!(names.len(), 1);
     assert_eq!(names.value(0), "overlap");
 
+    // A ticket is bound to the session that asked for it: the same analyst's other session
+    // cannot redeem it, and the session that asked still can.
+    let info = flight
+        .execute("SELECT COUNT(*) AS n FROM overlap".to_owned(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let other = analyst(&url, "e2e-corpus", &keys).await;
+    assert_ne!(other.token(), ana.token());
+    let mut other_flight = flight_client(room.flight_sql_addr.unwrap(), other.token()).await;
+    let err = other_flight.do_get(ticket.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("another session"), "{err}");
+    // Refused before it was spent, so its owner can still fetch the answer.
+    let mut fresh = flight_client(room.flight_sql_addr.unwrap(), ana.token()).await;
+    let batches: Vec<RecordBatch> = fresh
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+
     // A Flight SQL client without a session is refused.
     let mut anonymous = flight_client(room.flight_sql_addr.unwrap(), "not-a-token").await;
     let err = flight_query(&mut anonymous, "SELECT COUNT(*) FROM overlap")
@@ -292,6 +315,21 @@ async fn flight_handshake_authenticates_with_a_signed_challenge() {
         .await
         .unwrap_err();
     assert!(err.contains("not sealed"), "{err}");
+    // Refused before the policy saw it, and still in the audit log.
+    let log = accord_proto::v1::audit_client::AuditClient::new(
+        accord_party::client::channel(&url(&room)).await.unwrap(),
+    )
+    .fetch(v1::FetchAuditRequest {
+        fingerprint: agreement.fingerprint().to_string(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let last = log.entries.last().unwrap();
+    assert!(
+        last.contains("\"refused\"") && last.contains("not_sealed"),
+        "{last}"
+    );
     room.shutdown().await;
 }
 

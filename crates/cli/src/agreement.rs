@@ -45,8 +45,8 @@ pub struct InitArgs {
     #[arg(long, value_enum)]
     pub identifier: Identifier,
     /// A party as NAME=PUBKEY (the line `accord keygen` printed); give it once per party.
-    #[arg(long = "party", value_name = "NAME=PUBKEY", required = true)]
-    pub parties: Vec<String>,
+    #[arg(long = "party", value_name = "NAME=PUBKEY", required = true, value_parser = parse_party)]
+    pub parties: Vec<(String, PublicKey)>,
     /// ISO 3166 alpha-2 country of national phone numbers (required with --identifier phone).
     #[arg(long)]
     pub default_region: Option<String>,
@@ -121,17 +121,19 @@ fn report(file: &Path, err: &ManifestError) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// `--party NAME=PUBKEY`, checked while the command line is parsed (a usage error, exit 2).
+fn parse_party(spec: &str) -> Result<(String, PublicKey), String> {
+    let Some((name, key)) = spec.split_once('=') else {
+        return Err("must be NAME=PUBKEY, e.g. --party drinks=ed25519:…".into());
+    };
+    let key: PublicKey = key
+        .parse()
+        .map_err(|e| format!("the public key of {name} is not valid: {e}"))?;
+    Ok((name.trim().to_owned(), key))
+}
+
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let mut parties: Vec<(String, PublicKey)> = Vec::new();
-    for spec in &args.parties {
-        let Some((name, key)) = spec.split_once('=') else {
-            anyhow::bail!("--party {spec:?} must be NAME=PUBKEY, e.g. --party drinks=ed25519:…");
-        };
-        let key: PublicKey = key
-            .parse()
-            .with_context(|| format!("--party {name}: the public key is not valid"))?;
-        parties.push((name.trim().to_owned(), key));
-    }
+    let parties = args.parties;
     let text = accord_agreement::template_with_region(
         &args.id,
         args.identifier.into(),

@@ -13,15 +13,23 @@ pub enum BenchCommand {
     /// Measure the PSI pipeline against the bound set by one scalar multiplication.
     Psi {
         /// Synthetic identifiers per party (half of them shared with the other party).
-        #[arg(long, default_value_t = 100_000)]
+        #[arg(long, default_value_t = 100_000, value_parser = parse_rows)]
         rows: usize,
     },
+}
+
+/// `--rows N` with N ≥ 1 (a usage error otherwise, exit 2).
+fn parse_rows(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Psi { rows } => {
-            anyhow::ensure!(rows > 0, "--rows must be at least 1");
             eprintln!("measuring primitives ({PRIMITIVE_SAMPLES} samples each, one core)…");
             let costs = measure_primitives(PRIMITIVE_SAMPLES);
             eprintln!("running the two-party pipeline on {rows} rows per party…");

@@ -34,7 +34,11 @@ pub struct QueryArgs {
     #[arg(long)]
     pub key: PathBuf,
     /// The SQL to run.
-    #[arg(long, conflicts_with = "sql_file")]
+    #[arg(
+        long,
+        conflicts_with = "sql_file",
+        required_unless_present_any = ["sql_file", "describe", "print_token"]
+    )]
     pub sql: Option<String>,
     /// A file holding the SQL to run.
     #[arg(long)]

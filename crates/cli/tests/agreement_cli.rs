@@ -190,6 +190,29 @@ fn usage_errors_exit_2_and_bad_input_exits_1() {
             "snacks=ed25519:nope",
         ])
         .assert()
-        .code(1)
-        .stderr(predicate::str::contains("--party snacks"));
+        .code(2)
+        .stderr(
+            predicate::str::contains("--party").and(predicate::str::contains(
+                "public key of snacks is not valid",
+            )),
+        );
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "init", "--id", "x", "--identifier", "email"])
+        .args(["--party", "drinks"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("NAME=PUBKEY"));
+    // Other commands' usage errors are caught by the argument parser too.
+    cargo_bin_cmd!("accord")
+        .args(["query", "--room", "http://127.0.0.1:9", "--agreement", "x"])
+        .arg("--key")
+        .arg(dir.path().join("d.key"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--sql"));
+    cargo_bin_cmd!("accord")
+        .args(["bench", "psi", "--rows", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("at least 1"));
 }

@@ -47,6 +47,8 @@ const MAX_TICKETS: usize = 10_000;
 struct PendingTicket {
     fingerprint: accord_agreement::Fingerprint,
     analyst: String,
+    /// SHA-256 of the bearer token of the session that asked for the ticket.
+    session: [u8; 32],
     sql: String,
     expires: Instant,
 }
@@ -129,6 +131,13 @@ impl FlightRoom {
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(Arc<crate::room::Slot>, String), Status> {
         self.room.analyst_call(metadata).map_err(status)
+    }
+
+    /// Names the caller's session without keeping its token: tickets are bound to it.
+    fn session_tag(metadata: &tonic::metadata::MetadataMap) -> Result<[u8; 32], Status> {
+        use sha2::{Digest, Sha256};
+        let token = crate::auth::bearer(metadata).map_err(status)?;
+        Ok(Sha256::digest(token.as_bytes()).into())
     }
 
     fn batch_stream(schema: Arc<Schema>, batches: Vec<arrow::array::RecordBatch>) -> DoGetStream {
@@ -225,6 +234,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let (slot, analyst) = self.analyst(request.metadata())?;
+        let session = Self::session_tag(request.metadata())?;
         let sql = query.query;
         match self.room.query_schema(&slot, &sql).await.map_err(status)? {
             Ok(schema) => {
@@ -245,6 +255,7 @@ impl FlightSqlService for FlightRoom {
                         PendingTicket {
                             fingerprint: slot.agreement.fingerprint(),
                             analyst,
+                            session,
                             sql,
                             expires: now + TICKET_TTL,
                         },
@@ -287,22 +298,35 @@ impl FlightSqlService for FlightRoom {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let (slot, analyst) = self.analyst(request.metadata())?;
+        let session = Self::session_tag(request.metadata())?;
         let id: [u8; 16] = ticket
             .statement_handle
             .as_ref()
             .try_into()
             .map_err(|_| Status::invalid_argument("unknown ticket"))?;
-        let pending = lock(&self.tickets).remove(&id).ok_or_else(|| {
-            Status::not_found(
-                "unknown, used or expired ticket: ask for a new one with GetFlightInfo",
-            )
-        })?;
-        if pending.fingerprint != slot.agreement.fingerprint()
-            || pending.analyst != analyst
-            || pending.expires <= Instant::now()
-        {
-            return Err(Status::permission_denied(
-                "this ticket belongs to another session",
+        let pending = {
+            let mut tickets = lock(&self.tickets);
+            let Some(found) = tickets.get(&id) else {
+                return Err(Status::not_found(
+                    "unknown, used or expired ticket: ask for a new one with GetFlightInfo",
+                ));
+            };
+            // Checked before it is spent, so another session cannot burn someone's ticket.
+            if found.fingerprint != slot.agreement.fingerprint()
+                || found.analyst != analyst
+                || found.session != session
+            {
+                return Err(Status::permission_denied(
+                    "this ticket belongs to another session",
+                ));
+            }
+            tickets
+                .remove(&id)
+                .ok_or_else(|| Status::internal("ticket vanished"))?
+        };
+        if pending.expires <= Instant::now() {
+            return Err(Status::not_found(
+                "expired ticket: ask for a new one with GetFlightInfo",
             ));
         }
         let result = self

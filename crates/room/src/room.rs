@@ -189,6 +189,7 @@ impl Room {
             .collect();
         entries.sort();
         let now = Utc::now();
+        let mut stored = Vec::new();
         for path in entries {
             let manifest_path = path.join("manifest.toml");
             let Ok(text) = std::fs::read_to_string(&manifest_path) else {
@@ -196,32 +197,61 @@ impl Room {
                 accord_fs::remove_dir_all_durable(&path)?;
                 continue;
             };
-            let manifest = match accord_agreement::Manifest::parse(&text) {
-                Ok(m) => m,
+            match accord_agreement::Manifest::parse(&text) {
+                Ok(m) => stored.push((path, text, m)),
                 Err(e) => {
                     tracing::error!(path = %manifest_path.display(), error = %e, "stored manifest no longer parses; leaving it untouched");
-                    continue;
                 }
-            };
+            }
+        }
+        // The newest stored version of each id: an older one still on disk means the room
+        // stopped while superseding it.
+        let mut newest: HashMap<String, (u64, Fingerprint)> = HashMap::new();
+        for (_, _, m) in &stored {
+            let entry = newest
+                .entry(m.id.clone())
+                .or_insert((m.version, m.fingerprint()));
+            if m.version > entry.0 {
+                *entry = (m.version, m.fingerprint());
+            }
+        }
+        for (path, text, manifest) in stored {
             let fp = manifest.fingerprint();
-            if manifest.valid_until <= now {
-                let audit = AuditLog::open(&self.audit_path(fp), fp)?;
-                let mut audit = audit;
-                audit.append(Actor::Room, Event::Expired, now)?;
+            let ended = {
+                let reg = lock(&self.inner.registry);
+                reg.tombstones.contains_key(&fp.to_string())
+            };
+            if ended {
+                // The room stopped after recording the end but before the data was gone.
                 accord_fs::remove_dir_all_durable(&path)?;
+                let mut audit = AuditLog::open(&self.audit_path(fp), fp)?;
                 audit.append(Actor::Room, Event::DataDeleted, now)?;
-                self.add_tombstone(fp, &manifest.id, manifest.version, "expired")?;
-                tracing::info!(agreement = %manifest.id, %fp, "agreement expired while the room was down; data deleted");
+                tracing::info!(agreement = %manifest.id, %fp, "finished deleting the data of an ended agreement");
                 continue;
             }
-            let agreement = match accord_agreement::verify(&text, now) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(path = %manifest_path.display(), error = %e, "stored agreement no longer verifies; not serving it");
-                    continue;
+            let newer = newest.get(&manifest.id).copied();
+            let (event, reason) = if manifest.valid_until <= now {
+                (Event::Expired, "expired")
+            } else if let Some((_, by)) = newer.filter(|(v, _)| *v > manifest.version) {
+                let by = by.to_string();
+                (Event::Superseded { by }, "superseded")
+            } else {
+                match accord_agreement::verify(&text, now) {
+                    Ok(agreement) => {
+                        self.load_slot(agreement)?;
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %path.display(), error = %e, "stored agreement no longer verifies; not serving it");
+                    }
                 }
+                continue;
             };
-            self.load_slot(agreement)?;
+            let mut audit = AuditLog::open(&self.audit_path(fp), fp)?;
+            audit.append(Actor::Room, event, now)?;
+            self.add_tombstone(fp, &manifest.id, manifest.version, reason)?;
+            accord_fs::remove_dir_all_durable(&path)?;
+            audit.append(Actor::Room, Event::DataDeleted, now)?;
+            tracing::info!(agreement = %manifest.id, %fp, reason, "agreement ended while the room was down; data deleted");
         }
         Ok(())
     }
@@ -459,14 +489,16 @@ impl Room {
         self.audit(slot, actor, event)?;
         live.engine = None;
         live.store = None;
-        accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
-        self.audit(slot, Actor::Room, Event::DataDeleted)?;
+        // The tombstone first: if the room stops before the data is gone, recovery finds
+        // the tombstone and finishes the deletion instead of serving the agreement again.
         self.add_tombstone(
             fp,
             slot.agreement.id(),
             slot.agreement.manifest().version,
             reason,
         )?;
+        accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
+        self.audit(slot, Actor::Room, Event::DataDeleted)?;
         lock(&self.inner.auth).end_sessions_for(fp);
         let mut reg = lock(&self.inner.registry);
         reg.by_fingerprint.remove(&fp);
@@ -1108,17 +1140,25 @@ impl Room {
     ) -> Result<QueryResult<T>> {
         let live = slot.live.read().await;
         live.store.as_ref().ok_or_else(ended)?;
-        if slot.agreement.manifest().valid_until <= Utc::now() {
-            return Err(RoomError::FailedPrecondition(
-                "the agreement has expired: queries are refused".into(),
-            ));
-        }
-        let engine = live.engine.clone().ok_or_else(|| {
-            RoomError::FailedPrecondition(
-                "the agreement's data is not sealed yet: both parties must finish their upload and blinding".into(),
-            )
-        })?;
         let actor = Actor::Analyst(analyst.to_owned());
+        // Every query is logged, also the ones refused before the policy sees them.
+        let refuse_early = |rule: &str, message: &str| -> Result<QueryResult<T>> {
+            self.audit(
+                slot,
+                actor.clone(),
+                query_event(sql, "refused", Some(rule), 0, 0),
+            )?;
+            Err(RoomError::FailedPrecondition(message.to_owned()))
+        };
+        if slot.agreement.manifest().valid_until <= Utc::now() {
+            return refuse_early("expired", "the agreement has expired: queries are refused");
+        }
+        let Some(engine) = live.engine.clone() else {
+            return refuse_early(
+                "not_sealed",
+                "the agreement's data is not sealed yet: both parties must finish their upload and blinding",
+            );
+        };
         if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
             let message = format!("the query is {} bytes long; the limit is 16 KiB", sql.len());
             self.audit(
@@ -1178,9 +1218,13 @@ impl Room {
         sql: &str,
     ) -> Result<std::result::Result<arrow::datatypes::SchemaRef, (String, String)>> {
         let live = slot.live.read().await;
-        let engine = live.engine.clone().ok_or_else(|| {
-            RoomError::FailedPrecondition("the agreement's data is not sealed yet".into())
-        })?;
+        let Some(engine) = live.engine.clone() else {
+            // The caller runs refusals through `query`, which logs and explains this one.
+            return Ok(Err((
+                "not_sealed".into(),
+                "the agreement's data is not sealed yet".into(),
+            )));
+        };
         if sql.len() > accord_proto::limits::MAX_SQL_BYTES {
             return Ok(Err((
                 "too_long".into(),
