@@ -101,6 +101,90 @@ async fn joined_count_equals_the_plaintext_intersection_and_nothing_reversible_i
         "the room's join must equal the plaintext intersection"
     );
 
+    // Data minimization: after sealing, the parties' row files hold only the matched rows.
+    let stored_rows = || -> usize {
+        files_under(&dir.path().join("room"))
+            .into_iter()
+            .filter(|f| {
+                f.extension().is_some_and(|e| e == "parquet")
+                    && f.parent().is_some_and(|d| d.ends_with("rows"))
+            })
+            .map(|f| {
+                parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f).unwrap())
+                    .map(|r| {
+                        use parquet::file::reader::FileReader;
+                        r.metadata().file_metadata().num_rows() as usize
+                    })
+                    .unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(stored_rows(), 2 * expected.len());
+    // The room still counts what each party uploaded (caps, status), and after a restart the
+    // sealed data answers the same.
+    room.shutdown().await;
+    let room = start_room(&dir.path().join("room")).await;
+    let url = accord_tests::url(&room);
+    let mut ana = analyst(&url, "e2e-count", &keys).await;
+    let again = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
+        .await
+        .unwrap();
+    assert_eq!(again, batches);
+    assert_eq!(stored_rows(), 2 * expected.len());
+    for name in ["drinks", "snacks"] {
+        let ctx = party(
+            &agreement,
+            name,
+            &keys,
+            &dir.path().join(format!("{name}-state")),
+            &url,
+        );
+        let status = accord_party::status(&ctx).await.unwrap();
+        assert!(
+            status.rows_uploaded > expected.len() as u64,
+            "{name}: {} uploaded rows reported",
+            status.rows_uploaded
+        );
+    }
+    // Erasure still recognizes a customer whose row was deleted at sealing (person1: drinks
+    // only) next to a matched one (person302), and a second request finds nothing.
+    assert!(
+        !expected.contains("person1@example.com") && expected.contains("person302@example.com")
+    );
+    std::fs::write(
+        dir.path().join("erase.txt"),
+        "person1@example.com\nperson302@example.com\n",
+    )
+    .unwrap();
+    let drinks = party(
+        &agreement,
+        "drinks",
+        &keys,
+        &dir.path().join("drinks-state"),
+        &url,
+    );
+    let outcome = accord_party::erase(&drinks, &dir.path().join("erase.txt"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.requested, outcome.not_uploaded, outcome.erased),
+        (2, 0, 2)
+    );
+    let after = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
+        .await
+        .unwrap();
+    let after = after[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(after, n - 1);
+    let again = accord_party::erase(&drinks, &dir.path().join("erase.txt"))
+        .await
+        .unwrap();
+    assert_eq!(again.erased, 0);
+
     // No normalized identifier, nor its SHA-256 / SHA-512, anywhere in the room's data dir.
     let mut needles: Vec<Vec<u8>> = Vec::new();
     for i in [0usize, 1, 300, 301, 450, 599, 650, 899] {

@@ -259,11 +259,14 @@ impl Room {
     fn load_slot(&self, agreement: VerifiedAgreement) -> Result<Arc<Slot>> {
         let fp = agreement.fingerprint();
         let dir = self.agreement_dir(fp);
-        let store = AgreementStore::open(&dir, PartyColumns::from_manifest(agreement.manifest()))?;
+        let mut store =
+            AgreementStore::open(&dir, PartyColumns::from_manifest(agreement.manifest()))?;
         let audit = AuditLog::open(&self.audit_path(fp), fp)?;
         let (engine, withheld) = match store.seal_info()? {
             Some(info) => {
                 let snapshot = store.read_snapshot()?;
+                // Finishes a minimization the room was stopped in (a no-op otherwise).
+                store.discard_unmatched(&snapshot)?;
                 let engine = build_engine(&agreement, &info.withheld, &snapshot)?;
                 (Some(Arc::new(engine)), info.withheld)
             }
@@ -915,7 +918,7 @@ impl Room {
     }
 
     fn maybe_seal(&self, slot: &Slot, live: &mut Live) -> Result<()> {
-        let Some(store) = live.store.as_ref() else {
+        let Some(store) = live.store.as_mut() else {
             return Ok(());
         };
         if !store.ready_to_seal() || store.seal_info()?.is_some() {
@@ -934,6 +937,7 @@ impl Room {
             withheld: withheld.clone(),
         };
         store.write_snapshot(&snapshot, &info)?;
+        store.discard_unmatched(&snapshot)?;
         live.engine = Some(Arc::new(build_engine(
             &slot.agreement,
             &withheld,

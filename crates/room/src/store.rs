@@ -5,10 +5,12 @@
 //! ```text
 //! <data>/agreements/<fingerprint>/manifest.toml
 //!     parties/<party>/pending/<batch>.parquet   handle, point (k_party·H), attributes — waits for the partner
-//!     parties/<party>/rows/<batch>.parquet      token (k_B·k_A·H), handle, attributes
+//!     parties/<party>/rows/<batch>.parquet      token (k_B·k_A·H), handle, attributes; after
+//!                                               sealing only the matched rows (data minimization)
 //!     parties/<party>/refused/<batch>.txt       the partner's reason for refusing to blind the batch
 //!     parties/<party>/complete.json             the party's signed completion statement
 //!     parties/<party>/erased.bin                handles erased while their batch was still pending
+//!     parties/<party>/discarded.bin             handles of rows deleted at sealing (matched nobody)
 //!     snapshot.parquet, sealed.json             the sealed join: matched rows only, no tokens
 //! <data>/audit/<fingerprint>.jsonl              the audit log (outlives the data)
 //! ```
@@ -35,6 +37,8 @@ use crate::error::{Result, RoomError};
 const POINT: i32 = 32;
 const HANDLE: i32 = 16;
 const DIGEST_KEY: &str = "accord.batch_digest";
+/// Rows the party uploaded in a batch, kept when sealing deletes the unmatched ones.
+const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
 const SIGNATURE_KEY: &str = "accord.signature";
 
 /// How one attribute column is stored.
@@ -162,6 +166,9 @@ pub struct PartyProgress {
     pub complete: Option<Completion>,
     /// Handles erased while their batch was pending.
     pub erased_pending: HashSet<[u8; 16]>,
+    /// Handles of rows deleted at sealing because they matched nobody (data minimization);
+    /// an erasure request may still name them.
+    pub discarded: HashSet<[u8; 16]>,
 }
 
 impl PartyProgress {
@@ -267,15 +274,8 @@ impl AgreementStore {
                         RoomError::Internal(format!("{}: {e}", complete.display()))
                     })?);
             }
-            let erased = pdir.join("erased.bin");
-            if erased.exists() {
-                let bytes = fs::read(&erased).map_err(|e| RoomError::io("read", &erased, e))?;
-                for h in bytes.chunks_exact(16) {
-                    let mut a = [0u8; 16];
-                    a.copy_from_slice(h);
-                    pr.erased_pending.insert(a);
-                }
-            }
+            pr.erased_pending = read_handles(&pdir.join("erased.bin"))?;
+            pr.discarded = read_handles(&pdir.join("discarded.bin"))?;
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
@@ -573,6 +573,73 @@ impl AgreementStore {
         Ok(())
     }
 
+    /// Data minimization after sealing (DESIGN §3.6): deletes every tokenized row that is not
+    /// in `snapshot` (its token, handle and attributes) and clears the attributes of batches
+    /// left pending (refused by the partner). The handles of deleted rows are kept in
+    /// `discarded.bin`, written before the rows go, so erasure still recognizes them.
+    /// Idempotent: the room runs it again after a restart. Returns the rows deleted.
+    pub fn discard_unmatched(&mut self, snapshot: &RecordBatch) -> Result<u64> {
+        let mut deleted = 0u64;
+        let names: Vec<String> = self.parties.iter().map(|p| p.party.clone()).collect();
+        for party in names {
+            let col = snapshot.schema().index_of(&format!("{party}_handle"))?;
+            let matched_col = snapshot
+                .column(col)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| {
+                    RoomError::Internal("snapshot handle column has the wrong type".into())
+                })?;
+            let matched: HashSet<[u8; 16]> = (0..matched_col.len())
+                .map(|i| to16(matched_col.value(i)))
+                .collect();
+            let pdir = self.party_dir(&party);
+            let mut discarded = self
+                .progress
+                .get(&party)
+                .map(|p| p.discarded.clone())
+                .unwrap_or_default();
+            for (_, path) in list(&pdir.join("rows"), ".parquet")? {
+                let (batches, mut meta) = read_parquet(&path)?;
+                let rb = concat(&batches)?;
+                let h = column_fixed(&rb, "handle")?;
+                let mut keep = Vec::new();
+                let before = discarded.len();
+                for i in 0..rb.num_rows() {
+                    let handle = to16(h.value(i));
+                    if matched.contains(&handle) {
+                        keep.push(i as u32);
+                    } else {
+                        discarded.insert(handle);
+                    }
+                }
+                if keep.len() == rb.num_rows() {
+                    continue;
+                }
+                if discarded.len() != before {
+                    write_handles(&pdir.join("discarded.bin"), &discarded)?;
+                }
+                meta.entry(UPLOADED_ROWS_KEY.to_owned())
+                    .or_insert_with(|| rb.num_rows().to_string());
+                let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+                accord_fs::write_atomic(&path, &parquet_bytes(&take_rows(&rb, &keep)?, meta)?)?;
+                deleted += (rb.num_rows() - keep.len()) as u64;
+            }
+            for (_, path) in list(&pdir.join("pending"), ".parquet")? {
+                let (batches, meta) = read_parquet(&path)?;
+                let rb = concat(&batches)?;
+                let all: Vec<usize> = (0..rb.num_rows()).collect();
+                let nulled = null_attributes(&rb, &all)?;
+                if nulled != rb {
+                    let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+                    accord_fs::write_atomic(&path, &parquet_bytes(&nulled, meta)?)?;
+                }
+            }
+            self.progress.entry(party).or_default().discarded = discarded;
+        }
+        Ok(deleted)
+    }
+
     /// Reads the sealed snapshot.
     pub fn read_snapshot(&self) -> Result<RecordBatch> {
         let (batches, _) = read_parquet(&self.dir.join("snapshot.parquet"))?;
@@ -621,6 +688,7 @@ impl AgreementStore {
             for h in &p.erased_pending {
                 known.remove(h);
             }
+            known.extend(p.discarded.iter().copied());
         }
         Ok(known)
     }
@@ -669,11 +737,13 @@ impl AgreementStore {
         if !newly_pending.is_empty() {
             let progress = self.progress.entry(party.to_owned()).or_default();
             progress.erased_pending.extend(newly_pending);
-            let mut bytes = Vec::with_capacity(progress.erased_pending.len() * 16);
-            for h in &progress.erased_pending {
-                bytes.extend_from_slice(h);
-            }
-            accord_fs::write_atomic(&pdir.join("erased.bin"), &bytes)?;
+            write_handles(&pdir.join("erased.bin"), &progress.erased_pending)?;
+        }
+        let progress = self.progress.entry(party.to_owned()).or_default();
+        if handles.iter().any(|h| progress.discarded.contains(h)) {
+            // Already deleted at sealing; forgetting the handle makes a second request "unknown".
+            progress.discarded.retain(|h| !handles.contains(h));
+            write_handles(&pdir.join("discarded.bin"), &progress.discarded)?;
         }
         if self.seal_info()?.is_some() {
             let snapshot = self.read_snapshot()?;
@@ -802,12 +872,38 @@ fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {
     .unwrap_or_default()
 }
 
+/// Reads a file of concatenated 16-byte handles (absent: none).
+fn read_handles(path: &Path) -> Result<HashSet<[u8; 16]>> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(RoomError::io("read", path, e)),
+    };
+    Ok(bytes.chunks_exact(16).map(to16).collect())
+}
+
+/// Writes a set of handles atomically, sorted so the file does not depend on hashing.
+fn write_handles(path: &Path, handles: &HashSet<[u8; 16]>) -> Result<()> {
+    let mut sorted: Vec<&[u8; 16]> = handles.iter().collect();
+    sorted.sort();
+    let bytes: Vec<u8> = sorted.into_iter().flatten().copied().collect();
+    accord_fs::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
 fn read_meta(path: &Path) -> Result<(u64, [u8; 32])> {
     let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let md = builder.metadata().file_metadata();
-    let rows = md.num_rows() as u64;
-    let digest = kv(md.key_value_metadata())
+    let meta = kv(md.key_value_metadata());
+    // After sealing a batch file keeps only its matched rows; the upload's size stays here.
+    let rows = match meta.get(UPLOADED_ROWS_KEY) {
+        Some(n) => n.parse().map_err(|_| {
+            RoomError::Internal(format!("{}: bad {UPLOADED_ROWS_KEY}", path.display()))
+        })?,
+        None => md.num_rows() as u64,
+    };
+    let digest = meta
         .get(DIGEST_KEY)
         .and_then(|d| hex::decode(d).ok())
         .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
