@@ -582,14 +582,7 @@ impl AgreementStore {
         let mut deleted = 0u64;
         let names: Vec<String> = self.parties.iter().map(|p| p.party.clone()).collect();
         for party in names {
-            let col = snapshot.schema().index_of(&format!("{party}_handle"))?;
-            let matched_col = snapshot
-                .column(col)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| {
-                    RoomError::Internal("snapshot handle column has the wrong type".into())
-                })?;
+            let matched_col = column_fixed(snapshot, &format!("{party}_handle"))?;
             let matched: HashSet<[u8; 16]> = (0..matched_col.len())
                 .map(|i| to16(matched_col.value(i)))
                 .collect();
@@ -747,14 +740,7 @@ impl AgreementStore {
         }
         if self.seal_info()?.is_some() {
             let snapshot = self.read_snapshot()?;
-            let col = snapshot.schema().index_of(&format!("{party}_handle"))?;
-            let h = snapshot
-                .column(col)
-                .as_any()
-                .downcast_ref::<FixedSizeBinaryArray>()
-                .ok_or_else(|| {
-                    RoomError::Internal("snapshot handle column has the wrong type".into())
-                })?;
+            let h = column_fixed(&snapshot, &format!("{party}_handle"))?;
             let keep: Vec<u32> = (0..snapshot.num_rows())
                 .filter(|&i| !handles.contains(&to16(h.value(i))))
                 .map(|i| i as u32)
