@@ -43,7 +43,7 @@ pub fn agreement_ref(given: &str) -> Result<String> {
 /// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.
 pub fn party_error(e: accord_party::PartyError) -> anyhow::Error {
     match e {
-        accord_party::PartyError::Unreachable { url, reason } => {
+        accord_party::PartyError::Unreachable { url, reason, .. } => {
             anyhow::Error::new(RoomUnreachable(format!("{url}: {reason}")))
         }
         other => anyhow::Error::new(other),

@@ -57,6 +57,13 @@ where
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
+            Err(PartyError::Unreachable { url, reason, .. }) => {
+                return Err(PartyError::Unreachable {
+                    url,
+                    reason: format!("{reason} (gave up after {attempt} attempts)"),
+                    gave_up: true,
+                });
+            }
             other => return other,
         }
     }
@@ -88,6 +95,7 @@ pub async fn channel(url: &str) -> Result<Channel, PartyError> {
                 .map_err(|e| PartyError::Unreachable {
                     url: url.to_owned(),
                     reason: source_chain(&e),
+                    gave_up: false,
                 })
         }
     })
@@ -288,5 +296,51 @@ impl Connection {
         }
         self.last_entries = head.entries;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn unreachable() -> PartyError {
+        PartyError::Unreachable {
+            url: "http://127.0.0.1:9".into(),
+            reason: "connection refused".into(),
+            gave_up: false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_give_up_once_and_nested_loops_do_not_multiply() {
+        let calls = AtomicU32::new(0);
+        let inner = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(unreachable())
+        };
+        let err = with_retries("outer", || with_retries("inner", inner))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            6,
+            "the inner loop's 6 attempts only"
+        );
+        assert!(!err.is_transient());
+        assert!(
+            err.to_string().contains("gave up after 6 attempts"),
+            "{err}"
+        );
+        // Errors that are not transient are returned at once.
+        let calls = AtomicU32::new(0);
+        let err = with_retries("refused", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(PartyError::Room("no".into()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(err, PartyError::Room(_)));
     }
 }

@@ -11,6 +11,8 @@ pub enum PartyError {
         url: String,
         /// What failed.
         reason: String,
+        /// Already retried with backoff until giving up: an outer loop must not retry again.
+        gave_up: bool,
     },
     /// The room refused the request; the message says why.
     #[error("the room refused: {0}")]
@@ -49,11 +51,13 @@ impl PartyError {
                 PartyError::Unreachable {
                     url: url.to_owned(),
                     reason: status.message().to_owned(),
+                    gave_up: false,
                 }
             }
             _ if broken => PartyError::Unreachable {
                 url: url.to_owned(),
                 reason: status.message().to_owned(),
+                gave_up: false,
             },
             _ => PartyError::Room(status.message().to_owned()),
         }
@@ -61,6 +65,6 @@ impl PartyError {
 
     /// True for errors worth retrying with backoff.
     pub fn is_transient(&self) -> bool {
-        matches!(self, PartyError::Unreachable { .. })
+        matches!(self, PartyError::Unreachable { gave_up: false, .. })
     }
 }

@@ -403,6 +403,7 @@ async fn upload_attempt(
         return Err(PartyError::Unreachable {
             url: ctx.room_url.clone(),
             reason: "the upload stream ended before the room stored the completion".into(),
+            gave_up: false,
         });
     }
     Ok((status, stored))
@@ -463,8 +464,18 @@ fn proto_columns(
 }
 
 /// Blinds the partner's waiting batches. With `wait`, keeps going until both sides' tokens
-/// are complete. Returns the batches blinded and the last status.
+/// are complete. Returns the batches blinded (by the last attempt) and the last status.
+///
+/// A transient network failure restarts the work with backoff: the blind-once log makes a
+/// batch blinded before the failure come out identical the second time.
 pub async fn sync(ctx: &PartyContext, wait: bool) -> Result<(u64, v1::StatusResponse), PartyError> {
+    with_retries("sync", || sync_once(ctx, wait)).await
+}
+
+async fn sync_once(
+    ctx: &PartyContext,
+    wait: bool,
+) -> Result<(u64, v1::StatusResponse), PartyError> {
     let state = ctx.state()?;
     let partner = ctx.partner()?;
     let m = ctx.agreement.manifest();
@@ -632,8 +643,12 @@ async fn blind_one(
     }
 }
 
-/// This party's status at the room.
+/// This party's status at the room (retried with backoff on transient failures).
 pub async fn status(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError> {
+    with_retries("status", || status_once(ctx)).await
+}
+
+async fn status_once(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError> {
     let state = ctx.state()?;
     let mut conn = ctx.connect(&state).await?;
     let mut psi = PsiClient::new(conn.channel());
