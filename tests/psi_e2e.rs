@@ -515,36 +515,23 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
     submit(&url, &text).await.unwrap();
     let fp = agreement.fingerprint();
 
-    // Unknown agreement.
-    let err = accord_party::Connection::open(
-        &url,
-        "no-such-agreement",
-        accord_party::Principal::Party("drinks"),
-        &keys.drinks(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("no agreement"), "{err}");
-    // A party that is not in the agreement.
-    let err = accord_party::Connection::open(
-        &url,
-        "e2e-hostile",
-        accord_party::Principal::Party("cheese"),
-        &keys.drinks(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("not a party"), "{err}");
-    // The right party name with the wrong key.
-    let err = accord_party::Connection::open(
-        &url,
-        "e2e-hostile",
-        accord_party::Principal::Party("drinks"),
-        &keys.snacks(),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("does not verify"), "{err}");
+    // Unknown agreement; a party that is not in the agreement; the right name, the wrong key.
+    let (drinks_key, snacks_key) = (keys.drinks(), keys.snacks());
+    for (agreement_ref, name, key, expected) in [
+        ("no-such-agreement", "drinks", &drinks_key, "no agreement"),
+        ("e2e-hostile", "cheese", &drinks_key, "not a party"),
+        ("e2e-hostile", "drinks", &snacks_key, "does not verify"),
+    ] {
+        let err = accord_party::Connection::open(
+            &url,
+            agreement_ref,
+            accord_party::Principal::Party(name),
+            key,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+    }
 
     let conn = accord_party::Connection::open(
         &url,
