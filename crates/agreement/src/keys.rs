@@ -35,6 +35,8 @@ pub mod sig {
         AuditHead,
         /// The room's receipt confirming an erasure.
         ErasureReceipt,
+        /// A party's commitment `K = k·B` to its per-agreement PSI key.
+        PsiKeyCommitment,
     }
 
     impl Purpose {
@@ -49,6 +51,7 @@ pub mod sig {
                 Purpose::UploadComplete => "upload-complete",
                 Purpose::AuditHead => "audit-head",
                 Purpose::ErasureReceipt => "erasure-receipt",
+                Purpose::PsiKeyCommitment => "psi-key-commitment",
             }
         }
 

@@ -2,11 +2,16 @@
 //! runs the full two-party pipeline in process, then prints how close it comes.
 use std::process::ExitCode;
 
-use accord_psi::bench::{PipelineReport, PrimitiveCosts, measure_primitives, run_pipeline};
+use accord_psi::bench::{
+    PROOF_BATCH, PipelineReport, PrimitiveCosts, ProofCosts, ProvedPipelineReport,
+    measure_primitives, measure_proofs, run_pipeline_with_proofs,
+};
 use anyhow::Context;
 
 /// Single-core samples per primitive: enough for a stable mean, a few seconds at most.
 const PRIMITIVE_SAMPLES: usize = 20_000;
+/// Batches proved and verified when measuring proof costs.
+const PROOF_ROUNDS: usize = 4;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -33,14 +38,20 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             eprintln!("measuring primitives ({PRIMITIVE_SAMPLES} samples each, one core)…");
             let costs = measure_primitives(PRIMITIVE_SAMPLES);
             eprintln!("running the two-party pipeline on {rows} rows per party…");
-            let report = run_pipeline(rows, &costs).context("the benchmark pipeline failed")?;
+            eprintln!("measuring verifiable blinding ({PROOF_BATCH}-point batches, one core)…");
+            let proofs = measure_proofs(PROOF_BATCH, PROOF_ROUNDS)
+                .context("measuring the blinding proofs failed")?;
+            let proved =
+                run_pipeline_with_proofs(rows, &costs).context("the benchmark pipeline failed")?;
+            let report = &proved.plain;
             anyhow::ensure!(
                 report.matched == report.expected_matched,
                 "the pipeline matched {} rows but the inputs share {}: this is a bug",
                 report.matched,
                 report.expected_matched
             );
-            print!("{}", render(&costs, &report));
+            print!("{}", render(&costs, report));
+            print!("{}", render_proofs(&costs, &proofs, &proved));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -91,6 +102,32 @@ fn render(costs: &PrimitiveCosts, report: &PipelineReport) -> String {
     )
 }
 
+fn render_proofs(
+    costs: &PrimitiveCosts,
+    proofs: &ProofCosts,
+    proved: &ProvedPipelineReport,
+) -> String {
+    let plain = proved.plain.records_per_sec_per_party;
+    format!(
+        "\n\
+         verifiable blinding (batched DLEQ proofs, one core, per point of a {batch}-point batch)\n\
+         \x20 proving adds           {prove:>10.0} ns\n\
+         \x20 verifying (room)       {verify:>10.0} ns\n\
+         \x20 together               {sum:>10.0} ns = {overhead:.1} % of the bound's {per_record:.0} ns per record\n\
+         pipeline with proofs {with} per party vs {without} without ({ratio:.2} of the rate without; {batches} batches verified)\n",
+        batch = proofs.batch,
+        prove = proofs.prove_extra_ns,
+        verify = proofs.verify_ns,
+        sum = proofs.ns_per_record(),
+        overhead = 100.0 * proofs.overhead_of_bound(costs),
+        per_record = costs.ns_per_record(),
+        with = rate(proved.records_per_sec_per_party),
+        without = rate(plain),
+        ratio = proved.records_per_sec_per_party / plain.max(1e-9),
+        batches = proved.verified_batches,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,8 +135,9 @@ mod tests {
     #[test]
     fn report_block_names_every_number() {
         let costs = measure_primitives(4);
-        let report = run_pipeline(64, &costs).unwrap();
-        let text = render(&costs, &report);
+        let proved = run_pipeline_with_proofs(64, &costs).unwrap();
+        let proofs = measure_proofs(16, 1).unwrap();
+        let text = render(&costs, &proved.plain) + &render_proofs(&costs, &proofs, &proved);
         for needle in [
             "hash to group",
             "scalar multiplication",
@@ -109,6 +147,9 @@ mod tests {
             "achieved",
             "ratio",
             "32 matched",
+            "proving adds",
+            "verifying (room)",
+            "pipeline with proofs",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

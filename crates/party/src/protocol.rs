@@ -261,6 +261,7 @@ pub async fn upload(
             status.partner, r.batch_number, r.reason
         )));
     }
+    check_partner_proofs(&status)?;
     let mut outcome = UploadOutcome {
         report,
         batches: total_batches,
@@ -485,6 +486,24 @@ async fn sync_once(
     let mut conn = ctx.connect(&state).await?;
     let mut psi = PsiClient::new(conn.channel())
         .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    // Every ReturnWork stream opens with this party's signed commitment K = k·B; the room
+    // keeps the first and verifies every blinded batch's proof against it.
+    let commitment = {
+        let k = state.secrets()?.psi.commitment();
+        let message = accord_proto::signed::key_commitment(fp.as_bytes(), &ctx.party, &k);
+        v1::ReturnWorkMessage {
+            kind: Some(v1::return_work_message::Kind::Commitment(
+                v1::KeyCommitment {
+                    commitment: k.to_vec(),
+                    signature: ctx
+                        .key
+                        .sign(Purpose::PsiKeyCommitment, &message)
+                        .to_bytes()
+                        .to_vec(),
+                },
+            )),
+        }
+    };
     let mut blinded_total = 0u64;
     let bar = ctx.bar(0, &format!("blind {partner}'s batches"));
     let mut idle = Duration::from_millis(50);
@@ -494,10 +513,12 @@ async fn sync_once(
             idle = Duration::from_millis(50);
             bar.inc_length(work.len() as u64);
             let mut log = state.blinded(&partner)?;
-            let mut replies = Vec::with_capacity(work.len());
+            let mut replies = Vec::with_capacity(work.len() + 1);
+            replies.push(commitment.clone());
             for batch in work {
                 let reply = blind_one(
                     &state,
+                    &ctx.party,
                     &partner,
                     &partner_key,
                     partner_cap,
@@ -534,6 +555,10 @@ async fn sync_once(
                 r.batch_number, ctx.party, r.reason
             )));
         }
+        if let Err(e) = check_partner_proofs(&status) {
+            bar.finish_and_clear();
+            return Err(e);
+        }
         if !wait || status.tokens_complete {
             bar.finish_and_clear();
             return Ok((blinded_total, status));
@@ -559,10 +584,30 @@ async fn fetch_work(
     Ok(out)
 }
 
-/// Checks one partner batch and blinds it, or explains the refusal. The blinded log is
-/// synced to disk before the result is sent, so a batch is blinded once.
+/// Refuses to go on when the partner returned blinded batches of this party's upload with
+/// proofs that did not verify: waiting would never end, and the owners must know.
+fn check_partner_proofs(status: &v1::StatusResponse) -> Result<(), PartyError> {
+    if status.partner_proof_failures == 0 {
+        return Ok(());
+    }
+    Err(PartyError::Refused(format!(
+        "{partner} returned {n} blinded batch(es) of this party's upload whose proof did not \
+         verify: the room refused them, so the overlap cannot be sealed from them. Either \
+         {partner}'s software is broken or {partner} blinded some rows with a key other than \
+         the one it committed to. Ask {partner} to run `accord party sync` with an up-to-date \
+         accord; if it happens again, revoke the agreement (`accord agreement revoke`). The \
+         audit log (`accord audit verify`) records each failure.",
+        partner = status.partner,
+        n = status.partner_proof_failures
+    )))
+}
+
+/// Checks one partner batch and blinds it with a proof, or explains the refusal. The blinded
+/// log is synced to disk before the result is sent, so a batch is blinded once.
+#[allow(clippy::too_many_arguments)]
 async fn blind_one(
     state: &State,
+    me: &str,
     partner: &str,
     partner_key: &accord_agreement::PublicKey,
     partner_cap: u64,
@@ -622,12 +667,20 @@ async fn blind_one(
     }
     let secrets = state.secrets()?;
     let points = batch.points;
-    let result =
-        tokio::task::spawn_blocking(move || accord_psi::blind_concatenated(&secrets.psi, &points))
-            .await
-            .map_err(|e| PartyError::Internal(e.to_string()))?;
+    let (me, owner, fingerprint) = (me.to_owned(), partner.to_owned(), *fp.as_bytes());
+    let result = tokio::task::spawn_blocking(move || {
+        let context = accord_psi::DleqContext {
+            agreement: &fingerprint,
+            prover: &me,
+            owner: &owner,
+            batch: n,
+        };
+        accord_psi::blind_and_prove(&secrets.psi, &context, &points)
+    })
+    .await
+    .map_err(|e| PartyError::Internal(e.to_string()))?;
     match result {
-        Ok(blinded) => {
+        Ok((blinded, proof)) => {
             if let std::collections::btree_map::Entry::Vacant(entry) = log.entry(n) {
                 state.record_blinded(partner, n, &digest, rows)?;
                 entry.insert((digest, rows));
@@ -636,6 +689,7 @@ async fn blind_one(
                 kind: Some(v1::return_work_message::Kind::Blinded(v1::BlindedBatch {
                     batch_number: n,
                     points: blinded,
+                    proof: proof.to_vec(),
                 })),
             })
         }

@@ -183,6 +183,15 @@ pub mod signed {
         m
     }
 
+    /// Purpose `psi-key-commitment`: a party's per-agreement PSI key commitment `K = k·B`.
+    pub fn key_commitment(fingerprint: &[u8; 32], party: &str, commitment: &[u8; 32]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(72 + party.len());
+        m.extend_from_slice(fingerprint);
+        put_str(&mut m, party);
+        m.extend_from_slice(commitment);
+        m
+    }
+
     /// Purpose `audit-head`.
     pub fn audit_head(fingerprint: &[u8; 32], entries: u64, hash: &[u8; 32]) -> Vec<u8> {
         let mut m = Vec::with_capacity(72);

@@ -232,7 +232,7 @@ pub fn check_points(bytes: &[u8]) -> Result<(), BlindError> {
 
 /// Index of the first point equal to an earlier one. Encodings are canonical, so equal
 /// points have equal bytes.
-fn first_duplicate(input: &[u8]) -> Option<usize> {
+pub(crate) fn first_duplicate(input: &[u8]) -> Option<usize> {
     let mut seen: HashSet<&[u8]> = HashSet::with_capacity(input.len() / POINT_LEN);
     input
         .chunks_exact(POINT_LEN)
@@ -286,7 +286,7 @@ pub(crate) fn blind_into(
 }
 
 /// Decodes one 32-byte encoding, refusing invalid encodings and the identity.
-fn decode(encoding: &[u8]) -> Result<RistrettoPoint, BlindErrorKind> {
+pub(crate) fn decode(encoding: &[u8]) -> Result<RistrettoPoint, BlindErrorKind> {
     if encoding.iter().all(|&byte| byte == 0) {
         // The canonical (and only valid) encoding of the identity.
         return Err(BlindErrorKind::Identity);

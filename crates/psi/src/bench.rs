@@ -14,7 +14,13 @@ use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
 
 use crate::batch::{CHUNK, Compression, blind_into, hash_and_blind_with};
-use crate::{HashDomain, IdentifierKind, POINT_LEN, PsiError, PsiSecret};
+use crate::{
+    DleqContext, HashDomain, IdentifierKind, POINT_LEN, PsiError, PsiSecret, blind_and_prove,
+    verify_blinding,
+};
+
+/// Points per proved batch in the benchmark: the party's default upload batch size.
+pub const PROOF_BATCH: usize = 4096;
 
 /// Single-core cost of each primitive, in nanoseconds per operation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,9 +216,158 @@ pub fn compare_encodings(
     ))
 }
 
+/// Single-core cost of verifiable blinding, per point of a [`PROOF_BATCH`]-point batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProofCosts {
+    /// `blind_and_prove` minus `blind_concatenated` on the same batch: what proving adds for
+    /// the blinding party.
+    pub prove_extra_ns: f64,
+    /// `verify_blinding` of the batch: the room's work.
+    pub verify_ns: f64,
+    /// Points per batch measured.
+    pub batch: usize,
+}
+
+impl ProofCosts {
+    /// Proving plus verifying, per record.
+    pub fn ns_per_record(&self) -> f64 {
+        self.prove_extra_ns + self.verify_ns
+    }
+
+    /// What proofs add to the bound's per-record cost, as a fraction (0.10 = +10 %).
+    pub fn overhead_of_bound(&self, costs: &PrimitiveCosts) -> f64 {
+        self.ns_per_record() / costs.ns_per_record()
+    }
+}
+
+/// Times proving and verifying one batch of `batch` points on a single thread, `rounds` times.
+pub fn measure_proofs(batch: usize, rounds: usize) -> Result<ProofCosts, PsiError> {
+    let batch = batch.max(1);
+    let rounds = rounds.max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|err| PsiError::Benchmark {
+            reason: format!("could not start a one-thread pool: {err}"),
+        })?;
+    let owner = PsiSecret::generate()?;
+    let prover = PsiSecret::generate()?;
+    let domain = HashDomain::new("accord-bench", IdentifierKind::Email);
+    let input = hash_and_blind_with(
+        &owner,
+        &domain,
+        &synthetic_ids(0..batch),
+        Compression::Batched,
+    )
+    .concat();
+    let fingerprint = [0u8; 32];
+    let context = DleqContext {
+        agreement: &fingerprint,
+        prover: "b",
+        owner: "a",
+        batch: 1,
+    };
+    let commitment = prover.commitment();
+    pool.install(|| {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            black_box(crate::blind_concatenated(&prover, black_box(&input))?);
+        }
+        let plain = per_op(start, rounds * batch);
+        let start = Instant::now();
+        let mut last = None;
+        for _ in 0..rounds {
+            last = Some(blind_and_prove(&prover, &context, black_box(&input))?);
+        }
+        let proved = per_op(start, rounds * batch);
+        let (output, proof) = last.ok_or_else(|| PsiError::Benchmark {
+            reason: "no proving round ran".into(),
+        })?;
+        let start = Instant::now();
+        for _ in 0..rounds {
+            verify_blinding(&commitment, &context, &input, &output, &proof)?;
+        }
+        let verify_ns = per_op(start, rounds * batch);
+        Ok(ProofCosts {
+            prove_extra_ns: (proved - plain).max(0.0),
+            verify_ns,
+            batch,
+        })
+    })
+}
+
+/// Result of [`run_pipeline_with_proofs`]: the pipeline with every partner batch proved by its
+/// blinder and verified (as the room does), in [`PROOF_BATCH`]-point batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvedPipelineReport {
+    /// The same pipeline without proofs, run just before, for the ratio.
+    pub plain: PipelineReport,
+    /// Wall time with proving and verifying.
+    pub elapsed: Duration,
+    /// Achieved records per second per party with proofs.
+    pub records_per_sec_per_party: f64,
+    /// Batches whose proof verified (all of them, or the run is an error).
+    pub verified_batches: usize,
+}
+
+/// Runs [`run_pipeline`] and then the same work with verifiable blinding.
+pub fn run_pipeline_with_proofs(
+    rows: usize,
+    costs: &PrimitiveCosts,
+) -> Result<ProvedPipelineReport, PsiError> {
+    let plain = run_pipeline(rows, costs)?;
+    let shared = rows / 2;
+    let ids_a = synthetic_ids(0..rows);
+    let ids_b = synthetic_ids(rows - shared..2 * rows - shared);
+    let secret_a = PsiSecret::generate()?;
+    let secret_b = PsiSecret::generate()?;
+    let (commit_a, commit_b) = (secret_a.commitment(), secret_b.commitment());
+    let domain = HashDomain::new("accord-bench", IdentifierKind::Email);
+    let fingerprint = [0u8; 32];
+    let start = Instant::now();
+    let blinded_a = hash_and_blind_with(&secret_a, &domain, &ids_a, Compression::Batched);
+    let blinded_b = hash_and_blind_with(&secret_b, &domain, &ids_b, Compression::Batched);
+    let mut verified_batches = 0;
+    for (input, prover, commitment, owner, prover_name) in [
+        (&blinded_a, &secret_b, &commit_b, "a", "b"),
+        (&blinded_b, &secret_a, &commit_a, "b", "a"),
+    ] {
+        for (n, batch) in input.chunks(PROOF_BATCH).enumerate() {
+            let context = DleqContext {
+                agreement: &fingerprint,
+                prover: prover_name,
+                owner,
+                batch: n as u64,
+            };
+            let flat = batch.as_flattened();
+            let (output, proof) = blind_and_prove(prover, &context, flat)?;
+            verify_blinding(commitment, &context, flat, &output, &proof)?;
+            verified_batches += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(ProvedPipelineReport {
+        plain,
+        elapsed,
+        records_per_sec_per_party: 2.0 * rows as f64 / elapsed.as_secs_f64().max(1e-9),
+        verified_batches,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proof_costs_and_proved_pipeline_are_measured() {
+        let costs = measure_primitives(4);
+        let proofs = measure_proofs(64, 1).unwrap();
+        assert_eq!(proofs.batch, 64);
+        assert!(proofs.verify_ns > 0.0 && proofs.overhead_of_bound(&costs).is_finite());
+        let report = run_pipeline_with_proofs(PROOF_BATCH + 10, &costs).unwrap();
+        assert_eq!(report.verified_batches, 4);
+        assert_eq!(report.plain.matched, report.plain.expected_matched);
+    }
 
     #[test]
     fn primitives_are_measured() {

@@ -15,6 +15,7 @@
 
 mod batch;
 pub mod bench;
+mod dleq;
 mod hash;
 mod keys;
 mod normalize;
@@ -24,6 +25,10 @@ mod vectors;
 
 pub use batch::{
     BlindError, BlindErrorKind, blind, blind_concatenated, check_points, hash_and_blind,
+};
+pub use dleq::{
+    CHALLENGE_TAG, DleqContext, DleqError, NONCE_TAG, PROOF_LEN, SEED_TAG, WEIGHT_TAG,
+    blind_and_prove, check_commitment, verify_blinding,
 };
 pub use hash::{HASH_DOMAIN_TAG, HashDomain};
 pub use keys::{HANDLE_KEY_LEN, HandleKey, PsiSecret, SECRET_LEN};
@@ -88,4 +93,13 @@ pub enum PsiError {
     /// A batch of points was refused.
     #[error(transparent)]
     Blind(#[from] BlindError),
+    /// A blinding proof did not verify.
+    #[error(transparent)]
+    Dleq(#[from] DleqError),
+    /// The benchmark could not run (it measures, it never asserts a speed).
+    #[error("the benchmark could not run: {reason}")]
+    Benchmark {
+        /// What went wrong.
+        reason: String,
+    },
 }

@@ -59,6 +59,21 @@ pub enum Event {
         /// The refusing party's reason.
         reason: String,
     },
+    /// A party committed to its PSI key (`K = k·B`, hex) for this agreement.
+    KeyCommitted {
+        /// The commitment, hex.
+        commitment: String,
+    },
+    /// A party returned a blinded batch whose proof did not verify; the batch was refused and
+    /// stays waiting.
+    BlindingProofFailed {
+        /// The party whose batch it is.
+        owner: String,
+        /// The batch.
+        batch_number: u64,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Both parties' tokens were complete and the snapshot was sealed.
     Sealed {
         /// Dimension columns withheld because they identify rather than categorize.
@@ -345,6 +360,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::AgreementRegistered { .. } => "agreement_registered",
         Event::UploadComplete { .. } => "upload_complete",
         Event::BatchRefused { .. } => "batch_refused",
+        Event::KeyCommitted { .. } => "key_committed",
+        Event::BlindingProofFailed { .. } => "blinding_proof_failed",
         Event::Sealed { .. } => "sealed",
         Event::Query { .. } => "query",
         Event::Erasure { .. } => "erasure",

@@ -109,6 +109,9 @@ impl psi_server::Psi for Room {
                     self.return_blinded(&slot, &party, b).await?;
                     accepted += 1;
                 }
+                Some(v1::return_work_message::Kind::Commitment(c)) => {
+                    self.commit_key(&slot, &party, c).await?;
+                }
                 Some(v1::return_work_message::Kind::Refusal(r)) => {
                     self.refuse_batch(&slot, &party, r).await?;
                     refused += 1;

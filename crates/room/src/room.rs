@@ -885,8 +885,103 @@ impl Room {
                 b.batch_number
             )));
         }
-        store.store_tokens(&partner, b.batch_number, &b.points)?;
+        let Some(commitment) = store.progress(party)?.commitment else {
+            return Err(RoomError::FailedPrecondition(format!(
+                "{party} returned blinded batch {} before committing to its PSI key: send the \
+                 KeyCommitment first in the ReturnWork stream (protocol v2; upgrade accord)",
+                b.batch_number
+            )));
+        };
+        let (input, _) = store.read_pending_points(&partner, b.batch_number)?;
+        let fingerprint = *slot.agreement.fingerprint().as_bytes();
+        let (prover, owner, batch_number) = (party.to_owned(), partner.clone(), b.batch_number);
+        let (output, proof) = (b.points, b.proof);
+        // Verification is CPU work (two multi-scalar multiplications): off the async workers.
+        let (verdict, output) = tokio::task::spawn_blocking(move || {
+            let context = accord_psi::DleqContext {
+                agreement: &fingerprint,
+                prover: &prover,
+                owner: &owner,
+                batch: batch_number,
+            };
+            let verdict =
+                accord_psi::verify_blinding(&commitment, &context, &input, &output, &proof);
+            (verdict, output)
+        })
+        .await
+        .map_err(|e| RoomError::Internal(format!("proof verification task failed: {e}")))?;
+        if let Err(e) = verdict {
+            let reason = format!("blinding proof of batch {batch_number} refused: {e}");
+            store.record_proof_failure(&partner)?;
+            self.audit(
+                slot,
+                Actor::Party(party.to_owned()),
+                Event::BlindingProofFailed {
+                    owner: partner.clone(),
+                    batch_number,
+                    reason: reason.clone(),
+                },
+            )?;
+            tracing::warn!(agreement = %slot.agreement.id(), party, batch_number, "blinding proof failed");
+            return Err(RoomError::InvalidArgument(format!(
+                "{reason}; nothing was stored and the batch still waits for a correct blinding"
+            )));
+        }
+        store.store_tokens(&partner, batch_number, &output)?;
         self.maybe_seal(slot, &mut live)?;
+        Ok(())
+    }
+
+    /// Stores `party`'s PSI key commitment after checking its signature; the same commitment
+    /// again is a no-op, a different one is refused (a party has one key per agreement).
+    pub(crate) async fn commit_key(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        c: v1::KeyCommitment,
+    ) -> Result<()> {
+        let commitment: [u8; 32] = accord_proto::fixed("commitment", &c.commitment)
+            .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
+        let signature: [u8; 64] = accord_proto::fixed("signature", &c.signature)
+            .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
+        let key = principal_key(slot, &Role::Party(party.to_owned()))?;
+        let message = accord_proto::signed::key_commitment(
+            slot.agreement.fingerprint().as_bytes(),
+            party,
+            &commitment,
+        );
+        key.verify(
+            Purpose::PsiKeyCommitment,
+            &message,
+            &Signature::from_bytes(&signature),
+        )
+        .map_err(|_| {
+            RoomError::PermissionDenied(format!(
+                "the PSI key commitment is not signed by {party}'s key in the agreement"
+            ))
+        })?;
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        match store.progress(party)?.commitment {
+            Some(stored) if stored == commitment => return Ok(()),
+            Some(_) => {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "{party} already committed to a different PSI key for this agreement; a party \
+                     keeps one key per agreement version (its state directory was replaced?)"
+                )));
+            }
+            None => {}
+        }
+        accord_psi::check_commitment(&commitment)
+            .map_err(|e| RoomError::InvalidArgument(format!("{party}'s key commitment: {e}")))?;
+        store.store_commitment(party, &commitment, &signature)?;
+        self.audit(
+            slot,
+            Actor::Party(party.to_owned()),
+            Event::KeyCommitted {
+                commitment: hex::encode(commitment),
+            },
+        )?;
         Ok(())
     }
 
@@ -995,6 +1090,7 @@ impl Room {
                 .filter(|b| b.state == BatchState::Pending)
                 .count() as u64,
             tokens_complete: me.tokens_complete() && them.tokens_complete(),
+            partner_proof_failures: me.proof_failures,
             head: Some(self.head(slot)),
         })
     }

@@ -9,6 +9,8 @@
 //!                                               sealing only the matched rows (data minimization)
 //!     parties/<party>/refused/<batch>.txt       the partner's reason for refusing to blind the batch
 //!     parties/<party>/complete.json             the party's signed completion statement
+//!     parties/<party>/commitment.bin            the party's PSI key commitment K (32) ‖ its signature (64)
+//!     parties/<party>/proof-failures.txt        how many of this party's batches came back with a failing proof
 //!     parties/<party>/erased.bin                handles erased while their batch was still pending
 //!     parties/<party>/discarded.bin             handles of rows deleted at sealing (matched nobody)
 //!     snapshot.parquet, sealed.json             the sealed join: matched rows only, no tokens
@@ -169,6 +171,10 @@ pub struct PartyProgress {
     /// Handles of rows deleted at sealing because they matched nobody (data minimization);
     /// an erasure request may still name them.
     pub discarded: HashSet<[u8; 16]>,
+    /// The party's verified PSI key commitment `K = k·B`, once received.
+    pub commitment: Option<[u8; 32]>,
+    /// Blinded batches of this party's upload returned by the partner with a failing proof.
+    pub proof_failures: u64,
 }
 
 impl PartyProgress {
@@ -211,6 +217,9 @@ pub struct AgreementStore {
     parties: Vec<PartyColumns>,
     progress: BTreeMap<String, PartyProgress>,
 }
+
+const COMMITMENT_FILE: &str = "commitment.bin";
+const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
 
 fn batch_file(n: u64) -> String {
     format!("{n:010}.parquet")
@@ -276,6 +285,30 @@ impl AgreementStore {
             }
             pr.erased_pending = read_handles(&pdir.join("erased.bin"))?;
             pr.discarded = read_handles(&pdir.join("discarded.bin"))?;
+            let commitment = pdir.join(COMMITMENT_FILE);
+            if commitment.exists() {
+                let bytes =
+                    fs::read(&commitment).map_err(|e| RoomError::io("read", &commitment, e))?;
+                let k = bytes.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok());
+                pr.commitment = Some(k.filter(|_| bytes.len() == 96).ok_or_else(|| {
+                    RoomError::Internal(format!(
+                        "{} is {} bytes, not 96: the data directory is damaged",
+                        commitment.display(),
+                        bytes.len()
+                    ))
+                })?);
+            }
+            let failures = pdir.join(PROOF_FAILURES_FILE);
+            if failures.exists() {
+                let text = fs::read_to_string(&failures)
+                    .map_err(|e| RoomError::io("read", &failures, e))?;
+                pr.proof_failures = text.trim().parse().map_err(|_| {
+                    RoomError::Internal(format!(
+                        "{} does not hold a count: the data directory is damaged",
+                        failures.display()
+                    ))
+                })?;
+            }
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
@@ -467,6 +500,38 @@ impl AgreementStore {
             b.state = BatchState::Tokenized;
         }
         Ok(())
+    }
+
+    /// Stores a party's verified PSI key commitment (`K ‖ signature`). The caller has checked
+    /// that none is stored yet.
+    pub fn store_commitment(
+        &mut self,
+        party: &str,
+        commitment: &[u8; 32],
+        signature: &[u8; 64],
+    ) -> Result<()> {
+        let mut bytes = commitment.to_vec();
+        bytes.extend_from_slice(signature);
+        accord_fs::write_atomic(&self.party_dir(party).join(COMMITMENT_FILE), &bytes)?;
+        self.progress
+            .entry(party.to_owned())
+            .or_default()
+            .commitment = Some(*commitment);
+        Ok(())
+    }
+
+    /// Counts one blinded batch of `owner`'s upload that came back with a failing proof.
+    pub fn record_proof_failure(&mut self, owner: &str) -> Result<u64> {
+        let count = self.progress(owner)?.proof_failures + 1;
+        accord_fs::write_atomic(
+            &self.party_dir(owner).join(PROOF_FAILURES_FILE),
+            count.to_string().as_bytes(),
+        )?;
+        self.progress
+            .entry(owner.to_owned())
+            .or_default()
+            .proof_failures = count;
+        Ok(count)
     }
 
     /// Records the partner's refusal to blind a batch.
