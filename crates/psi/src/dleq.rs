@@ -79,14 +79,12 @@ pub enum DleqError {
         outputs: usize,
     },
     /// A point of the inputs or outputs is invalid.
-    #[error("{side} point {index} is invalid: {kind:?}")]
+    #[error("in the {side} points, {error}")]
     BadPoint {
         /// `"input"` or `"blinded"`.
         side: &'static str,
-        /// 0-based index.
-        index: usize,
-        /// What is wrong with it.
-        kind: BlindErrorKind,
+        /// The first offending point and what is wrong with it.
+        error: BlindError,
     },
     /// The proof does not verify: at least one output was not blinded with the committed key.
     #[error(
@@ -229,15 +227,13 @@ pub fn verify_blinding(
             outputs: output.len() / POINT_LEN,
         });
     }
-    let inputs = decode_all(input).map_err(|e| DleqError::BadPoint {
+    let inputs = decode_all(input).map_err(|error| DleqError::BadPoint {
         side: "input",
-        index: e.index,
-        kind: e.kind,
+        error,
     })?;
-    let outputs = decode_all(output).map_err(|e| DleqError::BadPoint {
+    let outputs = decode_all(output).map_err(|error| DleqError::BadPoint {
         side: "blinded",
-        index: e.index,
-        kind: e.kind,
+        error,
     })?;
     let seed = transcript_seed(context, commitment, input, output);
     let weights = weights(&seed, inputs.len());
@@ -526,8 +522,10 @@ mod tests {
             verify_blinding(&k, &ctx(1), &input, &identity_out, &proof),
             Err(DleqError::BadPoint {
                 side: "blinded",
-                index: 1,
-                kind: BlindErrorKind::Identity
+                error: BlindError {
+                    index: 1,
+                    kind: BlindErrorKind::Identity
+                }
             })
         ));
     }

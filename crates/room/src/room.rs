@@ -879,12 +879,9 @@ impl Room {
         accord_proto::expect_items("points", &b.points, POINT_LEN, info.rows as usize).map_err(
             |e| RoomError::InvalidArgument(format!("blinded batch {}: {e}", b.batch_number)),
         )?;
-        if let Err(e) = accord_psi::check_points(&b.points) {
-            return Err(RoomError::InvalidArgument(format!(
-                "blinded batch {}: {e}",
-                b.batch_number
-            )));
-        }
+        // The point checks (valid encodings, no identity) are part of `verify_blinding`, which
+        // decodes every point anyway; with distinct inputs (checked at upload) a valid proof
+        // also rules out duplicates.
         let Some(commitment) = store.progress(party)?.commitment else {
             return Err(RoomError::FailedPrecondition(format!(
                 "{party} returned blinded batch {} before committing to its PSI key: send the \
