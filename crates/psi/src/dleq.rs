@@ -221,7 +221,7 @@ pub fn verify_blinding(
     let proof: &[u8; PROOF_LEN] = proof.try_into().map_err(|_| DleqError::MalformedProof)?;
     let c = canonical(&proof[..32])?;
     let s = canonical(&proof[32..])?;
-    if input.len() != output.len() || input.len() % POINT_LEN != 0 {
+    if input.len() != output.len() || !input.len().is_multiple_of(POINT_LEN) {
         return Err(DleqError::CountMismatch {
             inputs: input.len() / POINT_LEN,
             outputs: output.len() / POINT_LEN,
