@@ -466,3 +466,7 @@ mod tests {
         assert!(!debug.contains(secret_b64));
     }
 }
+
+#[cfg(test)]
+#[path = "keys_strict_tests.rs"]
+mod strict_tests;

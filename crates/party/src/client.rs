@@ -344,3 +344,7 @@ mod tests {
         assert!(matches!(err, PartyError::Room(_)));
     }
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod head_tests;

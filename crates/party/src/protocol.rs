@@ -803,3 +803,7 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
     state.save_uploaded_handles(&remaining)?;
     Ok(outcome)
 }
+
+#[cfg(test)]
+#[path = "protocol_tests.rs"]
+mod defence_tests;
