@@ -146,6 +146,8 @@ pub async fn start_room(data_dir: &Path) -> RunningRoom {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         expiry_check: Duration::from_millis(200),
+        tls: None,
+        insecure_plaintext_network: false,
     })
     .await
     .unwrap()

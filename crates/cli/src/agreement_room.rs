@@ -7,7 +7,7 @@ use accord_agreement::{Revocation, sig::Purpose};
 use accord_proto::v1::{self, agreements_client::AgreementsClient};
 use anyhow::{Context, Result, anyhow};
 
-use crate::common::{load_agreement, load_key, party_error, runtime, status_error};
+use crate::common::{TlsArgs, load_agreement, load_key, party_error, runtime, status_error};
 
 /// Arguments of `accord agreement submit`.
 #[derive(Debug, clap::Args)]
@@ -17,6 +17,8 @@ pub struct SubmitArgs {
     /// The room's URL, e.g. http://127.0.0.1:7700.
     #[arg(long)]
     pub room: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Arguments of `accord agreement revoke`.
@@ -36,13 +38,16 @@ pub struct RevokeArgs {
     /// Why, for the record (kept in the audit log).
     #[arg(long, default_value = "revoked by the party")]
     pub reason: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Submits a verified agreement.
 pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let agreement = load_agreement(&args.file)?;
+    let tls = args.tls.load()?;
     runtime()?.block_on(async move {
-        let channel = accord_party::client::channel(&args.room)
+        let channel = accord_party::client::channel_with(&args.room, &tls)
             .await
             .map_err(party_error)?;
         let r = AgreementsClient::new(channel)
@@ -92,11 +97,13 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
         chrono::Utc::now(),
         &key,
     )?;
+    let tls = args.tls.load()?;
     runtime()?.block_on(async move {
         // Authenticate first: it proves the key and tells us the room's key to check the receipt.
         let fp = agreement.fingerprint().to_string();
-        let conn = accord_party::Connection::open(
+        let conn = accord_party::Connection::open_with(
             &args.room,
+            &tls,
             &fp,
             accord_party::Principal::Party(&args.party),
             &key,

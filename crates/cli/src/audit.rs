@@ -6,7 +6,7 @@ use accord_agreement::PublicKey;
 use accord_proto::v1::{self, audit_client::AuditClient};
 use anyhow::{Result, anyhow, bail};
 
-use crate::common::{agreement_ref, runtime, status_error};
+use crate::common::{TlsArgs, agreement_ref, runtime, status_error};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
@@ -25,6 +25,8 @@ pub enum AuditCommand {
         /// Also print every entry.
         #[arg(long)]
         show: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -34,7 +36,9 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
         agreement,
         room_key,
         show,
+        tls,
     } = cmd;
+    let tls = tls.load()?;
     let fingerprint = agreement_ref(&agreement)?;
     if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!(
@@ -42,7 +46,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
         );
     }
     runtime()?.block_on(async move {
-        let channel = accord_party::client::channel(&room).await.map_err(crate::common::party_error)?;
+        let channel = accord_party::client::channel_with(&room, &tls).await.map_err(crate::common::party_error)?;
         let response = AuditClient::new(channel)
             .max_decoding_message_size(256 * 1024 * 1024)
             .fetch(v1::FetchAuditRequest { fingerprint: fingerprint.clone() })

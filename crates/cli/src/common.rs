@@ -1,6 +1,6 @@
 //! Helpers shared by the commands: loading keys and agreements, mapping errors to exit codes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use accord_agreement::{SecretKey, VerifiedAgreement};
 use anyhow::{Context, Result, anyhow};
@@ -61,4 +61,38 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("could not start the async runtime")
+}
+
+/// The TLS options of every command that talks to a room.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that issued the room's TLS certificate, for https:// rooms with a
+    /// private CA (default: the system's trusted CAs).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for rooms that require mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// Check the room's certificate for this name instead of the URL's host.
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// Reads the files.
+    pub fn load(&self) -> Result<accord_party::ClientTls> {
+        let mut tls = accord_party::ClientTls::load(
+            self.ca.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )
+        .map_err(party_error)?;
+        if let Some(n) = &self.tls_name {
+            tls = tls.with_domain(n);
+        }
+        Ok(tls)
+    }
 }

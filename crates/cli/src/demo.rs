@@ -314,6 +314,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             data_dir: dir.join("room-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            tls: None,
+            insecure_plaintext_network: false,
             expiry_check: Duration::from_secs(5),
         })
         .await?;

@@ -13,6 +13,7 @@ mod audit;
 mod bench;
 mod common;
 mod demo;
+mod devcerts;
 mod keygen;
 mod party;
 mod query;
@@ -68,6 +69,8 @@ enum Command {
     /// Measure performance against the hardware bound.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Make a local CA and TLS certificates for a room and its clients (for trying TLS).
+    DevCerts(devcerts::DevCertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::DevCerts(args) => devcerts::run(args),
     };
     match result {
         Ok(code) => code,

@@ -7,7 +7,7 @@ use accord_party::input::InputOptions;
 use accord_party::{PartyContext, UploadOptions};
 use anyhow::Result;
 
-use crate::common::{load_agreement, load_key, party_error, runtime};
+use crate::common::{TlsArgs, load_agreement, load_key, party_error, runtime};
 
 #[derive(Debug, clap::Args)]
 pub struct PartyArgs {
@@ -26,6 +26,8 @@ pub struct PartyArgs {
     /// Where this party's PSI secret and handle key live (default: $ACCORD_STATE, else ~/.local/share/accord/party).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -80,7 +82,10 @@ fn context(args: &PartyArgs) -> Result<PartyContext> {
         .state
         .clone()
         .unwrap_or_else(accord_party::state::default_root);
-    PartyContext::new(agreement, &args.party, key, state, &args.room).map_err(party_error)
+    let mut ctx =
+        PartyContext::new(agreement, &args.party, key, state, &args.room).map_err(party_error)?;
+    ctx.tls = args.tls.load()?;
+    Ok(ctx)
 }
 
 pub fn run(cmd: PartyCommand) -> Result<ExitCode> {

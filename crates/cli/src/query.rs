@@ -8,7 +8,7 @@ use accord_proto::v1::{self, query_client::QueryClient};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 
-use crate::common::{agreement_ref, load_key, party_error, runtime};
+use crate::common::{TlsArgs, agreement_ref, load_key, party_error, runtime};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -52,6 +52,8 @@ pub struct QueryArgs {
     /// Print a session token for ADBC/JDBC clients (`authorization: Bearer <token>`) and exit.
     #[arg(long)]
     pub print_token: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 pub fn run(args: QueryArgs) -> Result<ExitCode> {
@@ -68,12 +70,18 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     if sql.is_none() && !args.describe && !args.print_token {
         bail!("give the query with --sql or --sql-file (or use --describe to see the columns)");
     }
+    let tls = args.tls.load()?;
     runtime()?.block_on(async move {
         let public = key.public_key();
-        let mut conn =
-            Connection::open(&args.room, &agreement, Principal::AnalystKey(&public), &key)
-                .await
-                .map_err(party_error)?;
+        let mut conn = Connection::open_with(
+            &args.room,
+            &tls,
+            &agreement,
+            Principal::AnalystKey(&public),
+            &key,
+        )
+        .await
+        .map_err(party_error)?;
         if args.print_token {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);

@@ -17,21 +17,33 @@ pub enum RoomCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// Read every setting from this room.toml (see deploy/README.md) instead of the flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "data_dir", "listen", "flight_sql", "tls_cert", "tls_key", "client_ca", "insecure_plaintext_network"
+    ])]
+    pub config: Option<PathBuf>,
     /// Where the room keeps agreements, uploaded tokens, snapshots and audit logs.
-    #[arg(long)]
-    pub data_dir: PathBuf,
-    /// gRPC listen address (loopback; port 0 picks a free port).
+    #[arg(long, required_unless_present = "config")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address (port 0 picks a free port). A non-loopback address needs TLS.
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
-    /// Arrow Flight SQL listen address, for ADBC/JDBC clients.
+    /// Arrow Flight SQL listen address, for ADBC/JDBC clients (same TLS as gRPC).
     #[arg(long)]
     pub flight_sql: Option<SocketAddr>,
-    /// TLS certificate (PEM). Not supported by this build: see deploy/README.md.
-    #[arg(long, requires = "tls_key")]
+    /// TLS certificate chain (PEM) for both listeners.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long, requires = "tls_cert")]
+    /// TLS private key (PEM, mode 0600).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require mutual TLS: clients must present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve plain text (no TLS) on a non-loopback address. Only behind a TLS-terminating
+    /// proxy on a private network: otherwise tokens, SQL and results cross the network in clear.
+    #[arg(long)]
+    pub insecure_plaintext_network: bool,
 }
 
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
@@ -40,27 +52,57 @@ pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<ExitCode> {
-    if args.tls_cert.is_some() {
-        bail!(
-            "--tls-cert/--tls-key: this build does not terminate TLS itself; run the room on loopback behind a \
-             TLS-terminating gRPC proxy (deploy/README.md shows one) — refusing rather than serving plain text"
-        );
+fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
+    let expiry_check = Duration::from_secs(5);
+    if let Some(path) = &args.config {
+        return Ok(accord_room::config::RoomFile::load(path)?.to_serve_config(expiry_check)?);
     }
+    let Some(data_dir) = args.data_dir.clone() else {
+        bail!("give --data-dir DIR (or --config room.toml)");
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(accord_room::ServerTls::load(
+            c,
+            k,
+            args.client_ca.as_deref(),
+        )?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
+    };
+    Ok(accord_room::ServeConfig {
+        data_dir,
+        listen: args.listen,
+        flight_sql: args.flight_sql,
+        expiry_check,
+        tls,
+        insecure_plaintext_network: args.insecure_plaintext_network,
+    })
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let config = serve_config(&args)?;
+    let secure = config.tls.is_some();
+    let mutual = config
+        .tls
+        .as_ref()
+        .is_some_and(accord_room::ServerTls::requires_client_certificate);
+    let data_dir = config.data_dir.clone();
     runtime()?.block_on(async move {
-        let running = accord_room::start(accord_room::ServeConfig {
-            data_dir: args.data_dir.clone(),
-            listen: args.listen,
-            flight_sql: args.flight_sql,
-            expiry_check: Duration::from_secs(5),
-        })
-        .await?;
-        println!("room listening on http://{}", running.grpc_addr);
+        let running = accord_room::start(config).await?;
+        let (scheme, flight) = if secure {
+            ("https", "grpc+tls")
+        } else {
+            ("http", "grpc")
+        };
+        println!("room listening on {scheme}://{}", running.grpc_addr);
         if let Some(f) = running.flight_sql_addr {
-            println!("Flight SQL listening on grpc://{f}");
+            println!("Flight SQL listening on {flight}://{f}");
+        }
+        if mutual {
+            println!("mutual TLS: clients must present a certificate signed by the --client-ca");
         }
         println!("room public key {}", running.room.public_key());
-        println!("data directory {}", args.data_dir.display());
+        println!("data directory {}", data_dir.display());
         let stop = running.stopper();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {

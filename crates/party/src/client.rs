@@ -2,13 +2,15 @@
 //! prove the key the agreement names (Ed25519 challenge–response, DESIGN §6), then attach the
 //! session token to every call and check the room's signed audit head on every response.
 
+use std::path::Path;
 use std::time::Duration;
 
 use accord_agreement::{Fingerprint, PublicKey, SecretKey, sig::Purpose};
 use accord_proto::v1::{self, auth_client::AuthClient};
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroizing;
 
 use crate::error::PartyError;
 
@@ -69,40 +71,306 @@ where
     }
 }
 
-/// Opens a channel to the room (with retries).
-pub async fn channel(url: &str) -> Result<Channel, PartyError> {
-    if url.starts_with("https://") {
-        return Err(PartyError::Invalid(
-            "this build connects to rooms over plain http on loopback only; use the room's http:// URL, or reach a \
-             remote room through a local TLS tunnel (see deploy/README.md)"
-                .into(),
-        ));
+/// TLS settings of a client: the CA to trust for the room's certificate (`--ca`; without it
+/// the system's roots) and, for rooms that require mutual TLS, a client certificate.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    ca_pem: Option<Vec<u8>>,
+    ca_name: Option<String>,
+    identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca_name)
+            .field("client_certificate", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
     }
-    let endpoint = Endpoint::from_shared(url.to_owned())
+}
+
+impl ClientTls {
+    /// Reads `--ca`, `--client-cert` and `--client-key` (either both or neither of the last two).
+    pub fn load(
+        ca: Option<&Path>,
+        client_cert: Option<&Path>,
+        client_key: Option<&Path>,
+    ) -> Result<Self, PartyError> {
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).map_err(|e| {
+                PartyError::Invalid(format!("could not read {what} {}: {e}", p.display()))
+            })
+        };
+        let mut tls = ClientTls::default();
+        if let Some(ca) = ca {
+            tls = tls.with_ca(
+                read(ca, "the CA certificate (--ca)")?,
+                &ca.display().to_string(),
+            )?;
+        }
+        match (client_cert, client_key) {
+            (None, None) => {}
+            (Some(c), Some(k)) => {
+                let key = accord_fs::read_secret(k).map_err(|e| {
+                    PartyError::Invalid(format!("the client key (--client-key): {e}"))
+                })?;
+                tls = tls.with_identity(read(c, "the client certificate (--client-cert)")?, key)?;
+            }
+            _ => {
+                return Err(PartyError::Invalid(
+                    "--client-cert and --client-key go together: give both (the certificate and its key) or neither"
+                        .into(),
+                ));
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Trusts this CA (PEM) for the room's certificate instead of the system's roots.
+    pub fn with_ca(mut self, pem: Vec<u8>, name: &str) -> Result<Self, PartyError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let n = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                PartyError::Invalid(format!("--ca {name}: not a PEM certificate file ({e})"))
+            })?
+            .len();
+        if n == 0 {
+            return Err(PartyError::Invalid(format!(
+                "--ca {name}: holds no PEM certificate (no -----BEGIN CERTIFICATE----- block)"
+            )));
+        }
+        self.ca_pem = Some(pem);
+        self.ca_name = Some(name.to_owned());
+        Ok(self)
+    }
+
+    /// Presents this client certificate and key (PEM) to rooms that require mutual TLS.
+    pub fn with_identity(
+        mut self,
+        cert_pem: Vec<u8>,
+        key_pem: Zeroizing<Vec<u8>>,
+    ) -> Result<Self, PartyError> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                PartyError::Invalid(format!("--client-cert: not a PEM certificate file ({e})"))
+            })?;
+        if certs.is_empty() {
+            return Err(PartyError::Invalid(
+                "--client-cert holds no PEM certificate (no -----BEGIN CERTIFICATE----- block)"
+                    .into(),
+            ));
+        }
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            PartyError::Invalid(format!("--client-key: no PEM private key found ({e})"))
+        })?;
+        self.identity = Some((cert_pem, key_pem));
+        Ok(self)
+    }
+
+    /// Checks the room's certificate against this name instead of the URL's host.
+    pub fn with_domain(mut self, domain: &str) -> Self {
+        self.domain = Some(domain.to_owned());
+        self
+    }
+
+    /// True when nothing was configured.
+    pub fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.identity.is_none() && self.domain.is_none()
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut c = ClientTlsConfig::new().timeout(Duration::from_secs(10));
+        c = match &self.ca_pem {
+            Some(pem) => c.ca_certificate(Certificate::from_pem(pem)),
+            None => c.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(Identity::from_pem(cert, key.as_slice()));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        c
+    }
+}
+
+/// Opens a channel to the room (with retries), over plain HTTP/2 (`http://`, loopback rooms).
+pub async fn channel(url: &str) -> Result<Channel, PartyError> {
+    channel_with(url, &ClientTls::default()).await
+}
+
+/// Opens a channel to the room (with retries): `https://` rooms over TLS with `tls`.
+pub async fn channel_with(url: &str, tls: &ClientTls) -> Result<Channel, PartyError> {
+    let secure = if url.starts_with("https://") {
+        true
+    } else if url.starts_with("http://") {
+        false
+    } else {
+        return Err(PartyError::Invalid(format!(
+            "{url:?} is not a room URL: use https://HOST:PORT (TLS) or, for a room on loopback, http://127.0.0.1:PORT"
+        )));
+    };
+    if !secure && !tls.is_empty() {
+        return Err(PartyError::Invalid(format!(
+            "TLS options (--ca, --client-cert) were given but the room URL {url} is plain http://: \
+             use https:// for a room that serves TLS"
+        )));
+    }
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| {
             PartyError::Invalid(format!(
-                "{url:?} is not a valid room URL (e.g. http://127.0.0.1:7700): {e}"
+                "{url:?} is not a valid room URL (e.g. https://room.example.com:7700 or http://127.0.0.1:7700): {e}"
             ))
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
+    if secure {
+        install_crypto_provider();
+        endpoint = endpoint.tls_config(tls.config()).map_err(|e| {
+            PartyError::Invalid(format!(
+                "the TLS settings for {url} cannot be used: {}",
+                source_chain(&e)
+            ))
+        })?;
+    }
     with_retries("connect", || {
         let endpoint = endpoint.clone();
         async move {
             endpoint
                 .connect()
                 .await
-                .map_err(|e| PartyError::Unreachable {
-                    url: url.to_owned(),
-                    reason: source_chain(&e),
-                    gave_up: false,
-                })
+                .map_err(|e| connect_error(url, secure, tls, &e))
         }
     })
     .await
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
+/// Installs rustls's `ring` provider as the process default unless one is installed.
+// rustls 0.23.48 deprecates the ring provider for lacking post-quantum key exchange; it is
+// kept because it builds with only a C compiler (aws-lc-rs needs cmake and more), and the
+// TLS key exchange is X25519/ECDHE (classical) either way unless aws-lc-rs is chosen.
+#[allow(deprecated)]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only means another thread installed one in between: that one is kept.
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .ok();
+    }
+}
+
+/// The rustls error somewhere in `e`'s source chain (io::Error hides its payload from
+/// `source()`, so each io::Error's inner error is looked at too).
+fn find_rustls(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r.clone());
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(r) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(r.clone());
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// Says exactly what failed when a connection to the room could not be made: TLS failures
+/// are the caller's configuration to fix and are not retried; the rest may be transient.
+fn connect_error(
+    url: &str,
+    secure: bool,
+    tls: &ClientTls,
+    e: &(dyn std::error::Error + 'static),
+) -> PartyError {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    let chain = source_chain(e);
+    let ca = tls
+        .ca_name
+        .as_deref()
+        .map(|n| format!("the CA in {n}"))
+        .unwrap_or_else(|| "the system's trusted CAs (no --ca given)".into());
+    let refused = |m: String| PartyError::Refused(format!("TLS connection to {url} failed: {m}"));
+    if let Some(r) = find_rustls(e) {
+        return match r {
+            R::InvalidCertificate(C::UnknownIssuer) => refused(format!(
+                "the room's certificate is not signed by a CA you trust (unknown CA: checked against {ca}); \
+                 pass the CA that issued the room's certificate with --ca FILE"
+            )),
+            R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => refused(format!(
+                "the room's certificate is not valid for the name in the URL (name mismatch: {}); connect with a \
+                 name the certificate lists (dev-certs: localhost, 127.0.0.1 and each --san) or reissue it",
+                match &r {
+                    R::InvalidCertificate(C::NotValidForNameContext { expected, presented }) => format!(
+                        "expected {expected:?}, the certificate names {}",
+                        presented.join(", ")
+                    ),
+                    _ => "the certificate does not name this host".into(),
+                }
+            )),
+            R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => refused(
+                "the room's certificate has expired (expired certificate); the room's operator must renew it".into(),
+            ),
+            R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => refused(
+                "the room's certificate is not valid yet (check this machine's clock and the room's)".into(),
+            ),
+            R::AlertReceived(A::CertificateRequired) => refused(
+                "the room requires a client certificate (mutual TLS) and none was presented: pass \
+                 --client-cert FILE and --client-key FILE"
+                    .into(),
+            ),
+            R::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied)
+                if tls.identity.is_some() =>
+            {
+                refused(format!(
+                    "the room refused your client certificate ({r}): it is not signed by the CA the room trusts \
+                     (the room's --client-ca); ask the room's operator which CA to use"
+                ))
+            }
+            R::AlertReceived(A::HandshakeFailure) if tls.identity.is_none() => refused(
+                "the room ended the handshake; it may require a client certificate (mutual TLS): pass \
+                 --client-cert FILE and --client-key FILE"
+                    .into(),
+            ),
+            R::InvalidMessage(_) => refused(
+                "the room answered in plain text, not TLS (plain-text room): use http:// for a room that serves \
+                 plain HTTP/2 on loopback, or ask its operator to start it with --tls-cert/--tls-key"
+                    .into(),
+            ),
+            other => refused(format!("{other} ({chain})")),
+        };
+    }
+    if secure
+        && (chain.contains("HTTP/2 was not negotiated") || chain.contains("tls handshake eof"))
+    {
+        return refused(format!(
+            "the room did not complete a TLS handshake ({chain}): it may be a plain-text room (use http://) \
+             or not an Accord room"
+        ));
+    }
+    if !secure
+        && (chain.contains("connection closed") || chain.contains("frame") || chain.contains("h2"))
+    {
+        return PartyError::Refused(format!(
+            "could not speak plain HTTP/2 to {url} ({chain}): if the room serves TLS, use https://"
+        ));
+    }
+    PartyError::Unreachable {
+        url: url.to_owned(),
+        reason: chain,
+        gave_up: false,
+    }
+}
+
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -134,7 +402,18 @@ impl Connection {
         principal: Principal<'_>,
         key: &SecretKey,
     ) -> Result<Self, PartyError> {
-        let channel = channel(url).await?;
+        Self::open_with(url, &ClientTls::default(), agreement, principal, key).await
+    }
+
+    /// [`Connection::open`] with TLS settings for an `https://` room.
+    pub async fn open_with(
+        url: &str,
+        tls: &ClientTls,
+        agreement: &str,
+        principal: Principal<'_>,
+        key: &SecretKey,
+    ) -> Result<Self, PartyError> {
+        let channel = channel_with(url, tls).await?;
         let mut auth = AuthClient::new(channel.clone());
         let mut client_nonce = [0u8; 32];
         getrandom::fill(&mut client_nonce)

@@ -18,7 +18,7 @@ pub mod input;
 pub mod protocol;
 pub mod state;
 
-pub use client::{Connection, Principal};
+pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
 pub use protocol::{
     EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use sha2::{Digest, Sha256};
 
-use crate::client::{Connection, Principal, with_retries};
+use crate::client::{ClientTls, Connection, Principal, with_retries};
 use crate::error::PartyError;
 use crate::input::{self, InputOptions, InputReport, PreparedRow, Value};
 use crate::state::State;
@@ -34,6 +34,8 @@ pub struct PartyContext {
     pub state_root: PathBuf,
     /// The room URL.
     pub room_url: String,
+    /// TLS settings for an `https://` room (`--ca`, `--client-cert`, `--client-key`).
+    pub tls: ClientTls,
     /// Where progress bars go (None: a bar per step on stderr, hidden when not a terminal).
     pub progress: Option<MultiProgress>,
 }
@@ -69,6 +71,7 @@ impl PartyContext {
             key,
             state_root,
             room_url: room_url.to_owned(),
+            tls: ClientTls::default(),
             progress: None,
         })
     }
@@ -99,8 +102,9 @@ impl PartyContext {
     async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
         let fp = self.fingerprint().to_string();
         let conn = with_retries("authenticate", || {
-            Connection::open(
+            Connection::open_with(
                 &self.room_url,
+                &self.tls,
                 &fp,
                 Principal::Party(&self.party),
                 &self.key,

@@ -15,12 +15,15 @@
 
 pub mod audit;
 pub mod auth;
+pub mod config;
+pub mod devcerts;
 pub mod error;
 mod flight;
 mod grpc;
 pub mod ipc;
 mod room;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::RoomError;
 pub use room::{QueryResult, Room, Tombstone, table_spec};
+pub use tls::ServerTls;
 
 /// How `accord room serve` runs.
 #[derive(Debug, Clone)]
@@ -47,6 +51,11 @@ pub struct ServeConfig {
     pub flight_sql: Option<SocketAddr>,
     /// How often expired agreements are looked for.
     pub expiry_check: Duration,
+    /// TLS for both listeners (None: plain HTTP/2, which [`start`] allows on loopback only).
+    pub tls: Option<ServerTls>,
+    /// Serve plain text on a non-loopback address anyway (`--insecure-plaintext-network`):
+    /// for a room behind a TLS-terminating proxy on a private network. Off by default.
+    pub insecure_plaintext_network: bool,
 }
 
 /// A running room; dropping it does not stop it, call [`RunningRoom::shutdown`].
@@ -97,21 +106,48 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, RoomError> {
     })
 }
 
-fn check_loopback(addr: SocketAddr) -> Result<(), RoomError> {
-    if addr.ip().is_loopback() {
+/// Refuses plain text on a non-loopback address unless the operator said so explicitly.
+fn check_plaintext(addr: SocketAddr, what: &str, config: &ServeConfig) -> Result<(), RoomError> {
+    if config.tls.is_some() || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if config.insecure_plaintext_network {
+        tracing::warn!(
+            %addr,
+            "INSECURE: serving {what} WITHOUT TLS on a non-loopback address (--insecure-plaintext-network): \
+             session tokens, SQL and results cross the network in clear text"
+        );
         return Ok(());
     }
     Err(RoomError::FailedPrecondition(format!(
-        "refusing to listen on {addr} without TLS: this build serves plain connections on loopback only; \
-         for other networks put the room behind a TLS-terminating gRPC proxy on the same host (see deploy/README.md)"
+        "refusing to listen for {what} on {addr} without TLS: anyone on that network could read session tokens, \
+         queries and results. Give --tls-cert and --tls-key (see deploy/README.md; `accord dev-certs DIR` makes \
+         certificates for trying it), listen on loopback (127.0.0.1), or, only behind a TLS-terminating proxy on a \
+         private network, pass --insecure-plaintext-network"
     )))
+}
+
+fn server_builder(config: &ServeConfig) -> Result<tonic::transport::Server, RoomError> {
+    let builder = tonic::transport::Server::builder();
+    match &config.tls {
+        None => Ok(builder),
+        Some(tls) => builder.tls_config(tls.tonic_config()).map_err(|e| {
+            RoomError::FailedPrecondition(format!(
+                "the TLS configuration {} cannot be used: {e}",
+                tls.describe()
+            ))
+        }),
+    }
 }
 
 /// Opens the data directory and starts the gRPC (and optionally Flight SQL) servers.
 pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
-    check_loopback(config.listen)?;
+    check_plaintext(config.listen, "gRPC", &config)?;
     if let Some(f) = config.flight_sql {
-        check_loopback(f)?;
+        check_plaintext(f, "Flight SQL", &config)?;
+    }
+    if config.tls.is_some() {
+        tls::install_crypto_provider();
     }
     let room = Room::open(&config.data_dir)?;
     let (stop, stopped) = watch::channel(false);
@@ -123,7 +159,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
 
     let r = room.clone();
     let mut s = stopped.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc = server_builder(&config)?
         .add_service(auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024))
         .add_service(
             agreements_server::AgreementsServer::new(r.clone())
@@ -148,7 +184,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
                 .map_err(|e| RoomError::Internal(e.to_string()))?,
         );
         let mut s = stopped.clone();
-        let server = tonic::transport::Server::builder()
+        let server = server_builder(&config)?
             .add_service(flight::service(room.clone())?)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = s.wait_for(|v| *v).await;
@@ -172,7 +208,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         }
     });
 
-    tracing::info!(%grpc_addr, flight_sql = ?flight_sql_addr, data_dir = %config.data_dir.display(), "room listening");
+    let tls = config.tls.as_ref().map(|t| t.describe().to_owned());
+    tracing::info!(%grpc_addr, flight_sql = ?flight_sql_addr, data_dir = %config.data_dir.display(), tls = ?tls, "room listening");
     Ok(RunningRoom {
         grpc_addr,
         flight_sql_addr,

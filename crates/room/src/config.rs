@@ -1,0 +1,218 @@
+//! `room.toml`: the room's configuration file (`accord room serve --config room.toml`), the
+//! same settings as the flags plus the tables that only a file can hold conveniently.
+//!
+//! Unknown keys are refused (a misspelt `client_ca` must not silently turn mutual TLS off),
+//! and every error names the file, the line and the column. Relative paths are relative to
+//! the file's directory.
+//!
+//! ```toml
+//! data_dir = "/var/lib/accord"
+//! listen = "0.0.0.0:7700"
+//! flight_sql = "0.0.0.0:7701"        # optional
+//! insecure_plaintext_network = false # optional, see `--insecure-plaintext-network`
+//!
+//! [tls]                              # optional; required for non-loopback addresses
+//! cert = "tls/room.crt"
+//! key = "tls/room.key"
+//! client_ca = "tls/clients-ca.crt"   # optional: require mutual TLS
+//!
+//! [limits]                           # tunable bounds (see the limits table in docs)
+//! [registration]                     # who may register agreements
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{RoomError, ServeConfig, ServerTls};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomFile {
+    /// Where the room keeps everything.
+    pub data_dir: PathBuf,
+    /// The gRPC listener (default 127.0.0.1:7700).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The Flight SQL listener, if any.
+    #[serde(default)]
+    pub flight_sql: Option<SocketAddr>,
+    /// Plain text on a non-loopback address (see `--insecure-plaintext-network`).
+    #[serde(default)]
+    pub insecure_plaintext_network: bool,
+    /// TLS for both listeners.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// `[limits]`: the room's tunable bounds. This build has none to tune, so any key here is
+    /// refused with its line; when the bounds become tunable this field takes their struct
+    /// (`#[serde(default, deny_unknown_fields)]`, defaults from its `Default`).
+    #[serde(default)]
+    pub limits: NoSettings,
+    /// `[registration]`: who may register agreements. Same as `[limits]`: refused key by key
+    /// until the room has such a setting, then this field takes its struct.
+    #[serde(default)]
+    pub registration: NoSettings,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A table this build accepts only empty.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+impl RoomFile {
+    /// Parses the text of `path` (used in messages and to resolve relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, RoomError> {
+        let mut file: RoomFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let at = if line > 0 {
+                format!("{}:{line}:{col}", path.display())
+            } else {
+                path.display().to_string()
+            };
+            RoomError::InvalidArgument(format!(
+                "{at}: {} (see the room.toml keys in deploy/README.md)",
+                e.message().trim_end()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut file.data_dir);
+        if let Some(t) = &mut file.tls {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+            if let Some(ca) = &mut t.client_ca {
+                resolve(ca);
+            }
+        }
+        Ok(file)
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, RoomError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            RoomError::InvalidArgument(format!(
+                "could not read the room configuration {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The serve configuration (reads and checks the TLS files).
+    pub fn to_serve_config(&self, expiry_check: Duration) -> Result<ServeConfig, RoomError> {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| ServerTls::load(&t.cert, &t.key, t.client_ca.as_deref()))
+            .transpose()?;
+        Ok(ServeConfig {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            flight_sql: self.flight_sql,
+            expiry_check,
+            tls,
+            insecure_plaintext_network: self.insecure_plaintext_network,
+        })
+    }
+}
+
+/// 1-based line and column of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RoomFile, String> {
+        RoomFile::parse(text, Path::new("/etc/accord/room.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_full_file_parses_and_paths_are_relative_to_it() {
+        let f = parse(
+            "data_dir = \"data\"\nlisten = \"0.0.0.0:7700\"\nflight_sql = \"0.0.0.0:7701\"\n\
+             [tls]\ncert = \"tls/room.crt\"\nkey = \"/keys/room.key\"\nclient_ca = \"tls/ca.crt\"\n\
+             [limits]\n[registration]\n",
+        )
+        .unwrap();
+        assert_eq!(f.data_dir, Path::new("/etc/accord/data"));
+        assert_eq!(f.listen, "0.0.0.0:7700".parse().unwrap());
+        assert_eq!(f.flight_sql, Some("0.0.0.0:7701".parse().unwrap()));
+        let tls = f.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/accord/tls/room.crt"));
+        assert_eq!(tls.key, Path::new("/keys/room.key"));
+        assert_eq!(tls.client_ca.unwrap(), Path::new("/etc/accord/tls/ca.crt"));
+        assert!(!f.insecure_plaintext_network);
+    }
+
+    #[test]
+    fn defaults_are_loopback_plain_text() {
+        let f = parse("data_dir = \"/d\"\n").unwrap();
+        assert_eq!(f.listen, default_listen());
+        assert!(f.tls.is_none() && f.flight_sql.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_their_line() {
+        let cases = [
+            // A misspelt key must not silently drop mutual TLS.
+            (
+                "data_dir = \"/d\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_cert_ca = \"ca\"\n",
+                "room.toml:5:1",
+                "client_cert_ca",
+            ),
+            (
+                "data_dir = \"/d\"\nlisten = \"nowhere\"\n",
+                "room.toml:2:",
+                "listen",
+            ),
+            ("data_dir = \"/d\"\nport = 7700\n", "room.toml:2:1", "port"),
+            // A limit this build cannot honour is refused, not ignored.
+            (
+                "data_dir = \"/d\"\n[limits]\nmax_sessions = 10\n",
+                "room.toml:3:1",
+                "max_sessions",
+            ),
+            ("listen = \"127.0.0.1:1\"\n", "room.toml", "data_dir"),
+            (
+                "data_dir = \"/d\"\n[tls]\ncert = \"c\"\n",
+                "room.toml",
+                "key",
+            ),
+        ];
+        for (text, at, names) in cases {
+            let err = parse(text).map(|_| ()).expect_err(text);
+            assert!(err.contains(at), "{text:?}: {err}");
+            assert!(err.contains(names), "{text:?}: {err}");
+        }
+    }
+}
