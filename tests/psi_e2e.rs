@@ -267,8 +267,13 @@ async fn a_party_only_ever_receives_the_partners_points_never_its_own_tokens() {
     let fp = agreement.fingerprint();
     while let Some(w) = stream.message().await.unwrap() {
         assert_eq!(w.from_party, "snacks");
-        let msg =
-            accord_proto::signed::upload_batch(fp.as_bytes(), "snacks", w.batch_number, &w.points);
+        let msg = accord_proto::signed::upload_batch(
+            fp.as_bytes(),
+            "snacks",
+            w.batch_number,
+            &w.points,
+            &w.rows_digest.as_slice().try_into().unwrap(),
+        );
         keys.snacks()
             .public_key()
             .verify(
@@ -567,12 +572,23 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
             },
         ]
     };
-    let signed = |points: &[u8], n: u64| {
-        let msg = accord_proto::signed::upload_batch(fp.as_bytes(), "drinks", n, points);
-        keys.drinks()
+    // Signs a batch as drinks would: the salt, handles and columns are covered too.
+    let sign = |mut b: v1::UploadBatch| {
+        b.salt = vec![9; 32];
+        let digest = accord_proto::rows_digest(&[9; 32], &b.handles, &b.columns);
+        let msg = accord_proto::signed::upload_batch(
+            fp.as_bytes(),
+            "drinks",
+            b.batch_number,
+            &b.points,
+            &digest,
+        );
+        b.signature = keys
+            .drinks()
             .sign(Purpose::UploadBatch, &msg)
             .to_bytes()
-            .to_vec()
+            .to_vec();
+        b
     };
     let send = |batch: v1::UploadBatch| {
         let mut psi = psi.clone();
@@ -586,13 +602,13 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
         .hash_compressed(b"a@b.c")
         .to_vec();
     points.extend_from_slice(&[0xff; 32]);
-    let e = send(v1::UploadBatch {
+    let e = send(sign(v1::UploadBatch {
         batch_number: 0,
         handles: vec![1; 32],
         points: points.clone(),
         columns: columns(2),
-        signature: signed(&points, 0),
-    })
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -608,24 +624,24 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
                 .hash_compressed(&[i])
         })
         .collect();
-    let e = send(v1::UploadBatch {
+    let e = send(sign(v1::UploadBatch {
         batch_number: 0,
         handles: vec![1; 48],
         points: good.clone(),
         columns: columns(2),
-        signature: signed(&good, 0),
-    })
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     // Points of the wrong size.
-    let e = send(v1::UploadBatch {
+    let e = send(sign(v1::UploadBatch {
         batch_number: 0,
         handles: vec![1; 32],
         points: good[..63].to_vec(),
         columns: columns(2),
-        signature: signed(&good[..63], 0),
-    })
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -636,6 +652,7 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
         points: good.clone(),
         columns: columns(2),
         signature: vec![0; 64],
+        salt: vec![9; 32],
     })
     .await
     .unwrap_err();
@@ -644,13 +661,13 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
     // A column the party does not contribute.
     let mut cols = columns(2);
     cols[0].name = "email".into();
-    let e = send(v1::UploadBatch {
+    let e = send(sign(v1::UploadBatch {
         batch_number: 0,
         handles: vec![1; 32],
         points: good.clone(),
         columns: cols,
-        signature: signed(&good, 0),
-    })
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
@@ -665,13 +682,13 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
         values: vec![1.0, 9999.0],
         present: vec![],
     }));
-    let e = send(v1::UploadBatch {
+    let e = send(sign(v1::UploadBatch {
         batch_number: 0,
         handles: vec![1; 32],
         points: good.clone(),
         columns: cols,
-        signature: signed(&good, 0),
-    })
+        ..Default::default()
+    }))
     .await
     .unwrap_err();
     assert!(
@@ -687,6 +704,7 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
         points: huge,
         columns: vec![],
         signature: vec![],
+        salt: vec![],
     })
     .await
     .unwrap_err();

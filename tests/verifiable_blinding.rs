@@ -262,3 +262,164 @@ async fn honest_parties_prove_every_batch_and_seal() {
     assert_eq!(audit.matches("blinding_proof_failed").count(), 0, "{audit}");
     room.shutdown().await;
 }
+
+/// A signed batch from drinks with two rows, as the party would send it.
+fn signed_batch(fp: &[u8; 32], keys: &Keys) -> v1::UploadBatch {
+    let points: Vec<u8> = (0..2u8)
+        .flat_map(|i| {
+            accord_psi::HashDomain::new("e2e-rows", accord_psi::IdentifierKind::Email)
+                .hash_compressed(&[i])
+        })
+        .collect();
+    let columns = vec![
+        v1::Column {
+            name: "loyalty_tier".into(),
+            values: Some(v1::column::Values::Text(v1::TextValues {
+                values: vec!["gold".into(), "silver".into()],
+                present: vec![],
+            })),
+        },
+        v1::Column {
+            name: "region".into(),
+            values: Some(v1::column::Values::Text(v1::TextValues {
+                values: vec!["north".into(), "south".into()],
+                present: vec![],
+            })),
+        },
+        v1::Column {
+            name: "monthly_spend".into(),
+            values: Some(v1::column::Values::Number(v1::NumberValues {
+                values: vec![10.0, 20.0],
+                present: vec![],
+            })),
+        },
+    ];
+    let salt = [7u8; 32];
+    let handles: Vec<u8> = (0..32u8).collect();
+    let digest = accord_proto::rows_digest(&salt, &handles, &columns);
+    let message = accord_proto::signed::upload_batch(fp, "drinks", 0, &points, &digest);
+    v1::UploadBatch {
+        batch_number: 0,
+        handles,
+        points,
+        columns,
+        signature: keys
+            .drinks()
+            .sign(Purpose::UploadBatch, &message)
+            .to_bytes()
+            .to_vec(),
+        salt: salt.to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_handle_or_attribute_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(63);
+    let text = agreement_text("e2e-rows", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let fp = *agreement.fingerprint().as_bytes();
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    let conn = accord_party::Connection::open(
+        &url,
+        "e2e-rows",
+        accord_party::Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap();
+    let psi = PsiClient::new(conn.channel());
+    let send = |batch: v1::UploadBatch| {
+        let mut psi = psi.clone();
+        let req = conn.request(futures::stream::iter(vec![v1::UploadMessage {
+            kind: Some(v1::upload_message::Kind::Batch(batch)),
+        }]));
+        async move { psi.upload(req).await }
+    };
+    let mut changed_attribute = signed_batch(&fp, &keys);
+    if let Some(v1::column::Values::Number(n)) = &mut changed_attribute.columns[2].values {
+        n.values[1] = 499.0;
+    }
+    let mut changed_handle = signed_batch(&fp, &keys);
+    changed_handle.handles[17] ^= 0x01;
+    let mut nulled = signed_batch(&fp, &keys);
+    if let Some(v1::column::Values::Text(t)) = &mut nulled.columns[0].values {
+        t.present = vec![true, false];
+    }
+    let mut other_salt = signed_batch(&fp, &keys);
+    other_salt.salt = vec![8; 32];
+    for (what, batch) in [
+        ("attribute", changed_attribute),
+        ("handle", changed_handle),
+        ("present flag", nulled),
+        ("salt", other_salt),
+    ] {
+        let e = send(batch).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().contains("signature does not verify"),
+            "{what}: {}",
+            e.message()
+        );
+    }
+    let mut no_salt = signed_batch(&fp, &keys);
+    no_salt.salt.clear();
+    let e = send(no_salt).await.unwrap_err();
+    assert!(e.message().contains("salt"), "{}", e.message());
+    // The untouched batch is accepted, and the partner receives the digest its signature covers.
+    send(signed_batch(&fp, &keys)).await.unwrap();
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_rooms_of_other_protocol_versions_refuse_each_other_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    let challenge = |agent: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(url).unwrap();
+            if let Some(agent) = agent {
+                endpoint = endpoint.user_agent(agent).unwrap();
+            }
+            let channel = endpoint.connect().await.unwrap();
+            v1::auth_client::AuthClient::new(channel)
+                .challenge(v1::ChallengeRequest {
+                    agreement: "anything".into(),
+                    principal: None,
+                    client_nonce: vec![0; 32],
+                })
+                .await
+                .unwrap_err()
+        }
+    };
+    // An accord 0.1 client (protocol 1) sends no version.
+    let e = challenge(None).await;
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("protocol 1") && e.message().contains("protocol 2"),
+        "{}",
+        e.message()
+    );
+    let e = challenge(Some("accord-protocol/3")).await;
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("protocol 3") && e.message().contains("protocol 2"),
+        "{}",
+        e.message()
+    );
+    // And a client of this build refuses a room that does not announce protocol 2.
+    let e = accord_party::client::check_room_protocol("http://old-room", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("protocol 1") && e.contains("protocol 2"), "{e}");
+    let e = accord_party::client::check_room_protocol("http://new-room", 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("protocol 3") && e.contains("protocol 2"), "{e}");
+    assert!(accord_party::client::check_room_protocol("http://room", 2).is_ok());
+    room.shutdown().await;
+}

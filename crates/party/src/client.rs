@@ -199,6 +199,24 @@ impl ClientTls {
     }
 }
 
+/// Refuses a room that speaks another protocol version than this client, naming both.
+pub fn check_room_protocol(url: &str, room_version: u32) -> Result<(), PartyError> {
+    let ours = accord_proto::PROTOCOL_VERSION;
+    if room_version == ours {
+        return Ok(());
+    }
+    let theirs = if room_version == 0 {
+        "protocol 1 (accord 0.1, which does not announce a version)".to_owned()
+    } else {
+        format!("protocol {room_version}")
+    };
+    Err(PartyError::Refused(format!(
+        "the room at {url} speaks Accord {theirs}, but this client speaks protocol {ours}: the \
+         signed messages differ, so they cannot work together; run the same accord release as \
+         the room (docs/PROTOCOL.md, \"Versioning\")"
+    )))
+}
+
 /// Opens a channel to the room (with retries), over plain HTTP/2 (`http://`, loopback rooms).
 pub async fn channel(url: &str) -> Result<Channel, PartyError> {
     channel_with(url, &ClientTls::default()).await
@@ -228,7 +246,10 @@ pub async fn channel_with(url: &str, tls: &ClientTls) -> Result<Channel, PartyEr
             ))
         })?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // Every call announces the protocol version; the room refuses another one.
+        .user_agent(accord_proto::protocol_agent())
+        .map_err(|e| PartyError::Internal(format!("user agent: {e}")))?;
     if secure {
         install_crypto_provider();
         endpoint = endpoint.tls_config(tls.config()).map_err(|e| {
@@ -427,6 +448,7 @@ impl Connection {
             .await
             .map_err(|s| PartyError::from_status(url, s))?
             .into_inner();
+        check_room_protocol(url, challenge.protocol_version)?;
         let fingerprint: Fingerprint = challenge
             .fingerprint
             .parse()

@@ -344,15 +344,19 @@ async fn upload_attempt(
                 .flatten()
                 .copied()
                 .collect();
-            let message = accord_proto::signed::upload_batch(fp.as_bytes(), &party, n, &points);
-            let signature = key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec();
             let columns = proto_columns(&manifest, &party, rows);
+            let salt = batch_salt(&secrets.shuffle_seed, fp.as_bytes(), n);
+            let rows_digest = accord_proto::rows_digest(&salt, &handles, &columns);
+            let message =
+                accord_proto::signed::upload_batch(fp.as_bytes(), &party, n, &points, &rows_digest);
+            let signature = key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec();
             let batch = v1::UploadBatch {
                 batch_number: n,
                 handles,
                 points,
                 columns,
                 signature,
+                salt: salt.to_vec(),
             };
             if tx
                 .blocking_send(Ok(v1::UploadMessage {
@@ -588,6 +592,18 @@ async fn fetch_work(
     Ok(out)
 }
 
+/// The salt of batch `n`: `SHA-256("accord/v2/batch-salt" ‖ 0x00 ‖ shuffle_seed ‖
+/// fingerprint ‖ u64be(n))`. Secret (the shuffle seed never leaves the state directory) and
+/// deterministic, so a resumed upload sends byte-identical batches.
+fn batch_salt(seed: &[u8; 32], fingerprint: &[u8; 32], n: u64) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"accord/v2/batch-salt\0");
+    h.update(seed);
+    h.update(fingerprint);
+    h.update(n.to_be_bytes());
+    h.finalize().into()
+}
+
 /// Refuses to go on when the partner returned blinded batches of this party's upload with
 /// proofs that did not verify: waiting would never end, and the owners must know.
 fn check_partner_proofs(status: &v1::StatusResponse) -> Result<(), PartyError> {
@@ -638,7 +654,13 @@ async fn blind_one(
     let Ok(sig) = <[u8; 64]>::try_from(batch.signature.as_slice()) else {
         return Ok(refuse("the batch signature is not 64 bytes".into()));
     };
-    let message = accord_proto::signed::upload_batch(fp.as_bytes(), partner, n, &batch.points);
+    let Ok(rows_digest) = <[u8; 32]>::try_from(batch.rows_digest.as_slice()) else {
+        return Ok(refuse(format!(
+            "batch {n}: the rows digest is not 32 bytes (a protocol v1 room or a corrupt batch)"
+        )));
+    };
+    let message =
+        accord_proto::signed::upload_batch(fp.as_bytes(), partner, n, &batch.points, &rows_digest);
     if partner_key
         .verify(
             Purpose::UploadBatch,

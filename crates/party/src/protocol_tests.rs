@@ -27,8 +27,12 @@ fn points(tag: &str, n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The (opaque, salted) digest of handles and attributes a partner batch's signature covers.
+const ROWS_DIGEST: [u8; 32] = [0x5a; 32];
+
 fn sign(key: &SecretKey, party: &str, n: u64, points: &[u8]) -> Vec<u8> {
-    let message = accord_proto::signed::upload_batch(fp().as_bytes(), party, n, points);
+    let message =
+        accord_proto::signed::upload_batch(fp().as_bytes(), party, n, points, &ROWS_DIGEST);
     key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec()
 }
 
@@ -38,6 +42,7 @@ fn batch(n: u64, points: Vec<u8>) -> v1::WorkBatch {
         batch_number: n,
         signature: sign(&partner_key(), PARTNER, n, &points),
         points,
+        rows_digest: ROWS_DIGEST.to_vec(),
     }
 }
 
@@ -60,9 +65,18 @@ impl Party {
 
     async fn blind(&mut self, cap: u64, batch: v1::WorkBatch) -> v1::ReturnWorkMessage {
         let key = partner_key().public_key();
-        blind_one(&self.state, PARTNER, &key, cap, fp(), &mut self.log, batch)
-            .await
-            .unwrap()
+        blind_one(
+            &self.state,
+            "drinks",
+            PARTNER,
+            &key,
+            cap,
+            fp(),
+            &mut self.log,
+            batch,
+        )
+        .await
+        .unwrap()
     }
 
     /// Blinds and expects a refusal whose reason contains `expected`; checks that nothing

@@ -21,6 +21,79 @@ pub mod v1 {
     tonic::include_proto!("accord.v1");
 }
 
+/// The version of the wire protocol this build speaks. Version 2 added verifiable blinding
+/// (key commitments and proofs) and upload-batch signatures that cover handles and attribute
+/// columns; version 1 (accord 0.1) clients and rooms are refused with a message naming both
+/// versions, because their signatures cover less.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The `user-agent` token every Accord client sends (`accord-protocol/<version>`); the room
+/// refuses calls without it or with another version.
+pub const PROTOCOL_AGENT_PREFIX: &str = "accord-protocol/";
+
+/// The user agent a client of this build sends.
+pub fn protocol_agent() -> String {
+    format!("{PROTOCOL_AGENT_PREFIX}{PROTOCOL_VERSION}")
+}
+
+/// The protocol version named in a `user-agent` header, if any.
+pub fn protocol_in_agent(agent: &str) -> Option<u32> {
+    agent
+        .split_whitespace()
+        .find_map(|token| token.strip_prefix(PROTOCOL_AGENT_PREFIX))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Digest of everything in an upload batch besides its points (`docs/PROTOCOL.md`, "Upload
+/// batches"): `SHA-256("accord/v2/batch-rows" ‖ 0x00 ‖ salt(32) ‖ SHA-256(handles) ‖
+/// columns)` where each column contributes `str(name) ‖ kind ‖ values ‖ present`: `kind` is
+/// `0x01` for text (then `u64be(count) ‖ str(value)…`) or `0x02` for numbers (then
+/// `u64be(count) ‖ f64be(value)…`, IEEE 754 bits), `0x00` for a column without values (then
+/// nothing), and `present` is `u64be(count) ‖ one byte (0 or 1) per flag`. The salt is secret to
+/// the owner and the room, so the partner, which checks the batch signature with this digest,
+/// learns nothing about handles or attributes from it.
+pub fn rows_digest(salt: &[u8; 32], handles: &[u8], columns: &[v1::Column]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    fn put_str(h: &mut Sha256, s: &str) {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    }
+    let mut h = Sha256::new();
+    h.update(b"accord/v2/batch-rows\0");
+    h.update(salt);
+    h.update(Sha256::digest(handles));
+    for column in columns {
+        put_str(&mut h, &column.name);
+        let present = match &column.values {
+            Some(v1::column::Values::Text(t)) => {
+                h.update([1u8]);
+                h.update((t.values.len() as u64).to_be_bytes());
+                for value in &t.values {
+                    put_str(&mut h, value);
+                }
+                &t.present
+            }
+            Some(v1::column::Values::Number(n)) => {
+                h.update([2u8]);
+                h.update((n.values.len() as u64).to_be_bytes());
+                for value in &n.values {
+                    h.update(value.to_be_bytes());
+                }
+                &n.present
+            }
+            None => {
+                h.update([0u8]);
+                continue;
+            }
+        };
+        h.update((present.len() as u64).to_be_bytes());
+        for &flag in present {
+            h.update([u8::from(flag)]);
+        }
+    }
+    h.finalize().into()
+}
+
 /// Hard limits of the protocol. The room refuses anything larger and changes nothing.
 pub mod limits {
     /// Length of a compressed ristretto255 point.
@@ -152,19 +225,23 @@ pub mod signed {
         m
     }
 
-    /// Purpose `upload-batch`: binds the batch's points to the agreement, party and position.
+    /// Purpose `upload-batch`: binds the batch's points, and through `rows_digest`
+    /// ([`super::rows_digest`]) its handles and attribute columns, to the agreement, party and
+    /// position.
     pub fn upload_batch(
         fingerprint: &[u8; 32],
         party: &str,
         batch_number: u64,
         points: &[u8],
+        rows_digest: &[u8; 32],
     ) -> Vec<u8> {
-        let mut m = Vec::with_capacity(32 + 8 + party.len() + 16 + 32);
+        let mut m = Vec::with_capacity(32 + 8 + party.len() + 16 + 64);
         m.extend_from_slice(fingerprint);
         put_str(&mut m, party);
         m.extend_from_slice(&batch_number.to_be_bytes());
         m.extend_from_slice(&((points.len() / super::limits::POINT_LEN) as u64).to_be_bytes());
         m.extend_from_slice(&Sha256::digest(points));
+        m.extend_from_slice(rows_digest);
         m
     }
 
@@ -234,6 +311,94 @@ pub mod signed {
 mod tests {
     use super::*;
 
+    fn text(name: &str, values: &[&str], present: &[bool]) -> v1::Column {
+        v1::Column {
+            name: name.into(),
+            values: Some(v1::column::Values::Text(v1::TextValues {
+                values: values.iter().map(|v| (*v).to_owned()).collect(),
+                present: present.to_vec(),
+            })),
+        }
+    }
+
+    fn number(name: &str, values: &[f64], present: &[bool]) -> v1::Column {
+        v1::Column {
+            name: name.into(),
+            values: Some(v1::column::Values::Number(v1::NumberValues {
+                values: values.to_vec(),
+                present: present.to_vec(),
+            })),
+        }
+    }
+
+    #[test]
+    fn rows_digest_changes_with_every_handle_and_attribute() {
+        let salt = [3u8; 32];
+        let handles = [1u8; 32];
+        let cols = vec![
+            text("tier", &["gold", "silver"], &[]),
+            number("spend", &[1.5, 2.0], &[true, false]),
+        ];
+        let base = rows_digest(&salt, &handles, &cols);
+        assert_eq!(base, rows_digest(&salt, &handles, &cols));
+        let mut other_handles = handles;
+        other_handles[20] ^= 1;
+        let variants = [
+            rows_digest(&[4u8; 32], &handles, &cols),
+            rows_digest(&salt, &other_handles, &cols),
+            rows_digest(&salt, &handles, &[cols[1].clone(), cols[0].clone()]),
+            rows_digest(
+                &salt,
+                &handles,
+                &[text("tier", &["gold", "bronze"], &[]), cols[1].clone()],
+            ),
+            rows_digest(
+                &salt,
+                &handles,
+                &[
+                    cols[0].clone(),
+                    number("spend", &[1.5, 2.5], &[true, false]),
+                ],
+            ),
+            rows_digest(
+                &salt,
+                &handles,
+                &[cols[0].clone(), number("spend", &[1.5, 2.0], &[true, true])],
+            ),
+            rows_digest(
+                &salt,
+                &handles,
+                &[
+                    text("tier", &["gold", "silver"], &[true, true]),
+                    cols[1].clone(),
+                ],
+            ),
+            // Moving a byte between two strings changes the digest (length prefixes).
+            rows_digest(
+                &salt,
+                &handles,
+                &[text("tier", &["golds", "ilver"], &[]), cols[1].clone()],
+            ),
+            rows_digest(
+                &salt,
+                &handles,
+                &[text("spend", &["gold", "silver"], &[]), cols[1].clone()],
+            ),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(*v, base, "variant {i}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_version_travels_in_the_user_agent() {
+        assert_eq!(protocol_agent(), "accord-protocol/2");
+        assert_eq!(protocol_in_agent("accord-protocol/2 tonic/0.14.2"), Some(2));
+        assert_eq!(protocol_in_agent("grpc-rust/1 accord-protocol/7"), Some(7));
+        assert_eq!(protocol_in_agent("grpc-python/1.60"), None);
+        assert_eq!(protocol_in_agent("accord-protocol/x"), None);
+    }
+
     #[test]
     fn counting_items_names_the_field() {
         assert_eq!(count_items("points", &[0; 64], 32), Ok(2));
@@ -250,11 +415,19 @@ mod tests {
     #[test]
     fn signed_messages_differ_by_every_field() {
         let fp = [7u8; 32];
-        let base = signed::upload_batch(&fp, "drinks", 3, &[1; 64]);
-        assert_ne!(base, signed::upload_batch(&[8; 32], "drinks", 3, &[1; 64]));
-        assert_ne!(base, signed::upload_batch(&fp, "snacks", 3, &[1; 64]));
-        assert_ne!(base, signed::upload_batch(&fp, "drinks", 4, &[1; 64]));
-        assert_ne!(base, signed::upload_batch(&fp, "drinks", 3, &[2; 64]));
+        let d = [5u8; 32];
+        let base = signed::upload_batch(&fp, "drinks", 3, &[1; 64], &d);
+        assert_ne!(
+            base,
+            signed::upload_batch(&[8; 32], "drinks", 3, &[1; 64], &d)
+        );
+        assert_ne!(base, signed::upload_batch(&fp, "snacks", 3, &[1; 64], &d));
+        assert_ne!(base, signed::upload_batch(&fp, "drinks", 4, &[1; 64], &d));
+        assert_ne!(base, signed::upload_batch(&fp, "drinks", 3, &[2; 64], &d));
+        assert_ne!(
+            base,
+            signed::upload_batch(&fp, "drinks", 3, &[1; 64], &[6; 32])
+        );
         // Length prefixes keep (role, name) splits apart.
         let n = [0u8; 32];
         assert_ne!(

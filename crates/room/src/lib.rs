@@ -127,6 +127,39 @@ fn check_plaintext(addr: SocketAddr, what: &str, config: &ServeConfig) -> Result
     )))
 }
 
+/// Wraps an Accord service so that calls from a client of another protocol version are
+/// refused (Flight SQL is not wrapped: ADBC/JDBC clients do not speak our protocol).
+fn versioned<S>(
+    service: S,
+) -> tonic::service::interceptor::InterceptedService<
+    S,
+    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+> {
+    tonic::service::interceptor::InterceptedService::new(service, check_protocol)
+}
+
+/// The interceptor of [`versioned`]: the client's `user-agent` must name this protocol.
+fn check_protocol(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let ours = accord_proto::PROTOCOL_VERSION;
+    let agent = request
+        .metadata()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match accord_proto::protocol_in_agent(agent) {
+        Some(v) if v == ours => Ok(request),
+        Some(v) => Err(tonic::Status::failed_precondition(format!(
+            "this client speaks Accord protocol {v} but this room speaks protocol {ours}: the signed \
+             messages differ; run the same accord release as the room (docs/PROTOCOL.md, \"Versioning\")"
+        ))),
+        None => Err(tonic::Status::failed_precondition(format!(
+            "the client did not announce an Accord protocol version (accord 0.1 clients speak \
+             protocol 1); this room speaks protocol {ours}: upgrade the client (docs/PROTOCOL.md, \
+             \"Versioning\")"
+        ))),
+    }
+}
+
 fn server_builder(config: &ServeConfig) -> Result<tonic::transport::Server, RoomError> {
     let builder = tonic::transport::Server::builder();
     match &config.tls {
@@ -160,16 +193,22 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let r = room.clone();
     let mut s = stopped.clone();
     let grpc = server_builder(&config)?
-        .add_service(auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024))
-        .add_service(
+        .add_service(versioned(
+            auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+        ))
+        .add_service(versioned(
             agreements_server::AgreementsServer::new(r.clone())
                 .max_decoding_message_size(1024 * 1024),
-        )
-        .add_service(
+        ))
+        .add_service(versioned(
             psi_server::PsiServer::new(r.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(query_server::QueryServer::new(r.clone()).max_decoding_message_size(64 * 1024))
-        .add_service(audit_server::AuditServer::new(r.clone()).max_decoding_message_size(64 * 1024))
+        ))
+        .add_service(versioned(
+            query_server::QueryServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+        ))
+        .add_service(versioned(
+            audit_server::AuditServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = s.wait_for(|v| *v).await;
         });

@@ -590,6 +590,7 @@ impl Room {
             fingerprint: fp.to_string(),
             room_public_key: self.inner.public_key.to_bytes().to_vec(),
             principal_name,
+            protocol_version: accord_proto::PROTOCOL_VERSION,
         })
     }
 
@@ -720,16 +721,26 @@ impl Room {
         })?;
         let fp = slot.agreement.fingerprint();
         let key = &m.parties[party].public_key;
+        let salt: [u8; 32] = accord_proto::fixed("salt", &batch.salt).map_err(|e| {
+            RoomError::InvalidArgument(format!(
+                "batch {}: {e} (protocol v2 batches carry a 32-byte salt; upgrade accord)",
+                batch.batch_number
+            ))
+        })?;
+        let rows_digest = accord_proto::rows_digest(&salt, &batch.handles, &batch.columns);
         let msg = accord_proto::signed::upload_batch(
             fp.as_bytes(),
             party,
             batch.batch_number,
             &batch.points,
+            &rows_digest,
         );
         key.verify(Purpose::UploadBatch, &msg, &signature(&batch.signature)?)
             .map_err(|_| {
                 RoomError::InvalidArgument(format!(
-                    "batch {}: the batch signature does not verify with {party}'s key",
+                    "batch {}: the batch signature does not verify with {party}'s key (it covers \
+                     the points, the handles and every attribute value: something changed them \
+                     after signing)",
                     batch.batch_number
                 ))
             })?;
@@ -763,6 +774,7 @@ impl Room {
             signature: batch.signature,
             attributes,
             digest,
+            rows_digest,
         };
         store.store_pending(party, batch.batch_number, &pending)
     }
@@ -845,12 +857,13 @@ impl Room {
             if info.state != BatchState::Pending {
                 continue;
             }
-            let (points, signature) = store.read_pending_points(&partner, n)?;
+            let pending = store.read_pending_points(&partner, n)?;
             out.push(v1::WorkBatch {
                 from_party: partner.clone(),
                 batch_number: n,
-                points,
-                signature,
+                points: pending.points,
+                signature: pending.signature,
+                rows_digest: pending.rows_digest,
             });
         }
         Ok(out)
@@ -889,7 +902,7 @@ impl Room {
                 b.batch_number
             )));
         };
-        let (input, _) = store.read_pending_points(&partner, b.batch_number)?;
+        let input = store.read_pending_points(&partner, b.batch_number)?.points;
         let fingerprint = *slot.agreement.fingerprint().as_bytes();
         let (prover, owner, batch_number) = (party.to_owned(), partner.clone(), b.batch_number);
         let (output, proof) = (b.points, b.proof);

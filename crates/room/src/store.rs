@@ -42,6 +42,7 @@ const DIGEST_KEY: &str = "accord.batch_digest";
 /// Rows the party uploaded in a batch, kept when sealing deletes the unmatched ones.
 const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
 const SIGNATURE_KEY: &str = "accord.signature";
+const ROWS_DIGEST_KEY: &str = "accord.rows_digest";
 
 /// How one attribute column is stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +125,19 @@ pub struct PendingBatch {
     pub attributes: Vec<ArrayRef>,
     /// SHA-256 of the batch as received, to recognize a retry.
     pub digest: [u8; 32],
+    /// The signed digest of handles and attributes, relayed to the partner.
+    pub rows_digest: [u8; 32],
+}
+
+/// A pending batch as the partner receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingPoints {
+    /// Points k_party·H(x), 32 bytes each.
+    pub points: Vec<u8>,
+    /// The owner's `upload-batch` signature.
+    pub signature: Vec<u8>,
+    /// The digest of handles and attributes the signature covers.
+    pub rows_digest: Vec<u8>,
 }
 
 /// Where one batch of a party stands.
@@ -407,6 +421,7 @@ impl AgreementStore {
         let meta = vec![
             KeyValue::new(DIGEST_KEY.to_owned(), hex::encode(batch.digest)),
             KeyValue::new(SIGNATURE_KEY.to_owned(), hex::encode(&batch.signature)),
+            KeyValue::new(ROWS_DIGEST_KEY.to_owned(), hex::encode(batch.rows_digest)),
         ];
         let path = self
             .party_dir(party)
@@ -428,12 +443,8 @@ impl AgreementStore {
         Ok(true)
     }
 
-    /// Reads a pending batch: its points and the owner's signature.
-    pub fn read_pending_points(
-        &self,
-        party: &str,
-        batch_number: u64,
-    ) -> Result<(Vec<u8>, Vec<u8>)> {
+    /// Reads a pending batch: its points, the owner's signature and the rows digest it covers.
+    pub fn read_pending_points(&self, party: &str, batch_number: u64) -> Result<PendingPoints> {
         let path = self
             .party_dir(party)
             .join("pending")
@@ -443,6 +454,10 @@ impl AgreementStore {
             .get(SIGNATURE_KEY)
             .and_then(|s| hex::decode(s).ok())
             .ok_or_else(|| RoomError::Internal(format!("{} has no signature", path.display())))?;
+        let rows_digest = meta
+            .get(ROWS_DIGEST_KEY)
+            .and_then(|s| hex::decode(s).ok())
+            .ok_or_else(|| RoomError::Internal(format!("{} has no rows digest", path.display())))?;
         let mut points = Vec::new();
         for rb in &batches {
             let col = column_fixed(rb, "point")?;
@@ -450,7 +465,11 @@ impl AgreementStore {
                 points.extend_from_slice(col.value(i));
             }
         }
-        Ok((points, signature))
+        Ok(PendingPoints {
+            points,
+            signature,
+            rows_digest,
+        })
     }
 
     /// Replaces a pending batch by its double-blinded tokens (same order as its points).
