@@ -127,14 +127,12 @@ fn check_plaintext(addr: SocketAddr, what: &str, config: &ServeConfig) -> Result
     )))
 }
 
+/// The interceptor type of [`versioned`].
+type ProtocolCheck = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
 /// Wraps an Accord service so that calls from a client of another protocol version are
 /// refused (Flight SQL is not wrapped: ADBC/JDBC clients do not speak our protocol).
-fn versioned<S>(
-    service: S,
-) -> tonic::service::interceptor::InterceptedService<
-    S,
-    fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
-> {
+fn versioned<S>(service: S) -> tonic::service::interceptor::InterceptedService<S, ProtocolCheck> {
     tonic::service::interceptor::InterceptedService::new(service, check_protocol)
 }
 
