@@ -27,9 +27,18 @@ cleanup() {
 }
 trap cleanup EXIT
 # The whole run is bounded: a watchdog ends it (and so the room, via the trap) after $LIMIT s.
-( sleep "$LIMIT"; echo "deploy/local/run.sh: TIMEOUT after ${LIMIT}s" >&2; kill -TERM $$ ) 2>/dev/null &
+# (Its own sleep is killed with it, so nothing keeps the script's output open afterwards.)
+(
+  trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+  sleep "$LIMIT" </dev/null >/dev/null 2>&1 &
+  sp=$!
+  wait "$sp"
+  echo "deploy/local/run.sh: TIMEOUT after ${LIMIT}s" >&2
+  kill -TERM $$
+) &
 watchdog=$!
-trap 'kill $watchdog 2>/dev/null || true; cleanup' EXIT
+trap 'exit 124' TERM INT
+trap 'kill "$watchdog" 2>/dev/null || true; cleanup' EXIT
 
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 fail() { echo "deploy/local/run.sh: FAILED: $*" >&2; exit 1; }

@@ -377,7 +377,9 @@ pub fn tls_call_failure(url: &str, tls: &ClientTls, status: &tonic::Status) -> O
         }
     }
     if url.starts_with("http://")
-        && (chain.contains("h2 protocol error") || chain.contains("broken pipe"))
+        && (chain.contains("h2 protocol error")
+            || chain.contains("broken pipe")
+            || chain.contains("operation was canceled"))
     {
         return Some(PartyError::Refused(format!(
             "could not speak plain HTTP/2 to {url}: the connection broke at the first call ({chain}); \
