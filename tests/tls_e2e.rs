@@ -106,7 +106,7 @@ async fn mutual_tls_flow(dir: &Path, c: &DevCerts) -> (RunningRoom, String, Stri
     let room = tls_room(&dir.join("room"), Some(server_tls(c, true))).await;
     let url = format!("https://127.0.0.1:{}", room.grpc_addr.port());
     let keys = Keys::new(41);
-    let text = agreement_text("tls-e2e", 1, &keys, 5, 1000);
+    let text = agreement_text("tls-e2e", 1, &keys, 10, 1000);
     let agreement = verified(&text);
 
     let channel = accord_party::client::channel_with(&url, &client(c, Some("drinks")))
@@ -186,7 +186,6 @@ async fn missing_client_certificate_is_refused_when_mutual_tls_is_required() {
     let room = tls_room(&dir.path().join("room"), Some(server_tls(&c, true))).await;
     let url = format!("https://127.0.0.1:{}", room.grpc_addr.port());
     let keys = Keys::new(42);
-    let text = agreement_text("tls-mtls", 1, &keys, 5, 1000);
     // Without a client certificate: refused, and the message names the fix.
     let err = accord_party::Connection::open_with(
         &url,
@@ -203,33 +202,28 @@ async fn missing_client_certificate_is_refused_when_mutual_tls_is_required() {
         "{msg} ({err:?})"
     );
     assert!(msg.contains("--client-cert"), "{msg}");
-    // A client certificate from another CA: refused too.
-    let mut wrong = client(&c, None);
+    // A client certificate from another CA: refused too, and said so.
     let (_, cert, key) = &other.clients[0];
-    wrong = wrong
+    let wrong = client(&c, None)
         .with_identity(
             std::fs::read(cert).unwrap(),
             Zeroizing::new(std::fs::read(key).unwrap()),
         )
         .unwrap();
-    let err = accord_party::client::channel_with(&url, &wrong)
-        .await
-        .map(|_| ());
-    let err = match err {
-        Err(e) => e.to_string(),
-        // TLS 1.3 ends the client's handshake before the server checks its certificate:
-        // then the first call is what fails.
-        Ok(()) => {
-            let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap();
-            drop(channel);
-            String::new()
-        }
-    };
+    let err = accord_party::Connection::open_with(
+        &url,
+        &wrong,
+        "tls-mtls",
+        Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .expect_err("a client certificate from another CA");
+    let msg = err.to_string();
     assert!(
-        err.contains("refused your client certificate") || err.contains("client certificate"),
-        "{err}"
+        msg.contains("refused your client certificate"),
+        "{msg} ({err:?})"
     );
-    drop(text);
     room.shutdown().await;
 }
 
@@ -271,14 +265,12 @@ async fn plain_http_client_to_a_tls_room_is_told_to_use_https() {
     let c = certs(&dir.path().join("certs"), Validity::days(30));
     let room = tls_room(&dir.path().join("room"), Some(server_tls(&c, false))).await;
     let url = format!("http://127.0.0.1:{}", room.grpc_addr.port());
-    let err = accord_party::client::channel(&url).await.map(|_| ());
-    let msg = match err {
-        Err(e) => e.to_string(),
-        Ok(()) => {
-            let r = submit(&url, "x").await.unwrap_err();
-            accord_party::PartyError::from_status(&url, r).to_string()
-        }
-    };
+    let keys = Keys::new(43);
+    let msg =
+        accord_party::Connection::open(&url, "any", Principal::Party("drinks"), &keys.drinks())
+            .await
+            .expect_err("plain HTTP/2 to a TLS room")
+            .to_string();
     assert!(msg.contains("https://"), "{msg}");
     room.shutdown().await;
 }
@@ -345,15 +337,21 @@ async fn adbc_flight_sql_over_tls() {
     let (room, _url, token) = mutual_tls_flow(dir.path(), &c).await;
     let flight = room.flight_sql_addr.unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("adbc/query.py");
-    let (_, cert, key) = c.clients.iter().find(|(n, _, _)| n == "analyst").unwrap();
-    let run = |with_client_cert: bool| {
+    let (_, cert, key) = c
+        .clients
+        .iter()
+        .find(|(n, _, _)| n == "analyst")
+        .cloned()
+        .unwrap();
+    let ca = c.ca_cert.clone();
+    let run = move |with_client_cert: bool| {
         let mut cmd = Command::new(&python);
         cmd.arg(&script)
             .arg(format!("grpc+tls://127.0.0.1:{}", flight.port()))
             .arg(&token)
-            .arg(&c.ca_cert);
+            .arg(&ca);
         if with_client_cert {
-            cmd.arg(cert).arg(key);
+            cmd.arg(&cert).arg(&key);
         }
         cmd.arg("--").arg(
             "SELECT drinks_loyalty_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_loyalty_tier ORDER BY drinks_loyalty_tier",

@@ -7,7 +7,7 @@ use accord_agreement::{Revocation, sig::Purpose};
 use accord_proto::v1::{self, agreements_client::AgreementsClient};
 use anyhow::{Context, Result, anyhow};
 
-use crate::common::{TlsArgs, load_agreement, load_key, party_error, runtime, status_error};
+use crate::common::{TlsArgs, call_error, load_agreement, load_key, party_error, runtime};
 
 /// Arguments of `accord agreement submit`.
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
                 manifest_toml: agreement.text().to_owned(),
             })
             .await
-            .map_err(|s| status_error(&args.room, s))?
+            .map_err(|s| call_error(&args.room, &tls, s))?
             .into_inner();
         if r.already_registered {
             println!(
@@ -115,7 +115,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
                 revocation_toml: revocation.to_toml(),
             })
             .await
-            .map_err(|s| status_error(&args.room, s))?
+            .map_err(|s| call_error(&args.room, &tls, s))?
             .into_inner();
         let message = accord_proto::signed::revocation_receipt(
             agreement.fingerprint().as_bytes(),

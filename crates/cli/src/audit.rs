@@ -6,7 +6,7 @@ use accord_agreement::PublicKey;
 use accord_proto::v1::{self, audit_client::AuditClient};
 use anyhow::{Result, anyhow, bail};
 
-use crate::common::{TlsArgs, agreement_ref, runtime, status_error};
+use crate::common::{TlsArgs, agreement_ref, call_error, runtime};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
@@ -51,7 +51,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             .max_decoding_message_size(256 * 1024 * 1024)
             .fetch(v1::FetchAuditRequest { fingerprint: fingerprint.clone() })
             .await
-            .map_err(|s| status_error(&room, s))?
+            .map_err(|s| call_error(&room, &tls, s))?
             .into_inner();
         let presented = <[u8; 32]>::try_from(response.room_public_key.as_slice())
             .map_err(|_| anyhow!("the room's public key is not 32 bytes"))

@@ -304,6 +304,112 @@ fn find_rustls(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
     None
 }
 
+/// A TLS failure, said in the words of the person who must fix it.
+fn tls_failure(url: &str, tls: &ClientTls, r: &rustls::Error, chain: &str) -> PartyError {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    let ca = tls
+        .ca_name
+        .as_deref()
+        .map(|n| format!("the CA in {n}"))
+        .unwrap_or_else(|| "the system's trusted CAs (no --ca given)".into());
+    let refused = |m: String| PartyError::Refused(format!("TLS connection to {url} failed: {m}"));
+    let r = r.clone();
+    match r {
+        R::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => refused(format!(
+            "the room's certificate is not signed by a CA you trust (unknown CA: checked against {ca}); \
+             pass the CA that issued the room's certificate with --ca FILE"
+        )),
+        R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => refused(format!(
+            "the room's certificate is not valid for the name in the URL (name mismatch: {}); connect with a \
+             name the certificate lists (dev-certs: localhost, 127.0.0.1 and each --san) or reissue it",
+            match &r {
+                R::InvalidCertificate(C::NotValidForNameContext { expected, presented }) => format!(
+                    "expected {expected:?}, the certificate names {}",
+                    presented.join(", ")
+                ),
+                _ => "the certificate does not name this host".into(),
+            }
+        )),
+        R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => refused(
+            "the room's certificate has expired (expired certificate); the room's operator must renew it".into(),
+        ),
+        R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => refused(
+            "the room's certificate is not valid yet (check this machine's clock and the room's)".into(),
+        ),
+        R::AlertReceived(A::CertificateRequired) => refused(
+            "the room requires a client certificate (mutual TLS) and none was presented: pass \
+             --client-cert FILE and --client-key FILE"
+                .into(),
+        ),
+        R::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied)
+            if tls.identity.is_some() =>
+        {
+            refused(format!(
+                "the room refused your client certificate ({r}): it is not signed by the CA the room trusts \
+                 (the room's --client-ca); ask the room's operator which CA to use"
+            ))
+        }
+        R::AlertReceived(A::HandshakeFailure) if tls.identity.is_none() => refused(
+            "the room ended the handshake; it may require a client certificate (mutual TLS): pass \
+             --client-cert FILE and --client-key FILE"
+                .into(),
+        ),
+        R::InvalidMessage(_) => refused(
+            "the room answered in plain text, not TLS (plain-text room): use http:// for a room that serves \
+             plain HTTP/2 on loopback, or ask its operator to start it with --tls-cert/--tls-key"
+                .into(),
+        ),
+        other => refused(format!("{other} ({chain})")),
+    }
+}
+
+/// A failed call whose cause is a TLS failure (TLS 1.3 reports a refused client certificate
+/// only at the first call, after the client's side of the handshake finished).
+pub fn tls_call_failure(url: &str, tls: &ClientTls, status: &tonic::Status) -> Option<PartyError> {
+    let chain = source_chain(status);
+    if let Some(r) = find_rustls(status) {
+        return Some(tls_failure(url, tls, &r, &chain));
+    }
+    // h2 keeps only the text of an I/O error: a TLS alert the room sent after the client's
+    // side of the handshake (TLS 1.3) arrives as "received fatal alert: NAME".
+    if let Some(rest) = chain.split("received fatal alert: ").nth(1) {
+        use rustls::AlertDescription as A;
+        let name: String = rest
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        let alert = match name.as_str() {
+            "CertificateRequired" => Some(A::CertificateRequired),
+            "HandshakeFailure" => Some(A::HandshakeFailure),
+            "UnknownCA" => Some(A::UnknownCA),
+            "BadCertificate" => Some(A::BadCertificate),
+            "CertificateUnknown" => Some(A::CertificateUnknown),
+            "AccessDenied" => Some(A::AccessDenied),
+            "DecryptError" => Some(A::DecryptError),
+            _ => None,
+        };
+        if let Some(a) = alert {
+            return Some(tls_failure(
+                url,
+                tls,
+                &rustls::Error::AlertReceived(a),
+                &chain,
+            ));
+        }
+    }
+    if url.starts_with("http://")
+        && (chain.contains("h2 protocol error")
+            || chain.contains("broken pipe")
+            || chain.contains("operation was canceled"))
+    {
+        return Some(PartyError::Refused(format!(
+            "could not speak plain HTTP/2 to {url}: the connection broke at the first call ({chain}); \
+             if the room serves TLS, use https://"
+        )));
+    }
+    None
+}
+
 /// Says exactly what failed when a connection to the room could not be made: TLS failures
 /// are the caller's configuration to fix and are not retried; the rest may be transient.
 fn connect_error(
@@ -312,63 +418,11 @@ fn connect_error(
     tls: &ClientTls,
     e: &(dyn std::error::Error + 'static),
 ) -> PartyError {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
     let chain = source_chain(e);
-    let ca = tls
-        .ca_name
-        .as_deref()
-        .map(|n| format!("the CA in {n}"))
-        .unwrap_or_else(|| "the system's trusted CAs (no --ca given)".into());
-    let refused = |m: String| PartyError::Refused(format!("TLS connection to {url} failed: {m}"));
     if let Some(r) = find_rustls(e) {
-        return match r {
-            R::InvalidCertificate(C::UnknownIssuer) => refused(format!(
-                "the room's certificate is not signed by a CA you trust (unknown CA: checked against {ca}); \
-                 pass the CA that issued the room's certificate with --ca FILE"
-            )),
-            R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => refused(format!(
-                "the room's certificate is not valid for the name in the URL (name mismatch: {}); connect with a \
-                 name the certificate lists (dev-certs: localhost, 127.0.0.1 and each --san) or reissue it",
-                match &r {
-                    R::InvalidCertificate(C::NotValidForNameContext { expected, presented }) => format!(
-                        "expected {expected:?}, the certificate names {}",
-                        presented.join(", ")
-                    ),
-                    _ => "the certificate does not name this host".into(),
-                }
-            )),
-            R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => refused(
-                "the room's certificate has expired (expired certificate); the room's operator must renew it".into(),
-            ),
-            R::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => refused(
-                "the room's certificate is not valid yet (check this machine's clock and the room's)".into(),
-            ),
-            R::AlertReceived(A::CertificateRequired) => refused(
-                "the room requires a client certificate (mutual TLS) and none was presented: pass \
-                 --client-cert FILE and --client-key FILE"
-                    .into(),
-            ),
-            R::AlertReceived(A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied)
-                if tls.identity.is_some() =>
-            {
-                refused(format!(
-                    "the room refused your client certificate ({r}): it is not signed by the CA the room trusts \
-                     (the room's --client-ca); ask the room's operator which CA to use"
-                ))
-            }
-            R::AlertReceived(A::HandshakeFailure) if tls.identity.is_none() => refused(
-                "the room ended the handshake; it may require a client certificate (mutual TLS): pass \
-                 --client-cert FILE and --client-key FILE"
-                    .into(),
-            ),
-            R::InvalidMessage(_) => refused(
-                "the room answered in plain text, not TLS (plain-text room): use http:// for a room that serves \
-                 plain HTTP/2 on loopback, or ask its operator to start it with --tls-cert/--tls-key"
-                    .into(),
-            ),
-            other => refused(format!("{other} ({chain})")),
-        };
+        return tls_failure(url, tls, &r, &chain);
     }
+    let refused = |m: String| PartyError::Refused(format!("TLS connection to {url} failed: {m}"));
     if secure
         && (chain.contains("HTTP/2 was not negotiated") || chain.contains("tls handshake eof"))
     {
@@ -446,7 +500,9 @@ impl Connection {
                 client_nonce: client_nonce.to_vec(),
             })
             .await
-            .map_err(|s| PartyError::from_status(url, s))?
+            .map_err(|s| {
+                tls_call_failure(url, tls, &s).unwrap_or_else(|| PartyError::from_status(url, s))
+            })?
             .into_inner();
         check_room_protocol(url, challenge.protocol_version)?;
         let fingerprint: Fingerprint = challenge

@@ -113,10 +113,13 @@ pub fn generate(
     accord_fs::create_dir_all(dir, accord_fs::Access::Normal)?;
 
     let ca_key = KeyPair::generate().map_err(|e| err("CA key", e))?;
+    // A name of its own per CA: two dev CAs never look like the same issuer.
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| err("CA name", e))?;
     let mut ca_params = dated(
         CertificateParams::new(Vec::<String>::new()).map_err(|e| err("CA", e))?,
         validity,
-        "Accord dev CA",
+        &format!("Accord dev CA {}", hex::encode(tag)),
     );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![

@@ -255,3 +255,83 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         tasks,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_refused_off_loopback_unless_named_or_tls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = devcerts::generate(dir.path(), &[], &[], devcerts::Validity::days(2))
+            .expect("dev certs");
+        let tls = ServerTls::load(&c.room_cert, &c.room_key, None).expect("tls");
+        for (listen, with_tls, insecure, ok) in [
+            ("127.0.0.1:7700", false, false, true),
+            ("[::1]:7700", false, false, true),
+            ("127.0.0.2:7700", false, false, true),
+            ("10.1.2.3:7700", false, false, false),
+            ("0.0.0.0:7700", false, false, false),
+            ("[::]:7700", false, false, false),
+            ("10.1.2.3:7700", false, true, true),
+            ("10.1.2.3:7700", true, false, true),
+        ] {
+            let config = ServeConfig {
+                data_dir: dir.path().join("never-created"),
+                listen: listen.parse().expect("address"),
+                flight_sql: None,
+                expiry_check: Duration::from_secs(5),
+                tls: with_tls.then(|| tls.clone()),
+                insecure_plaintext_network: insecure,
+            };
+            let r = check_plaintext(config.listen, "gRPC", &config);
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "{listen} tls={with_tls} insecure={insecure}: {r:?}"
+            );
+            if let Err(e) = r {
+                let m = e.to_string();
+                assert!(
+                    m.contains("without TLS") && m.contains("--insecure-plaintext-network"),
+                    "{m}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_at_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = devcerts::generate(&dir.path().join("a"), &[], &[], devcerts::Validity::days(2))
+            .expect("dev certs");
+        let b = devcerts::generate(&dir.path().join("b"), &[], &[], devcerts::Validity::days(2))
+            .expect("dev certs");
+        // A key that is not the certificate's.
+        let e = ServerTls::load(&a.room_cert, &b.room_key, None).expect_err("mismatch");
+        assert!(e.to_string().contains("is not the private key of"), "{e}");
+        // The key where the certificate should be.
+        let e = ServerTls::load(&a.room_key, &a.room_key, None).expect_err("no cert");
+        assert!(e.to_string().contains("holds no PEM certificate"), "{e}");
+        // A key readable by others.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&a.room_key, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+            let e = ServerTls::load(&a.room_cert, &a.room_key, None).expect_err("0644 key");
+            assert!(e.to_string().contains("--tls-key"), "{e}");
+            std::fs::set_permissions(&a.room_key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        let ok = ServerTls::load(&a.room_cert, &a.room_key, Some(&a.ca_cert)).expect("valid");
+        assert!(ok.requires_client_certificate());
+        // dev-certs wrote every key with mode 0600.
+        #[cfg(unix)]
+        for k in [&a.room_key, &dir.path().join("a/ca.key")] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(k).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", k.display());
+        }
+    }
+}
