@@ -315,6 +315,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             expiry_check: Duration::from_secs(5),
+            limits: accord_room::Limits::default(),
         })
         .await?;
         let url = format!("http://{}", running.grpc_addr);

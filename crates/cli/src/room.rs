@@ -53,6 +53,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             listen: args.listen,
             flight_sql: args.flight_sql,
             expiry_check: Duration::from_secs(5),
+            limits: accord_room::Limits::default(),
         })
         .await?;
         println!("room listening on http://{}", running.grpc_addr);

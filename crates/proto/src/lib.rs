@@ -21,6 +21,8 @@ pub mod v1 {
     tonic::include_proto!("accord.v1");
 }
 
+pub mod refusal;
+
 /// Hard limits of the protocol. The room refuses anything larger and changes nothing.
 pub mod limits {
     /// Length of a compressed ristretto255 point.

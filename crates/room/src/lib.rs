@@ -19,6 +19,7 @@ pub mod error;
 mod flight;
 mod grpc;
 pub mod ipc;
+pub mod limits;
 mod room;
 pub mod store;
 
@@ -26,7 +27,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use accord_proto::limits::MAX_MESSAGE_BYTES;
 use accord_proto::v1::{agreements_server, audit_server, auth_server, psi_server, query_server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::RoomError;
+pub use limits::Limits;
 pub use room::{QueryResult, Room, Tombstone, table_spec};
 
 /// How `accord room serve` runs.
@@ -47,6 +48,8 @@ pub struct ServeConfig {
     pub flight_sql: Option<SocketAddr>,
     /// How often expired agreements are looked for.
     pub expiry_check: Duration,
+    /// The operator-tunable resource limits ([`Limits::default`] unless configured).
+    pub limits: Limits,
 }
 
 /// A running room; dropping it does not stop it, call [`RunningRoom::shutdown`].
@@ -107,13 +110,26 @@ fn check_loopback(addr: SocketAddr) -> Result<(), RoomError> {
     )))
 }
 
+/// A tonic server with the connection-level limits of [`Limits`]: streams and requests in
+/// service per connection, a timeout on every call, and keepalive pings that drop silent peers.
+fn server_builder(limits: &Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.stream_idle_timeout))
+        .http2_keepalive_timeout(Some(limits.stream_idle_timeout))
+        .tcp_keepalive(Some(limits.stream_idle_timeout))
+}
+
 /// Opens the data directory and starts the gRPC (and optionally Flight SQL) servers.
 pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     check_loopback(config.listen)?;
     if let Some(f) = config.flight_sql {
         check_loopback(f)?;
     }
-    let room = Room::open(&config.data_dir)?;
+    config.limits.check()?;
+    let room = Room::open_with(&config.data_dir, config.limits.clone())?;
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
@@ -123,17 +139,27 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
 
     let r = room.clone();
     let mut s = stopped.clone();
-    let grpc = tonic::transport::Server::builder()
-        .add_service(auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024))
+    let grpc = server_builder(&config.limits)
+        .add_service(
+            auth_server::AuthServer::new(r.clone())
+                .max_decoding_message_size(limits::AUTH_MESSAGE_BYTES),
+        )
         .add_service(
             agreements_server::AgreementsServer::new(r.clone())
-                .max_decoding_message_size(1024 * 1024),
+                .max_decoding_message_size(limits::AGREEMENTS_MESSAGE_BYTES),
         )
         .add_service(
-            psi_server::PsiServer::new(r.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            psi_server::PsiServer::new(r.clone())
+                .max_decoding_message_size(limits::PSI_MESSAGE_BYTES),
         )
-        .add_service(query_server::QueryServer::new(r.clone()).max_decoding_message_size(64 * 1024))
-        .add_service(audit_server::AuditServer::new(r.clone()).max_decoding_message_size(64 * 1024))
+        .add_service(
+            query_server::QueryServer::new(r.clone())
+                .max_decoding_message_size(limits::QUERY_MESSAGE_BYTES),
+        )
+        .add_service(
+            audit_server::AuditServer::new(r.clone())
+                .max_decoding_message_size(limits::AUDIT_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = s.wait_for(|v| *v).await;
         });
@@ -148,7 +174,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
                 .map_err(|e| RoomError::Internal(e.to_string()))?,
         );
         let mut s = stopped.clone();
-        let server = tonic::transport::Server::builder()
+        let server = server_builder(&config.limits)
             .add_service(flight::service(room.clone())?)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = s.wait_for(|v| *v).await;
