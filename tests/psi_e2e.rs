@@ -167,7 +167,7 @@ async fn joined_count_equals_the_plaintext_intersection_and_nothing_reversible_i
         .await
         .unwrap();
     assert_eq!(
-        (outcome.requested, outcome.not_uploaded, outcome.erased),
+        (outcome.requested, outcome.unaccounted.len(), outcome.erased),
         (2, 0, 2)
     );
     let after = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")

@@ -379,7 +379,7 @@ async fn erasure_then_revocation_stop_queries_delete_data_and_are_audited() {
         .await
         .unwrap();
     assert_eq!(
-        (outcome.requested, outcome.not_uploaded, outcome.erased),
+        (outcome.requested, outcome.unaccounted.len(), outcome.erased),
         (30, 5, 25)
     );
     assert_eq!(

@@ -41,6 +41,7 @@ async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
         expiry_check: Duration::from_secs(5),
         tls,
         insecure_plaintext_network: false,
+        limits: accord_room::Limits::default(),
     })
     .await
     .unwrap()
@@ -293,6 +294,7 @@ async fn non_loopback_listen_without_tls_is_refused() {
             expiry_check: Duration::from_secs(5),
             tls: None,
             insecure_plaintext_network: false,
+            limits: accord_room::Limits::default(),
         })
         .await
         .map(|_| ())

@@ -141,13 +141,23 @@ pub fn write_csv(path: &Path, party: &str, customers: &[Customer]) {
 
 /// A room on 127.0.0.1:0 (and Flight SQL on another free port).
 pub async fn start_room(data_dir: &Path) -> RunningRoom {
+    start_room_with(data_dir, accord_room::Limits::default(), 0).await
+}
+
+/// A room with these limits on 127.0.0.1:`port` (0: a free port), Flight SQL on a free port.
+pub async fn start_room_with(
+    data_dir: &Path,
+    limits: accord_room::Limits,
+    port: u16,
+) -> RunningRoom {
     accord_room::start(ServeConfig {
         data_dir: data_dir.to_path_buf(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
         flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         expiry_check: Duration::from_millis(200),
         tls: None,
         insecure_plaintext_network: false,
+        limits,
     })
     .await
     .unwrap()

@@ -19,6 +19,7 @@ mod manifest;
 mod parse;
 mod revocation;
 mod summary;
+pub mod text;
 mod verify;
 
 #[cfg(test)]

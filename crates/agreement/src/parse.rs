@@ -292,7 +292,23 @@ impl<'t> Cx<'t> {
 
     fn string<'a>(&mut self, v: &'a Value<'_>, key: &str) -> Option<&'a str> {
         match v.get_ref() {
-            DeValue::String(s) => Some(s.as_ref()),
+            DeValue::String(s) => {
+                // The raw text was checked line by line; this catches escapes such as
+                // "\u202e" or "\u001b" that decode to a hidden character.
+                if let Some((_, c, why)) = crate::text::first_forbidden(s) {
+                    self.problem(
+                        v,
+                        key,
+                        format!(
+                            "{key} contains U+{:04X}, {why}: people reading the agreement would not see what was signed",
+                            c as u32
+                        ),
+                        "remove the escape sequence that produces it and write the text in plain characters",
+                    );
+                    return None;
+                }
+                Some(s.as_ref())
+            }
             _ => {
                 self.wrong_type(v, key, "a string in quotes");
                 None
@@ -485,6 +501,12 @@ fn span_of(v: &Value<'_>) -> Option<Range<usize>> {
 
 pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
     let mut cx = Cx::new(text);
+    hidden_characters(&mut cx, text);
+    if !cx.problems.is_empty() {
+        return Err(ManifestError {
+            problems: cx.problems,
+        });
+    }
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         for e in errors {
@@ -519,6 +541,38 @@ pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
             }
             Err(ManifestError { problems })
         }
+    }
+}
+
+/// Refuses, anywhere in the file (comments included), characters that make text display
+/// differently from its bytes: controls, ANSI escapes, bidirectional and invisible format
+/// characters ([`crate::text::forbidden`]). One problem per line, with the line number.
+fn hidden_characters(cx: &mut Cx<'_>, text: &str) {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let body = line.strip_suffix('\n').unwrap_or(line);
+        let body = body.strip_suffix('\r').unwrap_or(body);
+        // A byte-order mark is tolerated only as the file's first character.
+        let (skip, body) = match body.strip_prefix('\u{feff}') {
+            Some(rest) if offset == 0 => ('\u{feff}'.len_utf8(), rest),
+            _ => (0, body),
+        };
+        if let Some((i, c, why)) = crate::text::first_forbidden(body) {
+            let at = offset + skip + i;
+            let column = body[..i].chars().count() + 1;
+            cx.at(
+                Some(at..at + c.len_utf8()),
+                "(text)",
+                format!(
+                    "column {column} holds U+{:04X}, {why}: it can make this line display differently from what is signed",
+                    c as u32
+                ),
+                "delete that character (retype the line by hand if you cannot see it); manifests may contain only \
+                 printable text, tabs and line breaks"
+                    .to_owned(),
+            );
+        }
+        offset += line.len();
     }
 }
 

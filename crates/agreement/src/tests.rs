@@ -994,3 +994,75 @@ fn canonical_bytes_match_the_documented_encoding() {
     vk.verify_strict(&e, &ed25519_dalek::Signature::from_bytes(&sig))
         .unwrap();
 }
+
+/// Trojan-source text in a manifest: a bidi override, an ANSI escape (raw and as a TOML
+/// escape) or a control character can make `agreement show` display other words than were
+/// signed. Each is refused at parse time with its line.
+#[test]
+fn hidden_characters_are_refused_with_their_line() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "bidi override in purpose",
+            "purpose = \"Plan joint promotions for shared customers\"",
+            "purpose = \"Plan joint promotions \u{202e}sremotsuc lla rof\"",
+            "U+202E",
+        ),
+        (
+            "bidi isolate in a comment",
+            "# A comment that is not signed",
+            "# A comment \u{2066}that hides\u{2069} code",
+            "U+2066",
+        ),
+        (
+            "raw ANSI escape in notes",
+            "notes = \"On record.\"",
+            "notes = \"On record.\u{1b}[8m hidden clause\u{1b}[0m\"",
+            "U+001B",
+        ),
+        (
+            "ANSI escape written as a TOML escape",
+            "notes = \"On record.\"",
+            "notes = \"On record.\\u001b[2K\"",
+            "U+001B",
+        ),
+        (
+            "bidi override written as a TOML escape in a name",
+            "name = \"ana@drinks.example\"",
+            "name = \"ana@drinks.example\\u202e\"",
+            "U+202E",
+        ),
+        (
+            "left-to-right mark in a column",
+            "column = \"region\"",
+            "column = \"reg\u{200e}ion\"",
+            "U+200E",
+        ),
+        (
+            "C1 control (CSI)",
+            "notes = \"On record.\"",
+            "notes = \"On \u{9b}31m record.\"",
+            "U+009B",
+        ),
+    ];
+    for (name, from, to, code) in cases {
+        let text = base();
+        assert!(text.contains(from), "{name}: marker missing");
+        let bad = text.replace(from, to);
+        let err = Manifest::parse(&bad).expect_err(name);
+        let line = line_of(&bad, to.lines().next().unwrap_or(to));
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.line == Some(line) && p.message.contains(code)),
+            "{name}: expected {code} at line {line}, got {err}"
+        );
+    }
+    // Plain non-ASCII text and tabs stay allowed.
+    let ok = base().replace(
+        "notes = \"On record.\"",
+        "notes = \"Á skrá.\tDatenschutz: geprüft. 日本語\"",
+    );
+    Manifest::parse(&ok).unwrap();
+    // A byte-order mark at the very start is tolerated.
+    Manifest::parse(&format!("\u{feff}{}", base())).unwrap();
+}

@@ -68,7 +68,8 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
         }
         if show {
             for e in &response.entries {
-                println!("{e}");
+                // Entries hold analysts' SQL: escape what could drive the terminal.
+                println!("{}", accord_agreement::text::escape(e, 64 * 1024));
             }
         }
         match accord_room::audit::verify_log(&response.entries, &head, &presented) {
@@ -77,7 +78,10 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 println!("  {} entries, hash chain intact, head signed by the room ({presented})", s.entries);
                 println!("  queries answered {}, refused {}", s.queries_answered, s.queries_refused);
                 if let Some(last) = s.last_event {
-                    println!("  last event: {last}");
+                    println!(
+                        "  last event: {}",
+                        accord_agreement::text::escape(&last.to_string(), 4096)
+                    );
                 }
                 Ok(ExitCode::SUCCESS)
             }

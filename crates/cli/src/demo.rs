@@ -317,6 +317,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             tls: None,
             insecure_plaintext_network: false,
             expiry_check: Duration::from_secs(5),
+            limits: accord_room::Limits::default(),
         })
         .await?;
         let url = format!("http://{}", running.grpc_addr);

@@ -73,6 +73,28 @@ pub enum PartyCommand {
         #[command(flatten)]
         common: PartyArgs,
     },
+    /// Delete this party's local secrets and records for an agreement version that is over
+    /// (revoked, superseded or expired). Refused while it is in force, unless --force.
+    Forget {
+        /// The agreement file (it may have expired).
+        #[arg(long)]
+        agreement: PathBuf,
+        /// This party's name in the agreement.
+        #[arg(long)]
+        party: String,
+        /// The state directory the party commands used (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The room's URL, to confirm the agreement was revoked (not needed once it expired).
+        #[arg(long, requires = "key")]
+        room: Option<String>,
+        /// This party's Ed25519 key file (with --room).
+        #[arg(long, requires = "room")]
+        key: Option<PathBuf>,
+        /// Forget even though the agreement may still be in force (erasure will no longer be possible).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn context(args: &PartyArgs) -> Result<PartyContext> {
@@ -125,10 +147,17 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                     outcome.already_stored, outcome.batches
                 );
             }
-            println!(
-                "  uploaded {} rows in {} batches; raw identifiers never left this machine",
-                outcome.rows, outcome.batches
-            );
+            if outcome.already_stored == outcome.batches {
+                println!(
+                    "  nothing sent: the room already had this upload ({} rows in {} batches)",
+                    outcome.rows, outcome.batches
+                );
+            } else {
+                println!(
+                    "  uploaded {} rows in {} batches; raw identifiers never left this machine",
+                    outcome.rows, outcome.batches
+                );
+            }
             if let Some(s) = &outcome.status {
                 print_status(s);
             }
@@ -161,9 +190,84 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 ids.display().to_string(),
                 o.requested
             );
-            println!("  empty or invalid lines             {:>8}", o.invalid);
-            println!("  never uploaded or already erased   {:>8}", o.not_uploaded);
+            println!("  not valid identifiers (never uploaded) {:>3}", o.invalid);
+            println!(
+                "  erased before (this state's log)   {:>8}",
+                o.already_erased
+            );
             println!("  erased at the room (receipt ok)    {:>8}", o.erased);
+            println!(
+                "  not in this state's upload record  {:>8}",
+                o.unaccounted.len()
+            );
+            if !o.unaccounted.is_empty() {
+                const SHOWN: usize = 50;
+                let mut list: Vec<String> = o
+                    .unaccounted
+                    .iter()
+                    .take(SHOWN)
+                    .map(|(line, id)| {
+                        format!("  line {line}: {}", accord_agreement::text::escape(id, 200))
+                    })
+                    .collect();
+                if o.unaccounted.len() > SHOWN {
+                    list.push(format!("  … and {} more", o.unaccounted.len() - SHOWN));
+                }
+                anyhow::bail!(
+                    "{} identifiers of {} are not in the upload record of this state directory, so this command cannot \
+                     say whether the room holds them:\n{}\nEither they were never uploaded (no consent, not in the \
+                     input file), or the upload ran with another --state directory: rerun with that one. The room was \
+                     not asked about them; everything else above was done.",
+                    o.unaccounted.len(),
+                    ids.display(),
+                    list.join("\n")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Forget {
+            agreement,
+            party,
+            state,
+            room,
+            key,
+            force,
+        } => {
+            let text = std::fs::read_to_string(&agreement).map_err(|e| {
+                anyhow::anyhow!("could not read the agreement {}: {e}", agreement.display())
+            })?;
+            let manifest = accord_agreement::Manifest::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{} cannot be used:\n{e}", agreement.display()))?;
+            let key = key.as_deref().map(load_key).transpose()?;
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let check = match (&room, &key) {
+                (Some(url), Some(key)) => Some(accord_party::forget::RoomCheck { url, key }),
+                _ => None,
+            };
+            let o = rt
+                .block_on(accord_party::forget::forget(
+                    &root,
+                    &manifest,
+                    &party,
+                    check,
+                    force,
+                    chrono::Utc::now(),
+                ))
+                .map_err(party_error)?;
+            println!(
+                "{party}: forgot agreement {} version {} ({})",
+                manifest.id,
+                manifest.version,
+                manifest.fingerprint()
+            );
+            println!("  allowed because {}", o.why);
+            println!("  deleted {}:", o.dir.display());
+            for (name, len) in &o.deleted {
+                println!("    {name:<24}{len:>12} bytes");
+            }
+            println!(
+                "  customers of this agreement version can no longer be erased or re-identified from this machine"
+            );
             Ok(ExitCode::SUCCESS)
         }
         PartyCommand::Status { common } => {
@@ -205,7 +309,9 @@ fn print_status(s: &accord_proto::v1::StatusResponse) {
     for r in &s.refused_batches {
         println!(
             "  batch {} was refused by {}: {}",
-            r.batch_number, s.partner, r.reason
+            r.batch_number,
+            s.partner,
+            accord_party::display::work_refusal(&r.reason)
         );
     }
 }

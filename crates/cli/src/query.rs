@@ -110,7 +110,11 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
             .map_err(party_error)?;
         match response.outcome {
             Some(v1::run_query_response::Outcome::Refused(r)) => {
-                eprintln!("query refused [{}]: {}", r.rule, r.message);
+                eprintln!(
+                    "query refused [{}]: {}",
+                    accord_agreement::text::escape(&r.rule, 64),
+                    accord_party::display::room_message(&r.message)
+                );
                 Ok(ExitCode::from(1))
             }
             Some(v1::run_query_response::Outcome::Answer(a)) => {

@@ -76,6 +76,7 @@ fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
         expiry_check,
         tls,
         insecure_plaintext_network: args.insecure_plaintext_network,
+        limits: accord_room::Limits::default(),
     })
 }
 

@@ -43,7 +43,14 @@ impl Principal<'_> {
     }
 }
 
-/// Runs `f` up to 6 times with exponential backoff while it fails transiently.
+/// Most times [`with_retries`] starts over because the session ended (expired or the room
+/// restarted): each time `f` re-authenticates; a room that ends every session is not retried
+/// forever.
+pub const MAX_SESSION_RESTARTS: u32 = 10;
+
+/// Runs `f` up to 6 times with exponential backoff while it fails transiently, and again
+/// (at once, up to [`MAX_SESSION_RESTARTS`] times) when its session ended: `f` must open its
+/// own connection, so a new attempt re-authenticates.
 pub async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Result<T, PartyError>
 where
     F: FnMut() -> Fut,
@@ -51,8 +58,13 @@ where
 {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
+    let mut restarts = 0;
     loop {
         match f().await {
+            Err(PartyError::SessionEnded { reason, .. }) if restarts < MAX_SESSION_RESTARTS => {
+                restarts += 1;
+                tracing::info!(restarts, %reason, "{what}: the session ended; authenticating again");
+            }
             Err(e) if e.is_transient() && attempt < 6 => {
                 tracing::warn!(attempt, error = %e, "{what}: transient failure, retrying in {delay:?}");
                 tokio::time::sleep(delay).await;
@@ -609,9 +621,11 @@ impl Connection {
         r
     }
 
-    /// Maps a gRPC status from this room.
+    /// Maps a gRPC status from this room (a call made with this session: `UNAUTHENTICATED`
+    /// becomes [`PartyError::SessionEnded`], which [`with_retries`] answers by starting over
+    /// with a new session).
     pub fn error(&self, status: tonic::Status) -> PartyError {
-        PartyError::from_status(&self.url, status)
+        PartyError::from_session_status(&self.url, status)
     }
 
     /// Checks the room's signed audit head: it must be signed by the room's key, name this

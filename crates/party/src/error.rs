@@ -17,6 +17,15 @@ pub enum PartyError {
     /// The room refused the request; the message says why.
     #[error("the room refused: {0}")]
     Room(String),
+    /// The session ended (expired, or the room restarted) before the call ran: nothing was
+    /// done, and the caller re-authenticates and tries again.
+    #[error("the session with the room at {url} ended ({reason}); re-authenticating did not help")]
+    SessionEnded {
+        /// The room URL.
+        url: String,
+        /// The room's message (escaped).
+        reason: String,
+    },
     /// This side refused (bad signature from the partner, pinned key mismatch, …).
     #[error("{0}")]
     Refused(String),
@@ -50,17 +59,30 @@ impl PartyError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 PartyError::Unreachable {
                     url: url.to_owned(),
-                    reason: status.message().to_owned(),
+                    reason: crate::display::room_message(status.message()),
                     gave_up: false,
                 }
             }
             _ if broken => PartyError::Unreachable {
                 url: url.to_owned(),
-                reason: status.message().to_owned(),
+                reason: crate::display::room_message(status.message()),
                 gave_up: false,
             },
-            _ => PartyError::Room(status.message().to_owned()),
+            _ => PartyError::Room(crate::display::room_message(status.message())),
         }
+    }
+
+    /// Maps a gRPC status from a call made with a session: `UNAUTHENTICATED` there means the
+    /// session ended (expired, or the room restarted and forgot it), which re-authenticating
+    /// fixes; everything else as [`PartyError::from_status`].
+    pub fn from_session_status(url: &str, status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::Unauthenticated {
+            return PartyError::SessionEnded {
+                url: url.to_owned(),
+                reason: crate::display::room_message(status.message()),
+            };
+        }
+        Self::from_status(url, status)
     }
 
     /// True for errors worth retrying with backoff.

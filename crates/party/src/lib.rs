@@ -13,7 +13,9 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod display;
 pub mod error;
+pub mod forget;
 pub mod input;
 pub mod protocol;
 pub mod state;

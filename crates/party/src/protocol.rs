@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use accord_agreement::{Fingerprint, SecretKey, VerifiedAgreement, sig::Purpose};
+use accord_proto::refusal::WorkRefusalCode;
 use accord_proto::v1::{self, psi_client::PsiClient};
 use accord_psi::{HashDomain, IdentifierKind};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -227,14 +228,16 @@ pub async fn upload(
         rows: order.iter().map(|&i| prepared.rows[i].clone()).collect(),
     };
     let all_handles: Vec<u8> = prepared.handles.iter().flatten().copied().collect();
-    state.save_uploaded_handles(&all_handles)?;
     drop(secrets);
+    check_same_upload(ctx, &state, &all_handles).await?;
+    state.begin_upload(&all_handles)?;
 
     let total_rows = prepared.rows.len() as u64;
     let total_batches = prepared.rows.len().div_ceil(batch_rows) as u64;
     let prepared = std::sync::Arc::new(prepared);
     let mut already_stored = None;
     let mut attempt = 0;
+    let mut restarts = 0;
     let status = loop {
         attempt += 1;
         let result = upload_attempt(
@@ -251,6 +254,13 @@ pub async fn upload(
                 already_stored.get_or_insert(first_stored);
                 break status;
             }
+            Err(PartyError::SessionEnded { reason, .. })
+                if restarts < crate::client::MAX_SESSION_RESTARTS =>
+            {
+                restarts += 1;
+                attempt -= 1; // not a failure of the room: authenticate again and resume
+                tracing::info!(%reason, "upload: the session ended; authenticating again");
+            }
             Err(e) if e.is_transient() && attempt < 6 => {
                 tracing::warn!(error = %e, "upload interrupted; resuming");
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
@@ -258,11 +268,15 @@ pub async fn upload(
             Err(e) => return Err(e),
         }
     };
+    // The room acknowledged the completion: only now does the record say "uploaded".
+    state.finish_upload(&all_handles)?;
     if !status.refused_batches.is_empty() {
         let r = &status.refused_batches[0];
         return Err(PartyError::Refused(format!(
             "{} refused to blind batch {} of this upload: {}",
-            status.partner, r.batch_number, r.reason
+            status.partner,
+            r.batch_number,
+            crate::display::work_refusal(&r.reason)
         )));
     }
     check_partner_proofs(&status)?;
@@ -280,6 +294,54 @@ pub async fn upload(
         outcome.status = Some(status);
     }
     Ok(outcome)
+}
+
+/// An agreement version accepts one upload per party. Refuses, before anything is sent or
+/// recorded, an input whose rows differ from the upload this state directory recorded, and an
+/// upload when the room holds rows this state directory has no record of.
+async fn check_same_upload(
+    ctx: &PartyContext,
+    state: &State,
+    handles: &[u8],
+) -> Result<(), PartyError> {
+    let record = state.upload_record()?;
+    let rows = |b: &[u8]| b.len() / accord_proto::limits::HANDLE_LEN;
+    if let Some(done) = &record.done {
+        if done.as_slice() == handles {
+            return Ok(()); // the same input again: resume or confirm
+        }
+        return Err(PartyError::Refused(format!(
+            "{} already completed its upload to agreement {} ({} rows) from a different input ({} rows now): an \
+             agreement version accepts one upload and nothing was sent. To change the data, agree a new agreement \
+             version (a higher version number, signed again by both parties) and upload to it; to remove customers, \
+             use `accord party erase`",
+            ctx.party,
+            ctx.agreement.id(),
+            rows(done),
+            rows(handles)
+        )));
+    }
+    if record.pending.as_deref() == Some(handles) {
+        return Ok(()); // resuming an interrupted upload of the same input
+    }
+    // No record, or an interrupted upload of another input: only safe if the room holds nothing.
+    let status = status(ctx).await?;
+    if status.batches_uploaded > 0 || status.upload_complete {
+        let why = if record.pending.is_some() {
+            "an interrupted upload of a different input from this state directory"
+        } else {
+            "an upload this state directory has no record of (was it made with another --state directory?)"
+        };
+        return Err(PartyError::Refused(format!(
+            "the room already holds {} batches ({} rows) of {} for agreement {}: {why}. Nothing was sent. Resume \
+             with the original input and --state directory; to change the data, agree a new agreement version",
+            status.batches_uploaded,
+            status.rows_uploaded,
+            ctx.party,
+            ctx.agreement.id()
+        )));
+    }
+    Ok(())
 }
 
 /// One pass: ask where the room stands, then stream the missing batches and the completion.
@@ -302,6 +364,14 @@ async fn upload_attempt(
     conn.check_head(status.head.as_ref())?;
     let stored = status.batches_uploaded;
     if status.upload_complete {
+        if stored != total_batches || status.rows_uploaded != total_rows {
+            return Err(PartyError::Refused(format!(
+                "the room holds a completed upload of {stored} batches ({} rows) from {}, but this input makes \
+                 {total_batches} batches ({total_rows} rows): the input or --batch-rows changed; an agreement version \
+                 accepts one upload",
+                status.rows_uploaded, ctx.party
+            )));
+        }
         return Ok((status, stored));
     }
     if stored > total_batches {
@@ -560,7 +630,9 @@ async fn sync_once(
             let r = &status.refused_batches[0];
             return Err(PartyError::Refused(format!(
                 "{partner} refused to blind batch {} of {}'s upload: {}",
-                r.batch_number, ctx.party, r.reason
+                r.batch_number,
+                ctx.party,
+                crate::display::work_refusal(&r.reason)
             )));
         }
         if let Err(e) = check_partner_proofs(&status) {
@@ -646,13 +718,15 @@ async fn blind_one(
         }
     };
     if batch.from_party != partner {
-        return Ok(refuse(format!(
+        return Ok(refuse(WorkRefusalCode::WrongSender.reason(&format!(
             "the batch claims to come from {:?}, not the partner {partner}",
             batch.from_party
-        )));
+        ))));
     }
     let Ok(sig) = <[u8; 64]>::try_from(batch.signature.as_slice()) else {
-        return Ok(refuse("the batch signature is not 64 bytes".into()));
+        return Ok(refuse(
+            WorkRefusalCode::BadSignature.reason("the batch signature is not 64 bytes"),
+        ));
     };
     let Ok(rows_digest) = <[u8; 32]>::try_from(batch.rows_digest.as_slice()) else {
         return Ok(refuse(format!(
@@ -669,25 +743,25 @@ async fn blind_one(
         )
         .is_err()
     {
-        return Ok(refuse(format!(
+        return Ok(refuse(WorkRefusalCode::BadSignature.reason(&format!(
             "batch {n}: {partner}'s signature does not verify"
-        )));
+        ))));
     }
     let rows = (batch.points.len() / accord_proto::limits::POINT_LEN) as u64;
     let digest: [u8; 32] = Sha256::digest(&batch.points).into();
     match log.get(&n) {
         Some((d, _)) if *d != digest => {
-            return Ok(refuse(format!(
+            return Ok(refuse(WorkRefusalCode::BlindedBefore.reason(&format!(
                 "batch {n} was blinded before with other points; a batch is blinded only once"
-            )));
+            ))));
         }
         Some(_) => {} // the same points again: a retry after a lost acknowledgement
         None => {
             let used: u64 = log.values().map(|(_, r)| r).sum();
             if used + rows > partner_cap {
-                return Ok(refuse(format!(
+                return Ok(refuse(WorkRefusalCode::OverCap.reason(&format!(
                     "blinding batch {n} would take {partner} past its agreed cap of {partner_cap} rows"
-                )));
+                ))));
             }
         }
     }
@@ -719,7 +793,9 @@ async fn blind_one(
                 })),
             })
         }
-        Err(e) => Ok(refuse(format!("batch {n}: {e}"))),
+        Err(e) => Ok(refuse(
+            WorkRefusalCode::InvalidPoints.reason(&format!("batch {n}: {e}")),
+        )),
     }
 }
 
@@ -746,15 +822,22 @@ async fn status_once(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyErro
 pub struct EraseOutcome {
     /// Identifiers read from the file.
     pub requested: u64,
-    /// Lines that were empty or not a valid identifier.
+    /// Lines that were not a valid identifier (such an identifier is never uploaded).
     pub invalid: u64,
-    /// Identifiers this party never uploaded (or already erased): nothing to do at the room.
-    pub not_uploaded: u64,
-    /// Rows the room erased (receipt verified).
+    /// Identifiers erased at the room before (this state directory's erasure log).
+    pub already_erased: u64,
+    /// Rows the room erased now (receipt verified).
     pub erased: u64,
+    /// Identifiers this state directory cannot account for: not in its upload record, so
+    /// either never uploaded (no consent, not in the input) or uploaded from another state
+    /// directory. (line number, identifier as written). The room was not asked about them.
+    pub unaccounted: Vec<(usize, String)>,
 }
 
 /// Erases the customers listed in `ids_file` (one identifier per line) from the room.
+///
+/// Every identifier ends up accounted for (erased now, erased before, or invalid) or listed
+/// in [`EraseOutcome::unaccounted`], which the CLI turns into a non-zero exit.
 pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, PartyError> {
     let text = std::fs::read_to_string(ids_file)
         .map_err(|e| PartyError::BadInput(format!("could not read {}: {e}", ids_file.display())))?;
@@ -762,11 +845,12 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
     let secrets = state.secrets()?;
     let kind = ctx.identifier_kind()?;
     let region = ctx.agreement.manifest().default_region.clone();
-    let mut uploaded = state.uploaded_handles()?;
+    let uploaded = state.uploaded_handles()?;
+    let erased_before = state.erased_handles()?;
     let mut outcome = EraseOutcome::default();
     let mut wanted: Vec<[u8; 16]> = Vec::new();
     let mut seen = HashSet::new();
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -777,30 +861,44 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
                 if !seen.insert(h) {
                     continue;
                 }
-                if uploaded.contains(&h) {
+                if erased_before.contains(&h) {
+                    outcome.already_erased += 1;
+                } else if uploaded.contains(&h) {
                     wanted.push(h);
                 } else {
-                    outcome.not_uploaded += 1;
+                    outcome.unaccounted.push((i + 1, line.trim().to_owned()));
                 }
             }
             _ => outcome.invalid += 1,
         }
     }
+    drop(secrets);
     if wanted.is_empty() {
         return Ok(outcome);
     }
     let mut conn = ctx.connect(&state).await?;
-    let mut psi = PsiClient::new(conn.channel());
     let fp = ctx.fingerprint();
     for chunk in wanted.chunks(accord_proto::limits::MAX_ERASE_HANDLES) {
         let handles: Vec<u8> = chunk.iter().flatten().copied().collect();
-        let response = psi
-            .erase(conn.request(v1::EraseRequest {
-                handles: handles.clone(),
-            }))
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner();
+        let mut session_retries = 0;
+        let response = loop {
+            let mut psi = PsiClient::new(conn.channel());
+            match psi
+                .erase(conn.request(v1::EraseRequest {
+                    handles: handles.clone(),
+                }))
+                .await
+                .map_err(|s| conn.error(s))
+            {
+                Ok(r) => break r.into_inner(),
+                // The call never reached the erasure (no session): re-authenticate and resend.
+                Err(PartyError::SessionEnded { .. }) if session_retries < 3 => {
+                    session_retries += 1;
+                    conn = ctx.connect(&state).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         conn.check_head(response.head.as_ref())?;
         let receipt = accord_proto::signed::erasure_receipt(
             fp.as_bytes(),
@@ -820,13 +918,9 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
             .map_err(|_| {
                 PartyError::Refused("the room's erasure receipt does not verify".into())
             })?;
+        state.record_erased(&handles)?;
         outcome.erased += response.erased;
-        for h in chunk {
-            uploaded.remove(h);
-        }
     }
-    let remaining: Vec<u8> = uploaded.iter().flatten().copied().collect();
-    state.save_uploaded_handles(&remaining)?;
     Ok(outcome)
 }
 

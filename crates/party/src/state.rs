@@ -4,7 +4,9 @@
 //! <state>/<agreement id>/<fingerprint>/
 //!     secrets.key          mode 0600: PSI scalar k_p, handle key, shuffle seed (never leave the party)
 //!     room.pub             the room's public key, pinned at first contact
-//!     uploaded.handles     16-byte handles of the rows this party uploaded (for erasure)
+//!     uploading.handles    16-byte handles of an upload in progress (written before the first batch)
+//!     uploaded.handles     the same, once the room acknowledged the upload (written once, never replaced)
+//!     erased.handles       append-only: handles the room erased (receipt verified)
 //!     blinded-<partner>    one line per partner batch blinded: "<batch> <sha256 of its points> <rows>"
 //! ```
 //!
@@ -134,30 +136,98 @@ impl State {
         }
     }
 
-    /// Records the handles of the rows being uploaded (replacing any earlier list).
-    pub fn save_uploaded_handles(&self, handles: &[u8]) -> Result<(), PartyError> {
-        accord_fs::write_atomic(&self.dir.join("uploaded.handles"), handles)
+    /// What this state directory recorded about its upload: the handles of a completed
+    /// upload (`uploaded.handles`, written only after the room acknowledged the upload's
+    /// completion, never rewritten) and of one in progress (`uploading.handles`, written
+    /// before the first batch leaves so erasure can account for rows the room may already
+    /// hold).
+    pub fn upload_record(&self) -> Result<UploadRecord, PartyError> {
+        Ok(UploadRecord {
+            done: read_optional(&self.dir.join(UPLOADED))?,
+            pending: read_optional(&self.dir.join(UPLOADING))?,
+        })
+    }
+
+    /// Records the handles of an upload about to start (before the first batch is sent).
+    /// Refuses to replace a completed upload's record; the caller has checked that the room
+    /// holds nothing of a different in-progress record it replaces.
+    pub fn begin_upload(&self, handles: &[u8]) -> Result<(), PartyError> {
+        let record = self.upload_record()?;
+        if let Some(done) = record.done {
+            if done == handles {
+                return Ok(());
+            }
+            return Err(PartyError::Refused(format!(
+                "{} records a completed upload with different rows; it is never replaced",
+                self.dir.join(UPLOADED).display()
+            )));
+        }
+        if record.pending.as_deref() == Some(handles) {
+            return Ok(());
+        }
+        accord_fs::write_atomic(&self.dir.join(UPLOADING), handles)
             .map_err(|e| PartyError::State(e.to_string()))
     }
 
-    /// The handles of the rows this party uploaded.
+    /// Marks the upload complete after the room acknowledged it: the in-progress record
+    /// becomes `uploaded.handles` (written once; the same content again is a no-op).
+    pub fn finish_upload(&self, handles: &[u8]) -> Result<(), PartyError> {
+        let done_path = self.dir.join(UPLOADED);
+        match read_optional(&done_path)? {
+            Some(done) if done == handles => {}
+            Some(_) => {
+                return Err(PartyError::Refused(format!(
+                    "{} records a completed upload with different rows; it is never replaced",
+                    done_path.display()
+                )));
+            }
+            None => accord_fs::write_atomic(&done_path, handles)
+                .map_err(|e| PartyError::State(e.to_string()))?,
+        }
+        let pending = self.dir.join(UPLOADING);
+        match std::fs::remove_file(&pending) {
+            Ok(()) => accord_fs::sync_dir(&self.dir).map_err(|e| PartyError::State(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PartyError::State(format!("{}: {e}", pending.display()))),
+        }
+    }
+
+    /// The handles of the rows this party uploaded or may have uploaded (a completed upload,
+    /// or one in progress).
     pub fn uploaded_handles(&self) -> Result<std::collections::HashSet<[u8; 16]>, PartyError> {
-        let path = self.dir.join("uploaded.handles");
-        let bytes = std::fs::read(&path).map_err(|_| {
-            PartyError::Refused(format!(
+        let record = self.upload_record()?;
+        if record.done.is_none() && record.pending.is_none() {
+            return Err(PartyError::Refused(format!(
                 "this state directory has no record of an upload for this agreement ({} is missing): erase with the \
                  same --state directory the upload used",
-                path.display()
-            ))
-        })?;
-        Ok(bytes
-            .chunks_exact(16)
-            .map(|c| {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(c);
-                a
-            })
-            .collect())
+                self.dir.join(UPLOADED).display()
+            )));
+        }
+        let mut out = std::collections::HashSet::new();
+        for bytes in [record.done, record.pending].into_iter().flatten() {
+            out.extend(handles_of(&bytes));
+        }
+        Ok(out)
+    }
+
+    /// Handles erased at the room (receipt verified), from the append-only `erased.handles`.
+    pub fn erased_handles(&self) -> Result<std::collections::HashSet<[u8; 16]>, PartyError> {
+        Ok(read_optional(&self.dir.join(ERASED))?
+            .map(|b| handles_of(&b).collect())
+            .unwrap_or_default())
+    }
+
+    /// Appends handles the room erased (after its receipt verified) and syncs them.
+    pub fn record_erased(&self, handles: &[u8]) -> Result<(), PartyError> {
+        let path = self.dir.join(ERASED);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))?;
+        f.write_all(handles)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| PartyError::State(format!("{}: {e}", path.display())))
     }
 
     /// The blinded log for a partner: batch → (digest of its points, rows).
@@ -210,6 +280,36 @@ impl State {
     }
 }
 
+const UPLOADED: &str = "uploaded.handles";
+const UPLOADING: &str = "uploading.handles";
+const ERASED: &str = "erased.handles";
+
+/// See [`State::upload_record`].
+#[derive(Debug, Default)]
+pub struct UploadRecord {
+    /// Handles of the completed upload.
+    pub done: Option<Vec<u8>>,
+    /// Handles of an upload in progress.
+    pub pending: Option<Vec<u8>>,
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, PartyError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PartyError::State(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn handles_of(bytes: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
+    // A torn last record (crash mid-append) is shorter than 16 bytes and ignored.
+    bytes.chunks_exact(16).map(|c| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(c);
+        a
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +355,36 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("pinned")
+        );
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn a_completed_upload_record_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp: Fingerprint = "ef".repeat(32).parse().unwrap();
+        let s = State::open(dir.path(), "a-1", fp).unwrap();
+        assert!(s.uploaded_handles().is_err(), "no record yet");
+        s.begin_upload(&[1; 32]).unwrap();
+        assert_eq!(s.uploaded_handles().unwrap().len(), 1, "pending counts");
+        s.begin_upload(&[2; 32]).unwrap(); // the caller checked the room holds none of it
+        s.finish_upload(&[2; 32]).unwrap();
+        s.finish_upload(&[2; 32]).unwrap();
+        assert!(s.begin_upload(&[3; 32]).is_err());
+        assert!(s.finish_upload(&[3; 32]).is_err());
+        let r = s.upload_record().unwrap();
+        assert_eq!(r.done.as_deref(), Some(&[2u8; 32][..]));
+        assert!(r.pending.is_none());
+        s.record_erased(&[2; 16]).unwrap();
+        assert!(s.erased_handles().unwrap().contains(&[2; 16]));
+        assert_eq!(
+            s.uploaded_handles().unwrap().len(),
+            1,
+            "erasure keeps the upload record"
         );
     }
 }

@@ -93,6 +93,7 @@ pub fn rows_digest(salt: &[u8; 32], handles: &[u8], columns: &[v1::Column]) -> [
     }
     h.finalize().into()
 }
+pub mod refusal;
 
 /// Hard limits of the protocol. The room refuses anything larger and changes nothing.
 pub mod limits {

@@ -4,24 +4,33 @@
 //! `fingerprint ‖ role ‖ name ‖ room_nonce ‖ client_nonce ‖ room_public_key` with the key the
 //! agreement names for it, and gets a random bearer token. Tokens are stored only as their
 //! SHA-256, so a lookup leaks nothing through timing about valid tokens.
+//!
+//! Challenges are stateless: the room nonce is `expiry ‖ random ‖ MAC`, the MAC (HMAC-SHA256
+//! under a key drawn at start-up that never leaves the process) binding the agreement, the
+//! principal and the client nonce. Issuing one stores nothing, so no flood of challenge
+//! requests can fill a table and lock anyone out. Single use is enforced after the signature
+//! verifies, by a replay set of used nonces kept until they expire and bounded per principal
+//! ([`Limits::max_logins_per_principal`]): only a caller holding a key can add to it, and a
+//! principal over its bound locks out only itself. Sessions are bounded per principal
+//! ([`Limits::max_sessions_per_principal`]; a new login ends that principal's oldest one).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
 
 use accord_agreement::Fingerprint;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use crate::error::{Result, RoomError};
+use crate::limits::{Limits, MAX_USED_NONCES};
 
-/// How long a challenge may be answered.
-pub const CHALLENGE_TTL: Duration = Duration::from_secs(120);
-/// How long a session lasts.
-pub const SESSION_TTL: Duration = Duration::from_secs(3600);
-/// Most outstanding challenges (a flood of challenge requests cannot grow memory).
-pub const MAX_CHALLENGES: usize = 10_000;
+/// Domain of the room nonce's MAC.
+const NONCE_MAC_DOMAIN: &[u8] = b"accord/v1/room-challenge";
 
 /// The role a caller proves.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     /// A party, by name.
     Party(String),
@@ -58,89 +67,209 @@ pub struct Session {
     pub expires_unix_ms: i64,
 }
 
+/// A room nonce whose MAC and expiry checked out; [`AuthState::consume`] makes it used.
 #[derive(Debug)]
-struct Challenge {
-    fingerprint: Fingerprint,
-    role: Role,
-    client_nonce: [u8; 32],
-    expires: Instant,
+#[must_use = "a checked challenge must be consumed once its signature verifies"]
+pub struct CheckedChallenge {
+    principal: (Fingerprint, Role),
+    expiry_ms: u64,
+    nonce: [u8; 32],
 }
 
-/// Outstanding challenges and live sessions.
-#[derive(Debug, Default)]
+/// One principal's used nonces: (expiry ms, nonce), oldest expiry first.
+type UsedNonces = BTreeSet<(u64, [u8; 32])>;
+
+/// The challenge MAC key, live sessions and the replay set of used nonces.
 pub struct AuthState {
-    challenges: HashMap<[u8; 32], Challenge>,
+    limits: Limits,
+    /// Instant 0 of the nonce's expiry field.
+    epoch: Instant,
+    mac_key: Zeroizing<[u8; 32]>,
     sessions: HashMap<[u8; 32], Session>,
+    /// Used nonces per principal, ordered by expiry (expiry ms, nonce).
+    used: HashMap<(Fingerprint, Role), UsedNonces>,
+    used_total: usize,
+}
+
+impl std::fmt::Debug for AuthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthState")
+            .field("limits", &self.limits)
+            .field("sessions", &self.sessions.len())
+            .field("used_nonces", &self.used_total)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthState {
-    /// Records a new challenge and returns the room nonce.
+    /// A fresh state with a new MAC key (challenges of an earlier process no longer verify:
+    /// clients ask for a new one).
+    pub fn new(limits: Limits) -> Result<Self> {
+        Ok(Self {
+            limits,
+            epoch: Instant::now(),
+            mac_key: Zeroizing::new(random32()?),
+            sessions: HashMap::new(),
+            used: HashMap::new(),
+            used_total: 0,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn mac(
+        &self,
+        fingerprint: Fingerprint,
+        role: &Role,
+        client_nonce: &[u8; 32],
+        head: &[u8],
+    ) -> Result<[u8; 16]> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.mac_key.as_slice())
+            .map_err(|e| RoomError::Internal(format!("challenge MAC key: {e}")))?;
+        mac.update(NONCE_MAC_DOMAIN);
+        mac.update(fingerprint.as_bytes());
+        mac.update(role.kind().as_bytes());
+        mac.update(&(role.name().len() as u64).to_be_bytes());
+        mac.update(role.name().as_bytes());
+        mac.update(client_nonce);
+        mac.update(head);
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        Ok(out)
+    }
+
+    /// A new room nonce for this agreement, principal and client nonce. Stores nothing.
     pub fn issue_challenge(
-        &mut self,
+        &self,
         fingerprint: Fingerprint,
         role: Role,
         client_nonce: [u8; 32],
     ) -> Result<[u8; 32]> {
-        let now = Instant::now();
-        self.challenges.retain(|_, c| c.expires > now);
-        self.sessions.retain(|_, s| s.expires > now);
-        if self.challenges.len() >= MAX_CHALLENGES {
-            return Err(RoomError::FailedPrecondition(
-                "too many authentication challenges are outstanding; try again in a minute".into(),
-            ));
-        }
-        let nonce = random32()?;
-        self.challenges.insert(
-            nonce,
-            Challenge {
-                fingerprint,
-                role,
-                client_nonce,
-                expires: now + CHALLENGE_TTL,
-            },
-        );
+        let expiry_ms = self
+            .now_ms()
+            .saturating_add(self.limits.challenge_ttl.as_millis() as u64);
+        let mut nonce = [0u8; 32];
+        nonce[..8].copy_from_slice(&expiry_ms.to_be_bytes());
+        nonce[8..16].copy_from_slice(&random32()?[..8]);
+        let tag = self.mac(fingerprint, &role, &client_nonce, &nonce[..16])?;
+        nonce[16..].copy_from_slice(&tag);
         Ok(nonce)
     }
 
-    /// Takes (single use) the challenge for `room_nonce`, checking it matches the request.
-    pub fn take_challenge(
-        &mut self,
+    /// Checks that `room_nonce` was issued by this room for this request and has not expired.
+    /// Cheap (one HMAC); call it before verifying the signature, and [`AuthState::consume`]
+    /// after.
+    pub fn check_challenge(
+        &self,
         room_nonce: &[u8; 32],
         fingerprint: Fingerprint,
         role: &Role,
         client_nonce: &[u8; 32],
-    ) -> Result<()> {
-        let c = self.challenges.remove(room_nonce).ok_or_else(|| {
-            RoomError::Unauthenticated(
-                "unknown or already used challenge: ask for a new one".into(),
-            )
-        })?;
-        if c.expires <= Instant::now() {
+    ) -> Result<CheckedChallenge> {
+        let tag = self.mac(fingerprint, role, client_nonce, &room_nonce[..16])?;
+        if !bool::from(tag.ct_eq(&room_nonce[16..])) {
+            return Err(RoomError::Unauthenticated(
+                "this challenge was not issued by this room for this agreement, principal and client nonce \
+                 (or the room restarted since): ask for a new one"
+                    .into(),
+            ));
+        }
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&room_nonce[..8]);
+        let expiry_ms = u64::from_be_bytes(expiry);
+        if expiry_ms <= self.now_ms() {
             return Err(RoomError::Unauthenticated(
                 "the challenge expired: ask for a new one".into(),
             ));
         }
-        if c.fingerprint != fingerprint || &c.role != role || &c.client_nonce != client_nonce {
+        Ok(CheckedChallenge {
+            principal: (fingerprint, role.clone()),
+            expiry_ms,
+            nonce: *room_nonce,
+        })
+    }
+
+    /// Marks a checked challenge as used (after its signature verified): a second use, or a
+    /// principal over its login bound, is refused.
+    pub fn consume(&mut self, c: CheckedChallenge) -> Result<()> {
+        let now = self.now_ms();
+        self.prune_used(now);
+        let max = self.limits.max_logins_per_principal;
+        let ttl = self.limits.challenge_ttl;
+        let set = self.used.entry(c.principal.clone()).or_default();
+        if set.contains(&(c.expiry_ms, c.nonce)) {
             return Err(RoomError::Unauthenticated(
-                "the challenge was issued for another agreement, principal or client nonce".into(),
+                "this challenge was already used: ask for a new one".into(),
             ));
         }
+        if set.len() >= max {
+            return Err(RoomError::FailedPrecondition(format!(
+                "{} {} logged in {max} times within {} s; wait {} s and try again (limits.max_logins_per_principal)",
+                c.principal.1.kind(),
+                c.principal.1.name(),
+                ttl.as_secs(),
+                ttl.as_secs()
+            )));
+        }
+        if self.used_total >= MAX_USED_NONCES {
+            return Err(RoomError::FailedPrecondition(format!(
+                "the room is handling more than {MAX_USED_NONCES} logins within {} s; try again shortly",
+                ttl.as_secs()
+            )));
+        }
+        set.insert((c.expiry_ms, c.nonce));
+        self.used_total += 1;
         Ok(())
     }
 
-    /// Starts a session; returns the bearer token (hex) and the session.
+    fn prune_used(&mut self, now_ms: u64) {
+        let mut removed = 0;
+        self.used.retain(|_, set| {
+            while let Some(first) = set.first() {
+                if first.0 > now_ms {
+                    break;
+                }
+                set.pop_first();
+                removed += 1;
+            }
+            !set.is_empty()
+        });
+        self.used_total -= removed;
+    }
+
+    /// Starts a session; returns the bearer token (hex) and the session. Ends the principal's
+    /// oldest session when it already has the most allowed.
     pub fn start_session(
         &mut self,
         fingerprint: Fingerprint,
         role: Role,
     ) -> Result<(String, Session)> {
+        let now = Instant::now();
+        self.sessions.retain(|_, s| s.expires > now);
+        let mine: Vec<([u8; 32], Instant)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.fingerprint == fingerprint && s.role == role)
+            .map(|(k, s)| (*k, s.expires))
+            .collect();
+        if mine.len() >= self.limits.max_sessions_per_principal {
+            let mut mine = mine;
+            mine.sort_by_key(|(_, expires)| *expires);
+            let excess = mine.len() + 1 - self.limits.max_sessions_per_principal;
+            for (k, _) in mine.into_iter().take(excess) {
+                self.sessions.remove(&k);
+            }
+        }
         let token = random32()?;
-        let expires_unix_ms =
-            chrono::Utc::now().timestamp_millis() + SESSION_TTL.as_millis() as i64;
+        let ttl = self.limits.session_ttl;
+        let expires_unix_ms = chrono::Utc::now().timestamp_millis() + ttl.as_millis() as i64;
         let session = Session {
             fingerprint,
             role,
-            expires: Instant::now() + SESSION_TTL,
+            expires: now + ttl,
             expires_unix_ms,
         };
         self.sessions
@@ -162,7 +291,9 @@ impl AuthState {
                 "the session expired: authenticate again".into(),
             )),
             None => Err(RoomError::Unauthenticated(
-                "no valid session: authenticate with the key the agreement names for you".into(),
+                "no valid session (it ended, or the room restarted): authenticate with the key the agreement \
+                 names for you"
+                    .into(),
             )),
         }
     }
@@ -170,7 +301,12 @@ impl AuthState {
     /// Ends every session bound to an agreement version (revocation, expiry, supersession).
     pub fn end_sessions_for(&mut self, fingerprint: Fingerprint) {
         self.sessions.retain(|_, s| s.fingerprint != fingerprint);
-        self.challenges.retain(|_, c| c.fingerprint != fingerprint);
+    }
+
+    /// Live sessions (for tests and metrics).
+    pub fn session_count(&self) -> usize {
+        let now = Instant::now();
+        self.sessions.values().filter(|s| s.expires > now).count()
     }
 }
 
@@ -203,31 +339,137 @@ pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn fp(b: u8) -> Fingerprint {
         hex::encode([b; 32]).parse().unwrap()
     }
 
+    fn state() -> AuthState {
+        AuthState::new(Limits::default()).unwrap()
+    }
+
     #[test]
     fn challenges_are_single_use_and_bound() {
-        let mut a = AuthState::default();
+        let mut a = state();
         let role = Role::Party("drinks".into());
         let n = a.issue_challenge(fp(1), role.clone(), [9; 32]).unwrap();
         assert!(
-            a.take_challenge(&n, fp(2), &role, &[9; 32]).is_err(),
+            a.check_challenge(&n, fp(2), &role, &[9; 32]).is_err(),
             "other agreement"
         );
-        let n = a.issue_challenge(fp(1), role.clone(), [9; 32]).unwrap();
-        a.take_challenge(&n, fp(1), &role, &[9; 32]).unwrap();
         assert!(
-            a.take_challenge(&n, fp(1), &role, &[9; 32]).is_err(),
-            "replayed"
+            a.check_challenge(&n, fp(1), &Role::Party("snacks".into()), &[9; 32])
+                .is_err(),
+            "other principal"
         );
+        assert!(
+            a.check_challenge(&n, fp(1), &role, &[8; 32]).is_err(),
+            "other client nonce"
+        );
+        let mut forged = n;
+        forged[0] ^= 1; // a later expiry
+        assert!(a.check_challenge(&forged, fp(1), &role, &[9; 32]).is_err());
+        let c = a.check_challenge(&n, fp(1), &role, &[9; 32]).unwrap();
+        a.consume(c).unwrap();
+        let c = a.check_challenge(&n, fp(1), &role, &[9; 32]).unwrap();
+        let e = a.consume(c).unwrap_err().to_string();
+        assert!(e.contains("already used"), "{e}");
+    }
+
+    #[test]
+    fn another_process_challenges_do_not_verify() {
+        let a = state();
+        let b = state();
+        let role = Role::Analyst("ana".into());
+        let n = a.issue_challenge(fp(1), role.clone(), [1; 32]).unwrap();
+        assert!(b.check_challenge(&n, fp(1), &role, &[1; 32]).is_err());
+    }
+
+    #[test]
+    fn expired_challenges_are_refused() {
+        let a = AuthState::new(Limits {
+            challenge_ttl: Duration::from_millis(1),
+            ..Limits::default()
+        })
+        .unwrap();
+        let role = Role::Party("drinks".into());
+        let n = a.issue_challenge(fp(1), role.clone(), [9; 32]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let e = a
+            .check_challenge(&n, fp(1), &role, &[9; 32])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expired"), "{e}");
+    }
+
+    /// The flood that locked everyone out with a global challenge table: a million requests
+    /// now store nothing, and the legitimate login that follows works.
+    #[test]
+    fn a_challenge_flood_stores_nothing_and_blocks_no_one() {
+        let mut a = state();
+        let stranger = Role::Party("drinks".into());
+        for i in 0..20_000u32 {
+            let mut cn = [0u8; 32];
+            cn[..4].copy_from_slice(&i.to_be_bytes());
+            a.issue_challenge(fp(1), stranger.clone(), cn).unwrap();
+        }
+        assert_eq!(a.used_total, 0);
+        let ana = Role::Analyst("ana".into());
+        let n = a.issue_challenge(fp(1), ana.clone(), [7; 32]).unwrap();
+        let c = a.check_challenge(&n, fp(1), &ana, &[7; 32]).unwrap();
+        a.consume(c).unwrap();
+    }
+
+    #[test]
+    fn logins_over_the_bound_lock_out_only_that_principal() {
+        let mut a = AuthState::new(Limits {
+            max_logins_per_principal: 3,
+            ..Limits::default()
+        })
+        .unwrap();
+        let drinks = Role::Party("drinks".into());
+        for i in 0..3u8 {
+            let n = a.issue_challenge(fp(1), drinks.clone(), [i; 32]).unwrap();
+            let c = a.check_challenge(&n, fp(1), &drinks, &[i; 32]).unwrap();
+            a.consume(c).unwrap();
+        }
+        let n = a.issue_challenge(fp(1), drinks.clone(), [9; 32]).unwrap();
+        let c = a.check_challenge(&n, fp(1), &drinks, &[9; 32]).unwrap();
+        let e = a.consume(c).unwrap_err().to_string();
+        assert!(e.contains("max_logins_per_principal"), "{e}");
+        let snacks = Role::Party("snacks".into());
+        let n = a.issue_challenge(fp(1), snacks.clone(), [9; 32]).unwrap();
+        let c = a.check_challenge(&n, fp(1), &snacks, &[9; 32]).unwrap();
+        a.consume(c).unwrap();
+    }
+
+    #[test]
+    fn sessions_per_principal_are_bounded_oldest_ends_first() {
+        let mut a = AuthState::new(Limits {
+            max_sessions_per_principal: 2,
+            ..Limits::default()
+        })
+        .unwrap();
+        let ana = Role::Analyst("ana".into());
+        let (t1, _) = a.start_session(fp(1), ana.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (t2, _) = a.start_session(fp(1), ana.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (t3, _) = a.start_session(fp(1), ana.clone()).unwrap();
+        let (t4, _) = a
+            .start_session(fp(1), Role::Party("drinks".into()))
+            .unwrap();
+        assert!(a.session(&t1).is_err(), "the oldest session ended");
+        a.session(&t2).unwrap();
+        a.session(&t3).unwrap();
+        a.session(&t4).unwrap();
+        assert_eq!(a.session_count(), 3);
     }
 
     #[test]
     fn sessions_resolve_and_end() {
-        let mut a = AuthState::default();
+        let mut a = state();
         let (token, s) = a.start_session(fp(1), Role::Analyst("ana".into())).unwrap();
         assert_eq!(a.session(&token).unwrap(), s);
         assert!(a.session("00").is_err());

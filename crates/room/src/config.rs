@@ -136,6 +136,7 @@ impl RoomFile {
             expiry_check,
             tls,
             insecure_plaintext_network: self.insecure_plaintext_network,
+            limits: crate::Limits::default(),
         })
     }
 }

@@ -87,7 +87,7 @@ pub(crate) fn service(room: Room) -> Result<FlightServiceServer<FlightRoom>, Roo
         tickets: Arc::default(),
         sql_info: Arc::new(sql_info),
     })
-    .max_decoding_message_size(1024 * 1024))
+    .max_decoding_message_size(crate::limits::FLIGHT_SQL_MESSAGE_BYTES))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -87,12 +87,31 @@ impl psi_server::Psi for Room {
 
     async fn fetch_work(&self, request: Request<v1::FetchWorkRequest>) -> R<Self::FetchWorkStream> {
         let (slot, party) = self.party_call(request.metadata())?;
-        let max = match request.get_ref().max_batches {
-            0 => 64,
-            n => n.min(1024) as usize,
-        };
-        let batches = Room::fetch_work(self, &slot, &party, max).await?;
-        let stream = futures::stream::iter(batches.into_iter().map(Ok));
+        let (partner, pending) = self
+            .pending_work(&slot, &party, request.get_ref().max_batches)
+            .await?;
+        // One batch is read from disk per item the client pulls: memory stays at one batch.
+        let room = self.clone();
+        let stream = futures::stream::unfold(
+            (room, slot, partner, pending.into_iter()),
+            |(room, slot, partner, mut numbers)| async move {
+                for n in numbers.by_ref() {
+                    match room.read_work(&slot, &partner, n).await {
+                        Ok(Some(batch)) => {
+                            return Some((Ok(batch), (room, slot, partner, numbers)));
+                        }
+                        Ok(None) => continue, // blinded or refused meanwhile
+                        Err(e) => {
+                            return Some((
+                                Err(e.into()),
+                                (room, slot, partner, Vec::new().into_iter()),
+                            ));
+                        }
+                    }
+                }
+                None
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -21,6 +21,7 @@ pub mod error;
 mod flight;
 mod grpc;
 pub mod ipc;
+pub mod limits;
 mod room;
 pub mod store;
 pub mod tls;
@@ -29,7 +30,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use accord_proto::limits::MAX_MESSAGE_BYTES;
 use accord_proto::v1::{agreements_server, audit_server, auth_server, psi_server, query_server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::RoomError;
+pub use limits::Limits;
 pub use room::{QueryResult, Room, Tombstone, table_spec};
 pub use tls::ServerTls;
 
@@ -56,6 +57,8 @@ pub struct ServeConfig {
     /// Serve plain text on a non-loopback address anyway (`--insecure-plaintext-network`):
     /// for a room behind a TLS-terminating proxy on a private network. Off by default.
     pub insecure_plaintext_network: bool,
+    /// The operator-tunable resource limits ([`Limits::default`] unless configured).
+    pub limits: Limits,
 }
 
 /// A running room; dropping it does not stop it, call [`RunningRoom::shutdown`].
@@ -158,8 +161,18 @@ fn check_protocol(request: tonic::Request<()>) -> Result<tonic::Request<()>, ton
     }
 }
 
+/// A tonic server with TLS (when configured) and the connection-level limits of [`Limits`]:
+/// streams and requests in service per connection, a timeout on every call, and keepalive
+/// pings that drop silent peers.
 fn server_builder(config: &ServeConfig) -> Result<tonic::transport::Server, RoomError> {
-    let builder = tonic::transport::Server::builder();
+    let limits = &config.limits;
+    let builder = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .timeout(limits.request_timeout)
+        .http2_keepalive_interval(Some(limits.stream_idle_timeout))
+        .http2_keepalive_timeout(Some(limits.stream_idle_timeout))
+        .tcp_keepalive(Some(limits.stream_idle_timeout));
     match &config.tls {
         None => Ok(builder),
         Some(tls) => builder.tls_config(tls.tonic_config()).map_err(|e| {
@@ -180,7 +193,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     if config.tls.is_some() {
         tls::install_crypto_provider();
     }
-    let room = Room::open(&config.data_dir)?;
+    config.limits.check()?;
+    let room = Room::open_with(&config.data_dir, config.limits.clone())?;
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
@@ -192,20 +206,24 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let mut s = stopped.clone();
     let grpc = server_builder(&config)?
         .add_service(versioned(
-            auth_server::AuthServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+            auth_server::AuthServer::new(r.clone())
+                .max_decoding_message_size(limits::AUTH_MESSAGE_BYTES),
         ))
         .add_service(versioned(
             agreements_server::AgreementsServer::new(r.clone())
-                .max_decoding_message_size(1024 * 1024),
+                .max_decoding_message_size(limits::AGREEMENTS_MESSAGE_BYTES),
         ))
         .add_service(versioned(
-            psi_server::PsiServer::new(r.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            psi_server::PsiServer::new(r.clone())
+                .max_decoding_message_size(limits::PSI_MESSAGE_BYTES),
         ))
         .add_service(versioned(
-            query_server::QueryServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+            query_server::QueryServer::new(r.clone())
+                .max_decoding_message_size(limits::QUERY_MESSAGE_BYTES),
         ))
         .add_service(versioned(
-            audit_server::AuditServer::new(r.clone()).max_decoding_message_size(64 * 1024),
+            audit_server::AuditServer::new(r.clone())
+                .max_decoding_message_size(limits::AUDIT_MESSAGE_BYTES),
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = s.wait_for(|v| *v).await;
@@ -283,6 +301,7 @@ mod tests {
                 expiry_check: Duration::from_secs(5),
                 tls: with_tls.then(|| tls.clone()),
                 insecure_plaintext_network: insecure,
+                limits: Limits::default(),
             };
             let r = check_plaintext(config.listen, "gRPC", &config);
             assert_eq!(

@@ -25,6 +25,7 @@ use tokio::sync::RwLock;
 use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
+use crate::limits::Limits;
 use crate::store::{
     AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
     SealInfo,
@@ -81,6 +82,7 @@ struct Inner {
     public_key: PublicKey,
     registry: Mutex<Registry>,
     auth: Mutex<AuthState>,
+    limits: Limits,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +129,12 @@ impl Room {
     /// Opens the room's data directory (creating it), loads or creates the room key, and
     /// recovers every agreement. Agreements that expired while the room was down are deleted.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, Limits::default())
+    }
+
+    /// [`Room::open`] with operator-tuned [`Limits`] (refused when out of range).
+    pub fn open_with(data_dir: &Path, limits: Limits) -> Result<Self> {
+        limits.check()?;
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
@@ -147,7 +155,8 @@ impl Room {
                 key,
                 public_key,
                 registry: Mutex::new(Registry::default()),
-                auth: Mutex::new(AuthState::default()),
+                auth: Mutex::new(AuthState::new(limits.clone())?),
+                limits,
             }),
         };
         room.recover()?;
@@ -601,7 +610,8 @@ impl Room {
         let fp = slot.agreement.fingerprint();
         let room_nonce = nonce("room_nonce", &req.room_nonce)?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
-        lock(&self.inner.auth).take_challenge(&room_nonce, fp, &role, &client_nonce)?;
+        let checked =
+            lock(&self.inner.auth).check_challenge(&room_nonce, fp, &role, &client_nonce)?;
         let key = principal_key(&slot, &role)?;
         let message = accord_proto::signed::auth_challenge(
             fp.as_bytes(),
@@ -619,7 +629,11 @@ impl Room {
                 role.name()
             ))
         })?;
-        let (token, session) = lock(&self.inner.auth).start_session(fp, role.clone())?;
+        let (token, session) = {
+            let mut auth = lock(&self.inner.auth);
+            auth.consume(checked)?;
+            auth.start_session(fp, role.clone())?
+        };
         tracing::info!(agreement = %slot.agreement.id(), principal = %role.name(), kind = role.kind(), "session started");
         Ok(v1::AuthenticateResponse {
             session_token: token,
@@ -836,37 +850,62 @@ impl Room {
         Ok(())
     }
 
-    /// The partner's batches waiting for this party's blinding.
-    pub(crate) async fn fetch_work(
+    /// The numbers of the partner's batches waiting for this party's blinding (at most `max`;
+    /// 0 means the operator's default), and the partner's name. The batches themselves are
+    /// read one at a time by [`Room::read_work`] as the caller consumes the stream, so a
+    /// `FetchWork` call holds one batch in memory, not `max`.
+    pub(crate) async fn pending_work(
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        max: usize,
-    ) -> Result<Vec<v1::WorkBatch>> {
+        max: u32,
+    ) -> Result<(String, Vec<u64>)> {
+        let max = match max {
+            0 => self.inner.limits.fetch_work_batches,
+            n => n.min(crate::limits::MAX_FETCH_WORK_BATCHES),
+        } as usize;
         let live = slot.live.read().await;
         let store = live.store.as_ref().ok_or_else(ended)?;
         let partner = store
             .partner_of(party)
             .ok_or_else(|| RoomError::Internal("no partner".into()))?
             .to_owned();
-        let mut out = Vec::new();
-        for (&n, info) in &store.progress(&partner)?.batches {
-            if out.len() >= max {
-                break;
-            }
-            if info.state != BatchState::Pending {
-                continue;
-            }
-            let pending = store.read_pending_points(&partner, n)?;
-            out.push(v1::WorkBatch {
-                from_party: partner.clone(),
-                batch_number: n,
-                points: pending.points,
-                signature: pending.signature,
-                rows_digest: pending.rows_digest,
-            });
+        let pending = store
+            .progress(&partner)?
+            .batches
+            .iter()
+            .filter(|(_, info)| info.state == BatchState::Pending)
+            .map(|(&n, _)| n)
+            .take(max)
+            .collect();
+        Ok((partner, pending))
+    }
+
+    /// One of the partner's batches, read from disk, if it still waits for blinding.
+    pub(crate) async fn read_work(
+        &self,
+        slot: &Arc<Slot>,
+        partner: &str,
+        n: u64,
+    ) -> Result<Option<v1::WorkBatch>> {
+        let live = slot.live.read().await;
+        let store = live.store.as_ref().ok_or_else(ended)?;
+        let pending = store
+            .progress(partner)?
+            .batches
+            .get(&n)
+            .is_some_and(|info| info.state == BatchState::Pending);
+        if !pending {
+            return Ok(None);
         }
-        Ok(out)
+        let pending = store.read_pending_points(partner, n)?;
+        Ok(Some(v1::WorkBatch {
+            from_party: partner.to_owned(),
+            batch_number: n,
+            points: pending.points,
+            signature: pending.signature,
+            rows_digest: pending.rows_digest,
+        }))
     }
 
     /// Stores one blinded batch returned by `party` for its partner.
@@ -1008,7 +1047,7 @@ impl Room {
         if info.state != BatchState::Pending {
             return Ok(());
         }
-        let reason: String = r.reason.chars().take(500).collect();
+        let reason = crate::limits::refusal_reason(&r.reason)?;
         store.store_refusal(&partner, r.batch_number, &reason)?;
         self.audit(
             slot,
@@ -1421,7 +1460,7 @@ pub enum QueryResult<T> {
 
 fn query_event(sql: &str, decision: &str, rule: Option<&str>, rows: u64, suppressed: u64) -> Event {
     Event::Query {
-        sql: sql.to_owned(),
+        sql: crate::limits::audit_sql(sql),
         decision: decision.to_owned(),
         rule: rule.map(str::to_owned),
         rows_returned: rows,
