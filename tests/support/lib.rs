@@ -141,14 +141,35 @@ pub fn write_csv(path: &Path, party: &str, customers: &[Customer]) {
 
 /// A room on 127.0.0.1:0 (and Flight SQL on another free port).
 pub async fn start_room(data_dir: &Path) -> RunningRoom {
-    accord_room::start(ServeConfig {
+    accord_room::start(serve_config(data_dir)).await.unwrap()
+}
+
+/// The configuration of [`start_room`] (loopback, open registration).
+pub fn serve_config(data_dir: &Path) -> ServeConfig {
+    ServeConfig {
         data_dir: data_dir.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         expiry_check: Duration::from_millis(200),
-    })
-    .await
-    .unwrap()
+        registration_allow: None,
+        open_registration: false,
+    }
+}
+
+/// The whole audit log of agreement `fingerprint`, read as party `party` with `key`
+/// (analysts may not read it), verified against the room's signed head.
+pub async fn party_audit_log(
+    url: &str,
+    fingerprint: &str,
+    party: &str,
+    key: &SecretKey,
+) -> (Vec<String>, accord_room::audit::LogSummary) {
+    let mut conn = Connection::open(url, fingerprint, Principal::Party(party), key)
+        .await
+        .unwrap();
+    let (entries, head) = conn.audit_log().await.unwrap();
+    let summary = accord_room::audit::verify_log(&entries, &head, conn.room_key()).unwrap();
+    (entries, summary)
 }
 
 pub fn url(room: &RunningRoom) -> String {

@@ -32,6 +32,13 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Only register agreements whose every party key is listed in FILE (one "ed25519:…" per
+    /// line, `#` comments; read again on every submission). Required beyond loopback.
+    #[arg(long, value_name = "FILE", conflicts_with = "open_registration")]
+    pub registration_allow: Option<PathBuf>,
+    /// Let anyone who can reach the room register agreements, also beyond loopback.
+    #[arg(long)]
+    pub open_registration: bool,
 }
 
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
@@ -53,6 +60,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             listen: args.listen,
             flight_sql: args.flight_sql,
             expiry_check: Duration::from_secs(5),
+            registration_allow: args.registration_allow.clone(),
+            open_registration: args.open_registration,
         })
         .await?;
         println!("room listening on http://{}", running.grpc_addr);

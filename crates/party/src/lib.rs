@@ -15,11 +15,13 @@
 pub mod client;
 pub mod error;
 pub mod input;
+pub mod pins;
 pub mod protocol;
 pub mod state;
 
 pub use client::{Connection, Principal};
 pub use error::PartyError;
+pub use pins::Pins;
 pub use protocol::{
     EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
 };

@@ -19,6 +19,7 @@ pub mod error;
 mod flight;
 mod grpc;
 pub mod ipc;
+pub mod registration;
 mod room;
 pub mod store;
 
@@ -34,7 +35,8 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::RoomError;
-pub use room::{QueryResult, Room, Tombstone, table_spec};
+pub use registration::Registration;
+pub use room::{NOT_AUTHORIZED, QueryResult, Room, Tombstone, table_spec};
 
 /// How `accord room serve` runs.
 #[derive(Debug, Clone)]
@@ -47,6 +49,27 @@ pub struct ServeConfig {
     pub flight_sql: Option<SocketAddr>,
     /// How often expired agreements are looked for.
     pub expiry_check: Duration,
+    /// The registration allow-list file (`--registration-allow`): only agreements whose
+    /// every party key it lists may be registered. Required when a listener is beyond
+    /// loopback, unless `open_registration` is set (see [`Registration::for_listeners`]).
+    pub registration_allow: Option<PathBuf>,
+    /// Anyone who can reach the room may register agreements (`--open-registration`); only
+    /// needed, and only honoured, to run beyond loopback without an allow-list.
+    pub open_registration: bool,
+}
+
+impl ServeConfig {
+    /// Who may register agreements in a room with this configuration: a function of the
+    /// listen addresses, so the rule holds whatever the room listens on.
+    pub fn registration(&self) -> Result<Registration, RoomError> {
+        let mut listeners = vec![self.listen];
+        listeners.extend(self.flight_sql);
+        Registration::for_listeners(
+            &listeners,
+            self.registration_allow.as_deref(),
+            self.open_registration,
+        )
+    }
 }
 
 /// A running room; dropping it does not stop it, call [`RunningRoom::shutdown`].
@@ -109,11 +132,12 @@ fn check_loopback(addr: SocketAddr) -> Result<(), RoomError> {
 
 /// Opens the data directory and starts the gRPC (and optionally Flight SQL) servers.
 pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
+    let registration = config.registration()?;
     check_loopback(config.listen)?;
     if let Some(f) = config.flight_sql {
         check_loopback(f)?;
     }
-    let room = Room::open(&config.data_dir)?;
+    let room = Room::open_with(&config.data_dir, registration)?;
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
