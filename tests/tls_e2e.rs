@@ -42,6 +42,8 @@ async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
         tls,
         insecure_plaintext_network: false,
         limits: accord_room::Limits::default(),
+        registration_allow: None,
+        open_registration: false,
     })
     .await
     .unwrap()
@@ -295,6 +297,8 @@ async fn non_loopback_listen_without_tls_is_refused() {
             tls: None,
             insecure_plaintext_network: false,
             limits: accord_room::Limits::default(),
+            registration_allow: None,
+            open_registration: false,
         })
         .await
         .map(|_| ())

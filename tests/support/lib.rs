@@ -150,17 +150,41 @@ pub async fn start_room_with(
     limits: accord_room::Limits,
     port: u16,
 ) -> RunningRoom {
-    accord_room::start(ServeConfig {
+    let mut config = serve_config(data_dir);
+    config.limits = limits;
+    config.listen = SocketAddr::from(([127, 0, 0, 1], port));
+    accord_room::start(config).await.unwrap()
+}
+
+/// The configuration of [`start_room`] (loopback, open registration).
+pub fn serve_config(data_dir: &Path) -> ServeConfig {
+    ServeConfig {
         data_dir: data_dir.to_path_buf(),
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         expiry_check: Duration::from_millis(200),
         tls: None,
         insecure_plaintext_network: false,
-        limits,
-    })
-    .await
-    .unwrap()
+        limits: accord_room::Limits::default(),
+        registration_allow: None,
+        open_registration: false,
+    }
+}
+
+/// The whole audit log of agreement `fingerprint`, read as party `party` with `key`
+/// (analysts may not read it), verified against the room's signed head.
+pub async fn party_audit_log(
+    url: &str,
+    fingerprint: &str,
+    party: &str,
+    key: &SecretKey,
+) -> (Vec<String>, accord_room::audit::LogSummary) {
+    let mut conn = Connection::open(url, fingerprint, Principal::Party(party), key)
+        .await
+        .unwrap();
+    let (entries, head) = conn.audit_log().await.unwrap();
+    let summary = accord_room::audit::verify_log(&entries, &head, conn.room_key()).unwrap();
+    (entries, summary)
 }
 
 pub fn url(room: &RunningRoom) -> String {

@@ -12,7 +12,8 @@
 //! - `key`: the 32 raw bytes of an Ed25519 public key.
 //!
 //! Lists whose order carries no meaning are sorted: parties by name, each party's
-//! contributions by column, analysts by name, aggregates as count < sum < avg.
+//! contributions by column, analysts by name, aggregates as count < sum < avg, auditors by
+//! name.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
@@ -132,6 +133,14 @@ pub(crate) fn body(m: &Manifest) -> Vec<u8> {
             w.f64(delta);
         }
         PrivacyMode::ExactResults => w.u8(1),
+    }
+
+    let mut auditors: Vec<_> = m.auditors.iter().collect();
+    auditors.sort_by(|a, b| a.name.cmp(&b.name));
+    w.len(auditors.len());
+    for a in auditors {
+        w.str(&a.name);
+        w.key(&a.public_key);
     }
     w.0
 }

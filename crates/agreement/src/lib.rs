@@ -27,12 +27,14 @@ mod tests;
 
 pub use keys::{PublicKey, SecretKey, Signature, sig};
 pub use manifest::{
-    Aggregate, Analyst, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,
+    Aggregate, Analyst, Auditor, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,
     ManifestError, Party, Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
 };
 pub use revocation::Revocation;
 pub use summary::{SummaryFormat, summary, template, template_with_region};
-pub use verify::{SignatureStatus, VerifiedAgreement, sign_text, signature_status, verify};
+pub use verify::{
+    SignatureStatus, VerifiedAgreement, sign_rotation_text, sign_text, signature_status, verify,
+};
 
 /// Everything that can go wrong in this crate outside manifest validation (which reports a
 /// [`ManifestError`] listing every problem).

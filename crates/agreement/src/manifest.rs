@@ -50,8 +50,26 @@ pub struct Manifest {
     pub analysts: Vec<Analyst>,
     /// What queries may compute and with which protection.
     pub privacy: Privacy,
+    /// Who may read and verify the audit log besides the parties (legal, a regulator), in
+    /// file order.
+    pub auditors: Vec<Auditor>,
     /// Each party's signature over the canonical bytes, by party name (not signed itself).
     pub signatures: BTreeMap<String, Signature>,
+    /// Signatures over the same canonical bytes by party keys of the version this one
+    /// supersedes that are no longer party keys here (key rotation: the old keys authorize
+    /// the new ones). Not signed itself; see `docs/AGREEMENTS.md`, "New versions and key
+    /// rotation".
+    pub rotation_signatures: Vec<(PublicKey, Signature)>,
+}
+
+/// Someone who may read and verify the audit log (DESIGN §2, "Auditors"): legal or a
+/// regulator. An auditor cannot query and cannot act for a party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auditor {
+    /// The auditor's name (often an e-mail address).
+    pub name: String,
+    /// The key the auditor authenticates with.
+    pub public_key: PublicKey,
 }
 
 /// The identifier both parties match their customers on.
@@ -342,6 +360,28 @@ impl Manifest {
     /// The analyst whose key is `key`.
     pub fn analyst_by_key(&self, key: &PublicKey) -> Option<&Analyst> {
         self.analysts.iter().find(|a| a.public_key == *key)
+    }
+
+    /// The auditor whose key is `key`.
+    pub fn auditor_by_key(&self, key: &PublicKey) -> Option<&Auditor> {
+        self.auditors.iter().find(|a| a.public_key == *key)
+    }
+
+    /// Whether `key` signed this manifest's canonical bytes, as a party key (in
+    /// `[signatures]`) or as the key of a superseded version (in `[rotation_signatures]`).
+    pub fn is_signed_by(&self, key: &PublicKey) -> bool {
+        let body = crate::canonical::body(self);
+        let by_party = self.parties.iter().any(|(name, p)| {
+            p.public_key == *key
+                && self
+                    .signatures
+                    .get(name)
+                    .is_some_and(|s| key.verify(crate::sig::Purpose::Agreement, &body, s).is_ok())
+        });
+        by_party
+            || self.rotation_signatures.iter().any(|(k, s)| {
+                k == key && key.verify(crate::sig::Purpose::Agreement, &body, s).is_ok()
+            })
     }
 
     /// Whether `now` is inside `[valid_from, valid_until]`.

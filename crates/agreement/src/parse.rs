@@ -13,8 +13,8 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use crate::manifest::{
-    Aggregate, Analyst, ColumnRole, Contribution, IdentifierKind, Manifest, ManifestError, Party,
-    Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
+    Aggregate, Analyst, Auditor, ColumnRole, Contribution, IdentifierKind, Manifest, ManifestError,
+    Party, Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
 };
 use crate::{PublicKey, Signature};
 
@@ -38,7 +38,9 @@ const ROOT_KEYS: &[&str] = &[
     "parties",
     "analysts",
     "privacy",
+    "auditors",
     "signatures",
+    "rotation_signatures",
 ];
 const PARTY_KEYS: &[&str] = &["public_key", "max_rows", "consent_column", "contributes"];
 const CONTRIBUTION_KEYS: &[&str] = &[
@@ -50,6 +52,7 @@ const CONTRIBUTION_KEYS: &[&str] = &[
     "legal_basis",
 ];
 const ANALYST_KEYS: &[&str] = &["name", "party", "public_key"];
+const AUDITOR_KEYS: &[&str] = &["name", "public_key"];
 const PRIVACY_KEYS: &[&str] = &["aggregates", "differential_privacy", "exact_results"];
 const DP_KEYS: &[&str] = &["epsilon_per_query", "budget", "delta"];
 
@@ -970,7 +973,10 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
         }
     }
 
-    if !(parties_ok && analysts_ok && signatures_ok && region_ok) {
+    let (auditors, auditors_ok) = walk_auditors(cx, root, &key_owner, &analysts);
+    let (rotation_signatures, rotation_ok) = walk_rotation_signatures(cx, root, &key_owner);
+
+    if !(parties_ok && analysts_ok && signatures_ok && region_ok && auditors_ok && rotation_ok) {
         return None;
     }
     let parties: BTreeMap<String, Party> = drafts
@@ -996,8 +1002,150 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
         parties,
         analysts,
         privacy: privacy?,
+        auditors,
         signatures,
+        rotation_signatures,
     })
+}
+
+/// `[[auditors]]`: name and key; an auditor's key is nobody else's in this agreement.
+fn walk_auditors(
+    cx: &mut Cx<'_>,
+    root: &DeTable<'_>,
+    party_keys: &HashMap<[u8; 32], String>,
+    analysts: &[Analyst],
+) -> (Vec<Auditor>, bool) {
+    let mut auditors: Vec<Auditor> = Vec::new();
+    let mut ok = true;
+    let Some(av) = cx.get(root, None, "", "auditors", false) else {
+        return (auditors, ok);
+    };
+    let Some(items) = cx.array(av, "auditors") else {
+        return (auditors, false);
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("auditors[{i}]");
+        let Some(t) = cx.table(item, &path) else {
+            ok = false;
+            continue;
+        };
+        cx.deny_unknown(t, &path, AUDITOR_KEYS);
+        let span = span_of(item);
+        let name = cx.get(t, span.clone(), &path, "name", true).and_then(|v| {
+            let key = format!("{path}.name");
+            let s = cx.string(v, &key)?;
+            if s.trim().is_empty() || s.len() > 254 || s.chars().any(char::is_control) {
+                cx.problem(
+                    v,
+                    &key,
+                    "the auditor name is empty, too long or has control characters",
+                    "use the auditor's e-mail address",
+                );
+                return None;
+            }
+            if auditors.iter().any(|a| a.name == s) {
+                cx.problem(
+                    v,
+                    &key,
+                    format!("auditor {s:?} is listed twice"),
+                    "list each auditor once",
+                );
+                return None;
+            }
+            Some(s.to_owned())
+        });
+        let key_v = cx.get(t, span, &path, "public_key", true);
+        let public_key = key_v.and_then(|v| {
+            let key = format!("{path}.public_key");
+            let pk = cx.public_key(v, &key)?;
+            let clash = if let Some(party) = party_keys.get(&pk.to_bytes()) {
+                Some(format!("party {party:?}"))
+            } else if let Some(a) = analysts.iter().find(|a| a.public_key == pk) {
+                Some(format!("analyst {:?}", a.name))
+            } else {
+                auditors
+                    .iter()
+                    .find(|a| a.public_key == pk)
+                    .map(|a| format!("auditor {:?}", a.name))
+            };
+            if let Some(other) = clash {
+                cx.problem(
+                    v,
+                    &key,
+                    format!("this auditor uses the public key of {other}"),
+                    "give the auditor their own key (`accord keygen`): an auditor reads the audit log and must not be able to act as a party or query",
+                );
+                return None;
+            }
+            Some(pk)
+        });
+        match (name, public_key) {
+            (Some(name), Some(public_key)) => auditors.push(Auditor { name, public_key }),
+            _ => ok = false,
+        }
+    }
+    (auditors, ok)
+}
+
+/// `[rotation_signatures]`: `"ed25519:<old party key>" = "ed25519:<signature>"`. Structure
+/// only; the room checks them against the version in force.
+fn walk_rotation_signatures(
+    cx: &mut Cx<'_>,
+    root: &DeTable<'_>,
+    party_keys: &HashMap<[u8; 32], String>,
+) -> (Vec<(PublicKey, Signature)>, bool) {
+    let mut out: Vec<(PublicKey, Signature)> = Vec::new();
+    let mut ok = true;
+    let Some(rv) = cx.get(root, None, "", "rotation_signatures", false) else {
+        return (out, ok);
+    };
+    let Some(table) = cx.table(rv, "rotation_signatures") else {
+        return (out, false);
+    };
+    for (k, v) in table.iter() {
+        let name: &str = k.get_ref();
+        let key = format!("rotation_signatures.{name:?}");
+        let pk = match name.parse::<PublicKey>() {
+            Ok(pk) => pk,
+            Err(e) => {
+                ok = false;
+                cx.at(
+                    Some(k.span()),
+                    &key,
+                    format!("the key of a rotation signature must be an old party key: {e}"),
+                    "write the old key in quotes, as `accord keygen` printed it: \"ed25519:…\" = \"ed25519:…\"".into(),
+                );
+                continue;
+            }
+        };
+        if let Some(party) = party_keys.get(&pk.to_bytes()) {
+            ok = false;
+            cx.at(
+                Some(k.span()),
+                &key,
+                format!("this is the key of party {party:?}, which signs in [signatures]"),
+                "remove this line: rotation signatures are only for keys that are no longer a party's key".into(),
+            );
+            continue;
+        }
+        let Some(s) = cx.string(v, &key) else {
+            ok = false;
+            continue;
+        };
+        match s.parse::<Signature>() {
+            Ok(sig) => out.push((pk, sig)),
+            Err(e) => {
+                ok = false;
+                cx.problem(
+                    v,
+                    &key,
+                    e.to_string(),
+                    "re-sign with the old key: accord agreement sign FILE --rotated-from OLD_KEYFILE",
+                );
+            }
+        }
+    }
+    (out, ok)
 }
 
 fn walk_party(cx: &mut Cx<'_>, v: &Value<'_>, path: &str) -> Option<Party> {

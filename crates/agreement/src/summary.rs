@@ -140,6 +140,14 @@ pub fn template_with_region(
         t,
         "# differential_privacy = {{ epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }}   # not implemented yet: the room refuses it"
     );
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "# One [[auditors]] section per person (legal, a regulator) who may read the audit log besides the parties:"
+    );
+    let _ = writeln!(t, "# [[auditors]]");
+    let _ = writeln!(t, "# name = \"legal@example.com\"");
+    let _ = writeln!(t, "# public_key = \"ed25519:…\"");
     t
 }
 
@@ -320,7 +328,35 @@ this agreement (it does not silently run without noise).";
         );
     }
 
+    heading(
+        &mut o,
+        "Auditors (may read the audit log: every query's SQL and decision)",
+    );
+    let _ = writeln!(
+        o,
+        "{bullet}the parties ({}) always may",
+        m.parties.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    for a in &m.auditors {
+        let _ = writeln!(o, "{bullet}{} (key {})", a.name, a.public_key);
+    }
+    let _ = writeln!(
+        o,
+        "{bullet}analysts may not (they see only the answers to their own queries)"
+    );
+
     heading(&mut o, "Signatures");
+    for (key, _) in &m.rotation_signatures {
+        let s = if m.is_signed_by(key) {
+            "valid"
+        } else {
+            "INVALID (changed after signing or wrong key)"
+        };
+        let _ = writeln!(
+            o,
+            "{bullet}previous version's key {key} (key rotation): {s}"
+        );
+    }
     for name in m.parties.keys() {
         let s = match signature_status(m, name) {
             SignatureStatus::Valid => "valid",

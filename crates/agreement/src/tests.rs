@@ -984,9 +984,26 @@ fn canonical_bytes_match_the_documented_encoding() {
         s(&mut e, a);
     }
     e.push(1);
+    let without_auditors = e.clone();
+    // auditors: none
+    e.extend_from_slice(&0u32.to_be_bytes());
 
     let m = Manifest::parse(&base()).unwrap();
     assert_eq!(m.canonical_bytes(), e);
+    // With two auditors, listed out of order: sorted by name.
+    let with = format!(
+        "{}\n[[auditors]]\nname = \"zoe@legal.example\"\npublic_key = \"{}\"\n\n[[auditors]]\nname = \"al@legal.example\"\npublic_key = \"{}\"\n",
+        base(),
+        key(8).public_key(),
+        key(9).public_key()
+    );
+    let mut a = without_auditors;
+    a.extend_from_slice(&2u32.to_be_bytes());
+    s(&mut a, "al@legal.example");
+    a.extend_from_slice(&key(9).public_key().to_bytes());
+    s(&mut a, "zoe@legal.example");
+    a.extend_from_slice(&key(8).public_key().to_bytes());
+    assert_eq!(Manifest::parse(&with).unwrap().canonical_bytes(), a);
     // The party signature is an Ed25519 signature over exactly these bytes.
     let signed = Manifest::parse(&signed()).unwrap();
     let sig = signed.signatures["drinks"].to_bytes();
@@ -1065,4 +1082,114 @@ fn hidden_characters_are_refused_with_their_line() {
     Manifest::parse(&ok).unwrap();
     // A byte-order mark at the very start is tolerated.
     Manifest::parse(&format!("\u{feff}{}", base())).unwrap();
+fn with_auditor(text: &str, name: &str, k: &SecretKey) -> String {
+    format!(
+        "{text}\n[[auditors]]\nname = \"{name}\"\npublic_key = \"{}\"\n",
+        k.public_key()
+    )
+}
+
+#[test]
+fn auditors_are_validated_signed_and_shown() {
+    let text = with_auditor(&base(), "legal@drinks.example", &key(7));
+    let m = Manifest::parse(&text).unwrap();
+    assert_eq!(m.auditors.len(), 1);
+    assert_eq!(
+        m.auditor_by_key(&key(7).public_key()).unwrap().name,
+        "legal@drinks.example"
+    );
+    // An auditor is part of what is signed.
+    assert_ne!(
+        m.fingerprint(),
+        Manifest::parse(&base()).unwrap().fingerprint()
+    );
+    let renamed = text.replace("legal@drinks.example", "other@drinks.example");
+    assert_ne!(
+        Manifest::parse(&renamed).unwrap().fingerprint(),
+        m.fingerprint()
+    );
+    // A key of a party, of an analyst or of another auditor is refused, with the line.
+    for (k, who) in [
+        (1, "party \"drinks\""),
+        (3, "analyst \"ana@drinks.example\""),
+        (7, "auditor \"legal@drinks.example\""),
+    ] {
+        let bad = with_auditor(&text, "second@drinks.example", &key(k));
+        let bad = if k == 7 {
+            bad
+        } else {
+            with_auditor(&base(), "second@drinks.example", &key(k))
+        };
+        let err = Manifest::parse(&bad).unwrap_err();
+        let key_path = if k == 7 {
+            "auditors[1].public_key"
+        } else {
+            "auditors[0].public_key"
+        };
+        assert!(err.has(key_path), "{err}");
+        assert!(err.to_string().contains(who), "{err}");
+        assert!(err.problems[0].line.is_some(), "{err}");
+    }
+    // Duplicate names and unknown keys are refused.
+    let dup = with_auditor(&text, "legal@drinks.example", &key(8));
+    assert!(Manifest::parse(&dup).unwrap_err().has("auditors[1].name"));
+    let unknown = text.replace("[[auditors]]\n", "[[auditors]]\nrole = \"x\"\n");
+    assert!(
+        Manifest::parse(&unknown)
+            .unwrap_err()
+            .has("auditors[0].role")
+    );
+    // `show` tells legal who may read the log.
+    let t = sign_text(&text, "drinks", &key(1)).unwrap();
+    let t = sign_text(&t, "snacks", &key(2)).unwrap();
+    let v = verify(&t, in_window()).unwrap();
+    let shown = summary(v.manifest(), in_window(), SummaryFormat::Text);
+    assert!(
+        shown.contains("legal@drinks.example") && shown.contains("analysts may not"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn rotation_signatures_authorize_a_new_key_and_are_not_signed() {
+    // Version 2: snacks rotates from key 2 to key 12.
+    let v2 = base()
+        .replace("\nversion = 1\n", "\nversion = 2\n")
+        .replace(
+            &key(2).public_key().to_string(),
+            &key(12).public_key().to_string(),
+        );
+    let t = sign_text(&v2, "drinks", &key(1)).unwrap();
+    let t = sign_text(&t, "snacks", &key(12)).unwrap();
+    let before = Manifest::parse(&t).unwrap();
+    assert!(!before.is_signed_by(&key(2).public_key()));
+    let t = sign_rotation_text(&t, &key(2)).unwrap();
+    let m = Manifest::parse(&t).unwrap();
+    assert_eq!(
+        m.fingerprint(),
+        before.fingerprint(),
+        "not part of what is signed"
+    );
+    assert!(m.is_signed_by(&key(2).public_key()));
+    assert!(m.is_signed_by(&key(12).public_key()) && m.is_signed_by(&key(1).public_key()));
+    assert!(!m.is_signed_by(&key(5).public_key()));
+    verify(&t, in_window()).unwrap();
+    // A current party key is refused as a rotation key; a signature by another key fails.
+    assert!(sign_rotation_text(&t, &key(1)).is_err());
+    let forged = t.replace(
+        &format!("\"{}\" = ", key(2).public_key()),
+        &format!("\"{}\" = ", key(5).public_key()),
+    );
+    let m = Manifest::parse(&forged).unwrap();
+    assert!(!m.is_signed_by(&key(5).public_key()) && !m.is_signed_by(&key(2).public_key()));
+    // Malformed entries are refused with their key.
+    let bad = format!("{t}\n\"ed25519:nope\" = \"x\"\n");
+    assert!(Manifest::parse(&bad).is_err());
+    // `show` lists it.
+    let shown = summary(
+        &Manifest::parse(&t).unwrap(),
+        in_window(),
+        SummaryFormat::Text,
+    );
+    assert!(shown.contains("key rotation): valid"), "{shown}");
 }

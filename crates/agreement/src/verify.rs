@@ -78,6 +78,79 @@ pub fn sign_text(text: &str, party: &str, key: &SecretKey) -> Result<String, Agr
     Ok(out)
 }
 
+/// Adds or replaces the rotation signature of `old_key` (a party key of the version this
+/// manifest supersedes that is no longer a party key here) in `[rotation_signatures]`,
+/// preserving comments and layout. Refuses an invalid manifest and a key that is a party key
+/// of this manifest (that party signs with `sign_text`).
+pub fn sign_rotation_text(text: &str, old_key: &SecretKey) -> Result<String, AgreementError> {
+    let manifest = Manifest::parse(text).map_err(AgreementError::Invalid)?;
+    let offered = old_key.public_key();
+    if let Some(party) = manifest.party_of_key(&offered) {
+        return Err(AgreementError::Invalid(ManifestError {
+            problems: vec![Problem {
+                line: None,
+                key: "rotation_signatures".into(),
+                message: format!(
+                    "key {offered} is party {party:?}'s key in this version, not a rotated-out key"
+                ),
+                fix: format!(
+                    "sign as the party instead: accord agreement sign FILE --party {party} --key KEYFILE"
+                ),
+            }],
+        }));
+    }
+    let signature = old_key.sign(sig::Purpose::Agreement, &body(&manifest));
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        AgreementError::Invalid(ManifestError {
+            problems: vec![Problem {
+                line: None,
+                key: "(syntax)".into(),
+                message: format!("not valid TOML: {}", e.message()),
+                fix: "correct the TOML syntax".into(),
+            }],
+        })
+    })?;
+    let root = doc.as_table_mut();
+    if !root.contains_key("rotation_signatures") {
+        let mut table = toml_edit::Table::new();
+        table.decor_mut().set_prefix(
+            "\n# Added by `accord agreement sign --rotated-from`: the previous version's party keys that this\n\
+             # version replaces authorize it. Not part of what is signed.\n",
+        );
+        root.insert("rotation_signatures", toml_edit::Item::Table(table));
+    }
+    let Some(table) = root
+        .get_mut("rotation_signatures")
+        .and_then(toml_edit::Item::as_table_like_mut)
+    else {
+        return Err(AgreementError::Invalid(ManifestError {
+            problems: vec![Problem {
+                line: None,
+                key: "rotation_signatures".into(),
+                message: "rotation_signatures is not a table".into(),
+                fix: "write it as a [rotation_signatures] section".into(),
+            }],
+        }));
+    };
+    table.insert(
+        &offered.to_string(),
+        toml_edit::value(signature.to_string()),
+    );
+    let out = doc.to_string();
+    let reparsed = Manifest::parse(&out).map_err(AgreementError::Invalid)?;
+    if reparsed.fingerprint() != manifest.fingerprint() {
+        return Err(AgreementError::Invalid(ManifestError {
+            problems: vec![Problem {
+                line: None,
+                key: "rotation_signatures".into(),
+                message: "adding the signature changed the agreement's content".into(),
+                fix: "report this as a bug in Accord".into(),
+            }],
+        }));
+    }
+    Ok(out)
+}
+
 /// Whether a party's signature is present and valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureStatus {

@@ -58,11 +58,23 @@ pub struct SignArgs {
     /// The agreement file (rewritten atomically with the signature added).
     pub file: PathBuf,
     /// The party signing.
-    #[arg(long)]
-    pub party: String,
+    #[arg(
+        long,
+        required_unless_present = "rotated_from",
+        conflicts_with = "rotated_from"
+    )]
+    pub party: Option<String>,
     /// The party's secret key file (from `accord keygen`).
-    #[arg(long)]
-    pub key: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "rotated_from",
+        conflicts_with = "rotated_from"
+    )]
+    pub key: Option<PathBuf>,
+    /// Key rotation: sign with a party key of the version in force that this version no
+    /// longer names (the old key authorizes the new one; see docs/AGREEMENTS.md).
+    #[arg(long, value_name = "OLD_KEYFILE")]
+    pub rotated_from: Option<PathBuf>,
 }
 
 /// `--identifier` values.
@@ -155,11 +167,20 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
 
 fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let text = read(&args.file)?;
-    let secret = accord_fs::read_secret(&args.key)
-        .with_context(|| format!("could not read the key file {}", args.key.display()))?;
+    let (key_path, party) = match (&args.rotated_from, &args.key, &args.party) {
+        (Some(old), _, _) => (old.clone(), None),
+        (None, Some(key), Some(party)) => (key.clone(), Some(party.clone())),
+        _ => anyhow::bail!("give --party NAME --key KEYFILE, or --rotated-from OLD_KEYFILE"),
+    };
+    let secret = accord_fs::read_secret(&key_path)
+        .with_context(|| format!("could not read the key file {}", key_path.display()))?;
     let key = SecretKey::from_key_file(&secret)
-        .with_context(|| format!("{} is not a usable key file", args.key.display()))?;
-    let signed = match accord_agreement::sign_text(&text, &args.party, &key) {
+        .with_context(|| format!("{} is not a usable key file", key_path.display()))?;
+    let result = match &party {
+        Some(party) => accord_agreement::sign_text(&text, party, &key),
+        None => accord_agreement::sign_rotation_text(&text, &key),
+    };
+    let signed = match result {
         Ok(s) => s,
         Err(accord_agreement::AgreementError::Invalid(err)) => {
             eprintln!("refusing to sign an invalid agreement");
@@ -172,10 +193,13 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let fingerprint = Manifest::parse(&signed)
         .map(|m| m.fingerprint().to_string())
         .unwrap_or_default();
+    let who = match &party {
+        Some(p) => p.clone(),
+        None => format!("the previous version's key {}", key.public_key()),
+    };
     println!(
-        "signed {} as {} (fingerprint {fingerprint})",
-        args.file.display(),
-        args.party
+        "signed {} as {who} (fingerprint {fingerprint})",
+        args.file.display()
     );
     Ok(ExitCode::SUCCESS)
 }

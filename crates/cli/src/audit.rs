@@ -2,26 +2,39 @@
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use accord_agreement::PublicKey;
-use accord_proto::v1::{self, audit_client::AuditClient};
+use accord_party::{Connection, Principal};
 use anyhow::{Result, anyhow, bail};
 
-use crate::common::{TlsArgs, agreement_ref, call_error, runtime};
+use crate::common::{TlsArgs, agreement_ref, load_key, party_error, runtime};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
     /// Check that the log is complete and untampered: every entry chains to the previous one
-    /// and the room's signature on the head verifies.
+    /// and the room's signature on the head verifies. Only the agreement's parties and
+    /// auditors may read the log: prove one of their keys with --key.
     Verify {
         /// The room's URL.
         #[arg(long)]
         room: String,
-        /// The agreement file or its fingerprint (the log is shown to whoever holds the agreement).
+        /// The agreement: its file, fingerprint or id (an ended agreement: its file or fingerprint).
         #[arg(long)]
         agreement: String,
+        /// Your Ed25519 key file: an auditor's key named in the agreement, or a party's key with --party.
+        #[arg(long)]
+        key: PathBuf,
+        /// Read the log as this party (with the party's key) instead of as an auditor.
+        #[arg(long)]
+        party: Option<String>,
         /// The room's public key, if known ("ed25519:…"); otherwise the key the room presents is shown.
         #[arg(long)]
         room_key: Option<String>,
+        /// Where the fingerprint first used per room and agreement id is remembered (default:
+        /// the key file's path with `.pins` appended).
+        #[arg(long, value_name = "FILE")]
+        pins: Option<PathBuf>,
         /// Also print every entry.
         #[arg(long)]
         show: bool,
@@ -34,45 +47,47 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
     let AuditCommand::Verify {
         room,
         agreement,
+        key,
+        party,
         room_key,
+        pins,
         show,
         tls,
     } = cmd;
     let tls = tls.load()?;
-    let fingerprint = agreement_ref(&agreement)?;
-    if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!(
-            "--agreement must be the agreement file or its 64-hex fingerprint: the audit log is only shown to those who hold the agreement"
-        );
-    }
+    let selector = agreement_ref(&agreement)?;
+    let secret = load_key(&key)?;
+    let pins_path = crate::query::pins_path(pins.as_ref(), &key);
     runtime()?.block_on(async move {
-        let channel = accord_party::client::channel_with(&room, &tls).await.map_err(crate::common::party_error)?;
-        let response = AuditClient::new(channel)
-            .max_decoding_message_size(256 * 1024 * 1024)
-            .fetch(v1::FetchAuditRequest { fingerprint: fingerprint.clone() })
+        let principal = match &party {
+            Some(p) => Principal::Party(p),
+            None => Principal::Auditor(""),
+        };
+        let mut conn = Connection::open_with(&room, &tls, &selector, principal, &secret)
             .await
-            .map_err(|s| call_error(&room, &tls, s))?
-            .into_inner();
-        let presented = <[u8; 32]>::try_from(response.room_public_key.as_slice())
-            .map_err(|_| anyhow!("the room's public key is not 32 bytes"))
-            .and_then(|b| PublicKey::from_bytes(&b).map_err(|e| anyhow!("the room's public key is invalid: {e}")))?;
+            .map_err(party_error)?;
+        accord_party::Pins::load(&pins_path)
+            .and_then(|mut p| p.check(&room, conn.agreement_id(), &selector, conn.fingerprint()))
+            .map_err(party_error)?;
+        let fingerprint = conn.fingerprint().to_string();
+        let (entries, head) = conn.audit_log().await.map_err(party_error)?;
+        let presented = *conn.room_key();
         if let Some(expected) = room_key {
             let expected: PublicKey = expected.parse().map_err(|e| anyhow!("--room-key: {e}"))?;
             if expected != presented {
                 bail!("the room presented key {presented}, not the expected {expected}: this is not the room you meant");
             }
         }
-        let head = response.head.ok_or_else(|| anyhow!("the room sent no signed head"))?;
         if head.fingerprint != fingerprint {
             bail!("the room's head is for another agreement");
         }
         if show {
-            for e in &response.entries {
+            for e in &entries {
                 // Entries hold analysts' SQL: escape what could drive the terminal.
                 println!("{}", accord_agreement::text::escape(e, 64 * 1024));
             }
         }
-        match accord_room::audit::verify_log(&response.entries, &head, &presented) {
+        match accord_room::audit::verify_log(&entries, &head, &presented) {
             Ok(s) => {
                 println!("audit log of {fingerprint}: OK");
                 println!("  {} entries, hash chain intact, head signed by the room ({presented})", s.entries);

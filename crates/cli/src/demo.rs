@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use accord_agreement::SecretKey;
 use accord_party::input::InputOptions;
 use accord_party::{Connection, PartyContext, Principal, UploadOptions};
-use accord_proto::v1::{
-    self, agreements_client::AgreementsClient, audit_client::AuditClient, query_client::QueryClient,
-};
+use accord_proto::v1::{self, agreements_client::AgreementsClient, query_client::QueryClient};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -318,6 +316,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             insecure_plaintext_network: false,
             expiry_check: Duration::from_secs(5),
             limits: accord_room::Limits::default(),
+            // Loopback only: open registration is the rule there.
+            registration_allow: None,
+            open_registration: false,
         })
         .await?;
         let url = format!("http://{}", running.grpc_addr);
@@ -474,20 +475,23 @@ async fn drive(
         }
     }
 
-    step(6, "Everyone can check the audit log");
-    let fp = agreement.fingerprint().to_string();
-    let log = AuditClient::new(conn.channel())
-        .fetch(v1::FetchAuditRequest {
-            fingerprint: fp.clone(),
-        })
-        .await
-        .map_err(|s| anyhow!("audit fetch failed: {}", s.message()))?
-        .into_inner();
-    let head = log.head.ok_or_else(|| anyhow!("no audit head"))?;
-    let summary = accord_room::audit::verify_log(&log.entries, &head, conn.room_key())
+    step(
+        6,
+        "The parties and the agreement's auditors can check the audit log (analysts cannot)",
+    );
+    let drinks_key = crate::common::load_key(&dir.join("drinks.key"))?;
+    let mut drinks_conn = Connection::open(
+        url,
+        &agreement.fingerprint().to_string(),
+        Principal::Party("drinks"),
+        &drinks_key,
+    )
+    .await
+    .map_err(party_error)?;
+    let (entries, head) = drinks_conn.audit_log().await.map_err(party_error)?;
+    let summary = accord_room::audit::verify_log(&entries, &head, drinks_conn.room_key())
         .map_err(|e| anyhow!(e))?;
-    let suppressed: u64 = log
-        .entries
+    let suppressed: u64 = entries
         .iter()
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
         .filter_map(|v| {
@@ -518,7 +522,9 @@ async fn drive(
         "  accord query --room http://127.0.0.1:7700 --agreement {} --key {d}/analyst.key --sql \"SELECT drinks_loyalty_tier, COUNT(*) FROM overlap GROUP BY drinks_loyalty_tier\"",
         id_of(agreement)
     );
-    println!("  accord audit verify --room http://127.0.0.1:7700 --agreement {d}/agreement.toml");
+    println!(
+        "  accord audit verify --room http://127.0.0.1:7700 --agreement {d}/agreement.toml --party drinks --key {d}/drinks.key"
+    );
     Ok(())
 }
 

@@ -54,6 +54,19 @@ pub struct QueryArgs {
     pub print_token: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Where the fingerprint first used per room and agreement id is remembered (default:
+    /// the key file's path with `.pins` appended). A changed fingerprint is refused.
+    #[arg(long, value_name = "FILE")]
+    pub pins: Option<PathBuf>,
+}
+
+/// The pins file of a client: `--pins`, or next to its key file.
+pub fn pins_path(pins: Option<&PathBuf>, key: &std::path::Path) -> PathBuf {
+    pins.cloned().unwrap_or_else(|| {
+        let mut p = key.as_os_str().to_owned();
+        p.push(".pins");
+        PathBuf::from(p)
+    })
 }
 
 pub fn run(args: QueryArgs) -> Result<ExitCode> {
@@ -82,6 +95,16 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         )
         .await
         .map_err(party_error)?;
+        accord_party::Pins::load(&pins_path(args.pins.as_ref(), &args.key))
+            .and_then(|mut pins| {
+                pins.check(
+                    &args.room,
+                    conn.agreement_id(),
+                    &agreement,
+                    conn.fingerprint(),
+                )
+            })
+            .map_err(party_error)?;
         if args.print_token {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);

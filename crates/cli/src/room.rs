@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// proxy on a private network: otherwise tokens, SQL and results cross the network in clear.
     #[arg(long)]
     pub insecure_plaintext_network: bool,
+    /// Only register agreements whose every party key is listed in FILE (one "ed25519:…" per
+    /// line, `#` comments; read again on every submission). Required beyond loopback.
+    #[arg(long, value_name = "FILE", conflicts_with = "open_registration")]
+    pub registration_allow: Option<PathBuf>,
+    /// Let anyone who can reach the room register agreements, also beyond loopback.
+    #[arg(long)]
+    pub open_registration: bool,
 }
 
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
@@ -77,6 +84,8 @@ fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
         tls,
         insecure_plaintext_network: args.insecure_plaintext_network,
         limits: accord_room::Limits::default(),
+        registration_allow: args.registration_allow.clone(),
+        open_registration: args.open_registration,
     })
 }
 

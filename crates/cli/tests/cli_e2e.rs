@@ -294,11 +294,24 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
     );
     assert!(out.stdout.is_empty());
 
-    // The audit log verifies offline.
+    // The audit log verifies offline, read by a party; an analyst may not read it.
     let audit = ok(accord()
         .args(["audit", "verify", "--room", &url, "--agreement"])
-        .arg(&file));
+        .arg(&file)
+        .args(["--party", "drinks", "--key"])
+        .arg(d.join("drinks.key")));
     assert!(audit.contains("OK"), "{audit}");
+    let out = run(accord()
+        .args(["audit", "verify", "--room", &url, "--agreement"])
+        .arg(&file)
+        .arg("--key")
+        .arg(d.join("analyst.key")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not authorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A room nobody listens on: exit 3.
     let dead = format!("http://127.0.0.1:{}", free_port());

@@ -23,6 +23,8 @@ pub enum Principal<'a> {
     Analyst(&'a str),
     /// An analyst, by public key (the room finds the name).
     AnalystKey(&'a PublicKey),
+    /// An auditor, by name ("" = the name the agreement gives the key): reads the audit log.
+    Auditor(&'a str),
 }
 
 impl Principal<'_> {
@@ -31,7 +33,9 @@ impl Principal<'_> {
             kind: Some(match self {
                 Principal::Party(p) => v1::principal::Kind::Party(p.to_owned()),
                 Principal::Analyst(a) => v1::principal::Kind::Analyst(a.to_owned()),
-                Principal::AnalystKey(k) => v1::principal::Kind::AnalystKey(k.to_bytes().to_vec()),
+                // Sent as a name-less analyst with `public_key`: the room finds the name.
+                Principal::AnalystKey(_) => v1::principal::Kind::Analyst(String::new()),
+                Principal::Auditor(a) => v1::principal::Kind::Auditor(a.to_owned()),
             }),
         }
     }
@@ -39,6 +43,7 @@ impl Principal<'_> {
         match self {
             Principal::Party(_) => "party",
             Principal::Analyst(_) | Principal::AnalystKey(_) => "analyst",
+            Principal::Auditor(_) => "auditor",
         }
     }
 }
@@ -477,12 +482,15 @@ pub struct Connection {
     token_text: String,
     room_key: PublicKey,
     fingerprint: Fingerprint,
+    agreement_id: String,
     principal_name: String,
     last_entries: u64,
 }
 
 impl Connection {
     /// Connects and proves `key` for `principal` of `agreement` (an id or a fingerprint).
+    /// The room resolves an id only among the agreements that name this key, and only after
+    /// the proof; when `agreement` is a fingerprint, a session bound to another one is refused.
     pub async fn open(
         url: &str,
         agreement: &str,
@@ -505,11 +513,21 @@ impl Connection {
         let mut client_nonce = [0u8; 32];
         getrandom::fill(&mut client_nonce)
             .map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
+        let public_key = key.public_key();
+        if let Principal::AnalystKey(k) = principal
+            && *k != public_key
+        {
+            return Err(PartyError::Invalid(
+                "the analyst key given is not the public key of the secret key given".into(),
+            ));
+        }
+        let agreement = agreement.trim();
         let challenge = auth
             .challenge(v1::ChallengeRequest {
                 agreement: agreement.to_owned(),
                 principal: Some(principal.to_proto()),
                 client_nonce: client_nonce.to_vec(),
+                public_key: public_key.to_bytes().to_vec(),
             })
             .await
             .map_err(|s| {
@@ -517,10 +535,6 @@ impl Connection {
             })?
             .into_inner();
         check_room_protocol(url, challenge.protocol_version)?;
-        let fingerprint: Fingerprint = challenge
-            .fingerprint
-            .parse()
-            .map_err(|_| PartyError::Refused("the room sent an invalid fingerprint".into()))?;
         let room_key_bytes: [u8; 32] =
             challenge
                 .room_public_key
@@ -536,18 +550,15 @@ impl Connection {
             PartyError::Refused("the room sent a nonce that is not 32 bytes".into())
         })?;
         let role = principal.role();
-        let name = challenge.principal_name.clone();
-        if let Principal::Party(n) | Principal::Analyst(n) = principal
-            && n != name
-        {
-            return Err(PartyError::Refused(format!(
-                "the room asked to sign a challenge for {name:?} instead of {n:?}: refusing"
-            )));
-        }
+        let sent_name = match principal {
+            Principal::Party(n) | Principal::Analyst(n) | Principal::Auditor(n) => n,
+            Principal::AnalystKey(_) => "",
+        };
         let message = accord_proto::signed::auth_challenge(
-            fingerprint.as_bytes(),
+            agreement,
             role,
-            &name,
+            sent_name,
+            &public_key.to_bytes(),
             &room_nonce,
             &client_nonce,
             &room_key_bytes,
@@ -560,10 +571,28 @@ impl Connection {
                 room_nonce: room_nonce.to_vec(),
                 client_nonce: client_nonce.to_vec(),
                 signature: signature.to_bytes().to_vec(),
+                public_key: public_key.to_bytes().to_vec(),
             })
             .await
             .map_err(|s| PartyError::from_status(url, s))?
             .into_inner();
+        let fingerprint: Fingerprint = session
+            .fingerprint
+            .parse()
+            .map_err(|_| PartyError::Refused("the room sent an invalid fingerprint".into()))?;
+        if let Ok(asked) = agreement.parse::<Fingerprint>()
+            && asked != fingerprint
+        {
+            return Err(PartyError::Refused(format!(
+                "asked for agreement {asked} but the room bound the session to {fingerprint}: refusing"
+            )));
+        }
+        let name = session.principal_name.clone();
+        if !sent_name.is_empty() && sent_name != name {
+            return Err(PartyError::Refused(format!(
+                "the room bound the session to {name:?} instead of {sent_name:?}: refusing"
+            )));
+        }
         let token =
             MetadataValue::try_from(format!("Bearer {}", session.session_token)).map_err(|_| {
                 PartyError::Refused(
@@ -577,11 +606,59 @@ impl Connection {
             token_text: session.session_token,
             room_key,
             fingerprint,
+            agreement_id: session.agreement_id,
             principal_name: name,
             last_entries: 0,
         };
         conn.check_head(session.head.as_ref())?;
         Ok(conn)
+    }
+
+    /// The agreement's id, as the room reported it after the proof.
+    pub fn agreement_id(&self) -> &str {
+        &self.agreement_id
+    }
+
+    /// The whole audit log of the session's agreement, fetched page by page (only parties and
+    /// auditors may), with the signed head of the last page; every head is checked. Verify
+    /// the entries against the head with `accord_room::audit::verify_log`.
+    pub async fn audit_log(&mut self) -> Result<(Vec<String>, v1::SignedHead), PartyError> {
+        let mut client = accord_proto::v1::audit_client::AuditClient::new(self.channel())
+            .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+        let mut entries: Vec<String> = Vec::new();
+        loop {
+            let response = client
+                .fetch(self.request(v1::FetchAuditRequest {
+                    fingerprint: self.fingerprint.to_string(),
+                    start: entries.len() as u64,
+                    max_entries: 0,
+                }))
+                .await
+                .map_err(|s| self.error(s))?
+                .into_inner();
+            self.check_head(response.head.as_ref())?;
+            if response.room_public_key != self.room_key.to_bytes() {
+                return Err(PartyError::Refused(
+                    "the room presented another key with its audit log than at authentication"
+                        .into(),
+                ));
+            }
+            let head = response.head.ok_or_else(|| {
+                PartyError::Refused("the room's response carries no signed audit head".into())
+            })?;
+            let got = response.entries.len();
+            entries.extend(response.entries);
+            if entries.len() as u64 >= head.entries {
+                return Ok((entries, head));
+            }
+            if got == 0 {
+                return Err(PartyError::Refused(format!(
+                    "the room's audit head counts {} entries but it sent only {}",
+                    head.entries,
+                    entries.len()
+                )));
+            }
+        }
     }
 
     /// The channel, for building service clients.

@@ -17,11 +17,13 @@ pub mod display;
 pub mod error;
 pub mod forget;
 pub mod input;
+pub mod pins;
 pub mod protocol;
 pub mod state;
 
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
+pub use pins::Pins;
 pub use protocol::{
     EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
 };

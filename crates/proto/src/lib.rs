@@ -117,6 +117,11 @@ pub mod limits {
     pub const MAX_SQL_BYTES: usize = 16 * 1024;
     /// Most handles in one erasure request.
     pub const MAX_ERASE_HANDLES: usize = 100_000;
+    /// Most audit entries in one `Audit.Fetch` page: an entry holds up to `MAX_SQL_BYTES` of
+    /// SQL, so a page stays near 4 MiB at worst, under `MAX_MESSAGE_BYTES`.
+    pub const MAX_AUDIT_PAGE_ENTRIES: usize = 256;
+    /// Largest registration allow-list file the room reads (about 10 000 keys).
+    pub const MAX_ALLOW_LIST_BYTES: usize = 1024 * 1024;
 }
 
 /// A byte field that is not a whole number of fixed-size items, or has the wrong count.
@@ -207,19 +212,25 @@ pub mod signed {
         out.extend_from_slice(s.as_bytes());
     }
 
-    /// Purpose `auth-challenge`.
+    /// Purpose `auth-challenge`: what the caller asked for, exactly as sent, and the key it
+    /// proves. It names no fingerprint: the room resolves the agreement only after the proof,
+    /// so nothing about an agreement is revealed to a caller who has not proved a key it names.
+    /// `agreement` is the id or fingerprint as sent, `role` is "party", "analyst" or
+    /// "auditor", `name` the principal name as sent ("" when the caller leaves it to its key).
     pub fn auth_challenge(
-        fingerprint: &[u8; 32],
+        agreement: &str,
         role: &str,
         name: &str,
+        public_key: &[u8; 32],
         room_nonce: &[u8; 32],
         client_nonce: &[u8; 32],
         room_public_key: &[u8; 32],
     ) -> Vec<u8> {
-        let mut m = Vec::with_capacity(32 * 4 + 16 + role.len() + name.len());
-        m.extend_from_slice(fingerprint);
+        let mut m = Vec::with_capacity(32 * 4 + 24 + agreement.len() + role.len() + name.len());
+        put_str(&mut m, agreement);
         put_str(&mut m, role);
         put_str(&mut m, name);
+        m.extend_from_slice(public_key);
         m.extend_from_slice(room_nonce);
         m.extend_from_slice(client_nonce);
         m.extend_from_slice(room_public_key);
@@ -432,8 +443,12 @@ mod tests {
         // Length prefixes keep (role, name) splits apart.
         let n = [0u8; 32];
         assert_ne!(
-            signed::auth_challenge(&fp, "party", "x", &n, &n, &n),
-            signed::auth_challenge(&fp, "partyx", "", &n, &n, &n)
+            signed::auth_challenge("a", "party", "x", &fp, &n, &n, &n),
+            signed::auth_challenge("a", "partyx", "", &fp, &n, &n, &n)
+        );
+        assert_ne!(
+            signed::auth_challenge("ab", "party", "", &fp, &n, &n, &n),
+            signed::auth_challenge("a", "bparty", "", &fp, &n, &n, &n)
         );
     }
 }

@@ -226,6 +226,32 @@ impl AuditLog {
         sign_head(room_key, self.fingerprint, self.entries, self.last_hash)
     }
 
+    /// Number of entries.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Entries `start..start + max` (0-based), in order, as stored, reading the file line by
+    /// line so a long log never sits in memory whole.
+    pub fn read_page(&self, start: u64, max: usize) -> Result<Vec<String>, RoomError> {
+        let end = self.entries.min(start.saturating_add(max as u64));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let reader = BufReader::new(
+            File::open(&self.path).map_err(|e| RoomError::io("open", &self.path, e))?,
+        );
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for line in reader
+            .lines()
+            .skip(start as usize)
+            .take((end - start) as usize)
+        {
+            out.push(line.map_err(|e| RoomError::io("read", &self.path, e))?);
+        }
+        Ok(out)
+    }
+
     /// Every entry, in order, as stored.
     pub fn read_all(&self) -> Result<Vec<String>, RoomError> {
         let text = std::fs::read_to_string(&self.path)

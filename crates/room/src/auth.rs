@@ -36,20 +36,23 @@ pub enum Role {
     Party(String),
     /// An analyst, by name.
     Analyst(String),
+    /// An auditor, by name: may read the audit log, nothing else.
+    Auditor(String),
 }
 
 impl Role {
-    /// "party" or "analyst", as signed.
+    /// "party", "analyst" or "auditor", as signed.
     pub fn kind(&self) -> &'static str {
         match self {
             Role::Party(_) => "party",
             Role::Analyst(_) => "analyst",
+            Role::Auditor(_) => "auditor",
         }
     }
     /// The principal's name.
     pub fn name(&self) -> &str {
         match self {
-            Role::Party(n) | Role::Analyst(n) => n,
+            Role::Party(n) | Role::Analyst(n) | Role::Auditor(n) => n,
         }
     }
 }

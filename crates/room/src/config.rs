@@ -137,6 +137,8 @@ impl RoomFile {
             tls,
             insecure_plaintext_network: self.insecure_plaintext_network,
             limits: crate::Limits::default(),
+            registration_allow: None,
+            open_registration: false,
         })
     }
 }

@@ -5,8 +5,10 @@
 //! - `authorization: Bearer <token>` on every call, the token coming from the gRPC `Auth`
 //!   service (e.g. `accord query --print-token`) — what ADBC and JDBC drivers send; or
 //! - the Flight handshake, as two round trips of JSON payloads:
-//!   1. `{"agreement": "...", "analyst": "...", "client_nonce": "<64 hex>"}` →
-//!      `{"room_nonce": "<hex>", "fingerprint": "<hex>", "room_public_key": "<hex>"}`
+//!   1. `{"agreement": "...", "analyst": "...", "public_key": "<64 hex>", "client_nonce": "<64 hex>"}`
+//!      → `{"room_nonce": "<hex>", "room_public_key": "<hex>"}` (`analyst` may be empty: the
+//!      room takes the name the agreement gives the key; nothing about the agreement is
+//!      revealed before the proof)
 //!   2. `{"signature": "<128 hex>"}` (the `auth-challenge` signature) → the session token
 //!      as the payload, also in the `authorization` response header.
 //!
@@ -101,14 +103,15 @@ fn status(e: RoomError) -> Status {
 #[derive(Debug, Deserialize)]
 struct HandshakeHello {
     agreement: String,
+    #[serde(default)]
     analyst: String,
+    public_key: String,
     client_nonce: String,
 }
 
 #[derive(Debug, Serialize)]
 struct HandshakeChallenge {
     room_nonce: String,
-    fingerprint: String,
     room_public_key: String,
 }
 
@@ -165,10 +168,11 @@ impl FlightSqlService for FlightRoom {
             .ok_or_else(|| Status::invalid_argument("handshake: expected a hello message"))?;
         let hello: HandshakeHello = serde_json::from_slice(&first.payload).map_err(|e| {
             Status::invalid_argument(format!(
-                "handshake: the first payload must be JSON {{agreement, analyst, client_nonce}}: {e}"
+                "handshake: the first payload must be JSON {{agreement, analyst, public_key, client_nonce}}: {e}"
             ))
         })?;
         let client_nonce = hex_field("client_nonce", &hello.client_nonce)?;
+        let public_key = hex_field("public_key", &hello.public_key)?;
         let principal = v1::Principal {
             kind: Some(v1::principal::Kind::Analyst(hello.analyst.clone())),
         };
@@ -178,11 +182,11 @@ impl FlightSqlService for FlightRoom {
                 agreement: hello.agreement.clone(),
                 principal: Some(principal.clone()),
                 client_nonce: client_nonce.clone(),
+                public_key: public_key.clone(),
             })
             .map_err(status)?;
         let reply = HandshakeChallenge {
             room_nonce: hex::encode(&challenge.room_nonce),
-            fingerprint: challenge.fingerprint.clone(),
             room_public_key: hex::encode(&challenge.room_public_key),
         };
         let room = self.room.clone();
@@ -214,6 +218,7 @@ impl FlightSqlService for FlightRoom {
                         room_nonce: challenge.room_nonce,
                         client_nonce,
                         signature,
+                        public_key,
                     })
                     .map_err(status)?;
                 Ok::<_, Status>(HandshakeResponse {

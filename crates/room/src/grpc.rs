@@ -204,8 +204,9 @@ impl query_server::Query for Room {
 #[tonic::async_trait]
 impl audit_server::Audit for Room {
     async fn fetch(&self, request: Request<v1::FetchAuditRequest>) -> R<v1::FetchAuditResponse> {
+        let session = self.session(request.metadata())?;
         Ok(Response::new(
-            self.fetch_audit(&request.get_ref().fingerprint)?,
+            self.fetch_audit(&session, request.get_ref())?,
         ))
     }
 }

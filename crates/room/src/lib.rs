@@ -22,6 +22,7 @@ mod flight;
 mod grpc;
 pub mod ipc;
 pub mod limits;
+pub mod registration;
 mod room;
 pub mod store;
 pub mod tls;
@@ -38,7 +39,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use error::RoomError;
 pub use limits::Limits;
-pub use room::{QueryResult, Room, Tombstone, table_spec};
+pub use registration::Registration;
+pub use room::{NOT_AUTHORIZED, QueryResult, Room, Tombstone, table_spec};
 pub use tls::ServerTls;
 
 /// How `accord room serve` runs.
@@ -59,6 +61,27 @@ pub struct ServeConfig {
     pub insecure_plaintext_network: bool,
     /// The operator-tunable resource limits ([`Limits::default`] unless configured).
     pub limits: Limits,
+    /// The registration allow-list file (`--registration-allow`): only agreements whose
+    /// every party key it lists may be registered. Required when a listener is beyond
+    /// loopback, unless `open_registration` is set (see [`Registration::for_listeners`]).
+    pub registration_allow: Option<PathBuf>,
+    /// Anyone who can reach the room may register agreements (`--open-registration`); only
+    /// needed, and only honoured, to run beyond loopback without an allow-list.
+    pub open_registration: bool,
+}
+
+impl ServeConfig {
+    /// Who may register agreements in a room with this configuration: a function of the
+    /// listen addresses, so the rule holds whatever the room listens on.
+    pub fn registration(&self) -> Result<Registration, RoomError> {
+        let mut listeners = vec![self.listen];
+        listeners.extend(self.flight_sql);
+        Registration::for_listeners(
+            &listeners,
+            self.registration_allow.as_deref(),
+            self.open_registration,
+        )
+    }
 }
 
 /// A running room; dropping it does not stop it, call [`RunningRoom::shutdown`].
@@ -186,6 +209,7 @@ fn server_builder(config: &ServeConfig) -> Result<tonic::transport::Server, Room
 
 /// Opens the data directory and starts the gRPC (and optionally Flight SQL) servers.
 pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
+    let registration = config.registration()?;
     check_plaintext(config.listen, "gRPC", &config)?;
     if let Some(f) = config.flight_sql {
         check_plaintext(f, "Flight SQL", &config)?;
@@ -194,7 +218,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         tls::install_crypto_provider();
     }
     config.limits.check()?;
-    let room = Room::open_with(&config.data_dir, config.limits.clone())?;
+    let room = Room::open_with(&config.data_dir, config.limits.clone(), registration)?;
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
@@ -302,6 +326,8 @@ mod tests {
                 tls: with_tls.then(|| tls.clone()),
                 insecure_plaintext_network: insecure,
                 limits: Limits::default(),
+                registration_allow: None,
+                open_registration: false,
             };
             let r = check_plaintext(config.listen, "gRPC", &config);
             assert_eq!(

@@ -14,7 +14,9 @@ use accord_agreement::{
     VerifiedAgreement, sig::Purpose,
 };
 use accord_engine::{AggregateKind, ColumnSpec, Engine, Outcome, Role as EngineRole, TableSpec};
-use accord_proto::limits::{HANDLE_LEN, MAX_BATCH_ROWS, MAX_TEXT_VALUE_LEN, NONCE_LEN, POINT_LEN};
+use accord_proto::limits::{
+    HANDLE_LEN, MAX_AUDIT_PAGE_ENTRIES, MAX_BATCH_ROWS, MAX_TEXT_VALUE_LEN, NONCE_LEN, POINT_LEN,
+};
 use accord_proto::v1;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use chrono::Utc;
@@ -26,6 +28,7 @@ use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
 use crate::limits::Limits;
+use crate::registration::Registration;
 use crate::store::{
     AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
     SealInfo,
@@ -43,6 +46,11 @@ pub struct Tombstone {
     pub reason: String,
     /// When (RFC 3339).
     pub at: String,
+    /// The party keys of the version that ended: a later version of the same lineage (signed
+    /// by one of them) must carry a higher version. Empty in tombstones written before this
+    /// field existed, which then count for every agreement with this id.
+    #[serde(default)]
+    pub party_keys: Vec<String>,
 }
 
 /// Where an agreement stands.
@@ -62,11 +70,152 @@ pub(crate) struct Slot {
     live: RwLock<Live>,
 }
 
+/// The agreements in force and the tombstones of ended ones. An id is not a global name:
+/// several agreements in force may share one when their party keys are unrelated; a new
+/// version replaces one only when every party key of the version in force signed it.
 #[derive(Debug, Default)]
 struct Registry {
     by_fingerprint: HashMap<Fingerprint, Arc<Slot>>,
-    current: HashMap<String, Fingerprint>,
     tombstones: BTreeMap<String, Tombstone>,
+}
+
+/// The refusal every caller gets before proving a key the agreement names: the same words
+/// whether the agreement exists, ended, or never existed (issue 11, §5).
+pub const NOT_AUTHORIZED: &str = "not authorized: this room has no agreement in force for this id or fingerprint that names \
+this key for this role, or the signature does not verify; check --agreement, --key and the room URL";
+
+fn not_authorized() -> RoomError {
+    RoomError::PermissionDenied(NOT_AUTHORIZED.into())
+}
+
+/// Whether every party key of `old` signed `new` (as a party key of `new`, or in its
+/// `[rotation_signatures]`): the only way `new` may supersede `old`.
+fn endorsed_by_all(new: &accord_agreement::Manifest, old: &accord_agreement::Manifest) -> bool {
+    old.parties
+        .values()
+        .all(|p| new.is_signed_by(&p.public_key))
+}
+
+/// The principal of `m` that `ask` names, if any: the key must be the one `m` gives that
+/// role (and name, when a name was sent).
+fn named_principal(m: &accord_agreement::Manifest, ask: &AuthAsk) -> Option<Role> {
+    let key = &ask.key;
+    match &ask.role {
+        Role::Party(n) if n.is_empty() => m.party_of_key(key).map(|p| Role::Party(p.to_owned())),
+        Role::Party(n) => m
+            .parties
+            .get(n)
+            .filter(|p| p.public_key == *key)
+            .map(|_| Role::Party(n.clone())),
+        Role::Analyst(n) if n.is_empty() => {
+            m.analyst_by_key(key).map(|a| Role::Analyst(a.name.clone()))
+        }
+        Role::Analyst(n) => m
+            .analyst(n)
+            .filter(|a| a.public_key == *key)
+            .map(|a| Role::Analyst(a.name.clone())),
+        Role::Auditor(n) => m
+            .auditors
+            .iter()
+            .find(|a| a.public_key == *key && (n.is_empty() || a.name == *n))
+            .map(|a| Role::Auditor(a.name.clone())),
+    }
+}
+
+/// What a caller asks to prove, exactly as sent; nothing is looked up before the proof.
+#[derive(Debug)]
+struct AuthAsk {
+    agreement: String,
+    /// The role, with the name as sent ("" = the name the agreement gives the key).
+    role: Role,
+    key: PublicKey,
+}
+
+/// Longest agreement id or fingerprint text in an authentication request.
+const MAX_SELECTOR_LEN: usize = 256;
+
+impl AuthAsk {
+    fn from_proto(
+        agreement: &str,
+        principal: Option<&v1::Principal>,
+        public_key: &[u8],
+    ) -> Result<Self> {
+        let agreement = agreement.trim();
+        if agreement.is_empty() || agreement.len() > MAX_SELECTOR_LEN {
+            return Err(RoomError::InvalidArgument(format!(
+                "agreement must be an agreement id or fingerprint of 1 to {MAX_SELECTOR_LEN} bytes"
+            )));
+        }
+        let parse_key = |field: &'static str, bytes: &[u8]| -> Result<PublicKey> {
+            let raw = accord_proto::fixed::<32>(field, bytes)
+                .map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
+            PublicKey::from_bytes(&raw).map_err(|e| {
+                RoomError::InvalidArgument(format!("{field} is not an Ed25519 public key: {e}"))
+            })
+        };
+        let (role, key) = match principal.and_then(|p| p.kind.as_ref()) {
+            Some(v1::principal::Kind::Party(n)) => {
+                (Role::Party(n.clone()), parse_key("public_key", public_key)?)
+            }
+            Some(v1::principal::Kind::Analyst(n)) => (
+                Role::Analyst(n.clone()),
+                parse_key("public_key", public_key)?,
+            ),
+            Some(v1::principal::Kind::Auditor(n)) => (
+                Role::Auditor(n.clone()),
+                parse_key("public_key", public_key)?,
+            ),
+            Some(v1::principal::Kind::AnalystKey(k)) => {
+                let key = parse_key("analyst_key", k)?;
+                if !public_key.is_empty() && public_key != k.as_slice() {
+                    return Err(RoomError::InvalidArgument(
+                        "analyst_key and public_key differ: send one key".into(),
+                    ));
+                }
+                (Role::Analyst(String::new()), key)
+            }
+            None => {
+                return Err(RoomError::InvalidArgument(
+                    "principal is missing: say whether you are a party, an analyst or an auditor"
+                        .into(),
+                ));
+            }
+        };
+        if role.name().len() > 254 {
+            return Err(RoomError::InvalidArgument(
+                "the principal name is longer than 254 bytes".into(),
+            ));
+        }
+        Ok(AuthAsk {
+            agreement: agreement.to_owned(),
+            role,
+            key,
+        })
+    }
+
+    /// The exact message the caller signs.
+    fn message(
+        &self,
+        room_nonce: &[u8; 32],
+        client_nonce: &[u8; 32],
+        room_key: &[u8; 32],
+    ) -> Vec<u8> {
+        accord_proto::signed::auth_challenge(
+            &self.agreement,
+            self.role.kind(),
+            self.role.name(),
+            &self.key.to_bytes(),
+            room_nonce,
+            client_nonce,
+            room_key,
+        )
+    }
+
+    /// A digest of the request that the challenge is bound to (in place of a fingerprint,
+    /// which is not looked up before the proof).
+    fn scope(&self) -> Fingerprint {
+        Fingerprint::from_bytes(Sha256::digest(self.message(&[0; 32], &[0; 32], &[0; 32])).into())
+    }
 }
 
 /// The room.
@@ -83,6 +232,7 @@ struct Inner {
     registry: Mutex<Registry>,
     auth: Mutex<AuthState>,
     limits: Limits,
+    registration: Registration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,11 +279,12 @@ impl Room {
     /// Opens the room's data directory (creating it), loads or creates the room key, and
     /// recovers every agreement. Agreements that expired while the room was down are deleted.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        Self::open_with(data_dir, Limits::default())
+        Self::open_with(data_dir, Limits::default(), Registration::Open)
     }
 
-    /// [`Room::open`] with operator-tuned [`Limits`] (refused when out of range).
-    pub fn open_with(data_dir: &Path, limits: Limits) -> Result<Self> {
+    /// [`Room::open`] with operator-tuned [`Limits`] (refused when out of range) and a rule
+    /// for who may register agreements.
+    pub fn open_with(data_dir: &Path, limits: Limits, registration: Registration) -> Result<Self> {
         limits.check()?;
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
@@ -157,6 +308,7 @@ impl Room {
                 registry: Mutex::new(Registry::default()),
                 auth: Mutex::new(AuthState::new(limits.clone())?),
                 limits,
+                registration,
             }),
         };
         room.recover()?;
@@ -174,6 +326,13 @@ impl Room {
 
     fn agreement_dir(&self, fp: Fingerprint) -> PathBuf {
         self.inner.data_dir.join("agreements").join(fp.to_string())
+    }
+
+    fn audit_manifest_path(&self, fp: Fingerprint) -> PathBuf {
+        self.inner
+            .data_dir
+            .join("audit")
+            .join(format!("{fp}.manifest.toml"))
     }
 
     fn audit_path(&self, fp: Fingerprint) -> PathBuf {
@@ -213,18 +372,19 @@ impl Room {
                 }
             }
         }
-        // The newest stored version of each id: an older one still on disk means the room
-        // stopped while superseding it.
-        let mut newest: HashMap<String, (u64, Fingerprint)> = HashMap::new();
-        for (_, _, m) in &stored {
-            let entry = newest
-                .entry(m.id.clone())
-                .or_insert((m.version, m.fingerprint()));
-            if m.version > entry.0 {
-                *entry = (m.version, m.fingerprint());
-            }
-        }
-        for (path, text, manifest) in stored {
+        // A stored version that another stored version supersedes (same id, higher version,
+        // signed by every one of its party keys) means the room stopped while superseding it.
+        let superseded_by: Vec<Option<Fingerprint>> = stored
+            .iter()
+            .map(|(_, _, m)| {
+                stored
+                    .iter()
+                    .map(|(_, _, n)| n)
+                    .find(|n| n.id == m.id && n.version > m.version && endorsed_by_all(n, m))
+                    .map(accord_agreement::Manifest::fingerprint)
+            })
+            .collect();
+        for ((path, text, manifest), newer) in stored.into_iter().zip(superseded_by) {
             let fp = manifest.fingerprint();
             let ended = {
                 let reg = lock(&self.inner.registry);
@@ -238,10 +398,9 @@ impl Room {
                 tracing::info!(agreement = %manifest.id, %fp, "finished deleting the data of an ended agreement");
                 continue;
             }
-            let newer = newest.get(&manifest.id).copied();
             let (event, reason) = if manifest.valid_until <= now {
                 (Event::Expired, "expired")
-            } else if let Some((_, by)) = newer.filter(|(v, _)| *v > manifest.version) {
+            } else if let Some(by) = newer {
                 let by = by.to_string();
                 (Event::Superseded { by }, "superseded")
             } else {
@@ -257,7 +416,7 @@ impl Room {
             };
             let mut audit = AuditLog::open(&self.audit_path(fp), fp)?;
             audit.append(Actor::Room, event, now)?;
-            self.add_tombstone(fp, &manifest.id, manifest.version, reason)?;
+            self.add_tombstone(fp, &manifest, reason)?;
             accord_fs::remove_dir_all_durable(&path)?;
             audit.append(Actor::Room, Event::DataDeleted, now)?;
             tracing::info!(agreement = %manifest.id, %fp, reason, "agreement ended while the room was down; data deleted");
@@ -291,29 +450,37 @@ impl Room {
             audit: Mutex::new(audit),
             live: RwLock::new(live),
         });
-        let mut reg = lock(&self.inner.registry);
-        let id = slot.agreement.id().to_owned();
-        let newer = reg
-            .current
-            .get(&id)
-            .and_then(|f| reg.by_fingerprint.get(f))
-            .is_some_and(|s| s.agreement.manifest().version > slot.agreement.manifest().version);
-        if !newer {
-            reg.current.insert(id, fp);
+        // The manifest stays next to the audit log after the data is deleted: it says who may
+        // still read the log (the parties and auditors) once the agreement has ended.
+        let copy = self.audit_manifest_path(fp);
+        if !copy.exists() {
+            accord_fs::write_atomic(&copy, slot.agreement.text().as_bytes())?;
         }
-        reg.by_fingerprint.insert(fp, slot.clone());
+        lock(&self.inner.registry)
+            .by_fingerprint
+            .insert(fp, slot.clone());
         Ok(slot)
     }
 
-    fn add_tombstone(&self, fp: Fingerprint, id: &str, version: u64, reason: &str) -> Result<()> {
+    fn add_tombstone(
+        &self,
+        fp: Fingerprint,
+        manifest: &accord_agreement::Manifest,
+        reason: &str,
+    ) -> Result<()> {
         let mut reg = lock(&self.inner.registry);
         reg.tombstones.insert(
             fp.to_string(),
             Tombstone {
-                agreement_id: id.to_owned(),
-                version,
+                agreement_id: manifest.id.clone(),
+                version: manifest.version,
                 reason: reason.to_owned(),
                 at: Utc::now().to_rfc3339(),
+                party_keys: manifest
+                    .parties
+                    .values()
+                    .map(|p| p.public_key.to_string())
+                    .collect(),
             },
         );
         let bytes = serde_json::to_vec_pretty(&reg.tombstones)
@@ -329,32 +496,6 @@ impl Room {
     /// The current signed head of an agreement's audit log.
     pub(crate) fn head(&self, slot: &Slot) -> v1::SignedHead {
         lock(&slot.audit).signed_head(&self.inner.key)
-    }
-
-    /// Finds an agreement by id (the current version) or fingerprint.
-    pub(crate) fn find(&self, agreement: &str) -> Result<Arc<Slot>> {
-        let reg = lock(&self.inner.registry);
-        let needle = agreement.trim();
-        let fp = match needle.parse::<Fingerprint>() {
-            Ok(fp) => Some(fp),
-            Err(_) => reg.current.get(needle).copied(),
-        };
-        if let Some(slot) = fp.and_then(|fp| reg.by_fingerprint.get(&fp)) {
-            return Ok(slot.clone());
-        }
-        if let Some(t) = reg
-            .tombstones
-            .get(needle)
-            .or_else(|| reg.tombstones.values().find(|t| t.agreement_id == needle))
-        {
-            return Err(RoomError::FailedPrecondition(format!(
-                "agreement {} is {} ({}): its data was deleted and it can no longer be used",
-                t.agreement_id, t.reason, t.at
-            )));
-        }
-        Err(RoomError::NotFound(format!(
-            "no agreement {needle:?} is registered in this room: submit it first with `accord agreement submit`"
-        )))
     }
 
     fn slot_of(&self, session: &Session) -> Result<Arc<Slot>> {
@@ -388,6 +529,7 @@ impl Room {
         let agreement = accord_agreement::verify(text, Utc::now()).map_err(|e| {
             RoomError::InvalidArgument(format!("the room refuses this agreement:\n{e}"))
         })?;
+        self.inner.registration.check(&agreement)?;
         let m = agreement.manifest();
         if let PrivacyMode::DifferentialPrivacy { .. } = m.privacy.mode {
             return Err(RoomError::FailedPrecondition(
@@ -406,7 +548,7 @@ impl Room {
         let fp = agreement.fingerprint();
         let id = agreement.id().to_owned();
         let version = m.version;
-        {
+        let old = {
             let reg = lock(&self.inner.registry);
             if let Some(t) = reg.tombstones.get(&fp.to_string()) {
                 return Err(RoomError::FailedPrecondition(format!(
@@ -425,39 +567,77 @@ impl Room {
                     head: Some(lock(&slot.audit).signed_head(&self.inner.key)),
                 });
             }
-            if let Some(old) = reg.current.get(&id).and_then(|f| reg.by_fingerprint.get(f)) {
-                let old_version = old.agreement.manifest().version;
-                if version <= old_version {
-                    return Err(RoomError::FailedPrecondition(format!(
-                        "agreement {id} version {old_version} is registered; a changed agreement must carry a higher \
-                         version (this one says {version})"
+            // Which agreement in force with this id, if any, this one replaces: only one that
+            // every one of whose party keys signed it. One that only some of them signed is an
+            // attempt to take it over; one that none of them signed is unrelated and coexists.
+            let mut predecessor: Option<Arc<Slot>> = None;
+            for slot in reg
+                .by_fingerprint
+                .values()
+                .filter(|s| s.agreement.id() == id)
+            {
+                let old = slot.agreement.manifest();
+                let unsigned: Vec<String> = old
+                    .parties
+                    .iter()
+                    .filter(|(_, p)| !m.is_signed_by(&p.public_key))
+                    .map(|(name, p)| format!("{name} ({})", p.public_key))
+                    .collect();
+                if unsigned.len() == old.parties.len() {
+                    continue;
+                }
+                // Someone who signed this with a party key of the version in force: they may
+                // learn what it lacks.
+                if !unsigned.is_empty() {
+                    return Err(RoomError::PermissionDenied(format!(
+                        "agreement {id} version {} is in force and a new version replaces it only when every one of \
+                         its party keys signs the new one; not signed by: {}. A party that changed its key signs \
+                         with the old key too: accord agreement sign FILE --rotated-from OLD_KEYFILE",
+                        old.version,
+                        unsigned.join(", ")
                     )));
                 }
+                if version <= old.version {
+                    return Err(RoomError::FailedPrecondition(format!(
+                        "agreement {id} version {} is registered; a changed agreement must carry a higher \
+                         version (this one says {version})",
+                        old.version
+                    )));
+                }
+                if predecessor.is_some() {
+                    return Err(RoomError::FailedPrecondition(format!(
+                        "this manifest is signed by the party keys of two agreements {id} in force; a new version \
+                         replaces one agreement: revoke the other first"
+                    )));
+                }
+                predecessor = Some(slot.clone());
             }
-            // Every ended version of this id counts too: a new agreement must be newer than all.
+            // Every ended version of this lineage counts too: a new version must be newer
+            // than all of them (an old version can never come back).
+            let lineage = |t: &&Tombstone| {
+                t.agreement_id == id
+                    && (t.party_keys.is_empty()
+                        || t.party_keys
+                            .iter()
+                            .any(|k| k.parse::<PublicKey>().is_ok_and(|k| m.is_signed_by(&k))))
+            };
             let max_ended = reg
                 .tombstones
                 .values()
-                .filter(|t| t.agreement_id == id)
+                .filter(lineage)
                 .map(|t| t.version)
                 .max();
             if let Some(v) = max_ended.filter(|v| version <= *v) {
                 return Err(RoomError::FailedPrecondition(format!(
-                    "agreement {id} version {v} has ended (revoked, expired or superseded); a new agreement under \
-                     this id must carry a version higher than {v} (this one says {version})"
+                    "agreement {id} version {v} of these parties has ended (revoked, expired or superseded); a new \
+                     agreement of theirs under this id must carry a version higher than {v} (this one says {version})"
                 )));
             }
-        }
+            predecessor
+        };
         let dir = self.agreement_dir(fp);
         accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)?;
         accord_fs::write_atomic(&dir.join("manifest.toml"), agreement.text().as_bytes())?;
-        let old = {
-            let reg = lock(&self.inner.registry);
-            reg.current
-                .get(&id)
-                .and_then(|f| reg.by_fingerprint.get(f))
-                .cloned()
-        };
         let slot = self.load_slot(agreement)?;
         self.audit(
             &slot,
@@ -503,20 +683,11 @@ impl Room {
         live.store = None;
         // The tombstone first: if the room stops before the data is gone, recovery finds
         // the tombstone and finishes the deletion instead of serving the agreement again.
-        self.add_tombstone(
-            fp,
-            slot.agreement.id(),
-            slot.agreement.manifest().version,
-            reason,
-        )?;
+        self.add_tombstone(fp, slot.agreement.manifest(), reason)?;
         accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
         self.audit(slot, Actor::Room, Event::DataDeleted)?;
         lock(&self.inner.auth).end_sessions_for(fp);
-        let mut reg = lock(&self.inner.registry);
-        reg.by_fingerprint.remove(&fp);
-        if reg.current.get(slot.agreement.id()) == Some(&fp) {
-            reg.current.remove(slot.agreement.id());
-        }
+        lock(&self.inner.registry).by_fingerprint.remove(&fp);
         tracing::info!(agreement = %slot.agreement.id(), %fp, reason, "agreement ended and its data deleted");
         Ok(())
     }
@@ -531,10 +702,20 @@ impl Room {
         let revocation = Revocation::from_toml(text).map_err(|e| {
             RoomError::InvalidArgument(format!("the revocation statement is malformed: {e}"))
         })?;
-        let slot = self.find(&revocation.fingerprint.to_string())?;
-        revocation.verify(slot.agreement.manifest()).map_err(|e| {
-            RoomError::PermissionDenied(format!("the revocation does not verify: {e}"))
-        })?;
+        // Unknown, ended or not signed by a party: the same refusal, so a revocation statement
+        // cannot probe which agreements exist.
+        let slot = lock(&self.inner.registry)
+            .by_fingerprint
+            .get(&revocation.fingerprint)
+            .cloned()
+            .filter(|s| revocation.verify(s.agreement.manifest()).is_ok())
+            .ok_or_else(|| {
+                RoomError::PermissionDenied(
+                    "not authorized: no agreement in force in this room accepts this revocation (its fingerprint is \
+                     unknown or has ended, or the party's signature does not verify)"
+                        .into(),
+                )
+            })?;
         // The audit log survives the deletion; keep a handle on it for the receipt's head.
         self.end(
             &slot,
@@ -586,107 +767,134 @@ impl Room {
     // ---------------------------------------------------------------------------------------
     // Authentication
 
-    /// Issues a challenge.
+    /// Issues a challenge. Nothing is looked up: the answer is the same whether or not the
+    /// agreement exists or names the key (issue 11, §5).
     pub fn challenge(&self, req: v1::ChallengeRequest) -> Result<v1::ChallengeResponse> {
-        let slot = self.find(&req.agreement)?;
-        let role = self.principal(&slot, req.principal.as_ref())?;
+        let ask = AuthAsk::from_proto(&req.agreement, req.principal.as_ref(), &req.public_key)?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
-        let fp = slot.agreement.fingerprint();
-        let principal_name = role.name().to_owned();
-        let room_nonce = lock(&self.inner.auth).issue_challenge(fp, role, client_nonce)?;
+        let room_nonce =
+            lock(&self.inner.auth).issue_challenge(ask.scope(), ask.role.clone(), client_nonce)?;
         Ok(v1::ChallengeResponse {
             room_nonce: room_nonce.to_vec(),
-            fingerprint: fp.to_string(),
             room_public_key: self.inner.public_key.to_bytes().to_vec(),
-            principal_name,
             protocol_version: accord_proto::PROTOCOL_VERSION,
         })
     }
 
-    /// Checks a signed challenge and starts a session.
+    /// Checks a signed challenge, then (only then) resolves the agreement among those that
+    /// name the proven key, and starts a session.
     pub fn authenticate(&self, req: v1::AuthenticateRequest) -> Result<v1::AuthenticateResponse> {
-        let slot = self.find(&req.agreement)?;
-        let role = self.principal(&slot, req.principal.as_ref())?;
-        let fp = slot.agreement.fingerprint();
+        let ask = AuthAsk::from_proto(&req.agreement, req.principal.as_ref(), &req.public_key)?;
         let room_nonce = nonce("room_nonce", &req.room_nonce)?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
-        let checked =
-            lock(&self.inner.auth).check_challenge(&room_nonce, fp, &role, &client_nonce)?;
-        let key = principal_key(&slot, &role)?;
-        let message = accord_proto::signed::auth_challenge(
-            fp.as_bytes(),
-            role.kind(),
-            role.name(),
+        // One HMAC before the signature check; the nonce is consumed (single use, per-principal
+        // login bound) only after the proof and the resolution succeeded, so strangers signing
+        // with keys of their own cannot fill the replay set.
+        let checked = lock(&self.inner.auth).check_challenge(
+            &room_nonce,
+            ask.scope(),
+            &ask.role,
+            &client_nonce,
+        )?;
+        let message = ask.message(
             &room_nonce,
             &client_nonce,
             &self.inner.public_key.to_bytes(),
         );
         let sig = signature(&req.signature)?;
-        key.verify(Purpose::AuthChallenge, &message, &sig).map_err(|_| {
-            RoomError::Unauthenticated(format!(
-                "the challenge signature does not verify with the key the agreement names for {} {}",
-                role.kind(),
-                role.name()
-            ))
-        })?;
+        ask.key
+            .verify(Purpose::AuthChallenge, &message, &sig)
+            .map_err(|_| not_authorized())?;
+        let resolved = self.resolve(&ask)?;
         let (token, session) = {
             let mut auth = lock(&self.inner.auth);
             auth.consume(checked)?;
-            auth.start_session(fp, role.clone())?
+            auth.start_session(resolved.fingerprint, resolved.role.clone())?
         };
-        tracing::info!(agreement = %slot.agreement.id(), principal = %role.name(), kind = role.kind(), "session started");
+        tracing::info!(agreement = %resolved.agreement_id, principal = %resolved.role.name(), kind = resolved.role.kind(), "session started");
         Ok(v1::AuthenticateResponse {
             session_token: token,
             expires_unix_ms: session.expires_unix_ms,
-            head: Some(self.head(&slot)),
+            head: Some(resolved.head),
+            fingerprint: resolved.fingerprint.to_string(),
+            principal_name: resolved.role.name().to_owned(),
+            agreement_id: resolved.agreement_id,
         })
     }
 
-    fn principal(&self, slot: &Slot, p: Option<&v1::Principal>) -> Result<Role> {
-        let m = slot.agreement.manifest();
-        match p.and_then(|p| p.kind.as_ref()) {
-            Some(v1::principal::Kind::Party(name)) => {
-                if m.parties.contains_key(name) {
-                    Ok(Role::Party(name.clone()))
-                } else {
-                    Err(RoomError::PermissionDenied(format!(
-                        "{name:?} is not a party of agreement {} (parties: {})",
-                        m.id,
-                        m.parties.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )))
-                }
+    /// The agreement and principal a proven key may act as. An id resolves only among the
+    /// agreements in force that name the key for the role; a fingerprint of an agreement that
+    /// has ended still lets its parties and auditors read its audit log.
+    fn resolve(&self, ask: &AuthAsk) -> Result<Resolved> {
+        let by_fp = ask.agreement.parse::<Fingerprint>().ok();
+        let matches: Vec<(Arc<Slot>, Role)> = {
+            let reg = lock(&self.inner.registry);
+            reg.by_fingerprint
+                .values()
+                .filter(|s| match by_fp {
+                    Some(fp) => s.agreement.fingerprint() == fp,
+                    None => s.agreement.id() == ask.agreement,
+                })
+                .filter_map(|s| {
+                    named_principal(s.agreement.manifest(), ask).map(|r| (s.clone(), r))
+                })
+                .collect()
+        };
+        match matches.as_slice() {
+            [(slot, role)] => {
+                return Ok(Resolved {
+                    fingerprint: slot.agreement.fingerprint(),
+                    role: role.clone(),
+                    agreement_id: slot.agreement.id().to_owned(),
+                    head: self.head(slot),
+                });
             }
-            Some(v1::principal::Kind::Analyst(name)) => {
-                if m.analyst(name).is_some() {
-                    Ok(Role::Analyst(name.clone()))
-                } else {
-                    Err(RoomError::PermissionDenied(format!(
-                        "{name:?} is not an analyst named in agreement {}",
-                        m.id
-                    )))
-                }
+            [] => {}
+            several => {
+                // The caller proved a key every one of these names: it may see their fingerprints.
+                let fps: Vec<String> = several
+                    .iter()
+                    .map(|(s, _)| s.agreement.fingerprint().to_string())
+                    .collect();
+                return Err(RoomError::FailedPrecondition(format!(
+                    "{} agreements with id {:?} in this room name your key: give the fingerprint of the one you \
+                     mean instead of the id (one of {})",
+                    fps.len(),
+                    ask.agreement,
+                    fps.join(", ")
+                )));
             }
-            Some(v1::principal::Kind::AnalystKey(key)) => {
-                let bytes = accord_proto::fixed::<32>("analyst_key", key)
-                    .map_err(|e| RoomError::InvalidArgument(e.to_string()))?;
-                let key = PublicKey::from_bytes(&bytes).map_err(|e| {
-                    RoomError::InvalidArgument(format!(
-                        "analyst_key is not an Ed25519 public key: {e}"
-                    ))
-                })?;
-                m.analyst_by_key(&key)
-                    .map(|a| Role::Analyst(a.name.clone()))
-                    .ok_or_else(|| {
-                        RoomError::PermissionDenied(format!(
-                            "no analyst of agreement {} has the key {key}",
-                            m.id
-                        ))
-                    })
-            }
-            None => Err(RoomError::InvalidArgument(
-                "principal is missing: say which party or analyst you are".into(),
-            )),
         }
+        // An ended agreement, by fingerprint: its audit log stays readable by its parties and
+        // auditors (the session can do nothing else: no slot is in force for it).
+        let Some(fp) = by_fp else {
+            return Err(not_authorized());
+        };
+        if matches!(ask.role, Role::Analyst(_)) {
+            return Err(not_authorized());
+        }
+        let copy = self.audit_manifest_path(fp);
+        let log = self.audit_path(fp);
+        if !copy.exists() || !log.exists() {
+            return Err(not_authorized());
+        }
+        let text = std::fs::read_to_string(&copy).map_err(|e| RoomError::io("read", &copy, e))?;
+        let manifest = accord_agreement::Manifest::parse(&text)
+            .map_err(|e| RoomError::Internal(format!("{}: {e}", copy.display())))?;
+        if manifest.fingerprint() != fp {
+            return Err(RoomError::Internal(format!(
+                "{} does not have fingerprint {fp}",
+                copy.display()
+            )));
+        }
+        let role = named_principal(&manifest, ask).ok_or_else(not_authorized)?;
+        let head = AuditLog::open(&log, fp)?.signed_head(&self.inner.key);
+        Ok(Resolved {
+            fingerprint: fp,
+            role,
+            agreement_id: manifest.id,
+            head,
+        })
     }
 
     fn party_session(
@@ -1403,34 +1611,55 @@ impl Room {
     // ---------------------------------------------------------------------------------------
     // Audit
 
-    /// The whole audit log of an agreement version, by fingerprint (also after its data was deleted).
-    pub fn fetch_audit(&self, fingerprint: &str) -> Result<v1::FetchAuditResponse> {
-        let fp: Fingerprint = fingerprint.trim().parse().map_err(|_| {
-            RoomError::InvalidArgument(
-                "the audit log is fetched by the agreement's fingerprint (64 hex characters, shown by `accord agreement show`)".into(),
-            )
-        })?;
-        let path = self.audit_path(fp);
-        if !path.exists() {
-            return Err(RoomError::NotFound(format!(
-                "this room has no audit log for fingerprint {fp}"
-            )));
+    /// One page of the audit log of the session's agreement (also after its data was
+    /// deleted). Only its parties and auditors may read it.
+    pub fn fetch_audit(
+        &self,
+        session: &Session,
+        req: &v1::FetchAuditRequest,
+    ) -> Result<v1::FetchAuditResponse> {
+        if let Role::Analyst(_) = session.role {
+            return Err(RoomError::PermissionDenied(
+                "analysts may not read the audit log (it holds every query of every analyst): ask a party or an \
+                 auditor of the agreement"
+                    .into(),
+            ));
         }
+        let fp = session.fingerprint;
+        let asked = req.fingerprint.trim();
+        if !asked.is_empty() && asked != fp.to_string() {
+            return Err(not_authorized());
+        }
+        let max = match req.max_entries {
+            0 => MAX_AUDIT_PAGE_ENTRIES,
+            n => (n as usize).min(MAX_AUDIT_PAGE_ENTRIES),
+        };
         let slot = lock(&self.inner.registry).by_fingerprint.get(&fp).cloned();
         let (entries, head) = match slot {
             Some(slot) => {
                 let audit = lock(&slot.audit);
-                (audit.read_all()?, audit.signed_head(&self.inner.key))
+                (
+                    audit.read_page(req.start, max)?,
+                    audit.signed_head(&self.inner.key),
+                )
             }
             None => {
+                let path = self.audit_path(fp);
+                if !path.exists() {
+                    return Err(not_authorized());
+                }
                 let audit = AuditLog::open(&path, fp)?;
-                (audit.read_all()?, audit.signed_head(&self.inner.key))
+                (
+                    audit.read_page(req.start, max)?,
+                    audit.signed_head(&self.inner.key),
+                )
             }
         };
         Ok(v1::FetchAuditResponse {
             entries,
             head: Some(head),
             room_public_key: self.inner.public_key.to_bytes().to_vec(),
+            start: req.start,
         })
     }
 }
@@ -1509,15 +1738,13 @@ fn signature(bytes: &[u8]) -> Result<Signature> {
     Ok(Signature::from_bytes(&raw))
 }
 
-fn principal_key(slot: &Slot, role: &Role) -> Result<PublicKey> {
-    let m = slot.agreement.manifest();
-    match role {
-        Role::Party(p) => m.parties.get(p).map(|p| p.public_key),
-        Role::Analyst(a) => m.analyst(a).map(|a| a.public_key),
-    }
-    .ok_or_else(|| {
-        RoomError::PermissionDenied(format!("{} is not named in the agreement", role.name()))
-    })
+/// A proven caller's agreement and principal.
+#[derive(Debug)]
+struct Resolved {
+    fingerprint: Fingerprint,
+    role: Role,
+    agreement_id: String,
+    head: v1::SignedHead,
 }
 
 /// Converts a batch's proto columns into Arrow arrays in manifest order, checking names,
