@@ -113,8 +113,11 @@ async fn floods() {
     // 1. A challenge flood from a stranger who can reach the room: the room used to keep
     //    every challenge in a 10 000-entry table and refuse everyone once it was full.
     let mut tasks = Vec::new();
+    // Any valid key will do: nothing is looked up before a signature verifies.
+    let stranger = Keys::new(99).drinks().public_key().to_bytes().to_vec();
     for t in 0..FLOOD_CONNECTIONS {
         let url = url.clone();
+        let stranger = stranger.clone();
         tasks.push(tokio::spawn(async move {
             let mut auth = AuthClient::new(accord_party::client::channel(&url).await.unwrap());
             for i in 0..CHALLENGE_FLOOD / FLOOD_CONNECTIONS {
@@ -126,6 +129,7 @@ async fn floods() {
                         kind: Some(v1::principal::Kind::Party("drinks".into())),
                     }),
                     client_nonce: nonce.to_vec(),
+                    public_key: stranger.clone(),
                 })
                 .await
                 .unwrap();
@@ -204,6 +208,7 @@ async fn floods() {
                 agreement: "load".into(),
                 principal: None,
                 client_nonce: vec![7; AUTH_MESSAGE_BYTES + 1],
+                public_key: vec![],
             })
             .await
             .unwrap_err();

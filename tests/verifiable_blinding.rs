@@ -391,6 +391,7 @@ async fn clients_and_rooms_of_other_protocol_versions_refuse_each_other_by_name(
                     agreement: "anything".into(),
                     principal: None,
                     client_nonce: vec![0; 32],
+                    public_key: vec![0; 32],
                 })
                 .await
                 .unwrap_err()

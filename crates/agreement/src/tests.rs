@@ -1082,6 +1082,8 @@ fn hidden_characters_are_refused_with_their_line() {
     Manifest::parse(&ok).unwrap();
     // A byte-order mark at the very start is tolerated.
     Manifest::parse(&format!("\u{feff}{}", base())).unwrap();
+}
+
 fn with_auditor(text: &str, name: &str, k: &SecretKey) -> String {
     format!(
         "{text}\n[[auditors]]\nname = \"{name}\"\npublic_key = \"{}\"\n",

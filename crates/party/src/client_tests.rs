@@ -39,6 +39,7 @@ fn connection() -> Connection {
         token_text: "x".into(),
         room_key: room_key().public_key(),
         fingerprint: fp(),
+        agreement_id: "agr".into(),
         principal_name: "drinks".into(),
         last_entries: 0,
     }

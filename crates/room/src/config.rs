@@ -16,8 +16,20 @@
 //! key = "tls/room.key"
 //! client_ca = "tls/clients-ca.crt"   # optional: require mutual TLS
 //!
-//! [limits]                           # tunable bounds (see the limits table in docs)
-//! [registration]                     # who may register agreements
+//! [limits]                           # optional; each key overrides one default of `Limits`
+//! challenge_ttl_secs = 120
+//! session_ttl_secs = 3600
+//! max_sessions_per_principal = 16
+//! max_logins_per_principal = 64
+//! max_concurrent_streams = 32
+//! concurrency_per_connection = 32
+//! request_timeout_secs = 1800
+//! stream_idle_timeout_secs = 60
+//! fetch_work_batches = 64
+//!
+//! [registration]                     # who may register agreements (deploy/README.md)
+//! allow = "/etc/accord/registration-allow.txt"   # only these party keys
+//! open = false                       # true: anyone who can reach the room (beyond loopback)
 //! ```
 
 use std::net::SocketAddr;
@@ -46,15 +58,77 @@ pub struct RoomFile {
     /// TLS for both listeners.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
-    /// `[limits]`: the room's tunable bounds. This build has none to tune, so any key here is
-    /// refused with its line; when the bounds become tunable this field takes their struct
-    /// (`#[serde(default, deny_unknown_fields)]`, defaults from its `Default`).
+    /// `[limits]`: overrides of the room's tunable bounds ([`crate::Limits`]); a key that is
+    /// not a tunable limit is refused with its line, a value out of range when the room starts.
     #[serde(default)]
-    pub limits: NoSettings,
-    /// `[registration]`: who may register agreements. Same as `[limits]`: refused key by key
-    /// until the room has such a setting, then this field takes its struct.
+    pub limits: LimitsFile,
+    /// `[registration]`: who may register agreements (`--registration-allow`,
+    /// `--open-registration`).
     #[serde(default)]
-    pub registration: NoSettings,
+    pub registration: RegistrationFile,
+}
+
+/// `[limits]`: every key optional; durations in whole seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    challenge_ttl_secs: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    max_sessions_per_principal: Option<usize>,
+    max_logins_per_principal: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    concurrency_per_connection: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    stream_idle_timeout_secs: Option<u64>,
+    fetch_work_batches: Option<u32>,
+}
+
+impl LimitsFile {
+    /// The defaults with this table's overrides (range checks happen in `Limits::check`).
+    pub fn to_limits(&self) -> crate::Limits {
+        let mut l = crate::Limits::default();
+        let secs = Duration::from_secs;
+        if let Some(v) = self.challenge_ttl_secs {
+            l.challenge_ttl = secs(v);
+        }
+        if let Some(v) = self.session_ttl_secs {
+            l.session_ttl = secs(v);
+        }
+        if let Some(v) = self.max_sessions_per_principal {
+            l.max_sessions_per_principal = v;
+        }
+        if let Some(v) = self.max_logins_per_principal {
+            l.max_logins_per_principal = v;
+        }
+        if let Some(v) = self.max_concurrent_streams {
+            l.max_concurrent_streams = v;
+        }
+        if let Some(v) = self.concurrency_per_connection {
+            l.concurrency_per_connection = v;
+        }
+        if let Some(v) = self.request_timeout_secs {
+            l.request_timeout = secs(v);
+        }
+        if let Some(v) = self.stream_idle_timeout_secs {
+            l.stream_idle_timeout = secs(v);
+        }
+        if let Some(v) = self.fetch_work_batches {
+            l.fetch_work_batches = v;
+        }
+        l
+    }
+}
+
+/// `[registration]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationFile {
+    /// The allow-list file of party keys.
+    #[serde(default)]
+    pub allow: Option<PathBuf>,
+    /// Open registration beyond loopback.
+    #[serde(default)]
+    pub open: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -73,11 +147,6 @@ pub struct TlsFiles {
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
 }
-
-/// A table this build accepts only empty.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoSettings {}
 
 impl RoomFile {
     /// Parses the text of `path` (used in messages and to resolve relative paths).
@@ -101,6 +170,9 @@ impl RoomFile {
             }
         };
         resolve(&mut file.data_dir);
+        if let Some(a) = &mut file.registration.allow {
+            resolve(a);
+        }
         if let Some(t) = &mut file.tls {
             resolve(&mut t.cert);
             resolve(&mut t.key);
@@ -136,9 +208,9 @@ impl RoomFile {
             expiry_check,
             tls,
             insecure_plaintext_network: self.insecure_plaintext_network,
-            limits: crate::Limits::default(),
-            registration_allow: None,
-            open_registration: false,
+            limits: self.limits.to_limits(),
+            registration_allow: self.registration.allow.clone(),
+            open_registration: self.registration.open,
         })
     }
 }
@@ -164,9 +236,23 @@ mod tests {
         let f = parse(
             "data_dir = \"data\"\nlisten = \"0.0.0.0:7700\"\nflight_sql = \"0.0.0.0:7701\"\n\
              [tls]\ncert = \"tls/room.crt\"\nkey = \"/keys/room.key\"\nclient_ca = \"tls/ca.crt\"\n\
-             [limits]\n[registration]\n",
+             [limits]\nsession_ttl_secs = 600\nmax_concurrent_streams = 8\n\
+             [registration]\nallow = \"allowed.txt\"\n",
         )
         .unwrap();
+        let limits = f.limits.to_limits();
+        assert_eq!(limits.session_ttl, Duration::from_secs(600));
+        assert_eq!(limits.max_concurrent_streams, 8);
+        assert_eq!(
+            limits.challenge_ttl,
+            crate::Limits::default().challenge_ttl,
+            "keys not given keep their defaults"
+        );
+        assert_eq!(
+            f.registration.allow.as_deref(),
+            Some(Path::new("/etc/accord/allowed.txt"))
+        );
+        assert!(!f.registration.open);
         assert_eq!(f.data_dir, Path::new("/etc/accord/data"));
         assert_eq!(f.listen, "0.0.0.0:7700".parse().unwrap());
         assert_eq!(f.flight_sql, Some("0.0.0.0:7701".parse().unwrap()));
@@ -199,11 +285,16 @@ mod tests {
                 "listen",
             ),
             ("data_dir = \"/d\"\nport = 7700\n", "room.toml:2:1", "port"),
-            // A limit this build cannot honour is refused, not ignored.
+            // A limit this build does not have is refused, not ignored.
             (
                 "data_dir = \"/d\"\n[limits]\nmax_sessions = 10\n",
                 "room.toml:3:1",
                 "max_sessions",
+            ),
+            (
+                "data_dir = \"/d\"\n[registration]\nallow_list = \"x\"\n",
+                "room.toml:3:1",
+                "allow_list",
             ),
             ("listen = \"127.0.0.1:1\"\n", "room.toml", "data_dir"),
             (

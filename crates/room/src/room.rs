@@ -1201,7 +1201,15 @@ impl Room {
             .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
         let signature: [u8; 64] = accord_proto::fixed("signature", &c.signature)
             .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
-        let key = principal_key(slot, &Role::Party(party.to_owned()))?;
+        let key = slot
+            .agreement
+            .manifest()
+            .parties
+            .get(party)
+            .map(|p| p.public_key)
+            .ok_or_else(|| {
+                RoomError::Internal(format!("{party} is not a party of the agreement"))
+            })?;
         let message = accord_proto::signed::key_commitment(
             slot.agreement.fingerprint().as_bytes(),
             party,
