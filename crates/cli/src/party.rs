@@ -136,7 +136,7 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 ctx.agreement.id()
             );
             println!("{}", outcome.report);
-            if outcome.already_stored > 0 {
+            if outcome.already_stored > 0 && outcome.already_stored < outcome.batches {
                 println!(
                     "  resumed: the room already had {} of {} batches",
                     outcome.already_stored, outcome.batches
