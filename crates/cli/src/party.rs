@@ -141,7 +141,7 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 ctx.agreement.id()
             );
             println!("{}", outcome.report);
-            if outcome.already_stored > 0 {
+            if outcome.already_stored > 0 && outcome.already_stored < outcome.batches {
                 println!(
                     "  resumed: the room already had {} of {} batches",
                     outcome.already_stored, outcome.batches
@@ -170,7 +170,8 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 .map_err(party_error)?;
             println!(
                 "{}: blinded {blinded} batches of {}",
-                ctx.party, status.partner
+                ctx.party,
+                accord_agreement::text::escape(&status.partner, 64)
             );
             print_status(&status);
             Ok(ExitCode::SUCCESS)
@@ -282,23 +283,26 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
 }
 
 fn print_status(s: &accord_proto::v1::StatusResponse) {
+    // Names in the status come from the room: shown escaped.
+    let partner = accord_agreement::text::escape(&s.partner, 64);
+    let agreement_id = accord_agreement::text::escape(&s.agreement_id, 128);
     let state = if s.state == accord_proto::v1::AgreementState::Sealed as i32 {
         "sealed: analysts may query"
     } else {
         "collecting"
     };
-    println!("  agreement {} ({state})", s.agreement_id);
+    println!("  agreement {agreement_id} ({state})");
     println!(
         "  this party: {} rows in {} batches uploaded{}, {} batches blinded by {}",
         s.rows_uploaded,
         s.batches_uploaded,
         if s.upload_complete { " (complete)" } else { "" },
         s.batches_tokenized,
-        s.partner
+        partner
     );
     println!(
         "  {}: upload {}, {} of its batches wait for this party's blinding",
-        s.partner,
+        partner,
         if s.partner_upload_complete {
             "complete"
         } else {
@@ -310,7 +314,7 @@ fn print_status(s: &accord_proto::v1::StatusResponse) {
         println!(
             "  batch {} was refused by {}: {}",
             r.batch_number,
-            s.partner,
+            partner,
             accord_party::display::work_refusal(&r.reason)
         );
     }

@@ -313,6 +313,29 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Erasure that cannot account for an identifier fails loudly and names it.
+    std::fs::write(d.join("erase.txt"), "nobody-ever@example.org\n").unwrap();
+    let mut c = accord();
+    party_args(&mut c, "erase", &url, &file, d, "drinks");
+    let out = run(c.arg("--ids").arg(d.join("erase.txt")));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1: nobody-ever@example.org"),
+        "{stderr}"
+    );
+
+    // `party forget` refuses while the agreement is in force.
+    let mut c = accord();
+    party_args(&mut c, "forget", &url, &file, d, "snacks");
+    let out = run(&mut c);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still serves it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A room nobody listens on: exit 3.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut c = accord();
@@ -340,6 +363,15 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
     );
     let out = query("SELECT COUNT(*) FROM overlap", "json");
     assert_eq!(out.status.code(), Some(1));
+    // After revocation, `party forget` deletes snacks' secrets and records and says so.
+    let mut c = accord();
+    party_args(&mut c, "forget", &url, &file, d, "snacks");
+    let forgot = ok(&mut c);
+    assert!(
+        forgot.contains("secrets.key") && forgot.contains("uploaded.handles"),
+        "{forgot}"
+    );
+    assert!(!d.join("snacks-state").join("cli-e2e").exists());
     room.kill().unwrap();
     room.wait().unwrap();
 }
