@@ -34,11 +34,13 @@ run() {
 
 # Signature verification, keys, domain separation.
 run agreement -p accord-agreement \
-    --file crates/agreement/src/keys.rs
+    --file crates/agreement/src/keys.rs \
+    -F 'PublicKey::verify|PublicKey::from_bytes|signed_message|SecretKey::sign|as_str|from_key_file' \
+    -- --lib
 # The partner's checks before blinding, and the party's check of the room's signed audit head.
 run party -p accord-party \
-    --file crates/party/src/protocol.rs --re 'blind_one' \
-    --file crates/party/src/client.rs --re 'check_head' \
+    --file crates/party/src/protocol.rs --file crates/party/src/client.rs \
+    -F 'blind_one|check_head' \
     -- --lib
 if [ "${1:-}" = room ]; then
     run room -p accord-room \
@@ -48,6 +50,8 @@ fi
 for d in "$root"/mutants.out/*/; do
     echo "== $(basename "$d")"
     for f in caught missed unviable timeout; do
-        [ -f "$d/mutants.out/$f.txt" ] && printf '%-9s %s\n' "$f" "$(wc -l <"$d/mutants.out/$f.txt")"
+        if [ -f "$d/mutants.out/$f.txt" ]; then
+            printf '%-9s %s\n' "$f" "$(wc -l <"$d/mutants.out/$f.txt")"
+        fi
     done
 done
