@@ -496,8 +496,9 @@ async fn an_expired_agreement_is_ended_and_its_data_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new(90);
     let text = agreement_text("e2e-expiry", 1, &keys, 10, 1000);
-    // The window ends in two seconds.
-    let until = (chrono::Utc::now() + chrono::Duration::seconds(2))
+    // The window ends in four seconds (whole seconds: at least three from now).
+    let room = start_room(&dir.path().join("room")).await;
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(4))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let text = resign(&text, &keys, |l| {
         if l.starts_with("valid_until") {
@@ -507,7 +508,6 @@ async fn an_expired_agreement_is_ended_and_its_data_deleted() {
         }
     });
     let agreement = verified(&text);
-    let room = start_room(&dir.path().join("room")).await;
     let url = url(&room);
     submit(&url, &text).await.unwrap();
     let dir_of = dir
@@ -515,8 +515,21 @@ async fn an_expired_agreement_is_ended_and_its_data_deleted() {
         .join("room/agreements")
         .join(agreement.fingerprint().to_string());
     assert!(dir_of.exists());
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert!(!dir_of.exists(), "expired data must be deleted");
+    // Wait for the room's expiry sweep (every 200 ms) after the window ends, with a deadline
+    // far beyond it, so a loaded machine cannot fail the test.
+    let valid_until = agreement.manifest().valid_until;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dir_of.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired data must be deleted (still there a minute after the window ended)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        chrono::Utc::now() >= valid_until,
+        "the data was deleted before the agreement expired"
+    );
     let err = accord_party::Connection::open(
         &url,
         "e2e-expiry",

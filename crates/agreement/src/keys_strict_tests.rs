@@ -165,3 +165,20 @@ fn the_identity_key_forgery_is_impossible() {
     );
     assert!(PublicKey::from_bytes(&identity).is_err());
 }
+
+/// Kills the mutant "any first line that is not the header is a public key": a text file that
+/// is neither gets the message that names the expected header.
+#[test]
+fn a_file_that_is_neither_a_key_file_nor_a_public_key_is_named_as_such() {
+    for text in [
+        "hello\n",
+        "accord-secret-key v2\nsecret: x\n",
+        "ed2551:abc\n",
+    ] {
+        let err = SecretKey::from_key_file(text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not start with"), "{text:?}: {err}");
+        assert!(!err.contains("looks like a public key"), "{text:?}: {err}");
+    }
+}

@@ -144,6 +144,41 @@ fn party_args(cmd: &mut Command, sub: &str, url: &str, agreement: &Path, dir: &P
         .arg(dir.join(format!("{name}-state")));
 }
 
+/// Batches drinks' upload of `drinks.csv` makes: its consented rows with an identifier,
+/// deduplicated, in batches of `batch_rows` (the same input rules as the party).
+fn expected_drinks_batches(dir: &Path, batch_rows: usize) -> usize {
+    let text = std::fs::read_to_string(dir.join("drinks.csv")).unwrap();
+    let mut header = text.lines().next().unwrap().split(',');
+    let email = header.position(|h| h == "email").unwrap();
+    let header = text.lines().next().unwrap();
+    let consent = header.split(',').position(|h| h == "consent").unwrap();
+    let rows: std::collections::HashSet<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            let id = cells[email].trim().to_lowercase();
+            (cells[consent] == "true" && !id.is_empty()).then_some(id)
+        })
+        .collect();
+    rows.len().div_ceil(batch_rows)
+}
+
+/// Whether the room stored `party`'s signed completion statement.
+fn completion_stored(data: &Path, party: &str) -> bool {
+    std::fs::read_dir(data.join("agreements"))
+        .map(|d| {
+            d.filter_map(Result::ok).any(|a| {
+                a.path()
+                    .join("parties")
+                    .join(party)
+                    .join("complete.json")
+                    .exists()
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn pending_batches(data: &Path) -> usize {
     let Ok(agreements) = std::fs::read_dir(data.join("agreements")) else {
         return 0;
@@ -217,6 +252,16 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
     room.kill().unwrap(); // SIGKILL
     room.wait().unwrap();
     let stored_at_kill = pending_batches(&data);
+    // The kill really happened mid-upload: some batches stored, not all, no completion.
+    let total_batches = expected_drinks_batches(d, 16);
+    assert!(
+        (5..total_batches).contains(&stored_at_kill),
+        "the room was killed after {stored_at_kill} of {total_batches} batches: not mid-upload"
+    );
+    assert!(
+        !completion_stored(&data, "drinks"),
+        "the room was killed after the upload completed: not mid-upload"
+    );
     let mut room = spawn_room(&data, port);
     let first = drinks_proc.wait_with_output().unwrap();
     if !first.status.success() {

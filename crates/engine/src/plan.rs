@@ -708,3 +708,7 @@ pub(crate) fn group_size_column(agg: &Aggregate) -> Option<usize> {
         })
         .map(|i| agg.group_expr.len() + i)
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod defence_tests;

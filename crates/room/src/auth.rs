@@ -480,3 +480,7 @@ mod tests {
         assert!(a.session(&token).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod expiry_tests;

@@ -1882,3 +1882,7 @@ fn build_engine(
     let attrs = attribute_batch(snapshot, &spec)?;
     Engine::new(spec, vec![attrs]).map_err(|e| RoomError::Internal(format!("query engine: {e}")))
 }
+
+#[cfg(test)]
+#[path = "room_tests.rs"]
+mod revocation_tests;

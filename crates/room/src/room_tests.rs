@@ -1,0 +1,120 @@
+//! Revocation ordering under concurrency, made deterministic: the test holds the agreement's
+//! read lock exactly as a query does from admission until its result is encoded, and checks
+//! that a revocation arriving meanwhile is not acknowledged (no tombstone, data still there,
+//! the call still pending) until the lock is released. No sleeps: the test waits for the
+//! revocation to be queued on the lock, which it can observe.
+
+use super::*;
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed(&[n; 32])
+}
+
+fn agreement_text() -> String {
+    let now = Utc::now();
+    let from =
+        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let until =
+        (now + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        r#"schema_version = 1
+id = "lock-test"
+version = 1
+purpose = "Revocation ordering test"
+valid_from = {from}
+valid_until = {until}
+min_group_size = 10
+identifier = "email"
+
+[parties.drinks]
+public_key = "{}"
+max_rows = 100
+consent_column = "consent"
+contributes = [{{ column = "tier", role = "dimension" }}]
+
+[parties.snacks]
+public_key = "{}"
+max_rows = 100
+consent_column = "consent"
+contributes = [{{ column = "spend", role = "metric", min = 0, max = 10 }}]
+
+[[analysts]]
+name = "ana"
+party = "drinks"
+public_key = "{}"
+
+[privacy]
+aggregates = ["count"]
+exact_results = true
+"#,
+        key(1).public_key(),
+        key(2).public_key(),
+        key(3).public_key()
+    );
+    let text = accord_agreement::sign_text(&text, "drinks", &key(1)).unwrap();
+    accord_agreement::sign_text(&text, "snacks", &key(2)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_waits_for_queries_in_flight_and_none_start_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = Room::open(dir.path()).unwrap();
+    let text = agreement_text();
+    room.submit(&text).await.unwrap();
+    let agreement = accord_agreement::verify(&text, Utc::now()).unwrap();
+    let fp = agreement.fingerprint();
+    let slot = room.find("lock-test").unwrap();
+    let data = dir.path().join("agreements").join(fp.to_string());
+
+    // A query in flight: it holds the read side, as `Room::query` does until its answer
+    // is encoded.
+    let in_flight = slot.live.read().await;
+    let revocation = Revocation::sign(&agreement, "drinks", "stop", Utc::now(), &key(1)).unwrap();
+    let revoking = {
+        let room = room.clone();
+        let toml = revocation.to_toml();
+        tokio::spawn(async move { room.revoke(&toml).await })
+    };
+    // Wait (without a time bound as proof) until the revocation is queued on the lock: a
+    // queued writer takes the free permits, so a new reader cannot get in.
+    let mut spins = 0u32;
+    loop {
+        match slot.live.try_read() {
+            Ok(guard) => drop(guard),
+            Err(_) => break,
+        }
+        spins += 1;
+        assert!(
+            spins < 1_000_000,
+            "the revocation never queued on the agreement's lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    // While the query holds its lock, nothing of the revocation has happened.
+    assert!(
+        !revoking.is_finished(),
+        "revocation acknowledged during a query"
+    );
+    assert!(data.exists(), "data deleted under a running query");
+    assert!(
+        !lock(&room.inner.registry)
+            .tombstones
+            .contains_key(&fp.to_string()),
+        "tombstone written under a running query"
+    );
+    assert!(in_flight.store.is_some(), "the query still sees its data");
+    // The query finishes; then the revocation completes.
+    drop(in_flight);
+    let receipt = revoking.await.unwrap().unwrap();
+    assert_eq!(receipt.fingerprint, fp.to_string());
+    assert!(!data.exists());
+    // After the acknowledgement no query runs: the slot has no data and the room refuses.
+    let after = room
+        .query(&slot, "ana", "SELECT COUNT(*) FROM overlap", |_| Ok(()))
+        .await;
+    assert!(
+        matches!(after, Err(RoomError::FailedPrecondition(_))),
+        "{after:?}"
+    );
+    assert!(room.find("lock-test").is_err());
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Mutation testing of Accord's security code with cargo-mutants (docs/TESTING.md, "Mutation
+# testing"). Too slow for every CI run: run it before a release and after changing any of
+# the files below. Every mutant rebuilds a crate, so the set is scoped to the defences.
+#
+#   tests/mutants.sh            # the scoped set below
+#   tests/mutants.sh room       # also the room's auth and store checks (slow)
+#
+# It works on a scratch copy of the tree (with a copy of target/ for a warm start), so the
+# working tree stays usable; results land in mutants.out/ at the top of the repository.
+set -euo pipefail
+
+VERSION=27.1.0
+root="$(cd "$(dirname "$0")/.." && pwd)"
+if ! cargo mutants --version 2>/dev/null | grep -q "$VERSION"; then
+    cargo install cargo-mutants --version "$VERSION" --locked
+fi
+
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/accord-mutants.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+# Sources plus a copy of the warm target directory (hard links would be mutated in place).
+tar -C "$root" --exclude=./target --exclude=./mutants.out --exclude=./tests/fuzz/target -cf - . | tar -C "$scratch" -xf -
+if [ -d "$root/target" ]; then
+    cp -r "$root/target" "$scratch/target"
+fi
+
+run() {
+    local name="$1"
+    shift
+    echo "== cargo mutants: $name"
+    (cd "$scratch" && nice -n 10 cargo mutants --in-place --timeout 300 \
+        --output "$root/mutants.out/$name" "$@") || true
+}
+
+# Signature verification, keys, domain separation.
+run agreement -p accord-agreement \
+    --file crates/agreement/src/keys.rs \
+    -F 'PublicKey::verify|PublicKey::from_bytes|signed_message|SecretKey::sign|as_str|from_key_file' \
+    -- --lib
+# The partner's checks before blinding, and the party's check of the room's signed audit head.
+run party -p accord-party \
+    --file crates/party/src/protocol.rs --file crates/party/src/client.rs \
+    -F 'blind_one|check_head' \
+    -- --lib
+if [ "${1:-}" = room ]; then
+    run room -p accord-room \
+        --file crates/room/src/auth.rs \
+        -- --lib
+fi
+for d in "$root"/mutants.out/*/; do
+    echo "== $(basename "$d")"
+    for f in caught missed unviable timeout; do
+        if [ -f "$d/mutants.out/$f.txt" ]; then
+            printf '%-9s %s\n' "$f" "$(wc -l <"$d/mutants.out/$f.txt")"
+        fi
+    done
+done
