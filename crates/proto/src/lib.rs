@@ -43,6 +43,10 @@ pub mod limits {
     pub const MAX_SQL_BYTES: usize = 16 * 1024;
     /// Most handles in one erasure request.
     pub const MAX_ERASE_HANDLES: usize = 100_000;
+    /// Longest Flight SQL name filter (a catalog name or a `LIKE` pattern for schema and
+    /// table names), in bytes. The only names are `overlap` and the empty schema; the cap
+    /// bounds the matching work one metadata call can ask for.
+    pub const MAX_NAME_PATTERN_BYTES: usize = 256;
 }
 
 /// A byte field that is not a whole number of fixed-size items, or has the wrong count.
