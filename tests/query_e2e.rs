@@ -198,6 +198,58 @@ async fn the_policy_corpus_gives_the_same_decisions_and_values_through_grpc_and_
     assert_eq!(names.len(), 1);
     assert_eq!(names.value(0), "overlap");
 
+    // Name filters are matched in linear time and capped: a pattern of many `%` (which used
+    // to take exponential time) is answered, and one over the cap is refused.
+    let cap = accord_proto::limits::MAX_NAME_PATTERN_BYTES;
+    for (pattern, expected) in [
+        (format!("{}overlap", "%".repeat(cap - 7)), 1),
+        (format!("{}x", "%".repeat(cap - 1)), 0),
+        (format!("{}%p", "%_".repeat((cap - 2) / 2)), 0),
+    ] {
+        let info = flight
+            .get_tables(arrow_flight::sql::CommandGetTables {
+                table_name_filter_pattern: Some(pattern.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let batches: Vec<RecordBatch> = flight
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, expected, "GetTables LIKE {pattern}");
+    }
+    let too_long = "%".repeat(cap + 1);
+    let err = flight
+        .get_tables(arrow_flight::sql::CommandGetTables {
+            table_name_filter_pattern: Some(too_long.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("table_name_filter_pattern is 257 bytes long"),
+        "{err}"
+    );
+    let err = flight
+        .get_db_schemas(arrow_flight::sql::CommandGetDbSchemas {
+            db_schema_filter_pattern: Some(too_long),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("db_schema_filter_pattern is 257 bytes long"),
+        "{err}"
+    );
+
     // A ticket is bound to the session that asked for it: the same analyst's other session
     // cannot redeem it, and the session that asked still can.
     let info = flight

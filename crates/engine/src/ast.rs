@@ -18,12 +18,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::refusal::{Refusal, Rule};
 use crate::spec::{AggregateKind, ColumnSpec, Role};
-
-/// Longest SQL text the policy accepts, in bytes.
-pub const MAX_SQL_LEN: usize = 16 * 1024;
-
-/// Deepest expression nesting the policy accepts.
-pub const MAX_EXPR_DEPTH: usize = 48;
+use crate::stack::{MAX_NESTING, check_text};
 
 /// Prefix of the policy's own hidden column names; analysts may not use it.
 pub(crate) const RESERVED_PREFIX: &str = "__accord";
@@ -119,15 +114,15 @@ pub(crate) fn parse_and_check(
     allowed: &[AggregateKind],
     columns: &[ColumnSpec],
 ) -> Result<DFStatement, Refusal> {
-    if sql.len() > MAX_SQL_LEN {
-        return Err(Refusal::new(
-            Rule::SqlTooLong,
-            format!("the SQL text ({} bytes, limit {MAX_SQL_LEN})", sql.len()),
-        ));
-    }
+    // The length cap and the nesting limit come first: nothing below may recurse deeper
+    // than the text's nesting score allows.
+    check_text(sql)?;
     let dialect = GenericDialect {};
     let mut statements = DFParserBuilder::new(sql)
         .with_dialect(&dialect)
+        // Above anything the nesting limit admits, so our rule always speaks first; kept as
+        // a backstop.
+        .with_recursion_limit(MAX_NESTING + 16)
         .build()
         .and_then(|mut p| p.parse_statements())
         .map_err(|e| Refusal::new(Rule::Syntax, format!("the SQL ({})", syntax_detail(&e))))?;
@@ -484,10 +479,11 @@ impl Visitor for PolicyVisitor<'_> {
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> Flow {
         self.depth += 1;
-        if self.depth > MAX_EXPR_DEPTH {
+        // Unreachable after `check_text` (the nesting score bounds this depth); a backstop.
+        if self.depth > MAX_NESTING {
             return refuse(
                 Rule::TooComplex,
-                format!("an expression nested more than {MAX_EXPR_DEPTH} levels deep"),
+                format!("an expression nested more than {MAX_NESTING} levels deep"),
             );
         }
         match expr {
@@ -749,7 +745,7 @@ mod tests {
     fn refuses_too_long_and_too_deep() {
         let long = format!(
             "SELECT count(*) FROM overlap WHERE {}",
-            "a".repeat(MAX_SQL_LEN)
+            "a".repeat(crate::MAX_SQL_LEN)
         );
         assert_eq!(rule(&long), Some("sql_too_long"));
         let chain = vec!["drinks_region = 'x'"; 200].join(" OR ");

@@ -3,6 +3,9 @@
 //! one table, `overlap`, and the aggregate-only, k-anonymous query policy of DESIGN §4.
 //!
 //! A query goes through [`Engine::prepare`]:
+//! 0. **bound** the raw text: its length and its nesting score ([`check_text`], before any
+//!    parsing); everything from here to physical planning runs on a planner thread with an
+//!    explicit stack ([`stack`]), so no query can overflow a stack;
 //! 1. **parse** with DataFusion's `DFParser`, refuse anything but one query
 //!    (and check the syntax tree: functions, clauses, tables — [`ast`]);
 //! 2. **plan** with the session and walk the logical plan with a whitelist, resolving
@@ -24,6 +27,7 @@ mod error;
 mod plan;
 mod refusal;
 mod spec;
+pub mod stack;
 
 use std::sync::Arc;
 
@@ -48,13 +52,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 /// The Arrow version the engine's batches and schemas use.
 pub use arrow;
-pub use ast::{MAX_EXPR_DEPTH, MAX_SQL_LEN};
 pub use error::EngineError;
 pub use refusal::{Refusal, Rule};
 pub use spec::{
     AggregateKind, CardinalityProblem, ColumnSpec, MIN_GROUP_SIZE, Role, TableSpec,
     dimension_cardinality_problems,
 };
+pub use stack::{MAX_NESTING, MAX_SQL_LEN, check_text, nesting_score};
 
 /// The outcome of an analyst query: an answer, or a refusal naming the rule.
 #[derive(Debug)]
@@ -100,32 +104,53 @@ impl Prepared {
     /// ORDER BY, LIMIT, projection) runs over the materialized groups. The logical plan is
     /// not optimized again, so what runs is exactly what was checked.
     pub async fn execute(self) -> Result<Answer, EngineError> {
-        let planner = DefaultPhysicalPlanner::default();
-        let aggregate = plan::find_aggregate(&self.plan)
+        let Prepared { state, plan, k } = self;
+        let aggregate = plan::find_aggregate(&plan)
             .ok_or_else(|| EngineError::Internal("checked plan has no aggregate".into()))?
             .clone();
-        let size_column = plan::group_size_column(&aggregate).ok_or_else(|| {
-            EngineError::Internal("checked aggregate has no COUNT(*) group size".into())
-        })?;
+        let gates = plan::gate_columns(&aggregate);
+        if gates.is_empty() {
+            return Err(EngineError::Internal(
+                "checked aggregate has no COUNT(*) group size".into(),
+            ));
+        }
         let agg_schema: DFSchemaRef = Arc::clone(&aggregate.schema);
-        let physical = planner
-            .create_physical_plan(&LogicalPlan::Aggregate(aggregate), &self.state)
-            .await
-            .map_err(EngineError::df("planning the aggregate"))?;
+        // Physical planning recurses over the expressions too: planner thread.
+        let planning_state = state.clone();
+        let physical = stack::on_planner_thread(move || {
+            futures::executor::block_on(
+                DefaultPhysicalPlanner::default()
+                    .create_physical_plan(&LogicalPlan::Aggregate(aggregate), &planning_state),
+            )
+        })
+        .await?
+        .map_err(EngineError::df("planning the aggregate"))?;
         let arrow_schema = physical.schema();
-        let groups = collect(physical, self.state.task_ctx())
+        let groups = collect(physical, state.task_ctx())
             .await
             .map_err(EngineError::df("computing the groups"))?;
 
+        // A group is suppressed when it, or any metric one of its cells aggregates, rests on
+        // fewer than k customers (the filter above the aggregate drops exactly these).
         let mut suppressed = 0u64;
         for batch in &groups {
-            let sizes = batch
-                .column(size_column)
-                .as_primitive_opt::<Int64Type>()
-                .ok_or_else(|| EngineError::Internal("group size column is not Int64".into()))?;
-            for i in 0..sizes.len() {
-                let size = if sizes.is_null(i) { 0 } else { sizes.value(i) };
-                if u64::try_from(size).unwrap_or(0) < self.k {
+            let mut columns = Vec::with_capacity(gates.len());
+            for &gate in &gates {
+                columns.push(
+                    batch
+                        .column(gate)
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| {
+                            EngineError::Internal("a k gate column is not Int64".into())
+                        })?,
+                );
+            }
+            for i in 0..batch.num_rows() {
+                let below_k = columns.iter().any(|sizes| {
+                    let size = if sizes.is_null(i) { 0 } else { sizes.value(i) };
+                    u64::try_from(size).unwrap_or(0) < k
+                });
+                if below_k {
                     suppressed += 1;
                 }
             }
@@ -142,13 +167,17 @@ impl Prepared {
             fetch: None,
             statistics_requests: Default::default(),
         });
-        let upper = plan::replace_aggregate(self.plan, scan)?;
-        let physical = planner
-            .create_physical_plan(&upper, &self.state)
-            .await
+        let planning_state = state.clone();
+        let (schema, physical) = stack::on_planner_thread(move || {
+            let upper = plan::replace_aggregate(plan, scan)?;
+            let physical = futures::executor::block_on(
+                DefaultPhysicalPlanner::default().create_physical_plan(&upper, &planning_state),
+            )
             .map_err(EngineError::df("planning over the groups"))?;
-        let schema = Arc::clone(upper.schema().inner());
-        let batches = collect(physical, self.state.task_ctx())
+            Ok::<_, EngineError>((Arc::clone(upper.schema().inner()), physical))
+        })
+        .await??;
+        let batches = collect(physical, state.task_ctx())
             .await
             .map_err(EngineError::df("filtering and ordering the groups"))?;
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
@@ -293,36 +322,14 @@ impl Engine {
     /// The outer `Result` is for internal failures only; an analyst's mistake or attack
     /// (including a syntax error or an unknown column) is an inner `Err(Refusal)`.
     pub async fn prepare(&self, sql: &str) -> Result<Result<Prepared, Refusal>, EngineError> {
-        let statement = match ast::parse_and_check(sql, &self.spec.aggregates, &self.spec.columns) {
-            Ok(statement) => statement,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
+        // Cheap, linear and recursion-free: refuse before a planner thread is even asked.
+        if let Err(refusal) = check_text(sql) {
+            return Ok(Err(refusal));
+        }
         let state = self.ctx.state();
-        let logical = match state.statement_to_plan(statement).await {
-            Ok(plan) => plan,
-            Err(e) => return Ok(Err(planning_refusal(&e))),
-        };
-        if let Err(refusal) = plan::check(&logical, &self.spec, plan::Stage::Initial) {
-            return Ok(Err(refusal));
-        }
-        let k = self.spec.min_group_size;
-        let rewritten = plan::add_k_filter(logical, k)?;
-        let optimized = match state.optimize(&rewritten) {
-            Ok(plan) => plan,
-            Err(e) => return Ok(Err(planning_refusal(&e))),
-        };
-        if let Err(refusal) = plan::check(&optimized, &self.spec, plan::Stage::Optimized { k }) {
-            tracing::warn!(
-                rule = refusal.rule.name(),
-                "optimized plan failed the re-check"
-            );
-            return Ok(Err(refusal));
-        }
-        Ok(Ok(Prepared {
-            state,
-            plan: optimized,
-            k,
-        }))
+        let spec = self.spec.clone();
+        let sql = sql.to_owned();
+        stack::on_planner_thread(move || plan_query(state, &spec, &sql)).await?
     }
 
     /// Prepares and runs `sql`.
@@ -332,6 +339,46 @@ impl Engine {
             Err(refusal) => Ok(Outcome::Refused(refusal)),
         }
     }
+}
+
+/// Parses, plans, checks, rewrites, optimizes and re-checks `sql` on the calling thread:
+/// run it only on a planner thread ([`stack::on_planner_thread`]), whose stack is sized for
+/// the nesting limit.
+fn plan_query(
+    state: SessionState,
+    spec: &TableSpec,
+    sql: &str,
+) -> Result<Result<Prepared, Refusal>, EngineError> {
+    let statement = match ast::parse_and_check(sql, &spec.aggregates, &spec.columns) {
+        Ok(statement) => statement,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    // Resolving the one table is the only asynchronous step, and it never waits.
+    let logical = match futures::executor::block_on(state.statement_to_plan(statement)) {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(planning_refusal(&e))),
+    };
+    if let Err(refusal) = plan::check(&logical, spec, plan::Stage::Initial) {
+        return Ok(Err(refusal));
+    }
+    let k = spec.min_group_size;
+    let rewritten = plan::add_k_filter(logical, k)?;
+    let optimized = match state.optimize(&rewritten) {
+        Ok(plan) => plan,
+        Err(e) => return Ok(Err(planning_refusal(&e))),
+    };
+    if let Err(refusal) = plan::check(&optimized, spec, plan::Stage::Optimized { k }) {
+        tracing::warn!(
+            rule = refusal.rule.name(),
+            "optimized plan failed the re-check"
+        );
+        return Ok(Err(refusal));
+    }
+    Ok(Ok(Prepared {
+        state,
+        plan: optimized,
+        k,
+    }))
 }
 
 /// Turns a DataFusion planning error (which never involves data values) into a refusal.
@@ -504,6 +551,64 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(refusal.rule, Rule::AggregateFunction);
+    }
+
+    /// `mid` (12 customers, k = 10) has a spend for one customer only: its SUM would be that
+    /// customer's figure. The row is suppressed, counted, and HAVING cannot probe it.
+    #[tokio::test]
+    async fn cells_resting_on_fewer_than_k_values_are_suppressed() {
+        let mut b = batch(1.0);
+        let spends: Vec<Option<f64>> = (0..40)
+            .map(|i| {
+                if (28..39).contains(&i) {
+                    None
+                } else {
+                    Some(1.0)
+                }
+            })
+            .collect();
+        b = RecordBatch::try_new(
+            spec().arrow_schema(),
+            vec![
+                Arc::clone(b.column(0)),
+                Arc::new(Float64Array::from(spends)),
+            ],
+        )
+        .unwrap();
+        let engine = Engine::new(spec(), vec![b]).unwrap();
+        let run = |sql: &'static str| {
+            let engine = &engine;
+            async move {
+                let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+                    panic!("refused: {sql}");
+                };
+                (
+                    corpus::render_rows(&answer.batches),
+                    answer.groups_suppressed,
+                )
+            }
+        };
+        let (rows, suppressed) =
+            run("SELECT a_tier, SUM(a_spend) AS s FROM overlap GROUP BY a_tier ORDER BY a_tier")
+                .await;
+        assert_eq!(rows, vec![vec!["big".to_string(), "25.0000".into()]]);
+        assert_eq!(suppressed, 2, "small (3 customers) and mid (1 value)");
+        let (rows, _) = run(
+            "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier HAVING SUM(a_spend) > 0 ORDER BY a_tier",
+        )
+        .await;
+        assert_eq!(rows, vec![vec!["big".to_string(), "25".into()]]);
+        let (rows, suppressed) =
+            run("SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier ORDER BY a_tier").await;
+        assert_eq!(
+            rows,
+            vec![
+                vec!["big".to_string(), "25".into()],
+                vec!["mid".into(), "12".into()]
+            ],
+            "COUNT(*) alone rests on the group's customers"
+        );
+        assert_eq!(suppressed, 1);
     }
 
     #[test]

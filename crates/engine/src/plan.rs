@@ -24,6 +24,10 @@ use crate::spec::{AggregateKind, Role, TableSpec};
 /// Name of the hidden group-size column the rewrite adds to the aggregate.
 pub(crate) const HIDDEN_COUNT: &str = "__accord_group_size";
 
+/// Prefix of the hidden `COUNT(metric)` columns the rewrite adds, one per aggregated metric:
+/// every released cell must rest on at least k customers with a value for its metric.
+pub(crate) const HIDDEN_NONNULL: &str = "__accord_nonnull_";
+
 /// Where an output column of a plan node comes from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Origin {
@@ -57,8 +61,27 @@ enum Zone {
 
 struct Walked {
     origins: Vec<Origin>,
-    /// The output comes straight from an aggregate that no k filter covers yet.
+    /// The output comes straight from an aggregate whose group size no k filter covers yet.
     ungated: bool,
+    /// Metrics (spec indices) the aggregate aggregates whose `COUNT(metric) >= k` no filter
+    /// covers yet.
+    ungated_metrics: Vec<usize>,
+}
+
+impl Walked {
+    /// Some number of the output is not yet proven to rest on at least k customers.
+    fn open(&self) -> bool {
+        self.ungated || !self.ungated_metrics.is_empty()
+    }
+}
+
+/// What a k-gate conjunct proves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gate {
+    /// Every group has at least k customers (`COUNT(*) >= k`).
+    GroupSize,
+    /// Every group has at least k customers with a value for this metric (`COUNT(m) >= k`).
+    Metric(usize),
 }
 
 struct Checker<'a> {
@@ -95,7 +118,7 @@ pub(crate) fn check(plan: &LogicalPlan, spec: &TableSpec, stage: Stage) -> Resul
             "a query without GROUP BY or an aggregate",
         ));
     }
-    if walked.ungated && matches!(stage, Stage::Optimized { .. }) {
+    if walked.open() && matches!(stage, Stage::Optimized { .. }) {
         return Err(refusal(
             Rule::PlanShape,
             "the optimized plan (its aggregate lost the k filter)",
@@ -196,6 +219,7 @@ impl Checker<'_> {
                 Ok(Walked {
                     origins,
                     ungated: false,
+                    ungated_metrics: Vec::new(),
                 })
             }
             LogicalPlan::Join(_) => Err(refusal(Rule::Join, "JOIN")),
@@ -225,7 +249,7 @@ impl Checker<'_> {
     }
 
     fn require_gated(&self, input: &Walked) -> Result<(), Refusal> {
-        if input.ungated && matches!(self.stage, Stage::Optimized { .. }) {
+        if input.open() && matches!(self.stage, Stage::Optimized { .. }) {
             return Err(refusal(
                 Rule::PlanShape,
                 "the optimized plan (ORDER BY or LIMIT below the k filter)",
@@ -273,6 +297,7 @@ impl Checker<'_> {
         Ok(Walked {
             origins,
             ungated: input.ungated,
+            ungated_metrics: input.ungated_metrics,
         })
     }
 
@@ -285,19 +310,28 @@ impl Checker<'_> {
             }
             Zone::Above => {
                 self.having(&f.predicate, &f.input, &input.origins)?;
-                let gated = match self.stage {
+                let gates: Vec<Gate> = match self.stage {
                     Stage::Optimized { k } => split_conjunction(&f.predicate)
                         .into_iter()
-                        .any(|c| is_k_gate(c, k, &f.input, &input.origins)),
-                    Stage::Initial => false,
+                        .filter_map(|c| k_gate(c, k, &f.input, &input.origins))
+                        .collect(),
+                    Stage::Initial => Vec::new(),
                 };
-                if input.ungated && !gated {
-                    self.require_gated(&input)?;
-                }
-                Ok(Walked {
+                let walked = Walked {
+                    ungated: input.ungated && !gates.contains(&Gate::GroupSize),
+                    ungated_metrics: input
+                        .ungated_metrics
+                        .iter()
+                        .copied()
+                        .filter(|m| !gates.contains(&Gate::Metric(*m)))
+                        .collect(),
                     origins: input.origins,
-                    ungated: input.ungated && !gated,
-                })
+                };
+                // A HAVING may only sit above the complete k filter, never between.
+                if walked.open() {
+                    self.require_gated(&walked)?;
+                }
+                Ok(walked)
             }
         }
     }
@@ -329,8 +363,17 @@ impl Checker<'_> {
                 }
             }
         }
+        let mut ungated_metrics = Vec::new();
         for e in &a.aggr_expr {
-            origins.push(self.aggregate_expr(e, &a.input, &input.origins)?);
+            let origin = self.aggregate_expr(e, &a.input, &input.origins)?;
+            if let Origin::Aggregate {
+                metric: Some(m), ..
+            } = origin
+                && !ungated_metrics.contains(&m)
+            {
+                ungated_metrics.push(m);
+            }
+            origins.push(origin);
         }
         if origins.len() != a.schema.fields().len() {
             return Err(refusal(Rule::GroupingSets, "ROLLUP/CUBE/GROUPING SETS"));
@@ -338,6 +381,7 @@ impl Checker<'_> {
         Ok(Walked {
             origins,
             ungated: true,
+            ungated_metrics,
         })
     }
 
@@ -365,11 +409,11 @@ impl Checker<'_> {
                 ));
             }
         };
-        let count_star = kind == AggregateKind::Count
-            && matches!(params.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null());
-        // The rewrite's hidden group size is a COUNT(*) even when the agreement does not
-        // offer COUNT to analysts (the AST check and the initial check refuse theirs).
-        let hidden_ok = count_star && matches!(self.stage, Stage::Optimized { .. });
+        // The rewrite's hidden group size and per-metric counts are COUNTs even when the
+        // agreement does not offer COUNT to analysts (the AST check and the initial check
+        // refuse theirs).
+        let hidden_ok =
+            kind == AggregateKind::Count && matches!(self.stage, Stage::Optimized { .. });
         if !self.spec.aggregates.contains(&kind) && !hidden_ok {
             return Err(refusal(
                 Rule::AggregateFunction,
@@ -569,43 +613,46 @@ fn literal_u64(v: &ScalarValue) -> Option<u64> {
     }
 }
 
-/// A conjunct that proves every row has a group size of at least `k`: a `COUNT(*)`
-/// output compared with a literal, `>= K`, `> K - 1` or `= K` with `K >= k` (either
-/// side). The optimizer may fold the rewrite's `>= k` into a stronger HAVING bound.
-fn is_k_gate(e: &Expr, k: u64, input: &LogicalPlan, origins: &[Origin]) -> bool {
+/// What a conjunct proves about every row, if it is a k gate: a `COUNT(*)` output (the
+/// group size) or a `COUNT(metric)` output compared with a literal, `>= K`, `> K - 1` or
+/// `= K` with `K >= k` (either side). The optimizer may fold the rewrite's `>= k` into a
+/// stronger HAVING bound.
+fn k_gate(e: &Expr, k: u64, input: &LogicalPlan, origins: &[Origin]) -> Option<Gate> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
-        return false;
+        return None;
     };
     let (column, op, literal) = match (left.as_ref(), right.as_ref()) {
         (Expr::Column(_), Expr::Literal(..)) => (left, *op, right),
-        (Expr::Literal(..), Expr::Column(_)) => match op.swap() {
-            Some(swapped) => (right, swapped, left),
-            None => return false,
-        },
-        _ => return false,
+        (Expr::Literal(..), Expr::Column(_)) => (right, op.swap()?, left),
+        _ => return None,
     };
     let (Expr::Column(col), Expr::Literal(value, _)) = (column.as_ref(), literal.as_ref()) else {
-        return false;
+        return None;
     };
-    let is_group_size = column_origin(col, input, origins)
-        == Some(Origin::Aggregate {
+    let gate = match column_origin(col, input, origins)? {
+        Origin::Aggregate {
             kind: AggregateKind::Count,
             metric: None,
-        });
-    let Some(bound) = literal_u64(value) else {
-        return false;
+        } => Gate::GroupSize,
+        Origin::Aggregate {
+            kind: AggregateKind::Count,
+            metric: Some(m),
+        } => Gate::Metric(m),
+        _ => return None,
     };
-    is_group_size
-        && match op {
-            Operator::GtEq | Operator::Eq => bound >= k,
-            Operator::Gt => bound.saturating_add(1) >= k,
-            _ => false,
-        }
+    let bound = literal_u64(value)?;
+    let proves = match op {
+        Operator::GtEq | Operator::Eq => bound >= k,
+        Operator::Gt => bound.saturating_add(1) >= k,
+        _ => false,
+    };
+    proves.then_some(gate)
 }
 
-/// The k rewrite: adds a hidden `count(*)` to the aggregate and a filter `>= k`
-/// directly above it (beneath HAVING, ORDER BY and LIMIT), then drops the hidden
-/// column from the output.
+/// The k rewrite: adds a hidden `count(*)` and, for every metric an aggregate reads, a hidden
+/// `count(metric)` to the aggregate, and a filter requiring each of them `>= k` directly
+/// above it (beneath HAVING, ORDER BY and LIMIT), then drops the hidden columns from the
+/// output. A row is released only if every number in it rests on at least k customers.
 pub(crate) fn add_k_filter(plan: LogicalPlan, k: u64) -> Result<LogicalPlan, EngineError> {
     let k = i64::try_from(k)
         .map_err(|_| EngineError::Internal(format!("k = {k} does not fit in an i64")))?;
@@ -614,7 +661,7 @@ pub(crate) fn add_k_filter(plan: LogicalPlan, k: u64) -> Result<LogicalPlan, Eng
         .schema()
         .columns()
         .into_iter()
-        .filter(|c| c.name != HIDDEN_COUNT)
+        .filter(|c| c.name != HIDDEN_COUNT && !c.name.starts_with(HIDDEN_NONNULL))
         .map(Expr::Column)
         .collect();
     if keep.len() == rewritten.schema().fields().len() {
@@ -639,10 +686,25 @@ fn rewrite(plan: LogicalPlan, k: i64) -> Result<LogicalPlan, EngineError> {
             .alias(HIDDEN_COUNT);
             let mut aggr_expr = agg.aggr_expr.clone();
             aggr_expr.push(hidden);
+            let mut gate = Expr::Column(Column::from_name(HIDDEN_COUNT)).gt_eq(lit(k));
+            for (i, metric) in aggregated_columns(&agg.aggr_expr).into_iter().enumerate() {
+                let name = format!("{HIDDEN_NONNULL}{i}");
+                aggr_expr.push(
+                    Expr::AggregateFunction(AggregateFunction::new_udf(
+                        count_udaf(),
+                        vec![Expr::Column(metric)],
+                        false,
+                        None,
+                        vec![],
+                        None,
+                    ))
+                    .alias(&name),
+                );
+                gate = gate.and(Expr::Column(Column::from_name(name)).gt_eq(lit(k)));
+            }
             let aggregate =
                 Aggregate::try_new(Arc::clone(&agg.input), agg.group_expr.clone(), aggr_expr)
                     .map_err(EngineError::df("adding the hidden group size"))?;
-            let gate = Expr::Column(Column::from_name(HIDDEN_COUNT)).gt_eq(lit(k));
             let filter = Filter::try_new(gate, Arc::new(LogicalPlan::Aggregate(aggregate)))
                 .map_err(EngineError::df("adding the k filter"))?;
             Ok(LogicalPlan::Filter(filter))
@@ -695,18 +757,45 @@ pub(crate) fn find_aggregate(plan: &LogicalPlan) -> Option<&Aggregate> {
     }
 }
 
-/// Index, in the aggregate's output, of a `COUNT(*)` column (the group size).
-pub(crate) fn group_size_column(agg: &Aggregate) -> Option<usize> {
+/// The distinct columns the aggregate functions of an aggregate read (the checked plan
+/// allows only bare columns, and only metrics, as arguments).
+fn aggregated_columns(aggr_expr: &[Expr]) -> Vec<Column> {
+    let mut out: Vec<Column> = Vec::new();
+    for e in aggr_expr {
+        if let Expr::AggregateFunction(AggregateFunction { params, .. }) = strip_alias(e) {
+            for arg in &params.args {
+                if let Expr::Column(c) = arg
+                    && !out.contains(c)
+                {
+                    out.push(c.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Indices, in the aggregate's output, of the columns the k filter compares with k: every
+/// plain `COUNT(*)` (the group size) and every plain `COUNT(column)` (customers with a value
+/// for an aggregated metric). A group is released only if all of them are at least k.
+pub(crate) fn gate_columns(agg: &Aggregate) -> Vec<usize> {
     agg.aggr_expr
         .iter()
-        .position(|e| {
-            matches!(strip_alias(e), Expr::AggregateFunction(AggregateFunction { func, params })
-            if func.name() == "count"
-                && !params.distinct
-                && params.filter.is_none()
-                && matches!(params.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null()))
+        .enumerate()
+        .filter(|(_, e)| {
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = strip_alias(e) else {
+                return false;
+            };
+            let plain_count = func.name() == "count" && !params.distinct && params.filter.is_none();
+            let counted = match params.args.as_slice() {
+                [Expr::Literal(v, _)] => !v.is_null(),
+                [Expr::Column(_)] => true,
+                _ => false,
+            };
+            plain_count && counted
         })
-        .map(|i| agg.group_expr.len() + i)
+        .map(|(i, _)| agg.group_expr.len() + i)
+        .collect()
 }
 
 #[cfg(test)]

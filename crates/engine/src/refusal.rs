@@ -79,7 +79,7 @@ pub enum Rule {
     OrderBy,
     /// A `LIMIT` or `OFFSET` that is not a literal.
     Limit,
-    /// The query nests expressions too deeply.
+    /// The query's nesting score is over [`crate::MAX_NESTING`] (checked before parsing).
     TooComplex,
     /// The query uses a name reserved for the policy's own columns.
     ReservedName,
@@ -265,7 +265,9 @@ impl Rule {
                 "is not a group key or an aggregate: ORDER BY takes selected columns only"
             }
             Rule::Limit => "is not a literal: LIMIT and OFFSET take a non-negative integer",
-            Rule::TooComplex => "nests too deeply: simplify the query",
+            Rule::TooComplex => {
+                "nests too deeply (brackets, NOT, operators, CASE, function calls and subqueries all count): simplify the query"
+            }
             Rule::ReservedName => "is reserved for the policy's own columns: choose another name",
             Rule::Clause => "is not allowed in an analyst query",
             Rule::InvalidQuery => "cannot be planned",

@@ -45,6 +45,17 @@ fn groups<Key: std::hash::Hash + Eq + Ord + Clone>(
     keep: impl Fn(&Row) -> bool,
     key: impl Fn(&Row) -> Key,
 ) -> Vec<(Key, Vec<&Row>)> {
+    released(rows, keep, key, &[])
+}
+
+/// Like [`groups`] for a query that aggregates `metrics`: a group is released only if it
+/// has at least k customers, and at least k customers with a value for each metric.
+fn released<'a, Key: std::hash::Hash + Eq + Ord + Clone>(
+    rows: &'a [Row],
+    keep: impl Fn(&Row) -> bool,
+    key: impl Fn(&Row) -> Key,
+    metrics: &[fn(&Row) -> Option<f64>],
+) -> Vec<(Key, Vec<&'a Row>)> {
     let mut map: HashMap<Key, Vec<&Row>> = HashMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
         map.entry(key(r)).or_default().push(r);
@@ -52,6 +63,11 @@ fn groups<Key: std::hash::Hash + Eq + Ord + Clone>(
     let mut out: Vec<(Key, Vec<&Row>)> = map
         .into_iter()
         .filter(|(_, g)| g.len() as u64 >= K)
+        .filter(|(_, g)| {
+            metrics
+                .iter()
+                .all(|m| g.iter().filter(|r| m(r).is_some()).count() as u64 >= K)
+        })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
@@ -84,7 +100,7 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         (vec!["drinks_loyalty_tier", "count(*)"], out)
     });
     m.insert("sum_avg_by_region_ordered", |rows| {
-        let out = groups(rows, |_| true, |r| r.region)
+        let out = released(rows, |_| true, |r| r.region, &[ds])
             .into_iter()
             .map(|(k, g)| vec![s(k), fl(sum(&g, ds)), fl(avg(&g, ds))])
             .collect();
@@ -95,6 +111,7 @@ fn oracles() -> HashMap<&'static str, Oracle> {
     });
     m.insert("global_sum_snacks", |rows| {
         let all: Vec<&Row> = rows.iter().collect();
+        assert!(all.iter().filter(|r| r.snacks_spend.is_some()).count() as u64 >= K);
         (
             vec!["s", "a"],
             vec![vec![fl(sum(&all, ss)), fl(avg(&all, ss))]],
@@ -187,7 +204,7 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         (vec!["drinks_region", "n"], count_by_region(rows, |_| true))
     });
     m.insert("count_metric_column", |rows| {
-        let out = groups(rows, |_| true, |r| r.tier)
+        let out = released(rows, |_| true, |r| r.tier, &[ds])
             .into_iter()
             .map(|(k, g)| {
                 let n = g.iter().filter(|r| r.drinks_spend.is_some()).count();
@@ -200,14 +217,14 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         (vec!["drinks_region", "n"], count_by_region(rows, |_| true))
     });
     m.insert("snacks_by_favourite", |rows| {
-        let out = groups(rows, |_| true, |r| r.favourite)
+        let out = released(rows, |_| true, |r| r.favourite, &[ss])
             .into_iter()
             .map(|(k, g)| vec![s(k), g.len().to_string(), fl(sum(&g, ss)), fl(avg(&g, ss))])
             .collect();
         (vec!["snacks_favourite", "n", "total", "mean"], out)
     });
     m.insert("cross_party_counts", |rows| {
-        let out = groups(rows, |_| true, |r| (r.favourite, r.tier))
+        let out = released(rows, |_| true, |r| (r.favourite, r.tier), &[ds])
             .into_iter()
             .map(|((a, b), g)| vec![s(a), s(b), g.len().to_string(), fl(avg(&g, ds))])
             .collect();
@@ -217,7 +234,7 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         )
     });
     m.insert("having_sum_and_count", |rows| {
-        let out = groups(rows, |_| true, |r| r.favourite)
+        let out = released(rows, |_| true, |r| r.favourite, &[ds])
             .into_iter()
             .filter(|(_, g)| sum(g, ds).is_some_and(|v| v > 50000.0) && g.len() >= 20)
             .map(|(k, g)| vec![s(k), fl(sum(&g, ds))])
@@ -240,11 +257,83 @@ fn oracles() -> HashMap<&'static str, Oracle> {
         (vec!["drinks_loyalty_tier"], out)
     });
     m.insert("where_on_other_party", |rows| {
-        let out = groups(rows, |r| r.favourite == Some("chocolate"), |r| r.tier)
-            .into_iter()
-            .map(|(k, g)| vec![s(k), fl(sum(&g, ds))])
-            .collect();
+        let out = released(
+            rows,
+            |r| r.favourite == Some("chocolate"),
+            |r| r.tier,
+            &[ds],
+        )
+        .into_iter()
+        .map(|(k, g)| vec![s(k), fl(sum(&g, ds))])
+        .collect();
         (vec!["drinks_loyalty_tier", "total"], out)
+    });
+    // Every released cell rests on at least k customers with a value (the `mints` group has
+    // 20 customers but one snacks figure).
+    m.insert("avg_sparse_metric_suppressed", |rows| {
+        let out = released(rows, |_| true, |r| r.favourite, &[ss])
+            .into_iter()
+            .map(|(k, g)| vec![s(k), fl(avg(&g, ss))])
+            .collect();
+        (vec!["snacks_favourite", "a"], out)
+    });
+    m.insert("count_sparse_metric_suppressed", |rows| {
+        let out = released(rows, |_| true, |r| r.favourite, &[ss])
+            .into_iter()
+            .map(|(k, g)| {
+                let n = g.iter().filter(|r| r.snacks_spend.is_some()).count();
+                vec![s(k), n.to_string()]
+            })
+            .collect();
+        (vec!["snacks_favourite", "n"], out)
+    });
+    m.insert("count_star_keeps_sparse_group", |rows| {
+        let out = groups(rows, |_| true, |r| r.favourite)
+            .into_iter()
+            .map(|(k, g)| vec![s(k), g.len().to_string()])
+            .collect();
+        (vec!["snacks_favourite", "n"], out)
+    });
+    m.insert("sparse_group_other_metric", |rows| {
+        let out = released(rows, |_| true, |r| r.favourite, &[ds])
+            .into_iter()
+            .map(|(k, g)| vec![s(k), fl(avg(&g, ds))])
+            .collect();
+        (vec!["snacks_favourite", "d"], out)
+    });
+    m.insert("mixed_metrics_row_suppressed", |rows| {
+        let out = released(rows, |_| true, |r| r.favourite, &[ds, ss])
+            .into_iter()
+            .map(|(k, g)| vec![s(k), g.len().to_string(), fl(avg(&g, ds)), fl(avg(&g, ss))])
+            .collect();
+        (vec!["snacks_favourite", "n", "d", "s"], out)
+    });
+    m.insert("having_on_sparse_cell", |rows| {
+        let out = released(rows, |_| true, |r| r.favourite, &[ss])
+            .into_iter()
+            .filter(|(_, g)| sum(g, ss).is_some_and(|v| v >= 0.0))
+            .map(|(k, g)| vec![s(k), g.len().to_string()])
+            .collect();
+        (vec!["snacks_favourite", "n"], out)
+    });
+    m.insert("order_limit_sparse_cell", |rows| {
+        let mut out: Vec<(Option<f64>, Vec<String>)> =
+            released(rows, |_| true, |r| r.favourite, &[ss])
+                .into_iter()
+                .map(|(k, g)| (sum(&g, ss), vec![s(k), fl(sum(&g, ss))]))
+                .collect();
+        out.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        (
+            vec!["snacks_favourite", "s"],
+            out.into_iter().take(1).map(|(_, r)| r).collect(),
+        )
+    });
+    m.insert("where_sparse_group_global", |rows| {
+        let out = released(rows, |r| r.favourite == Some("mints"), |_| (), &[ss])
+            .into_iter()
+            .map(|(_, g)| vec![fl(sum(&g, ss))])
+            .collect();
+        (vec!["s"], out)
     });
     m
 }

@@ -122,6 +122,10 @@ pub mod limits {
     pub const MAX_AUDIT_PAGE_ENTRIES: usize = 256;
     /// Largest registration allow-list file the room reads (about 10 000 keys).
     pub const MAX_ALLOW_LIST_BYTES: usize = 1024 * 1024;
+    /// Longest Flight SQL name filter (a catalog name or a `LIKE` pattern for schema and
+    /// table names), in bytes. The only names are `overlap` and the empty schema; the cap
+    /// bounds the matching work one metadata call can ask for.
+    pub const MAX_NAME_PATTERN_BYTES: usize = 256;
 }
 
 /// A byte field that is not a whole number of fixed-size items, or has the wrong count.

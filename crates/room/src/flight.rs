@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use accord_proto::limits::MAX_NAME_PATTERN_BYTES;
 use accord_proto::v1;
 use arrow::datatypes::Schema;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -358,6 +359,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
+        check_tables_filters(&query)?;
         let schema = query.clone().into_builder().schema();
         metadata_info(
             query.as_any().encode_to_vec(),
@@ -372,6 +374,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         let (slot, _) = self.analyst(request.metadata())?;
+        check_tables_filters(&query)?;
         let table_schema = self.room.overlap_schema(&slot).await.map_err(status)?;
         let name_matches = query
             .table_name_filter_pattern
@@ -426,6 +429,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.analyst(request.metadata())?;
+        check_schemas_filters(&query)?;
         let schema = query.clone().into_builder().schema();
         metadata_info(
             query.as_any().encode_to_vec(),
@@ -440,6 +444,7 @@ impl FlightSqlService for FlightRoom {
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
         self.analyst(request.metadata())?;
+        check_schemas_filters(&query)?;
         let mut builder = query.into_builder();
         builder.append("", "");
         let schema = builder.schema();
@@ -503,19 +508,72 @@ fn metadata_info(
     Ok(Response::new(info))
 }
 
-/// SQL LIKE with `%` and `_`, for Flight SQL's table name filter.
-fn like(pattern: &str, text: &str) -> bool {
-    fn go(p: &[char], t: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('%', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            Some(('_', rest)) => !t.is_empty() && go(rest, &t[1..]),
-            Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
-        }
+/// Refuses a Flight SQL name filter longer than [`MAX_NAME_PATTERN_BYTES`].
+fn check_name_filter(field: &str, value: Option<&str>) -> Result<(), Status> {
+    match value {
+        Some(v) if v.len() > MAX_NAME_PATTERN_BYTES => Err(Status::invalid_argument(format!(
+            "{field} is {} bytes long; the limit is {MAX_NAME_PATTERN_BYTES} bytes (the only table is overlap, in the schema \"\")",
+            v.len()
+        ))),
+        _ => Ok(()),
     }
+}
+
+fn check_tables_filters(query: &CommandGetTables) -> Result<(), Status> {
+    check_name_filter("the catalog", query.catalog.as_deref())?;
+    check_name_filter(
+        "the db_schema_filter_pattern",
+        query.db_schema_filter_pattern.as_deref(),
+    )?;
+    check_name_filter(
+        "the table_name_filter_pattern",
+        query.table_name_filter_pattern.as_deref(),
+    )
+}
+
+fn check_schemas_filters(query: &CommandGetDbSchemas) -> Result<(), Status> {
+    check_name_filter("the catalog", query.catalog.as_deref())?;
+    check_name_filter(
+        "the db_schema_filter_pattern",
+        query.db_schema_filter_pattern.as_deref(),
+    )
+}
+
+/// SQL LIKE with `%` (any run) and `_` (one character), for Flight SQL's table name filter.
+///
+/// Greedy matching that remembers only the last `%` to fall back to: at worst
+/// O(pattern × text) steps, never the exponential backtracking of trying every split for
+/// every `%` (a pattern of a few dozen `%` used to keep a core busy for minutes). With the
+/// text fixed (`overlap`) and the pattern capped, the time is linear in the pattern.
+fn like(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
+    let (mut pi, mut ti) = (0usize, 0usize);
+    // After the last `%` seen: the pattern position following it, and the text position
+    // the `%` currently stretches to.
+    let mut fallback: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('%') => {
+                fallback = Some((pi + 1, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '_' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match fallback {
+                // Let the last `%` swallow one more character and retry from there.
+                Some((after, stretched)) => {
+                    fallback = Some((after, stretched + 1));
+                    pi = after;
+                    ti = stretched + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == '%')
 }
 
 #[cfg(test)]
@@ -524,9 +582,44 @@ mod tests {
 
     #[test]
     fn like_patterns() {
-        assert!(like("%", "overlap"));
-        assert!(like("over%", "overlap"));
-        assert!(like("_verlap", "overlap"));
-        assert!(!like("other", "overlap"));
+        let cases = [
+            ("%", "overlap", true),
+            ("over%", "overlap", true),
+            ("_verlap", "overlap", true),
+            ("other", "overlap", false),
+            ("overlap", "overlap", true),
+            ("overla", "overlap", false),
+            ("overlapp", "overlap", false),
+            ("%lap", "overlap", true),
+            ("%l%p", "overlap", true),
+            ("%x%", "overlap", false),
+            ("o%a_", "overlap", true),
+            ("o%a__", "overlap", false),
+            ("%%%", "", true),
+            ("_", "", false),
+            ("", "", true),
+            ("", "overlap", false),
+            ("%o%e%l%a%p%", "overlap", true),
+            ("%p%o", "overlap", false),
+            ("%erl%", "overlap", true),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(like(pattern, text), expected, "{pattern:?} LIKE {text:?}");
+        }
+    }
+
+    /// A pattern of many `%` used to take exponential time; the answer must come (the cap
+    /// on pattern length keeps the input bounded).
+    #[test]
+    fn many_percent_signs_are_matched_in_linear_time() {
+        let max = accord_proto::limits::MAX_NAME_PATTERN_BYTES;
+        let no = format!("{}x", "%".repeat(max - 1));
+        assert!(!like(&no, "overlap"));
+        let yes = format!("{}overlap", "%".repeat(max - 7));
+        assert!(like(&yes, "overlap"));
+        let interleaved = format!("{}%p", "%_".repeat((max - 2) / 2));
+        assert!(!like(&interleaved, "overlap"));
+        let long_text = "o".repeat(10_000);
+        assert!(!like(&format!("{}x", "%".repeat(max - 1)), &long_text));
     }
 }

@@ -1537,11 +1537,16 @@ impl Room {
                 head: self.head(slot),
             });
         }
-        match engine
-            .query(sql)
-            .await
-            .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?
-        {
+        // The length and nesting limits are checked on the raw text, and a refusal logged,
+        // before anything parses or plans it (the engine checks again: defence in depth).
+        let outcome = match accord_engine::check_text(sql) {
+            Err(refusal) => Outcome::Refused(refusal),
+            Ok(()) => engine
+                .query(sql)
+                .await
+                .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?,
+        };
+        match outcome {
             Outcome::Refused(refusal) => {
                 let rule = refusal.rule.name().to_owned();
                 let message = refusal.to_string();

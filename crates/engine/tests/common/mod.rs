@@ -51,7 +51,9 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 /// `n` deterministic rows. Some values are deliberately rare (fewer than k rows):
-/// tier `platinum`, region `island`, favourite `liquorice`.
+/// tier `platinum`, region `island`, favourite `liquorice`. Favourite `mints` is common
+/// (20 customers in 2000) but its `snacks_weekly_spend` is sparse: only customer 42 has one,
+/// so any SUM/AVG/COUNT of it over `mints` would be that one customer's figure.
 pub fn rows(n: usize) -> Vec<Row> {
     (0..n)
         .map(|i| {
@@ -83,6 +85,8 @@ pub fn rows(n: usize) -> Vec<Row> {
             };
             let favourite = if i % 701 == 3 {
                 Some("liquorice")
+            } else if i % 100 == 42 {
+                Some("mints")
             } else {
                 match h(5) % 10 {
                     0 => None,
@@ -91,7 +95,8 @@ pub fn rows(n: usize) -> Vec<Row> {
                     _ => Some("nuts"),
                 }
             };
-            let snacks_spend = if h(6) % 25 == 0 {
+            let sparse = favourite == Some("mints") && i != 42;
+            let snacks_spend = if sparse || h(6) % 25 == 0 {
                 None
             } else {
                 Some((h(7) % 101) as f64)
