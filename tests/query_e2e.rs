@@ -91,8 +91,10 @@ fn check(case: &corpus::Case, outcome: Result<Vec<RecordBatch>, String>, via: &s
             );
         }
         (Expect::Refused(rule), Err(message)) => {
+            // Both transports put the rule in brackets ("[rule] …" over gRPC, "query refused
+            // [rule]: …" over Flight SQL): match it whole, not as a substring of another rule.
             assert!(
-                message.contains(rule.as_str()),
+                message.contains(&format!("[{rule}]")),
                 "{via} {}: expected rule {rule}, got {message}",
                 case.name
             );
