@@ -16,6 +16,7 @@ fn challenge_request(
     id: &str,
     principal: v1::principal::Kind,
     nonce: [u8; 32],
+    key: &SecretKey,
 ) -> v1::ChallengeRequest {
     v1::ChallengeRequest {
         agreement: id.into(),
@@ -23,10 +24,21 @@ fn challenge_request(
             kind: Some(principal),
         }),
         client_nonce: nonce.to_vec(),
+        public_key: key.public_key().to_bytes().to_vec(),
     }
 }
 
-/// Answers `challenge` as `role`/`name` with `key`, claiming the room key is `room_key`.
+/// The name a principal signs (an analyst given by key signs the empty name).
+fn principal_name(principal: &v1::principal::Kind) -> String {
+    match principal {
+        v1::principal::Kind::Party(n)
+        | v1::principal::Kind::Analyst(n)
+        | v1::principal::Kind::Auditor(n) => n.clone(),
+        v1::principal::Kind::AnalystKey(_) => String::new(),
+    }
+}
+
+/// Answers `challenge` as `role` with `key`, claiming the room key is `room_key`.
 fn answer(
     id: &str,
     principal: v1::principal::Kind,
@@ -36,11 +48,11 @@ fn answer(
     room_key: &[u8; 32],
     key: &SecretKey,
 ) -> v1::AuthenticateRequest {
-    let fp: accord_agreement::Fingerprint = challenge.fingerprint.parse().unwrap();
     let message = accord_proto::signed::auth_challenge(
-        fp.as_bytes(),
+        id,
         role,
-        &challenge.principal_name,
+        &principal_name(&principal),
+        &key.public_key().to_bytes(),
         &challenge.room_nonce.as_slice().try_into().unwrap(),
         &client_nonce,
         room_key,
@@ -56,6 +68,7 @@ fn answer(
             .sign(Purpose::AuthChallenge, &message)
             .to_bytes()
             .to_vec(),
+        public_key: key.public_key().to_bytes().to_vec(),
     }
 }
 
@@ -77,9 +90,10 @@ async fn a_challenge_signed_for_another_room_key_is_refused() {
     let relay_key = SecretKey::from_seed(&[0xee; 32]).public_key().to_bytes();
     let real_key = room.public_key().to_bytes();
     assert_ne!(relay_key, real_key);
+    let drinks = keys.drinks();
 
     let c = room
-        .challenge(challenge_request("def-relay", party(), [1; 32]))
+        .challenge(challenge_request("def-relay", party(), [1; 32], &drinks))
         .unwrap();
     assert_eq!(c.room_public_key, real_key.to_vec());
     let req = answer(
@@ -89,27 +103,15 @@ async fn a_challenge_signed_for_another_room_key_is_refused() {
         [1; 32],
         &c,
         &relay_key,
-        &keys.drinks(),
+        &drinks,
     );
     let err = room.authenticate(req).unwrap_err();
-    assert!(matches!(err, RoomError::Unauthenticated(_)), "{err:?}");
-    assert!(err.to_string().contains("does not verify"), "{err}");
-    // The challenge is used up by the failed attempt: no second try with the same nonce.
-    let req = answer(
-        "def-relay",
-        party(),
-        "party",
-        [1; 32],
-        &c,
-        &real_key,
-        &keys.drinks(),
-    );
-    let err = room.authenticate(req).unwrap_err();
-    assert!(err.to_string().contains("unknown or already used"), "{err}");
+    assert!(matches!(err, RoomError::PermissionDenied(_)), "{err:?}");
+    assert_eq!(err.to_string(), accord_room::NOT_AUTHORIZED);
 
     // Other fields of the signed challenge are bound too: role, client nonce.
     let c = room
-        .challenge(challenge_request("def-relay", party(), [2; 32]))
+        .challenge(challenge_request("def-relay", party(), [2; 32], &drinks))
         .unwrap();
     let req = answer(
         "def-relay",
@@ -118,11 +120,11 @@ async fn a_challenge_signed_for_another_room_key_is_refused() {
         [2; 32],
         &c,
         &real_key,
-        &keys.drinks(),
+        &drinks,
     );
     assert!(room.authenticate(req).is_err(), "signed as another role");
     let c = room
-        .challenge(challenge_request("def-relay", party(), [3; 32]))
+        .challenge(challenge_request("def-relay", party(), [3; 32], &drinks))
         .unwrap();
     let mut req = answer(
         "def-relay",
@@ -131,14 +133,18 @@ async fn a_challenge_signed_for_another_room_key_is_refused() {
         [3; 32],
         &c,
         &real_key,
-        &keys.drinks(),
+        &drinks,
     );
     req.client_nonce = vec![4; 32];
-    assert!(room.authenticate(req).is_err(), "another client nonce");
+    let err = room.authenticate(req).unwrap_err();
+    assert!(
+        matches!(err, RoomError::Unauthenticated(_)),
+        "another client nonce: {err:?}"
+    );
 
-    // Positive control: the honest answer works.
+    // Positive control: the honest answer works, once.
     let c = room
-        .challenge(challenge_request("def-relay", party(), [5; 32]))
+        .challenge(challenge_request("def-relay", party(), [5; 32], &drinks))
         .unwrap();
     let req = answer(
         "def-relay",
@@ -147,10 +153,12 @@ async fn a_challenge_signed_for_another_room_key_is_refused() {
         [5; 32],
         &c,
         &real_key,
-        &keys.drinks(),
+        &drinks,
     );
-    let session = room.authenticate(req).unwrap();
+    let session = room.authenticate(req.clone()).unwrap();
     assert_eq!(session.session_token.len(), 64);
+    let err = room.authenticate(req).unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
 }
 
 #[tokio::test]
@@ -159,57 +167,82 @@ async fn principals_the_agreement_does_not_name_are_refused() {
     let keys = Keys::new(111);
     let text = agreement_text("def-principal", 1, &keys, 10, 1000);
     let room = room_with(dir.path(), &text).await;
+    let real_key = room.public_key().to_bytes();
     let mallory = SecretKey::from_seed(&[0xdd; 32]);
-    for (kind, expected) in [
+    // Each signs correctly with its own key; none is a principal the agreement names with
+    // that key, so each gets the one "not authorized" answer (and the challenge itself,
+    // issued without looking anything up, tells nothing).
+    for (kind, role, key) in [
         (
             v1::principal::Kind::Analyst("mallory@x.example".into()),
-            "not an analyst named",
+            "analyst",
+            &mallory,
         ),
         (
             v1::principal::Kind::AnalystKey(mallory.public_key().to_bytes().to_vec()),
-            "no analyst of agreement def-principal has the key",
+            "analyst",
+            &mallory,
         ),
         // A party's key is not an analyst's key.
         (
             v1::principal::Kind::AnalystKey(keys.drinks().public_key().to_bytes().to_vec()),
-            "no analyst of agreement def-principal has the key",
+            "analyst",
+            &keys.drinks(),
         ),
-        (v1::principal::Kind::Party("cheese".into()), "not a party"),
+        (
+            v1::principal::Kind::Party("cheese".into()),
+            "party",
+            &keys.drinks(),
+        ),
+        // The named analyst's name with someone else's key.
+        (
+            v1::principal::Kind::Analyst("ana@drinks.example".into()),
+            "analyst",
+            &mallory,
+        ),
+        (
+            v1::principal::Kind::Analyst("ana@drinks.example".into()),
+            "analyst",
+            &keys.drinks(),
+        ),
     ] {
-        let err = room
-            .challenge(challenge_request("def-principal", kind.clone(), [1; 32]))
-            .unwrap_err();
-        assert!(
-            matches!(err, RoomError::PermissionDenied(_)),
-            "{kind:?}: {err:?}"
-        );
-        assert!(err.to_string().contains(expected), "{kind:?}: {err}");
-    }
-    // The named analyst, signing with someone else's key, is refused at authentication.
-    let ana = || v1::principal::Kind::Analyst("ana@drinks.example".into());
-    let c = room
-        .challenge(challenge_request("def-principal", ana(), [7; 32]))
-        .unwrap();
-    let real_key = room.public_key().to_bytes();
-    for key in [&mallory, &keys.drinks()] {
-        let c2 = room
-            .challenge(challenge_request("def-principal", ana(), [8; 32]))
+        let c = room
+            .challenge(challenge_request(
+                "def-principal",
+                kind.clone(),
+                [1; 32],
+                key,
+            ))
             .unwrap();
         let req = answer(
             "def-principal",
-            ana(),
-            "analyst",
-            [8; 32],
-            &c2,
+            kind.clone(),
+            role,
+            [1; 32],
+            &c,
             &real_key,
             key,
         );
         let err = room.authenticate(req).unwrap_err();
-        assert!(err.to_string().contains("does not verify"), "{err}");
+        assert!(
+            matches!(err, RoomError::PermissionDenied(_)),
+            "{kind:?}: {err:?}"
+        );
+        assert_eq!(err.to_string(), accord_room::NOT_AUTHORIZED, "{kind:?}");
     }
+    // Positive control: the named analyst with its key.
+    let ana = v1::principal::Kind::Analyst("ana@drinks.example".into());
+    let c = room
+        .challenge(challenge_request(
+            "def-principal",
+            ana.clone(),
+            [7; 32],
+            &keys.analyst(),
+        ))
+        .unwrap();
     let req = answer(
         "def-principal",
-        ana(),
+        ana,
         "analyst",
         [7; 32],
         &c,
@@ -248,14 +281,6 @@ async fn tombstones_of_revoked_and_expired_agreements_survive_a_restart() {
         err.to_string().contains("was revoked")
             && err.to_string().contains("never be registered again"),
         "{err}"
-    );
-    assert!(
-        room.challenge(challenge_request(
-            &fp.to_string(),
-            v1::principal::Kind::Party("drinks".into()),
-            [1; 32]
-        ))
-        .is_err()
     );
 
     // Expiry: an agreement whose window ends while the room is down is ended at the next
@@ -332,8 +357,7 @@ async fn the_room_enforces_the_upload_cap() {
             .flat_map(|i| domain.hash_compressed(&[b'a', i]))
             .collect();
         let rows = ids.len();
-        let message = accord_proto::signed::upload_batch(fp.as_bytes(), "drinks", n, &points);
-        v1::UploadBatch {
+        let mut b = v1::UploadBatch {
             batch_number: n,
             handles: ids.flat_map(|i| [i; 16]).collect(),
             points,
@@ -360,12 +384,18 @@ async fn the_room_enforces_the_upload_cap() {
                     })),
                 },
             ],
-            signature: keys
-                .drinks()
-                .sign(Purpose::UploadBatch, &message)
-                .to_bytes()
-                .to_vec(),
-        }
+            salt: vec![3; 32],
+            ..Default::default()
+        };
+        let digest = accord_proto::rows_digest(&[3; 32], &b.handles, &b.columns);
+        let message =
+            accord_proto::signed::upload_batch(fp.as_bytes(), "drinks", n, &b.points, &digest);
+        b.signature = keys
+            .drinks()
+            .sign(Purpose::UploadBatch, &message)
+            .to_bytes()
+            .to_vec();
+        b
     };
     let send = |b: v1::UploadBatch| {
         let mut psi = psi.clone();

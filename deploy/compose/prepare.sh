@@ -9,7 +9,10 @@ ACCORD="${ACCORD:-accord}"
 mkdir -p "$here/work"
 "$ACCORD" dev-certs "$here/work/certs" --san room
 for who in drinks snacks analyst; do
-  [ -f "$here/work/$who.key" ] || "$ACCORD" keygen --out "$here/work/$who.key"
+  # keygen prints the public key: keep it for the agreement and the allow-list.
+  [ -f "$here/work/$who.key" ] || "$ACCORD" keygen --out "$here/work/$who.key" > "$here/work/$who.pub"
 done
+# The room listens beyond loopback, so only listed party keys may register agreements.
+cat "$here/work/drinks.pub" "$here/work/snacks.pub" > "$here/work/registration-allow.txt"
 # The containers run as uid 65532 and refuse key files other users can read.
 if [ "$(id -u)" = 0 ]; then chown -R 65532:65532 "$here/work"; fi

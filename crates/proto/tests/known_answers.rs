@@ -21,48 +21,127 @@ const FP_HEX: &str = "1111111111111111111111111111111111111111111111111111111111
 
 #[test]
 fn auth_challenge_layout() {
-    // fingerprint(32) ‖ str(role) ‖ str(name) ‖ room_nonce(32) ‖ client_nonce(32) ‖ room_public_key(32)
-    let expected = bytes(&format!(
-        "{FP_HEX}
+    // str(agreement) ‖ str(role) ‖ str(name) ‖ public_key(32) ‖ room_nonce(32) ‖
+    // client_nonce(32) ‖ room_public_key(32)
+    let expected = bytes(
+        "0000000000000003 616772
          0000000000000005 7061727479
          0000000000000003 616e61
+         5555555555555555555555555555555555555555555555555555555555555555
          2222222222222222222222222222222222222222222222222222222222222222
          3333333333333333333333333333333333333333333333333333333333333333
-         4444444444444444444444444444444444444444444444444444444444444444"
-    ));
+         4444444444444444444444444444444444444444444444444444444444444444",
+    );
     assert_eq!(
-        signed::auth_challenge(&FP, "party", "ana", &[0x22; 32], &[0x33; 32], &[0x44; 32]),
+        signed::auth_challenge(
+            "agr",
+            "party",
+            "ana",
+            &[0x55; 32],
+            &[0x22; 32],
+            &[0x33; 32],
+            &[0x44; 32]
+        ),
         expected
     );
     let expected = bytes(&format!(
-        "{FP_HEX}
+        "0000000000000040 {}
          0000000000000007 616e616c797374
          0000000000000000
+         5555555555555555555555555555555555555555555555555555555555555555
          2222222222222222222222222222222222222222222222222222222222222222
          3333333333333333333333333333333333333333333333333333333333333333
-         4444444444444444444444444444444444444444444444444444444444444444"
+         4444444444444444444444444444444444444444444444444444444444444444",
+        hex_of(FP_HEX)
     ));
     assert_eq!(
-        signed::auth_challenge(&FP, "analyst", "", &[0x22; 32], &[0x33; 32], &[0x44; 32]),
+        signed::auth_challenge(
+            FP_HEX,
+            "analyst",
+            "",
+            &[0x55; 32],
+            &[0x22; 32],
+            &[0x33; 32],
+            &[0x44; 32]
+        ),
         expected
     );
 }
 
+/// The hex of a text's UTF-8 bytes.
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
 fn upload_batch_layout() {
-    // fingerprint(32) ‖ str(party) ‖ u64be(batch_number) ‖ u64be(n) ‖ SHA-256(points)(32)
+    // fingerprint(32) ‖ str(party) ‖ u64be(batch_number) ‖ u64be(n) ‖ SHA-256(points)(32) ‖
+    // rows_digest(32)
     let points = [[1u8; 32], [2u8; 32]].concat();
     let expected = bytes(&format!(
         "{FP_HEX}
          0000000000000006 6472696e6b73
          0000000000000103
          0000000000000002
-         f818afd37a6dc3bc92fb44731011277006db4efa6e9023cd7468c02335d22a4d"
+         f818afd37a6dc3bc92fb44731011277006db4efa6e9023cd7468c02335d22a4d
+         6666666666666666666666666666666666666666666666666666666666666666"
     ));
     assert_eq!(
-        signed::upload_batch(&FP, "drinks", 0x103, &points),
+        signed::upload_batch(&FP, "drinks", 0x103, &points, &[0x66; 32]),
         expected
     );
+}
+
+#[test]
+fn rows_digest_layout() {
+    // SHA-256("accord/v2/batch-rows" ‖ 0x00 ‖ salt(32) ‖ SHA-256(handles)(32) ‖ columns),
+    // a column = str(name) ‖ kind ‖ u64be(count) ‖ values ‖ u64be(flags) ‖ flags.
+    use accord_proto::v1;
+    use sha2::{Digest, Sha256};
+    let handles = [0xabu8; 32];
+    let columns = vec![
+        v1::Column {
+            name: "tier".into(),
+            values: Some(v1::column::Values::Text(v1::TextValues {
+                values: vec!["gold".into()],
+                present: vec![],
+            })),
+        },
+        v1::Column {
+            name: "spend".into(),
+            values: Some(v1::column::Values::Number(v1::NumberValues {
+                values: vec![1.5, 0.0],
+                present: vec![true, false],
+            })),
+        },
+    ];
+    let mut preimage = b"accord/v2/batch-rows\0".to_vec();
+    preimage.extend_from_slice(&[0x77; 32]);
+    preimage.extend_from_slice(&Sha256::digest(handles));
+    preimage.extend_from_slice(&bytes(
+        "0000000000000004 74696572 01
+         0000000000000001 0000000000000004 676f6c64
+         0000000000000000
+         0000000000000005 7370656e64 02
+         0000000000000002 3ff8000000000000 0000000000000000
+         0000000000000002 01 00",
+    ));
+    let expected: [u8; 32] = Sha256::digest(&preimage).into();
+    assert_eq!(
+        accord_proto::rows_digest(&[0x77; 32], &handles, &columns),
+        expected
+    );
+}
+
+#[test]
+fn key_commitment_layout() {
+    // fingerprint(32) ‖ str(party) ‖ K(32)
+    let expected = bytes(&format!(
+        "{FP_HEX}
+         0000000000000006 736e61636b73
+         8888888888888888888888888888888888888888888888888888888888888888"
+    ));
+    assert_eq!(signed::key_commitment(&FP, "snacks", &[0x88; 32]), expected);
 }
 
 #[test]
