@@ -410,9 +410,7 @@ fn connect_error(
              or not an Accord room"
         ));
     }
-    if !secure
-        && (chain.contains("connection closed") || chain.contains("frame") || chain.contains("h2"))
-    {
+    if !secure && chain.contains("h2 protocol error") {
         return PartyError::Refused(format!(
             "could not speak plain HTTP/2 to {url} ({chain}): if the room serves TLS, use https://"
         ));
