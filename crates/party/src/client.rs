@@ -414,6 +414,23 @@ pub fn tls_call_failure(url: &str, tls: &ClientTls, status: &tonic::Status) -> O
             ));
         }
     }
+    let closed = chain.contains("operation was canceled")
+        || chain.contains("broken pipe")
+        || chain.contains("connection reset");
+    // TLS 1.3: the room checks the client certificate after the client's side of the
+    // handshake, and depending on timing the alert is lost and only a closed connection is seen.
+    if url.starts_with("https://") && closed {
+        return Some(PartyError::Refused(format!(
+            "TLS connection to {url} failed: the room closed the connection at the first call ({chain}); {}",
+            if tls.identity.is_none() {
+                "it probably requires a client certificate (mutual TLS) and none was presented: pass \
+                 --client-cert FILE and --client-key FILE"
+            } else {
+                "it may have refused your client certificate (not signed by the CA the room trusts, \
+                 its --client-ca); ask the room's operator which CA to use"
+            }
+        )));
+    }
     if url.starts_with("http://")
         && (chain.contains("h2 protocol error")
             || chain.contains("broken pipe")
@@ -448,9 +465,7 @@ fn connect_error(
              or not an Accord room"
         ));
     }
-    if !secure
-        && (chain.contains("connection closed") || chain.contains("frame") || chain.contains("h2"))
-    {
+    if !secure && chain.contains("h2 protocol error") {
         return PartyError::Refused(format!(
             "could not speak plain HTTP/2 to {url} ({chain}): if the room serves TLS, use https://"
         ));

@@ -153,13 +153,17 @@ impl RoomFile {
     pub fn parse(text: &str, path: &Path) -> Result<Self, RoomError> {
         let mut file: RoomFile = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            let at = if line > 0 {
-                format!("{}:{line}:{col}", path.display())
+            let (at, shown) = if line > 0 {
+                let text = text.lines().nth(line - 1).unwrap_or("").trim();
+                (
+                    format!("{}:{line}:{col}", path.display()),
+                    format!(" in `{}`", text.escape_debug()),
+                )
             } else {
-                path.display().to_string()
+                (path.display().to_string(), String::new())
             };
             RoomError::InvalidArgument(format!(
-                "{at}: {} (see the room.toml keys in deploy/README.md)",
+                "{at}: {}{shown} (see the room.toml keys in deploy/README.md)",
                 e.message().trim_end()
             ))
         })?;
