@@ -298,7 +298,8 @@ async fn non_loopback_listen_without_tls_is_refused() {
             insecure_plaintext_network: false,
             limits: accord_room::Limits::default(),
             registration_allow: None,
-            open_registration: false,
+            // Registration is settled (open), so the refusal tested is the plain-text one.
+            open_registration: true,
         })
         .await
         .map(|_| ())

@@ -79,8 +79,21 @@ pub async fn forget(
                  Pass --room (and --key) so the room can confirm, or --force if you are sure"
             )));
         };
-        match Connection::open(room.url, &fp.to_string(), Principal::Party(party), room.key).await {
-            Ok(_) => {
+        // A party of an ended agreement may still open a session by fingerprint (to read the
+        // audit log), so "in force" is asked of the PSI service, which refuses ended ones.
+        let served =
+            match Connection::open(room.url, &fp.to_string(), Principal::Party(party), room.key)
+                .await
+            {
+                Ok(conn) => accord_proto::v1::psi_client::PsiClient::new(conn.channel())
+                    .status(conn.request(accord_proto::v1::StatusRequest {}))
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| conn.error(s)),
+                Err(e) => Err(e),
+            };
+        match served {
+            Ok(()) => {
                 return Err(PartyError::Refused(format!(
                     "{in_force} and the room at {} still serves it: forgetting now would lose the secrets that erasure \
                      needs. Revoke it first (`accord agreement revoke`), or pass --force",
