@@ -19,8 +19,11 @@ pub mod error;
 mod flight;
 mod grpc;
 pub mod ipc;
+mod ledger;
 mod room;
 pub mod store;
+
+pub use ledger::Balance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
