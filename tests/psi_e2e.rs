@@ -961,17 +961,18 @@ async fn hostile_input_gets_specific_errors_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_room_refuses_differential_privacy_replays_and_stale_versions() {
+async fn the_room_refuses_unsupported_privacy_replays_and_stale_versions() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new(55);
     let room = start_room(&dir.path().join("room")).await;
     let url = url(&room);
     let v1 = agreement_text("e2e-life", 1, &keys, 10, 1000);
 
-    // Differential privacy is not implemented: refused, never ignored.
+    // A differential-privacy setting the engine does not support (epsilon above 100):
+    // refused with the reason, never ignored.
     let dp = resign(&v1, &keys, |l| {
         if l.starts_with("exact_results") {
-            "differential_privacy = { epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }"
+            "differential_privacy = { epsilon_per_query = 500.0, budget = 1000.0, delta = 1e-6 }"
                 .to_owned()
         } else {
             l.to_owned()
@@ -980,7 +981,7 @@ async fn the_room_refuses_differential_privacy_replays_and_stale_versions() {
     let e = submit(&url, &dp).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(
-        e.message().contains("differential privacy"),
+        e.message().contains("differential privacy") && e.message().contains("at most 100"),
         "{}",
         e.message()
     );

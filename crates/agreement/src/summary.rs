@@ -129,17 +129,25 @@ pub fn template_with_region(
     let _ = writeln!(t, "# Exactly one of the two lines below.");
     let _ = writeln!(
         t,
+        "# Differential privacy (the default): every answer is noisy, and each party's analysts share a"
+    );
+    let _ = writeln!(
+        t,
+        "# budget of {DEFAULT_BUDGET} that each query spends {DEFAULT_EPSILON} of. `accord agreement show` explains it; docs/PRIVACY.md has the details."
+    );
+    let _ = writeln!(
+        t,
+        "differential_privacy = {{ epsilon_per_query = {DEFAULT_EPSILON}, budget = {DEFAULT_BUDGET}, delta = {DEFAULT_DELTA} }}"
+    );
+    let _ = writeln!(
+        t,
         "# WARNING: without noise, a party that controls its own values can learn whether one"
     );
     let _ = writeln!(
         t,
         "# specific customer is shared, whatever min_group_size is. Read docs/AGREEMENTS.md."
     );
-    let _ = writeln!(t, "exact_results = true");
-    let _ = writeln!(
-        t,
-        "# differential_privacy = {{ epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }}   # not implemented yet: the room refuses it"
-    );
+    let _ = writeln!(t, "# exact_results = true");
     let _ = writeln!(t);
     let _ = writeln!(
         t,
@@ -149,6 +157,44 @@ pub fn template_with_region(
     let _ = writeln!(t, "# name = \"legal@example.com\"");
     let _ = writeln!(t, "# public_key = \"ed25519:…\"");
     t
+}
+
+/// ε per query `accord agreement init` writes.
+pub const DEFAULT_EPSILON: &str = "0.5";
+/// Total ε per party `accord agreement init` writes.
+pub const DEFAULT_BUDGET: &str = "10.0";
+/// δ per query `accord agreement init` writes.
+pub const DEFAULT_DELTA: &str = "1e-6";
+
+/// Plain-language sentences about a DP setting, for `accord agreement show`.
+fn dp_explanation(epsilon: f64, budget: f64, delta: f64, k: u32) -> Vec<String> {
+    let queries = (budget / epsilon + 1e-9).floor();
+    let factor = epsilon.exp();
+    // A COUNT(*) query measures one number per group: scale 1/ε; the error of one
+    // discrete Laplace draw has standard deviation √(2q)/(1−q), q = e^(−ε).
+    let q = (-epsilon).exp();
+    let sd = (2.0 * q).sqrt() / (1.0 - q);
+    let relative = 100.0 * sd / f64::from(k);
+    vec![
+        format!(
+            "What epsilon {epsilon} means for one customer: whether or not any one customer is in the data, \
+             each answer is almost equally likely — at most {factor:.2} times (e^{epsilon}) more likely one way than the other. \
+             So no answer reveals much about one person, whether they are shared or what they spend."
+        ),
+        format!(
+            "Budget: each party's analysts share a total epsilon of {budget}, so together they get {queries} \
+             queries under this agreement; then the room refuses further queries. Over all of them the factor \
+             above grows to at most e^{budget} for that party's analysts (and the other party has its own budget)."
+        ),
+        format!(
+            "Accuracy: a count of a group of k = {k} customers is off by about {sd:.1} (standard deviation), \
+             about {relative:.1}% of {k}; queries with several aggregates split epsilon between them and are noisier."
+        ),
+        format!(
+            "Groups are shown only when their noisy size is large enough (at least k = {k}, more when a query \
+             asks several aggregates), so a group of one customer appears with probability below delta = {delta}."
+        ),
+    ]
 }
 
 fn quote(s: &str) -> String {
@@ -303,12 +349,8 @@ this if every party is trusted not to try.";
                 o,
                 "{bullet}Privacy mode: differential privacy, epsilon {epsilon_per_query} per query, total budget {budget} per party, delta {delta}."
             );
-            let note = "NOTE: differential privacy is not implemented yet, so the room currently REFUSES \
-this agreement (it does not silently run without noise).";
-            if md {
-                let _ = writeln!(o, "\n> **{note}**");
-            } else {
-                let _ = writeln!(o, "\n!! {note}");
+            for line in dp_explanation(epsilon_per_query, budget, delta, m.min_group_size) {
+                let _ = writeln!(o, "{bullet}{line}");
             }
         }
     }

@@ -875,7 +875,11 @@ fn summary_says_what_legal_needs_to_know() {
     .unwrap();
     let s = summary(&dp, in_window(), SummaryFormat::Text);
     assert!(
-        s.contains("REFUSES") && s.contains("epsilon 0.5") && !s.contains("WARNING"),
+        !s.contains("REFUSES")
+            && s.contains("epsilon 0.5")
+            && s.contains("at most 1.65 times")
+            && s.contains("20 queries")
+            && !s.contains("WARNING"),
         "{s}"
     );
 }

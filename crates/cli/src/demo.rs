@@ -219,8 +219,8 @@ public_key = "{analyst}"
 
 [privacy]
 aggregates = ["count", "sum", "avg"]
-# No noise: see the warning in `accord agreement show`.
-exact_results = true
+# Differential privacy: noisy answers, a budget per party (see `accord agreement show`).
+differential_privacy = {{ epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }}
 "#
     )
 }
@@ -304,7 +304,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         "  agreement.toml signed by drinks and snacks; fingerprint {}",
         agreement.fingerprint()
     );
-    println!("  k = {K}, exact results (no differential privacy), analyst ana@drinks.example");
+    println!(
+        "  k = {K}, differential privacy (epsilon 0.5 per query, budget 10 per party), analyst ana@drinks.example"
+    );
 
     runtime()?.block_on(async move {
         step(3, "A room on loopback");
@@ -435,7 +437,7 @@ async fn drive(
              FROM overlap GROUP BY drinks_loyalty_tier ORDER BY customers DESC",
         ),
         (
-            "Favourite snack by region (rare combinations fall under k and are suppressed)",
+            "Favourite snack by region (rare combinations are not shown: their noisy size is below the threshold)",
             "SELECT drinks_region, snacks_favourite_snack, COUNT(*) AS customers FROM overlap \
              GROUP BY drinks_region, snacks_favourite_snack ORDER BY drinks_region, customers DESC",
         ),
@@ -467,6 +469,9 @@ async fn drive(
                 for line in render(&batches, Format::Table)?.lines() {
                     println!("  {line}");
                 }
+                if let Some(b) = &answer.budget {
+                    println!("  (noisy answer) {}", crate::query::budget_text(b));
+                }
             }
             Some(v1::run_query_response::Outcome::Refused(r)) => {
                 println!("  refused [{}]: {}", r.rule, r.message)
@@ -491,19 +496,19 @@ async fn drive(
     let (entries, head) = drinks_conn.audit_log().await.map_err(party_error)?;
     let summary = accord_room::audit::verify_log(&entries, &head, drinks_conn.room_key())
         .map_err(|e| anyhow!(e))?;
-    let suppressed: u64 = entries
+    let spent: f64 = entries
         .iter()
         .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-        .filter_map(|v| {
-            v.get("groups_suppressed")
-                .and_then(serde_json::Value::as_u64)
-        })
+        .filter(|v| v.get("event").and_then(serde_json::Value::as_str) == Some("budget_spent"))
+        .filter_map(|v| v.get("epsilon").and_then(serde_json::Value::as_f64))
         .sum();
     println!(
         "  {} entries, hash chain intact, head signed by the room; {} queries answered, {} refused",
         summary.entries, summary.queries_answered, summary.queries_refused
     );
-    println!("  the log (not the analyst) records that {suppressed} small groups were suppressed");
+    println!(
+        "  the log records every budget spend: epsilon {spent} spent by drinks' analysts so far"
+    );
 
     step(7, "Repeat any step yourself");
     let d = dir.display();
@@ -520,6 +525,10 @@ async fn drive(
     );
     println!(
         "  accord query --room http://127.0.0.1:7700 --agreement {} --key {d}/analyst.key --sql \"SELECT drinks_loyalty_tier, COUNT(*) FROM overlap GROUP BY drinks_loyalty_tier\"",
+        id_of(agreement)
+    );
+    println!(
+        "  accord query --room http://127.0.0.1:7700 --agreement {} --key {d}/analyst.key --budget",
         id_of(agreement)
     );
     println!(

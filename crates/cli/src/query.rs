@@ -37,7 +37,7 @@ pub struct QueryArgs {
     #[arg(
         long,
         conflicts_with = "sql_file",
-        required_unless_present_any = ["sql_file", "describe", "print_token"]
+        required_unless_present_any = ["sql_file", "describe", "print_token", "budget"]
     )]
     pub sql: Option<String>,
     /// A file holding the SQL to run.
@@ -49,6 +49,10 @@ pub struct QueryArgs {
     /// List the queryable columns and their roles instead of running SQL.
     #[arg(long)]
     pub describe: bool,
+    /// Show what is left of your party's differential-privacy budget and how many more
+    /// queries it allows, instead of running SQL.
+    #[arg(long)]
+    pub budget: bool,
     /// Print a session token for ADBC/JDBC clients (`authorization: Bearer <token>`) and exit.
     #[arg(long)]
     pub print_token: bool,
@@ -80,7 +84,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         ),
         (None, None) => None,
     };
-    if sql.is_none() && !args.describe && !args.print_token {
+    if sql.is_none() && !args.describe && !args.print_token && !args.budget {
         bail!("give the query with --sql or --sql-file (or use --describe to see the columns)");
     }
     let tls = args.tls.load()?;
@@ -111,7 +115,7 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         }
         let mut client =
             QueryClient::new(conn.channel()).max_decoding_message_size(64 * 1024 * 1024);
-        if args.describe {
+        if args.describe || args.budget {
             let d = client
                 .describe(conn.request(v1::DescribeRequest {}))
                 .await
@@ -119,7 +123,17 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
                 .map_err(party_error)?
                 .into_inner();
             conn.check_head(d.head.as_ref()).map_err(party_error)?;
-            print_describe(&d);
+            if args.budget {
+                match &d.budget {
+                    Some(b) => println!("{}", budget_text(b)),
+                    None => println!(
+                        "agreement {} has exact results (no differential privacy): there is no budget",
+                        d.agreement_id
+                    ),
+                }
+            } else {
+                print_describe(&d);
+            }
             return Ok(ExitCode::SUCCESS);
         }
         let sql = sql.unwrap_or_default();
@@ -143,11 +157,33 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
             Some(v1::run_query_response::Outcome::Answer(a)) => {
                 let batches = decode(&a.arrow_ipc_stream)?;
                 print!("{}", render(&batches, args.format)?);
+                if let Some(b) = &a.budget {
+                    // On stderr, so CSV and JSON on stdout stay machine-readable.
+                    eprintln!(
+                        "differentially private answer (noisy, epsilon {}); {}",
+                        b.epsilon_per_query,
+                        budget_text(b)
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             None => Err(anyhow!("the room sent neither an answer nor a refusal")),
         }
     })
+}
+
+/// One line about a party's budget, e.g. for `--budget`.
+pub fn budget_text(b: &v1::Budget) -> String {
+    format!(
+        "budget of party {}: epsilon {:.3} of {} left ({} spent by {} queries); {} aggregations remaining at epsilon {} each",
+        b.party,
+        b.epsilon_remaining,
+        b.epsilon_budget,
+        (b.epsilon_spent * 1000.0).round() / 1000.0,
+        b.queries_answered,
+        b.queries_remaining,
+        b.epsilon_per_query
+    )
 }
 
 fn print_describe(d: &v1::DescribeResponse) {
@@ -166,6 +202,12 @@ fn print_describe(d: &v1::DescribeResponse) {
         d.min_group_size
     );
     println!("aggregates allowed: {}", d.aggregates.join(", "));
+    if let Some(b) = &d.budget {
+        println!(
+            "differential privacy: every answer is noisy and groups are shown only if their noisy size clears a threshold"
+        );
+        println!("{}", budget_text(b));
+    }
     for c in &d.columns {
         let role = if c.role == "metric" {
             format!("metric in [{}, {}]: aggregate only", c.min, c.max)

@@ -142,11 +142,44 @@ fn verify_of_an_unsigned_agreement_lists_the_missing_signatures() {
 }
 
 #[test]
+fn init_writes_differential_privacy_and_show_explains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let drinks = keygen(dir.path(), "d.key");
+    let snacks = keygen(dir.path(), "s.key");
+    let file = init(dir.path(), &drinks, &snacks);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(
+        "\ndifferential_privacy = { epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }\n"
+    ));
+    assert!(
+        text.contains("\n# exact_results = true\n"),
+        "exact results stay an opt-in"
+    );
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "show"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("differential privacy, epsilon 0.5 per query")
+                .and(predicate::str::contains("at most 1.65 times"))
+                .and(predicate::str::contains("20 queries"))
+                .and(predicate::str::contains("off by about 2.8"))
+                .and(predicate::str::contains("WARNING").not()),
+        );
+}
+
+#[test]
 fn show_warns_about_exact_results() {
     let dir = tempfile::tempdir().unwrap();
     let drinks = keygen(dir.path(), "d.key");
     let snacks = keygen(dir.path(), "s.key");
     let file = init(dir.path(), &drinks, &snacks);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\ndifferential_privacy = {", "\n# differential_privacy = {")
+        .replace("\n# exact_results = true\n", "\nexact_results = true\n");
+    std::fs::write(&file, text).unwrap();
     for format in ["text", "markdown"] {
         cargo_bin_cmd!("accord")
             .args(["agreement", "show"])

@@ -439,7 +439,9 @@ fn the_demo_runs_end_to_end_and_shows_each_step() {
         "drinks_loyalty_tier",
         "refused [",
         "hash chain intact",
-        "small groups were suppressed",
+        "budget spend",
+        "(noisy answer) budget of party drinks",
+        "aggregations remaining",
         "accord party upload",
         "Demo finished",
     ] {

@@ -19,10 +19,13 @@
 //! audit log ([`Answer::groups_suppressed`], never shown to analysts) and runs the rest
 //! of the plan (k filter, HAVING, ORDER BY, LIMIT) over them.
 //!
-//! Differential privacy is not implemented: the room refuses DP agreements.
+//! With differential privacy ([`Engine::with_differential_privacy`]) the aggregate is
+//! replaced by noisy groups chosen by DP partition selection ([`dp`]); the rest of the
+//! plan then runs over noisy values only, and nothing exact is reported.
 
 mod ast;
 pub mod corpus;
+mod dp;
 mod error;
 mod plan;
 mod refusal;
@@ -50,6 +53,8 @@ use datafusion::physical_plan::collect;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use accord_dp;
+pub use accord_dp::{DpError, NoiseSource, QueryPrivacy};
 /// The Arrow version the engine's batches and schemas use.
 pub use arrow;
 pub use error::EngineError;
@@ -79,8 +84,11 @@ pub struct Answer {
     /// Total number of rows in `batches`.
     pub rows: usize,
     /// How many groups were suppressed for having fewer than k customers. For the
-    /// audit log only: never send this number to the analyst.
+    /// audit log only: never send this number to the analyst. Always 0 with differential
+    /// privacy, where the number would be exact.
     pub groups_suppressed: u64,
+    /// The (ε, δ) this answer spent, with differential privacy; `None` for exact results.
+    pub privacy_spent: Option<QueryPrivacy>,
 }
 
 /// A query that passed every check, ready to run (e.g. a Flight SQL prepared statement).
@@ -89,12 +97,20 @@ pub struct Prepared {
     state: SessionState,
     plan: LogicalPlan,
     k: u64,
+    dp: Option<Arc<dp::DpState>>,
+    spec: TableSpec,
 }
 
 impl Prepared {
     /// The schema the answer will have.
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(self.plan.schema().inner())
+    }
+
+    /// What running this query spends, with differential privacy (the same for every
+    /// query of an agreement); `None` for exact results.
+    pub fn privacy_cost(&self) -> Option<QueryPrivacy> {
+        self.dp.as_ref().map(|dp| dp.privacy)
     }
 
     /// Runs the checked, optimized plan.
@@ -104,8 +120,7 @@ impl Prepared {
     /// ORDER BY, LIMIT, projection) runs over the materialized groups. The logical plan is
     /// not optimized again, so what runs is exactly what was checked.
     pub async fn execute(self) -> Result<Answer, EngineError> {
-        let Prepared { state, plan, k } = self;
-        let aggregate = plan::find_aggregate(&plan)
+        let aggregate = plan::find_aggregate(&self.plan)
             .ok_or_else(|| EngineError::Internal("checked plan has no aggregate".into()))?
             .clone();
         let gates = plan::gate_columns(&aggregate);
@@ -115,8 +130,15 @@ impl Prepared {
             ));
         }
         let agg_schema: DFSchemaRef = Arc::clone(&aggregate.schema);
+        if let Some(dp) = self.dp.clone() {
+            let groups = dp::noisy_groups(&self.state, &aggregate, &self.spec, &dp).await?;
+            let arrow_schema = Arc::clone(agg_schema.inner());
+            return self
+                .finish(groups, arrow_schema, agg_schema, 0, Some(dp.privacy))
+                .await;
+        }
         // Physical planning recurses over the expressions too: planner thread.
-        let planning_state = state.clone();
+        let planning_state = self.state.clone();
         let physical = stack::on_planner_thread(move || {
             futures::executor::block_on(
                 DefaultPhysicalPlanner::default()
@@ -126,9 +148,10 @@ impl Prepared {
         .await?
         .map_err(EngineError::df("planning the aggregate"))?;
         let arrow_schema = physical.schema();
-        let groups = collect(physical, state.task_ctx())
+        let groups = collect(physical, self.state.task_ctx())
             .await
             .map_err(EngineError::df("computing the groups"))?;
+        let k = self.k;
 
         // A group is suppressed when it, or any metric one of its cells aggregates, rests on
         // fewer than k customers (the filter above the aggregate drops exactly these).
@@ -156,6 +179,21 @@ impl Prepared {
             }
         }
 
+        self.finish(groups, arrow_schema, agg_schema, suppressed, None)
+            .await
+    }
+
+    /// Runs the plan above the aggregate (k filter, HAVING, ORDER BY, LIMIT, projection)
+    /// over the materialized (exact or noisy) groups.
+    async fn finish(
+        self,
+        groups: Vec<RecordBatch>,
+        arrow_schema: SchemaRef,
+        agg_schema: DFSchemaRef,
+        suppressed: u64,
+        privacy_spent: Option<QueryPrivacy>,
+    ) -> Result<Answer, EngineError> {
+        let Prepared { state, plan, .. } = self;
         let table = MemTable::try_new(arrow_schema, vec![groups])
             .map_err(EngineError::df("holding the groups"))?;
         let scan = LogicalPlan::TableScan(TableScan {
@@ -187,6 +225,7 @@ impl Prepared {
             batches,
             rows,
             groups_suppressed: suppressed,
+            privacy_spent,
         })
     }
 }
@@ -198,6 +237,7 @@ impl Prepared {
 pub struct Engine {
     spec: TableSpec,
     ctx: SessionContext,
+    dp: Option<Arc<dp::DpState>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -309,7 +349,24 @@ impl Engine {
             .map_err(EngineError::df("creating the overlap table"))?;
         ctx.register_table(ast::TABLE_NAME, Arc::new(table))
             .map_err(EngineError::df("registering the overlap table"))?;
-        Ok(Self { spec, ctx })
+        Ok(Self {
+            spec,
+            ctx,
+            dp: None,
+        })
+    }
+
+    /// Turns on differential privacy: every answer is noisy, groups are chosen by DP
+    /// partition selection, and each query costs `privacy` (docs/PRIVACY.md). `noise` is
+    /// [`NoiseSource::from_os`] in the room; a seeded source only in tests.
+    pub fn with_differential_privacy(mut self, privacy: QueryPrivacy, noise: NoiseSource) -> Self {
+        self.dp = Some(Arc::new(dp::DpState::new(privacy, noise)));
+        self
+    }
+
+    /// The differential privacy of every answer, if on.
+    pub fn privacy(&self) -> Option<QueryPrivacy> {
+        self.dp.as_ref().map(|dp| dp.privacy)
     }
 
     /// The spec this engine enforces.
@@ -328,8 +385,9 @@ impl Engine {
         }
         let state = self.ctx.state();
         let spec = self.spec.clone();
+        let dp = self.dp.clone();
         let sql = sql.to_owned();
-        stack::on_planner_thread(move || plan_query(state, &spec, &sql)).await?
+        stack::on_planner_thread(move || plan_query(state, &spec, dp, &sql)).await?
     }
 
     /// Prepares and runs `sql`.
@@ -347,6 +405,7 @@ impl Engine {
 fn plan_query(
     state: SessionState,
     spec: &TableSpec,
+    dp: Option<Arc<dp::DpState>>,
     sql: &str,
 ) -> Result<Result<Prepared, Refusal>, EngineError> {
     let statement = match ast::parse_and_check(sql, &spec.aggregates, &spec.columns) {
@@ -378,6 +437,8 @@ fn plan_query(
         state,
         plan: optimized,
         k,
+        dp,
+        spec: spec.clone(),
     }))
 }
 

@@ -97,6 +97,20 @@ pub enum Event {
         /// Differential-privacy budget spent (0 with exact results).
         budget_spent: f64,
     },
+    /// Differential privacy budget was spent for a query (recorded durably in the ledger
+    /// before the query ran; the query's own entry follows).
+    BudgetSpent {
+        /// The party whose budget was spent (the analyst's party).
+        party: String,
+        /// ε of this query.
+        epsilon: f64,
+        /// δ of this query.
+        delta: f64,
+        /// ε spent by this party under the agreement lineage, this query included.
+        epsilon_spent_total: f64,
+        /// ε left.
+        epsilon_remaining: f64,
+    },
     /// Rows were erased at a party's request (the count only, never the handles).
     Erasure {
         /// Rows erased.
@@ -390,6 +404,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::BlindingProofFailed { .. } => "blinding_proof_failed",
         Event::Sealed { .. } => "sealed",
         Event::Query { .. } => "query",
+        Event::BudgetSpent { .. } => "budget_spent",
         Event::Erasure { .. } => "erasure",
         Event::Revoked { .. } => "revoked",
         Event::Expired => "expired",

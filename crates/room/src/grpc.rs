@@ -166,8 +166,10 @@ impl psi_server::Psi for Room {
 #[tonic::async_trait]
 impl query_server::Query for Room {
     async fn describe(&self, request: Request<v1::DescribeRequest>) -> R<v1::DescribeResponse> {
-        let (slot, _) = self.analyst_call(request.metadata())?;
-        Ok(Response::new(Room::describe(self, &slot).await?))
+        let (slot, analyst) = self.analyst_call(request.metadata())?;
+        let mut response = Room::describe(self, &slot).await?;
+        response.budget = self.budget(&slot, &analyst)?.map(|b| b.to_proto());
+        Ok(Response::new(response))
     }
 
     async fn run(&self, request: Request<v1::RunQueryRequest>) -> R<v1::RunQueryResponse> {
@@ -179,10 +181,16 @@ impl query_server::Query for Room {
             })
             .await?;
         Ok(Response::new(match result {
-            QueryResult::Answered { value, rows, head } => v1::RunQueryResponse {
+            QueryResult::Answered {
+                value,
+                rows,
+                budget,
+                head,
+            } => v1::RunQueryResponse {
                 outcome: Some(v1::run_query_response::Outcome::Answer(v1::QueryAnswer {
                     arrow_ipc_stream: value,
                     rows,
+                    budget: budget.map(|b| b.to_proto()),
                 })),
                 head: Some(head),
             },

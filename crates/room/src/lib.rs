@@ -23,9 +23,12 @@ mod grpc;
 pub mod ipc;
 pub mod limits;
 pub mod registration;
+mod ledger;
 mod room;
 pub mod store;
 pub mod tls;
+
+pub use ledger::Balance;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use accord_agreement::{
     Aggregate, ColumnRole, Fingerprint, PrivacyMode, PublicKey, Revocation, SecretKey, Signature,
     VerifiedAgreement, sig::Purpose,
 };
-use accord_engine::{AggregateKind, ColumnSpec, Engine, Outcome, Role as EngineRole, TableSpec};
+use accord_engine::{AggregateKind, ColumnSpec, Engine, Role as EngineRole, TableSpec};
 use accord_proto::limits::{
     HANDLE_LEN, MAX_AUDIT_PAGE_ENTRIES, MAX_BATCH_ROWS, MAX_TEXT_VALUE_LEN, NONCE_LEN, POINT_LEN,
 };
@@ -29,6 +29,7 @@ use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
 use crate::limits::Limits;
 use crate::registration::Registration;
+use crate::ledger::{Balance, Ledgers, Price, Spend};
 use crate::store::{
     AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
     SealInfo,
@@ -233,6 +234,7 @@ struct Inner {
     auth: Mutex<AuthState>,
     limits: Limits,
     registration: Registration,
+    ledgers: Ledgers,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -309,6 +311,7 @@ impl Room {
                 auth: Mutex::new(AuthState::new(limits.clone())?),
                 limits,
                 registration,
+                ledgers: Ledgers::new(data_dir),
             }),
         };
         room.recover()?;
@@ -531,14 +534,7 @@ impl Room {
         })?;
         self.inner.registration.check(&agreement)?;
         let m = agreement.manifest();
-        if let PrivacyMode::DifferentialPrivacy { .. } = m.privacy.mode {
-            return Err(RoomError::FailedPrecondition(
-                "this room does not implement differential privacy yet, so it refuses agreements that ask for it \
-                 rather than ignore the setting; until it does, legal may choose `exact_results = true` after \
-                 reading its warning in `accord agreement show`"
-                    .into(),
-            ));
-        }
+        query_privacy(&agreement)?;
         if m.parties.len() != 2 {
             return Err(RoomError::FailedPrecondition(format!(
                 "this room supports agreements between exactly two parties; this one has {}",
@@ -1287,10 +1283,20 @@ impl Room {
         let (snapshot, duplicates) = store.build_snapshot()?;
         let full_spec = table_spec(&slot.agreement, &[]);
         let attrs = attribute_batch(&snapshot, &full_spec)?;
+        let dp = query_privacy(&slot.agreement)?.is_some();
         let withheld: Vec<(String, String)> =
             accord_engine::dimension_cardinality_problems(&full_spec, &[attrs])
                 .into_iter()
-                .map(|p| (p.column.clone(), p.to_string()))
+                .map(|p| {
+                    // With differential privacy the reason must not carry exact counts
+                    // (distinct values, matched rows / k) derived from the overlap.
+                    let reason = if dp {
+                        withheld_reason_without_counts(&p.column)
+                    } else {
+                        p.to_string()
+                    };
+                    (p.column.clone(), reason)
+                })
                 .collect();
         let info = SealInfo {
             sealed_at: Utc::now().to_rfc3339(),
@@ -1490,6 +1496,7 @@ impl Room {
                 .collect(),
             columns,
             head: Some(self.head(slot)),
+            budget: None,
         })
     }
 
@@ -1539,46 +1546,143 @@ impl Room {
         }
         // The length and nesting limits are checked on the raw text, and a refusal logged,
         // before anything parses or plans it (the engine checks again: defence in depth).
-        let outcome = match accord_engine::check_text(sql) {
-            Err(refusal) => Outcome::Refused(refusal),
+        let prepared = match accord_engine::check_text(sql) {
+            Err(refusal) => Err(refusal),
             Ok(()) => engine
-                .query(sql)
+                .prepare(sql)
                 .await
                 .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?,
         };
-        match outcome {
-            Outcome::Refused(refusal) => {
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(refusal) => {
                 let rule = refusal.rule.name().to_owned();
                 let message = refusal.to_string();
                 self.audit(slot, actor, query_event(sql, "refused", Some(&rule), 0, 0))?;
                 tracing::info!(agreement = %slot.agreement.id(), analyst, rule, "query refused");
-                Ok(QueryResult::Refused {
+                return Ok(QueryResult::Refused {
                     rule,
                     message,
                     head: self.head(slot),
-                })
+                });
             }
-            Outcome::Answered(answer) => {
-                let encoded = encode(&answer)?;
+        };
+        // With differential privacy the query's cost is recorded durably (and audited)
+        // before it runs, so no result leaves whose spend is not on disk.
+        let mut budget = None;
+        let mut spent = 0.0;
+        if let Some(cost) = prepared.privacy_cost() {
+            let (party, price) = self.price(slot, analyst)?;
+            match self.inner.ledgers.spend(&slot.agreement, &party, price)? {
+                Spend::Exhausted(balance) => {
+                    let message = exhausted_message(slot.agreement.id(), &party, &balance);
+                    self.audit(
+                        slot,
+                        actor,
+                        query_event(sql, "refused", Some(BUDGET_RULE), 0, 0),
+                    )?;
+                    tracing::info!(agreement = %slot.agreement.id(), analyst, party, "query refused: budget exhausted");
+                    return Ok(QueryResult::Refused {
+                        rule: BUDGET_RULE.into(),
+                        message,
+                        head: self.head(slot),
+                    });
+                }
+                Spend::Spent(balance) => {
+                    self.audit(
+                        slot,
+                        Actor::Analyst(analyst.to_owned()),
+                        Event::BudgetSpent {
+                            party,
+                            epsilon: cost.epsilon,
+                            delta: cost.delta,
+                            epsilon_spent_total: balance.epsilon_spent,
+                            epsilon_remaining: balance.epsilon_remaining,
+                        },
+                    )?;
+                    spent = cost.epsilon;
+                    budget = Some(balance);
+                }
+            }
+        }
+        let answer = match prepared.execute().await {
+            Ok(answer) => answer,
+            Err(e) => {
                 self.audit(
                     slot,
                     actor,
-                    query_event(
-                        sql,
-                        "answered",
-                        None,
-                        answer.rows as u64,
-                        answer.groups_suppressed,
+                    with_budget(
+                        query_event(sql, "refused", Some("internal_error"), 0, 0),
+                        spent,
                     ),
                 )?;
-                tracing::info!(agreement = %slot.agreement.id(), analyst, rows = answer.rows, "query answered");
-                Ok(QueryResult::Answered {
-                    value: encoded,
-                    rows: answer.rows as u64,
-                    head: self.head(slot),
-                })
+                return Err(RoomError::Internal(format!("query engine: {e}")));
             }
+        };
+        let encoded = encode(&answer)?;
+        self.audit(
+            slot,
+            actor,
+            with_budget(
+                query_event(
+                    sql,
+                    "answered",
+                    None,
+                    answer.rows as u64,
+                    answer.groups_suppressed,
+                ),
+                spent,
+            ),
+        )?;
+        tracing::info!(agreement = %slot.agreement.id(), analyst, rows = answer.rows, "query answered");
+        Ok(QueryResult::Answered {
+            value: encoded,
+            rows: answer.rows as u64,
+            budget,
+            head: self.head(slot),
+        })
+    }
+
+    /// The spending party of `analyst` and the agreement's price per query.
+    fn price(&self, slot: &Slot, analyst: &str) -> Result<(String, Price)> {
+        let m = slot.agreement.manifest();
+        let party = m
+            .analysts
+            .iter()
+            .find(|a| a.name == analyst)
+            .map(|a| a.party.clone())
+            .ok_or_else(|| {
+                RoomError::PermissionDenied(format!(
+                    "analyst {analyst} is not named in agreement {}",
+                    m.id
+                ))
+            })?;
+        let PrivacyMode::DifferentialPrivacy {
+            epsilon_per_query,
+            budget,
+            delta,
+        } = m.privacy.mode
+        else {
+            return Err(RoomError::Internal(
+                "a budget was asked of an agreement with exact results".into(),
+            ));
+        };
+        Ok((party, Price::new(epsilon_per_query, delta, budget)))
+    }
+
+    /// What is left of the budget of `analyst`'s party; `None` with exact results.
+    pub(crate) fn budget(&self, slot: &Slot, analyst: &str) -> Result<Option<Balance>> {
+        if !matches!(
+            slot.agreement.manifest().privacy.mode,
+            PrivacyMode::DifferentialPrivacy { .. }
+        ) {
+            return Ok(None);
         }
+        let (party, price) = self.price(slot, analyst)?;
+        self.inner
+            .ledgers
+            .balance(&slot.agreement, &party, price)
+            .map(Some)
     }
 
     /// The result schema of a query without running it (Flight SQL's GetFlightInfo), or its refusal.
@@ -1686,6 +1790,8 @@ pub enum QueryResult<T> {
         value: T,
         /// Rows returned.
         rows: u64,
+        /// With differential privacy, the party's budget after this query.
+        budget: Option<Balance>,
         /// The audit head after logging.
         head: v1::SignedHead,
     },
@@ -1709,6 +1815,56 @@ fn query_event(sql: &str, decision: &str, rule: Option<&str>, rows: u64, suppres
         groups_suppressed: suppressed,
         budget_spent: 0.0,
     }
+}
+
+/// Why a dimension was withheld at sealing, without the exact counts behind the decision.
+fn withheld_reason_without_counts(column: &str) -> String {
+    format!(
+        "dimension {column} has more distinct values among the matched customers than groups of k customers \
+         could cover: it identifies customers rather than categorising them; coarsen it (e.g. bucket it) or \
+         drop it from the agreement (exact counts are not shown under differential privacy)"
+    )
+}
+
+/// The rule name of a query refused because its party's budget is spent.
+pub(crate) const BUDGET_RULE: &str = "budget_exhausted";
+
+fn exhausted_message(agreement_id: &str, party: &str, b: &Balance) -> String {
+    format!(
+        "the privacy budget is spent: this query costs epsilon {} but party {party} has {:.3} of its {} left \
+         under agreement {agreement_id} ({} queries answered); no result was computed and nothing was spent. \
+         Each answer spends budget so that repeated questions cannot average the noise away; to ask more, \
+         the parties must agree on a larger budget in a new version of the agreement",
+        b.epsilon_per_query, b.epsilon_remaining, b.epsilon_budget, b.queries
+    )
+}
+
+/// The query privacy of a DP agreement (`None` with exact results), checked against what
+/// the engine supports.
+fn query_privacy(agreement: &VerifiedAgreement) -> Result<Option<accord_engine::QueryPrivacy>> {
+    let m = agreement.manifest();
+    match m.privacy.mode {
+        PrivacyMode::DifferentialPrivacy {
+            epsilon_per_query,
+            delta,
+            ..
+        } => accord_engine::QueryPrivacy::new(epsilon_per_query, delta, u64::from(m.min_group_size))
+            .map(Some)
+            .map_err(|e| {
+                RoomError::FailedPrecondition(format!(
+                    "the room refuses this agreement's differential privacy settings: {e}; fix [privacy] differential_privacy and sign again"
+                ))
+            }),
+        _ => Ok(None),
+    }
+}
+
+/// `event` (a query event) with the ε it spent.
+fn with_budget(mut event: Event, spent: f64) -> Event {
+    if let Event::Query { budget_spent, .. } = &mut event {
+        *budget_spent = spent;
+    }
+    event
 }
 
 fn ended() -> RoomError {
@@ -1885,7 +2041,16 @@ fn build_engine(
 ) -> Result<Engine> {
     let spec = table_spec(agreement, withheld);
     let attrs = attribute_batch(snapshot, &spec)?;
-    Engine::new(spec, vec![attrs]).map_err(|e| RoomError::Internal(format!("query engine: {e}")))
+    let engine = Engine::new(spec, vec![attrs])
+        .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?;
+    match query_privacy(agreement)? {
+        Some(privacy) => {
+            let noise = accord_engine::NoiseSource::from_os()
+                .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?;
+            Ok(engine.with_differential_privacy(privacy, noise))
+        }
+        None => Ok(engine),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,238 @@
+//! Differential privacy end to end (issue 13): a real room on loopback with a DP agreement,
+//! real party uploads and analyst clients. Budget exhaustion with what is left in the
+//! message, persistence of every spend across a restart, concurrent spending that never
+//! exceeds the budget, and an audit log without exact suppressed counts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use accord_proto::v1::{self, query_client::QueryClient};
+use accord_tests::*;
+use arrow::array::{Array, Int64Array};
+
+/// 200 shared customers in tiers gold/silver (100 each) plus a rare tier of 3, and 50
+/// customers only one party has.
+fn write_files(dir: &Path) {
+    let mut drinks = Vec::new();
+    let mut snacks = Vec::new();
+    for i in 0..203 {
+        let email = format!("c{i}@example.org");
+        let tier = if i >= 200 {
+            "platinum"
+        } else if i % 2 == 0 {
+            "gold"
+        } else {
+            "silver"
+        };
+        drinks.push(Customer {
+            email: email.clone(),
+            consent: true,
+            cells: vec![tier.into(), "north".into(), format!("{}", i % 100)],
+        });
+        snacks.push(Customer {
+            email,
+            consent: true,
+            cells: vec!["crisps".into(), "10".into()],
+        });
+    }
+    for i in 0..50 {
+        drinks.push(Customer {
+            email: format!("only{i}@example.org"),
+            consent: true,
+            cells: vec!["gold".into(), "north".into(), "1".into()],
+        });
+    }
+    write_csv(&dir.join("drinks.csv"), "drinks", &drinks);
+    write_csv(&dir.join("snacks.csv"), "snacks", &snacks);
+}
+
+fn dp_agreement(id: &str, keys: &Keys, epsilon: f64, budget: f64) -> String {
+    let text = agreement_text(id, 1, keys, 10, 10_000);
+    resign(&text, keys, |l| {
+        if l.starts_with("exact_results") {
+            format!(
+                "differential_privacy = {{ epsilon_per_query = {epsilon}, budget = {budget}, delta = 1e-6 }}"
+            )
+        } else {
+            l.to_owned()
+        }
+    })
+}
+
+async fn budget(conn: &mut accord_party::Connection) -> v1::Budget {
+    let d = QueryClient::new(conn.channel())
+        .describe(conn.request(v1::DescribeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    conn.check_head(d.head.as_ref()).unwrap();
+    d.budget.expect("a DP agreement reports the budget")
+}
+
+const BY_TIER: &str = "SELECT drinks_loyalty_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_loyalty_tier ORDER BY drinks_loyalty_tier";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_budget_is_spent_durably_refused_when_exhausted_and_kept_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let keys = Keys::new(130);
+    let text = dp_agreement("e2e-dp", &keys, 1.0, 3.0);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
+
+    let mut ana = analyst(&url, "e2e-dp", &keys).await;
+    let b = budget(&mut ana).await;
+    assert_eq!((b.queries_remaining, b.queries_answered), (3, 0));
+    assert_eq!(b.party, "drinks");
+
+    // A policy refusal spends nothing.
+    let refused = grpc_query(&mut ana, "SELECT drinks_monthly_spend FROM overlap")
+        .await
+        .unwrap_err();
+    assert_ne!(refused.0, "budget_exhausted");
+    assert_eq!(budget(&mut ana).await.queries_remaining, 3);
+
+    for left in [2u64, 1, 0] {
+        let batches = grpc_query(&mut ana, BY_TIER).await.unwrap();
+        let tiers: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let c = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::StringArray>()
+                    .unwrap()
+                    .clone();
+                (0..c.len()).map(move |i| c.value(i).to_owned())
+            })
+            .collect();
+        assert_eq!(
+            tiers,
+            ["gold", "silver"],
+            "platinum (3 customers) is never shown"
+        );
+        let counts: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                let c = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone();
+                (0..c.len()).map(move |i| c.value(i))
+            })
+            .collect();
+        // Noise at ε = 1 with J = 1 has sd ≈ 1.4: far inside ±40.
+        assert!(
+            counts.iter().all(|&n| (60..=140).contains(&n)),
+            "{counts:?}"
+        );
+        let b = budget(&mut ana).await;
+        assert_eq!(b.queries_remaining, left);
+        assert_eq!(b.queries_answered, 3 - left);
+    }
+    let (rule, message) = grpc_query(&mut ana, BY_TIER).await.unwrap_err();
+    assert_eq!(rule, "budget_exhausted");
+    assert!(
+        message.contains("party drinks has 0.000 of its 3 left")
+            && message.contains("3 queries answered"),
+        "{message}"
+    );
+
+    // After a restart every spend is still there.
+    room.shutdown().await;
+    let room = start_room(&dir.path().join("room")).await;
+    let url = accord_tests::url(&room);
+    let mut ana = analyst(&url, "e2e-dp", &keys).await;
+    let b = budget(&mut ana).await;
+    assert_eq!((b.queries_remaining, b.queries_answered), (0, 3));
+    assert_eq!(
+        grpc_query(&mut ana, "SELECT COUNT(*) FROM overlap")
+            .await
+            .unwrap_err()
+            .0,
+        "budget_exhausted"
+    );
+
+    // The audit log has every spend, and no exact suppressed-group count.
+    let log = accord_proto::v1::audit_client::AuditClient::new(ana.channel())
+        .fetch(v1::FetchAuditRequest {
+            fingerprint: agreement.fingerprint().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let entries: Vec<serde_json::Value> = log
+        .entries
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let spends: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["event"] == "budget_spent")
+        .collect();
+    assert_eq!(spends.len(), 3);
+    assert_eq!(spends[2]["epsilon_remaining"], 0.0);
+    for e in entries.iter().filter(|e| e["event"] == "query") {
+        assert_eq!(e["groups_suppressed"], 0, "{e}");
+    }
+    let answered: Vec<_> = entries
+        .iter()
+        .filter(|e| e["event"] == "query" && e["decision"] == "answered")
+        .collect();
+    assert_eq!(answered.len(), 3);
+    assert!(answered.iter().all(|e| e["budget_spent"] == 1.0));
+    room.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_queries_never_spend_more_than_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let keys = Keys::new(140);
+    let text = dp_agreement("e2e-dp-race", &keys, 0.5, 5.0);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
+
+    // 8 analyst sessions × 4 queries = 32 concurrent attempts at a budget of 10 queries.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = analyst(&url, "e2e-dp-race", &keys).await;
+            let mut outcomes = Vec::new();
+            for _ in 0..4 {
+                outcomes.push(
+                    grpc_query(&mut conn, "SELECT COUNT(*) FROM overlap")
+                        .await
+                        .map(|_| ()),
+                );
+            }
+            outcomes
+        }));
+    }
+    let mut answered = 0;
+    let mut exhausted = 0;
+    for t in tasks {
+        for outcome in t.await.unwrap() {
+            match outcome {
+                Ok(()) => answered += 1,
+                Err((rule, _)) if rule == "budget_exhausted" => exhausted += 1,
+                Err(other) => panic!("unexpected refusal {other:?}"),
+            }
+        }
+    }
+    assert_eq!((answered, exhausted), (10, 22));
+    let mut ana = analyst(&url, "e2e-dp-race", &keys).await;
+    let b = budget(&mut ana).await;
+    assert_eq!((b.queries_answered, b.queries_remaining), (10, 0));
+    assert_eq!(b.epsilon_remaining, 0.0);
+    room.shutdown().await;
+}
