@@ -174,7 +174,13 @@ if run query --room "$URL" --agreement "$work/agreement.toml" --key "$work/analy
 fi
 
 step "audit verification"
-run audit verify --room "$URL" --agreement "$work/agreement.toml" $(tls analyst)
+# Parties and auditors read the log; an analyst may not (it holds every query's SQL).
+run audit verify --room "$URL" --agreement "$work/agreement.toml" \
+  --party drinks --key "$work/drinks.key" $(tls drinks)
+if out=$(run audit verify --room "$URL" --agreement "$work/agreement.toml" \
+    --key "$work/analyst.key" $(tls analyst) 2>&1); then
+  fail "an analyst read the audit log: $out"
+fi
 
 kill "$room_pid"; wait "$room_pid" 2>/dev/null || true; room_pid=""
 step "done: the whole flow over mutual TLS on separate loopback addresses"
