@@ -27,9 +27,9 @@ use tokio::sync::RwLock;
 use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
 use crate::error::{Result, RoomError};
+use crate::ledger::{Balance, Ledgers, Price, Spend};
 use crate::limits::Limits;
 use crate::registration::Registration;
-use crate::ledger::{Balance, Ledgers, Price, Spend};
 use crate::store::{
     AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
     SealInfo,
