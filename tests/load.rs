@@ -197,7 +197,16 @@ async fn floods() {
             .await
             .expect("the room kept a silent stream open past request_timeout")
             .unwrap();
-        assert_eq!(r, Err(tonic::Code::Cancelled), "{r:?}");
+        // The room answers `Cancelled` (its timeout layer) and then resets the
+        // still-open request body; which the client observes first is a race, and a
+        // reset reads as `Unavailable`. Either way the room, not the client, ended it.
+        assert!(
+            matches!(
+                r,
+                Err(tonic::Code::Cancelled) | Err(tonic::Code::Unavailable)
+            ),
+            "{r:?}"
+        );
     }
 
     // 3. Oversized messages are refused at decoding, before any work.
