@@ -236,3 +236,116 @@ async fn concurrent_queries_never_spend_more_than_the_budget() {
     assert_eq!(b.epsilon_remaining, 0.0);
     room.shutdown().await;
 }
+
+/// Shared customers whose drinks region is unique to each of them: more distinct values than
+/// groups of k = 10 could cover, so with exact results the room withholds the column at
+/// sealing.
+fn write_identifying_region(dir: &Path) {
+    let mut drinks = Vec::new();
+    let mut snacks = Vec::new();
+    for i in 0..200 {
+        let email = format!("c{i}@example.org");
+        let tier = if i % 2 == 0 { "gold" } else { "silver" };
+        drinks.push(Customer {
+            email: email.clone(),
+            consent: true,
+            cells: vec![tier.into(), format!("r{i}"), "10".into()],
+        });
+        snacks.push(Customer {
+            email,
+            consent: true,
+            cells: vec!["crisps".into(), "10".into()],
+        });
+    }
+    write_csv(&dir.join("drinks.csv"), "drinks", &drinks);
+    write_csv(&dir.join("snacks.csv"), "snacks", &snacks);
+}
+
+async fn withheld(conn: &mut accord_party::Connection) -> Vec<(String, String)> {
+    let d = QueryClient::new(conn.channel())
+        .describe(conn.request(v1::DescribeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(d.sealed);
+    d.columns
+        .into_iter()
+        .filter(|c| !c.withheld.is_empty())
+        .map(|c| (c.name, c.withheld))
+        .collect()
+}
+
+/// Issue 13, side channels: with differential privacy nothing a party or analyst reads may
+/// be computed from exact overlap counts — including which dimensions are withheld at
+/// sealing. With exact results the room withholds an identifying dimension (the decision
+/// compares exact distinct values with matched rows / k); with DP it withholds nothing (DP
+/// partition selection already keeps every group of a few customers out of the answers), so
+/// the set of queryable columns is the same whatever the overlap holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sealing_withholds_on_exact_counts_only_without_differential_privacy() {
+    let dir = tempfile::tempdir().unwrap();
+    write_identifying_region(dir.path());
+    let keys = Keys::new(150);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+
+    // Exact results: the region (200 values among 200 matched, k = 10) is withheld.
+    let exact = agreement_text("e2e-withhold-exact", 1, &keys, 10, 10_000);
+    assert!(exact.contains("exact_results"), "the fixture is an exact agreement");
+    let exact_dir = dir.path().join("exact");
+    std::fs::create_dir_all(&exact_dir).unwrap();
+    for f in ["drinks.csv", "snacks.csv"] {
+        std::fs::copy(dir.path().join(f), exact_dir.join(f)).unwrap();
+    }
+    submit(&url, &exact).await.unwrap();
+    run_psi(&verified(&exact), &keys, &exact_dir, &url, 100).await;
+    let mut ana = analyst(&url, "e2e-withhold-exact", &keys).await;
+    let w = withheld(&mut ana).await;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "drinks_region");
+    let (rule, _) = grpc_query(
+        &mut ana,
+        "SELECT drinks_region, COUNT(*) FROM overlap GROUP BY drinks_region",
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(rule, "budget_exhausted");
+
+    // Differential privacy: the same data withholds nothing, and the sealing entry of the
+    // audit log names no withheld column.
+    let dp = dp_agreement("e2e-withhold-dp", &keys, 1.0, 3.0);
+    let dp_dir = dir.path().join("dp");
+    std::fs::create_dir_all(&dp_dir).unwrap();
+    for f in ["drinks.csv", "snacks.csv"] {
+        std::fs::copy(dir.path().join(f), dp_dir.join(f)).unwrap();
+    }
+    submit(&url, &dp).await.unwrap();
+    let agreement = verified(&dp);
+    run_psi(&agreement, &keys, &dp_dir, &url, 100).await;
+    let mut ana = analyst(&url, "e2e-withhold-dp", &keys).await;
+    assert_eq!(withheld(&mut ana).await, Vec::<(String, String)>::new());
+    // Grouping by it is answered; every group is one customer, so DP partition selection
+    // releases none of them (each would pass with probability at most δ = 1e-6).
+    let batches = grpc_query(
+        &mut ana,
+        "SELECT drinks_region, COUNT(*) FROM overlap GROUP BY drinks_region",
+    )
+    .await
+    .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    let (log_entries, _) = party_audit_log(
+        &url,
+        &agreement.fingerprint().to_string(),
+        "drinks",
+        &keys.drinks(),
+    )
+    .await;
+    let sealed: Vec<serde_json::Value> = log_entries
+        .iter()
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap())
+        .filter(|e| e["event"] == "sealed")
+        .collect();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0]["withheld_columns"], serde_json::json!([]));
+    room.shutdown().await;
+}

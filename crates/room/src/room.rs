@@ -1281,23 +1281,22 @@ impl Room {
             return Ok(());
         }
         let (snapshot, duplicates) = store.build_snapshot()?;
-        let full_spec = table_spec(&slot.agreement, &[]);
-        let attrs = attribute_batch(&snapshot, &full_spec)?;
-        let dp = query_privacy(&slot.agreement)?.is_some();
-        let withheld: Vec<(String, String)> =
+        // With exact results, a dimension with more distinct values among the matched
+        // customers than groups of k could cover is withheld: it identifies customers. The
+        // decision compares two exact counts derived from the overlap, so with differential
+        // privacy it is not taken at all (issue 13: nothing a party or analyst reads holds
+        // an exact overlap count, not even one bit of it). There, DP partition selection
+        // already keeps every group of a few customers out of every answer.
+        let withheld: Vec<(String, String)> = if query_privacy(&slot.agreement)?.is_some() {
+            Vec::new()
+        } else {
+            let full_spec = table_spec(&slot.agreement, &[]);
+            let attrs = attribute_batch(&snapshot, &full_spec)?;
             accord_engine::dimension_cardinality_problems(&full_spec, &[attrs])
                 .into_iter()
-                .map(|p| {
-                    // With differential privacy the reason must not carry exact counts
-                    // (distinct values, matched rows / k) derived from the overlap.
-                    let reason = if dp {
-                        withheld_reason_without_counts(&p.column)
-                    } else {
-                        p.to_string()
-                    };
-                    (p.column.clone(), reason)
-                })
-                .collect();
+                .map(|p| (p.column.clone(), p.to_string()))
+                .collect()
+        };
         let info = SealInfo {
             sealed_at: Utc::now().to_rfc3339(),
             withheld: withheld.clone(),
@@ -1818,14 +1817,6 @@ fn query_event(sql: &str, decision: &str, rule: Option<&str>, rows: u64, suppres
 }
 
 /// Why a dimension was withheld at sealing, without the exact counts behind the decision.
-fn withheld_reason_without_counts(column: &str) -> String {
-    format!(
-        "dimension {column} has more distinct values among the matched customers than groups of k customers \
-         could cover: it identifies customers rather than categorising them; coarsen it (e.g. bucket it) or \
-         drop it from the agreement (exact counts are not shown under differential privacy)"
-    )
-}
-
 /// The rule name of a query refused because its party's budget is spent.
 pub(crate) const BUDGET_RULE: &str = "budget_exhausted";
 
