@@ -349,3 +349,57 @@ async fn sealing_withholds_on_exact_counts_only_without_differential_privacy() {
     assert_eq!(sealed[0]["withheld_columns"], serde_json::json!([]));
     room.shutdown().await;
 }
+
+/// Issue 13: every path answers the same way. Flight SQL queries spend the same party budget
+/// as gRPC ones (one ledger, shared by both), asking for a statement's schema
+/// (GetFlightInfo) spends nothing, and when the budget is gone Flight SQL refuses with the
+/// same rule and what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flight_sql_spends_the_same_budget_as_grpc_and_is_refused_when_it_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let keys = Keys::new(160);
+    let text = dp_agreement("e2e-dp-flight", &keys, 1.0, 3.0);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
+
+    let mut ana = analyst(&url, "e2e-dp-flight", &keys).await;
+    let mut flight = flight_client(room.flight_sql_addr.unwrap(), ana.token()).await;
+
+    // Schemas are free: five GetFlightInfo calls whose tickets are never redeemed.
+    for _ in 0..5 {
+        flight.execute(BY_TIER.to_owned(), None).await.unwrap();
+    }
+    assert_eq!(budget(&mut ana).await.queries_remaining, 3);
+
+    // One answer through Flight SQL, one through gRPC: both come out of the one budget, and
+    // Flight SQL applies the same DP partition selection (platinum, 3 customers, never shows).
+    let batches = flight_query(&mut flight, BY_TIER).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(budget(&mut ana).await.queries_remaining, 2);
+    grpc_query(&mut ana, BY_TIER).await.unwrap();
+    assert_eq!(budget(&mut ana).await.queries_remaining, 1);
+
+    // A ticket issued while budget is left is refused at DoGet once the budget is spent.
+    let pending = flight.execute(BY_TIER.to_owned(), None).await.unwrap();
+    grpc_query(&mut ana, BY_TIER).await.unwrap();
+    let b = budget(&mut ana).await;
+    assert_eq!((b.queries_remaining, b.queries_answered), (0, 3));
+    let ticket = pending.endpoint[0].ticket.clone().unwrap();
+    let refused = match flight.do_get(ticket).await {
+        Ok(_) => panic!("DoGet answered with the budget spent"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("[budget_exhausted]"), "{refused}");
+    let refused = flight_query(&mut flight, BY_TIER).await.unwrap_err();
+    assert!(refused.contains("[budget_exhausted]"), "{refused}");
+    assert!(
+        refused.contains("has 0.000 of its 3 left"),
+        "the refusal says what is left: {refused}"
+    );
+    assert_eq!(budget(&mut ana).await.queries_answered, 3);
+    room.shutdown().await;
+}

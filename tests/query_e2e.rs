@@ -13,7 +13,6 @@ use accord_engine::corpus::{self, Expect};
 use accord_proto::v1::{self, agreements_client::AgreementsClient};
 use accord_tests::*;
 use arrow::array::{Array, Int64Array, RecordBatch};
-use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 
 const ROWS: usize = 2000;
@@ -108,42 +107,6 @@ fn check(case: &corpus::Case, outcome: Result<Vec<RecordBatch>, String>, via: &s
             case.name
         ),
     }
-}
-
-async fn flight_client(
-    addr: std::net::SocketAddr,
-    token: &str,
-) -> FlightSqlServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightSqlServiceClient::new(channel);
-    client.set_token(token.to_owned());
-    client
-}
-
-async fn flight_query(
-    client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
-    sql: &str,
-) -> Result<Vec<RecordBatch>, String> {
-    let info = client
-        .execute(sql.to_owned(), None)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.ok_or("no ticket")?;
-        let stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
-        out.extend(
-            stream
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

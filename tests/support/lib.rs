@@ -306,3 +306,43 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A Flight SQL client for the room at `addr`, sending `token` (a session from [`analyst`]).
+pub async fn flight_client(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    client.set_token(token.to_owned());
+    client
+}
+
+/// Runs SQL through Flight SQL (GetFlightInfo, then DoGet of each endpoint): Ok(batches), or
+/// the error text (a refusal reads `query refused [<rule>]: …`).
+pub async fn flight_query(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, String> {
+    let info = client
+        .execute(sql.to_owned(), None)
+        .await
+        .map_err(|e| e.to_string())?;
+    use futures::TryStreamExt;
+    let mut out = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or("no ticket")?;
+        let stream = client.do_get(ticket).await.map_err(|e| e.to_string())?;
+        out.extend(
+            stream
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
