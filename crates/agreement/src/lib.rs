@@ -30,6 +30,7 @@ pub use manifest::{
     Aggregate, Analyst, Auditor, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,
     ManifestError, Party, Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
 };
+pub use parse::MAX_TOTAL_DELTA;
 pub use revocation::Revocation;
 pub use summary::{SummaryFormat, summary, template, template_with_region};
 pub use verify::{

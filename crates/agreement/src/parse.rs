@@ -56,6 +56,12 @@ const AUDITOR_KEYS: &[&str] = &["name", "public_key"];
 const PRIVACY_KEYS: &[&str] = &["aggregates", "differential_privacy", "exact_results"];
 const DP_KEYS: &[&str] = &["epsilon_per_query", "budget", "delta"];
 
+/// The most delta a party's analysts may accumulate over a whole budget (answers ×
+/// delta): the probability, over every answer the budget allows, that some group of one
+/// customer is shown. One in a thousand keeps that a rare event even for the largest
+/// budgets; the defaults (20 answers × 1e-6) stay far below it.
+pub const MAX_TOTAL_DELTA: f64 = 1e-3;
+
 /// ISO 3166-1 alpha-2 officially assigned codes.
 const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ \
 BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
@@ -1515,14 +1521,15 @@ fn walk_dp(cx: &mut Cx<'_>, v: &Value<'_>) -> Option<PrivacyMode> {
     let delta = cx.get(t, span.clone(), path, "delta", true).and_then(|dv| {
         let full = format!("{path}.delta");
         let n = cx.number(dv, &full)?;
-        if (0.0..1.0).contains(&n) {
-            Some(n)
+        if n > 0.0 && n < 1.0 {
+            Some((n, dv))
         } else {
             cx.problem(
                 dv,
                 &full,
-                format!("delta must be at least 0 and below 1, it is {n}"),
-                "use a tiny delta such as 1e-6 (well below 1 / number of customers)",
+                format!("delta must be above 0 and below 1, it is {n}"),
+                "use a tiny delta such as 1e-6 (well below 1 / number of customers); \
+                 delta = 0 would need an infinite threshold for showing a group",
             );
             None
         }
@@ -1538,9 +1545,29 @@ fn walk_dp(cx: &mut Cx<'_>, v: &Value<'_>) -> Option<PrivacyMode> {
         );
         return None;
     }
+    let (delta, dv) = delta?;
+    // Each answer may show a group of one customer with probability up to delta, and a
+    // party's analysts get floor(budget / epsilon) answers: the deltas add up.
+    let queries = (budget / epsilon + 1e-9).floor();
+    if queries * delta > MAX_TOTAL_DELTA {
+        cx.problem(
+            dv,
+            &format!("{path}.delta"),
+            format!(
+                "over the whole budget ({queries} queries) delta adds up to {}, above {MAX_TOTAL_DELTA}: \
+                 the chance that some answer shows a group of one customer would be too high",
+                queries * delta
+            ),
+            format!(
+                "lower delta to at most {} (1e-6 is usual), or raise epsilon_per_query / lower the budget",
+                MAX_TOTAL_DELTA / queries
+            ),
+        );
+        return None;
+    }
     Some(PrivacyMode::DifferentialPrivacy {
         epsilon_per_query: epsilon,
         budget,
-        delta: delta?,
+        delta,
     })
 }

@@ -175,6 +175,8 @@ fn dp_explanation(epsilon: f64, budget: f64, delta: f64, k: u32) -> Vec<String> 
     let q = (-epsilon).exp();
     let sd = (2.0 * q).sqrt() / (1.0 - q);
     let relative = 100.0 * sd / f64::from(k);
+    let total = queries * delta;
+    let max = crate::MAX_TOTAL_DELTA;
     vec![
         format!(
             "What epsilon {epsilon} means for one customer: whether or not any one customer is in the data, \
@@ -192,7 +194,9 @@ fn dp_explanation(epsilon: f64, budget: f64, delta: f64, k: u32) -> Vec<String> 
         ),
         format!(
             "Groups are shown only when their noisy size is large enough (at least k = {k}, more when a query \
-             asks several aggregates), so a group of one customer appears with probability below delta = {delta}."
+             asks several aggregates), so a group of one customer appears with probability below delta = {delta} \
+             per answer; over all {queries} answers at most {total:e} (the room refuses agreements where this \
+             exceeds {max:e})."
         ),
     ]
 }
