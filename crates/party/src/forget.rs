@@ -21,6 +21,8 @@ pub struct ForgetOutcome {
     pub why: String,
     /// The files deleted (names and sizes), secrets first.
     pub deleted: Vec<(String, u64)>,
+    /// The record left for customers' receipts (terms and dates, no customer).
+    pub record: PathBuf,
 }
 
 /// How to check that the agreement is over with the room.
@@ -109,6 +111,9 @@ pub async fn forget(
             }
         }
     };
+    // What a customer's receipt can still say afterwards: the terms and dates, no customer.
+    let state = crate::state::State::open(root, &manifest.id, fp)?;
+    let record = crate::rights::record_forgotten(root, &state, manifest, party, &why, now)?;
     let deleted = delete_state(&dir)?;
     // Remove the agreement id's directory too when this was its last version.
     if let Some(parent) = dir.parent()
@@ -117,7 +122,12 @@ pub async fn forget(
         std::fs::remove_dir(parent)
             .map_err(|e| PartyError::State(format!("{}: {e}", parent.display())))?;
     }
-    Ok(ForgetOutcome { dir, why, deleted })
+    Ok(ForgetOutcome {
+        dir,
+        why,
+        deleted,
+        record,
+    })
 }
 
 /// Overwrites the secrets file with zeros (synced), then deletes the directory durably.

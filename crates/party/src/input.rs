@@ -195,6 +195,8 @@ struct Rules<'a> {
     seen: HashSet<String>,
     report: InputReport,
     rows: Vec<PreparedRow>,
+    /// (line, normalized identifier) of winning rows without consent.
+    withdrawn: Vec<(u64, String)>,
 }
 
 impl Rules<'_> {
@@ -279,6 +281,7 @@ impl Rules<'_> {
         // if the first record consents (a later "yes" never overrides an earlier "no").
         if !row.consent {
             self.report.not_consented += 1;
+            self.withdrawn.push((row.line, normalized));
             return Ok(());
         }
         for c in clamped {
@@ -315,6 +318,29 @@ pub fn read(
     party: &str,
     options: &InputOptions,
 ) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
+    read_all(path, manifest, party, options).map(|(rows, _, report)| (rows, report))
+}
+
+/// Reads `path` with the same rules as [`read`] and returns the customers whose winning
+/// row does *not* consent, as (line, normalized identifier): the customers who withdrew
+/// consent, for `party erase --input`.
+pub fn withdrawn(
+    path: &Path,
+    manifest: &Manifest,
+    party: &str,
+    options: &InputOptions,
+) -> Result<Vec<(u64, String)>, PartyError> {
+    read_all(path, manifest, party, options).map(|(_, withdrawn, _)| withdrawn)
+}
+
+type ReadAll = (Vec<PreparedRow>, Vec<(u64, String)>, InputReport);
+
+fn read_all(
+    path: &Path,
+    manifest: &Manifest,
+    party: &str,
+    options: &InputOptions,
+) -> Result<ReadAll, PartyError> {
     let layout = Layout::new(manifest, party, options)?;
     let mut rules = Rules {
         layout: &layout,
@@ -323,6 +349,7 @@ pub fn read(
         seen: HashSet::new(),
         report: InputReport::default(),
         rows: Vec::new(),
+        withdrawn: Vec::new(),
     };
     let ext = path
         .extension()
@@ -334,7 +361,7 @@ pub fn read(
     } else {
         read_csv(path, &layout, &mut rules)?;
     }
-    Ok((rules.rows, rules.report))
+    Ok((rules.rows, rules.withdrawn, rules.report))
 }
 
 fn column_index(

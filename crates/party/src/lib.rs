@@ -19,11 +19,13 @@ pub mod forget;
 pub mod input;
 pub mod pins;
 pub mod protocol;
+pub mod rights;
 pub mod state;
 
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
 pub use pins::Pins;
 pub use protocol::{
-    EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
+    EraseOutcome, EraseSource, PartyContext, UploadOptions, UploadOutcome, erase, erase_from,
+    status, sync, upload,
 };

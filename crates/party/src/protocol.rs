@@ -148,6 +148,9 @@ pub struct UploadOptions {
 pub struct UploadOutcome {
     /// What each input rule did.
     pub report: InputReport,
+    /// Rows held back because this party erased that customer before (and no renewal of
+    /// consent was recorded since).
+    pub held_back_erased: u64,
     /// Batches in the upload.
     pub batches: u64,
     /// Rows uploaded.
@@ -190,6 +193,17 @@ pub async fn upload(
             .await
             .map_err(|e| PartyError::Internal(e.to_string()))??
     };
+    // A customer this party erased before (under any agreement) stays erased, even when the
+    // export still says "consent: true"; only a recorded renewal lifts it (rights.rs).
+    let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
+    let kind = ctx.identifier_kind()?;
+    let read_rows = rows.len();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| memory.held_back(kind, &r.identifier).is_none())
+        .collect();
+    let held_back_erased = (read_rows - rows.len()) as u64;
+    drop(memory);
     let max_rows = m.parties[&ctx.party].max_rows;
     if rows.len() as u64 > max_rows {
         return Err(PartyError::Refused(format!(
@@ -230,6 +244,7 @@ pub async fn upload(
     let all_handles: Vec<u8> = prepared.handles.iter().flatten().copied().collect();
     drop(secrets);
     check_same_upload(ctx, &state, &all_handles).await?;
+    state.remember_agreement(ctx.agreement.text())?;
     state.begin_upload(&all_handles)?;
 
     let total_rows = prepared.rows.len() as u64;
@@ -270,6 +285,16 @@ pub async fn upload(
     };
     // The room acknowledged the completion: only now does the record say "uploaded".
     state.finish_upload(&all_handles)?;
+    if !state
+        .history()?
+        .iter()
+        .any(|e| matches!(e, crate::rights::Event::Uploaded { .. }))
+    {
+        state.log_event(&crate::rights::Event::Uploaded {
+            at: chrono::Utc::now(),
+            rows: total_rows,
+        })?;
+    }
     if !status.refused_batches.is_empty() {
         let r = &status.refused_batches[0];
         return Err(PartyError::Refused(format!(
@@ -281,6 +306,7 @@ pub async fn upload(
     }
     check_partner_proofs(&status)?;
     let mut outcome = UploadOutcome {
+        held_back_erased,
         report,
         batches: total_batches,
         rows: total_rows,
@@ -839,8 +865,53 @@ pub struct EraseOutcome {
 /// Every identifier ends up accounted for (erased now, erased before, or invalid) or listed
 /// in [`EraseOutcome::unaccounted`], which the CLI turns into a non-zero exit.
 pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, PartyError> {
-    let text = std::fs::read_to_string(ids_file)
-        .map_err(|e| PartyError::BadInput(format!("could not read {}: {e}", ids_file.display())))?;
+    erase_from(ctx, &EraseSource::Ids(ids_file.to_owned())).await
+}
+
+/// Where the customers to erase come from.
+#[derive(Debug, Clone)]
+pub enum EraseSource {
+    /// A file of identifiers, one per line.
+    Ids(PathBuf),
+    /// The party's customer file (CSV or Parquet, read with the upload's rules): every
+    /// customer whose winning row no longer consents is erased — consent withdrawal.
+    WithdrawnConsent {
+        /// The customer file.
+        input: PathBuf,
+        /// How to read it.
+        read: InputOptions,
+    },
+}
+
+/// Erases customers from `source`; see [`erase`]. Every valid identifier is also remembered
+/// party-wide (`rights::ErasureMemory`), so no later upload brings the customer back.
+pub async fn erase_from(
+    ctx: &PartyContext,
+    source: &EraseSource,
+) -> Result<EraseOutcome, PartyError> {
+    let lines: Vec<(usize, String)> = match source {
+        EraseSource::Ids(path) => std::fs::read_to_string(path)
+            .map_err(|e| PartyError::BadInput(format!("could not read {}: {e}", path.display())))?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i + 1, l.to_owned()))
+            .collect(),
+        EraseSource::WithdrawnConsent { input, read } => {
+            let (path, manifest, party, read) = (
+                input.clone(),
+                ctx.agreement.manifest().clone(),
+                ctx.party.clone(),
+                read.clone(),
+            );
+            tokio::task::spawn_blocking(move || input::withdrawn(&path, &manifest, &party, &read))
+                .await
+                .map_err(|e| PartyError::Internal(e.to_string()))??
+                .into_iter()
+                .map(|(line, id)| (line as usize, id))
+                .collect()
+        }
+    };
     let state = ctx.state()?;
     let secrets = state.secrets()?;
     let kind = ctx.identifier_kind()?;
@@ -850,14 +921,13 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
     let mut outcome = EraseOutcome::default();
     let mut wanted: Vec<[u8; 16]> = Vec::new();
     let mut seen = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut valid = Vec::new();
+    for (line_number, line) in &lines {
         outcome.requested += 1;
         match accord_psi::normalize(kind, line, region.as_deref()) {
             Ok(Some(id)) => {
                 let h = secrets.handle_key.handle(ctx.agreement.id(), id.as_bytes());
+                valid.push(id);
                 if !seen.insert(h) {
                     continue;
                 }
@@ -866,13 +936,22 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
                 } else if uploaded.contains(&h) {
                     wanted.push(h);
                 } else {
-                    outcome.unaccounted.push((i + 1, line.trim().to_owned()));
+                    outcome
+                        .unaccounted
+                        .push((*line_number, line.trim().to_owned()));
                 }
             }
             _ => outcome.invalid += 1,
         }
     }
     drop(secrets);
+    // Remembered before the room is asked: if the call fails, the customer is still held
+    // back from every later upload.
+    crate::rights::ErasureMemory::open(&ctx.state_root)?.remember_erased(
+        kind,
+        &valid,
+        chrono::Utc::now(),
+    )?;
     if wanted.is_empty() {
         return Ok(outcome);
     }
@@ -919,6 +998,10 @@ pub async fn erase(ctx: &PartyContext, ids_file: &Path) -> Result<EraseOutcome, 
                 PartyError::Refused("the room's erasure receipt does not verify".into())
             })?;
         state.record_erased(&handles)?;
+        state.log_event(&crate::rights::Event::Erased {
+            at: chrono::Utc::now(),
+            handles: chunk.iter().map(hex::encode).collect(),
+        })?;
         outcome.erased += response.erased;
     }
     Ok(outcome)
