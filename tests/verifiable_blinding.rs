@@ -260,6 +260,12 @@ async fn honest_parties_prove_every_batch_and_seal() {
         "{audit}"
     );
     assert_eq!(audit.matches("blinding_proof_failed").count(), 0, "{audit}");
+    // The point tags of the cross-batch duplicate check are deleted at sealing.
+    let seen: Vec<_> = files_under(&room_dir)
+        .into_iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "seen"))
+        .collect();
+    assert!(seen.is_empty(), "{seen:?}");
     room.shutdown().await;
 }
 
@@ -422,5 +428,135 @@ async fn clients_and_rooms_of_other_protocol_versions_refuse_each_other_by_name(
         .to_string();
     assert!(e.contains("protocol 3") && e.contains("protocol 2"), "{e}");
     assert!(accord_party::client::check_room_protocol("http://room", 2).is_ok());
+    room.shutdown().await;
+}
+
+/// A signed batch `number` of drinks with one row per seed: point `H(seed)`, handle
+/// `seed` repeated, and a value in each of drinks' three columns.
+fn seeded_batch(fp: &[u8; 32], keys: &Keys, number: u64, seeds: &[u8]) -> v1::UploadBatch {
+    let domain = accord_psi::HashDomain::new("e2e-dups", accord_psi::IdentifierKind::Email);
+    let points: Vec<u8> = seeds
+        .iter()
+        .flat_map(|s| domain.hash_compressed(&[*s]))
+        .collect();
+    let handles: Vec<u8> = seeds.iter().flat_map(|s| [*s; 16]).collect();
+    let text = |name: &str| v1::Column {
+        name: name.into(),
+        values: Some(v1::column::Values::Text(v1::TextValues {
+            values: seeds.iter().map(|s| format!("v{s}")).collect(),
+            present: vec![],
+        })),
+    };
+    let columns = vec![
+        text("loyalty_tier"),
+        text("region"),
+        v1::Column {
+            name: "monthly_spend".into(),
+            values: Some(v1::column::Values::Number(v1::NumberValues {
+                values: seeds.iter().map(|s| f64::from(*s)).collect(),
+                present: vec![],
+            })),
+        },
+    ];
+    let salt = [number as u8; 32];
+    let digest = accord_proto::rows_digest(&salt, &handles, &columns);
+    let message = accord_proto::signed::upload_batch(fp, "drinks", number, &points, &digest);
+    v1::UploadBatch {
+        batch_number: number,
+        handles,
+        points,
+        columns,
+        signature: keys
+            .drinks()
+            .sign(Purpose::UploadBatch, &message)
+            .to_bytes()
+            .to_vec(),
+        salt: salt.to_vec(),
+    }
+}
+
+async fn send_batch(
+    conn: &accord_party::Connection,
+    batch: v1::UploadBatch,
+) -> Result<v1::UploadResponse, tonic::Status> {
+    let mut psi = PsiClient::new(conn.channel());
+    let req = conn.request(futures::stream::iter(vec![v1::UploadMessage {
+        kind: Some(v1::upload_message::Kind::Batch(batch)),
+    }]));
+    psi.upload(req).await.map(tonic::Response::into_inner)
+}
+
+/// Issue 12: a point a party already uploaded in an earlier batch of the same agreement
+/// version is refused at upload (not only counted at sealing), also after a room restart;
+/// an identical resend of a stored batch is still acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_repeated_across_batches_is_refused_at_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(64);
+    let text = agreement_text("e2e-dups", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let fp = *agreement.fingerprint().as_bytes();
+    let room_dir = dir.path().join("room");
+    let room = start_room(&room_dir).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    let open = |url: String| {
+        let key = keys.drinks();
+        async move {
+            accord_party::Connection::open(
+                &url,
+                "e2e-dups",
+                accord_party::Principal::Party("drinks"),
+                &key,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let conn = open(url.clone()).await;
+    let stored = send_batch(&conn, seeded_batch(&fp, &keys, 0, &[0, 1]))
+        .await
+        .unwrap();
+    assert_eq!((stored.batches_stored, stored.rows_stored), (1, 2));
+
+    // Batch 1 repeats batch 0's second point (row 1 of batch 1).
+    let repeat = seeded_batch(&fp, &keys, 1, &[2, 1]);
+    let e = send_batch(&conn, repeat.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    for needle in [
+        "batch 1 of drinks",
+        "row 1",
+        "already uploaded in batch 0",
+        "Nothing was stored",
+    ] {
+        assert!(e.message().contains(needle), "{needle}: {}", e.message());
+    }
+    // A repeat inside one batch was already refused.
+    let e = send_batch(&conn, seeded_batch(&fp, &keys, 1, &[3, 3]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // An identical resend of batch 0 (a resumed upload) is acknowledged without change.
+    let again = send_batch(&conn, seeded_batch(&fp, &keys, 0, &[0, 1]))
+        .await
+        .unwrap();
+    assert_eq!((again.batches_stored, again.rows_stored), (1, 2));
+
+    // The room remembers batch 0's points across a restart.
+    room.shutdown().await;
+    let room = start_room(&room_dir).await;
+    let conn = open(self::url(&room)).await;
+    let e = send_batch(&conn, repeat).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("already uploaded in batch 0"),
+        "{}",
+        e.message()
+    );
+    // Without the repeat, batch 1 is accepted.
+    let stored = send_batch(&conn, seeded_batch(&fp, &keys, 1, &[2, 3]))
+        .await
+        .unwrap();
+    assert_eq!((stored.batches_stored, stored.rows_stored), (2, 4));
     room.shutdown().await;
 }
