@@ -291,7 +291,10 @@ async fn sealing_withholds_on_exact_counts_only_without_differential_privacy() {
 
     // Exact results: the region (200 values among 200 matched, k = 10) is withheld.
     let exact = agreement_text("e2e-withhold-exact", 1, &keys, 10, 10_000);
-    assert!(exact.contains("exact_results"), "the fixture is an exact agreement");
+    assert!(
+        exact.contains("exact_results"),
+        "the fixture is an exact agreement"
+    );
     let exact_dir = dir.path().join("exact");
     std::fs::create_dir_all(&exact_dir).unwrap();
     for f in ["drinks.csv", "snacks.csv"] {

@@ -560,3 +560,119 @@ async fn a_point_repeated_across_batches_is_refused_at_upload() {
     assert_eq!((stored.batches_stored, stored.rows_stored), (2, 4));
     room.shutdown().await;
 }
+
+/// Issue 12: the recovery path of a refused batch, as docs/PROTOCOL.md "Refusals and recovery"
+/// documents it. The partner's state directory claims drinks' batch 0 was blinded before with
+/// other points, so the partner's real client refuses it (`blinded-before`); drinks sees the
+/// refusal with its explanation in `Status.refused_batches` and from `sync`, the audit log
+/// records it, and this version can never seal. Both parties sign version 2, submit it, upload
+/// again, and the room seals and answers a query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_batch_is_explained_and_a_new_version_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(65);
+    let v1_text = agreement_text("e2e-recover", 1, &keys, 10, 10_000);
+    let v1 = verified(&v1_text);
+    let room_dir = dir.path().join("room");
+    let room = start_room(&room_dir).await;
+    let url = url(&room);
+    submit(&url, &v1_text).await.unwrap();
+    write_csv(
+        &dir.path().join("drinks.csv"),
+        "drinks",
+        &customers("drinks", 60),
+    );
+    write_csv(
+        &dir.path().join("snacks.csv"),
+        "snacks",
+        &customers("snacks", 40),
+    );
+    let (drinks_state, snacks_state) = (
+        dir.path().join("drinks-state"),
+        dir.path().join("snacks-state"),
+    );
+    let drinks = party(&v1, "drinks", &keys, &drinks_state, &url);
+    let snacks = party(&v1, "snacks", &keys, &snacks_state, &url);
+    accord_party::upload(
+        &drinks,
+        &upload_options(dir.path().join("drinks.csv"), 25, false),
+    )
+    .await
+    .unwrap();
+    accord_party::upload(
+        &snacks,
+        &upload_options(dir.path().join("snacks.csv"), 25, false),
+    )
+    .await
+    .unwrap();
+    // snacks' state directory for v1 says batch 0 of drinks was blinded with other points.
+    let log = snacks_state
+        .join("e2e-recover")
+        .join(v1.fingerprint().to_string())
+        .join("blinded-drinks");
+    std::fs::write(&log, format!("0 {} 25\n", "ab".repeat(32))).unwrap();
+    accord_party::sync(&snacks, false).await.unwrap();
+
+    // drinks sees the refusal, with the code's meaning and the documented way out.
+    let st = accord_party::status(&drinks).await.unwrap();
+    assert_eq!(st.refused_batches.len(), 1, "{st:?}");
+    let refused = &st.refused_batches[0];
+    assert_eq!(refused.batch_number, 0);
+    assert!(
+        refused.reason.starts_with("blinded-before: "),
+        "{}",
+        refused.reason
+    );
+    let next = accord_party::display::refusal_next_step(&refused.reason);
+    for needle in ["state directory", "new agreement version", "upload"] {
+        assert!(next.contains(needle), "{needle}: {next}");
+    }
+    let err = accord_party::sync(&drinks, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "snacks refused to blind batch 0",
+        "already blinded with other points [blinded-before]",
+        "can never seal",
+        "new agreement version",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let audit = audit_text(&room_dir, &v1.fingerprint().to_string());
+    assert_eq!(
+        audit.matches("\"event\":\"batch_refused\"").count(),
+        1,
+        "{audit}"
+    );
+    assert!(!audit.contains("\"event\":\"sealed\""), "{audit}");
+    // The other batches were blinded; batch 0 stays refused, so v1 never seals.
+    assert_eq!(st.batches_tokenized, 2);
+    assert!(!st.tokens_complete);
+
+    // Recovery: version 2, signed by both, submitted; both upload again (fresh state per version).
+    let v2_text = resign(&v1_text, &keys, |l| {
+        if l.starts_with("version") {
+            "version = 2".to_owned()
+        } else {
+            l.to_owned()
+        }
+    });
+    let v2 = verified(&v2_text);
+    let registered = submit(&url, &v2_text).await.unwrap();
+    assert_eq!(registered.superseded, v1.fingerprint().to_string());
+    run_psi(&v2, &keys, dir.path(), &url, 25).await;
+    let mut ana = analyst(&url, "e2e-recover", &keys).await;
+    let batches = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    // customers() gives both parties person0.. so the overlap is snacks' 40.
+    assert_eq!(n, 40);
+    room.shutdown().await;
+}
