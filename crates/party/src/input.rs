@@ -299,14 +299,18 @@ fn parse_number(text: &str) -> Result<Option<f64>, String> {
         return Ok(None);
     }
     t.parse::<f64>()
-        // −0 is stored as 0: the two are equal, and the signed bytes should not differ.
-        .map(|x| Some(if x == 0.0 { 0.0 } else { x }))
+        .map(|x| Some(positive_zero(x)))
         .map_err(|_| {
             format!(
                 "{t:?} is not a number (write digits with an optional sign, `.` decimals and \
                  exponent, e.g. 1234.5 or -1.5e3; no thousands separators or currency signs)"
             )
         })
+}
+
+/// −0 is stored as 0: the two are equal, and the signed bytes should not differ.
+fn positive_zero(x: f64) -> f64 {
+    if x == 0.0 { 0.0 } else { x }
 }
 
 fn is_true(text: &str) -> bool {
@@ -621,12 +625,7 @@ fn number_column(
     })?;
     let f = cast.as_primitive::<arrow::datatypes::Float64Type>();
     Ok((0..f.len())
-        .map(|r| {
-            (!f.is_null(r)).then(|| match f.value(r) {
-                x if x == 0.0 => 0.0, // −0 is stored as 0, as in CSV
-                x => x,
-            })
-        })
+        .map(|r| (!f.is_null(r)).then(|| positive_zero(f.value(r))))
         .collect())
 }
 
