@@ -676,3 +676,146 @@ async fn a_refused_batch_is_explained_and_a_new_version_recovers() {
     assert_eq!(n, 40);
     room.shutdown().await;
 }
+
+/// docs/PROTOCOL.md "FetchWork and ReturnWork, precisely": no leases (a fetch repeats the
+/// pending batches, in ascending order), a batch that was not fetched is accepted on its
+/// proof, a second answer for a tokenized batch is acknowledged and ignored (even a wrong one,
+/// which is not verified and changes nothing), a refusal of a tokenized batch is ignored, an
+/// unknown batch is NOT_FOUND and a refusal without a known code INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fetch_and_return_work_behave_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(66);
+    let text = agreement_text("e2e-work", 1, &keys, 10, 10_000);
+    let agreement = verified(&text);
+    let fp = agreement.fingerprint();
+    let room_dir = dir.path().join("room");
+    let room = start_room(&room_dir).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    write_csv(
+        &dir.path().join("drinks.csv"),
+        "drinks",
+        &customers("drinks", 60),
+    );
+    let drinks = party(
+        &agreement,
+        "drinks",
+        &keys,
+        &dir.path().join("drinks-state"),
+        &url,
+    );
+    accord_party::upload(
+        &drinks,
+        &upload_options(dir.path().join("drinks.csv"), 25, false),
+    )
+    .await
+    .unwrap();
+    let conn = accord_party::Connection::open(
+        &url,
+        "e2e-work",
+        accord_party::Principal::Party("snacks"),
+        &keys.snacks(),
+    )
+    .await
+    .unwrap();
+    let mut psi = PsiClient::new(conn.channel());
+    let fetcher = psi.clone();
+    let fetch = |max: u32| {
+        let mut psi = fetcher.clone();
+        let req = conn.request(v1::FetchWorkRequest { max_batches: max });
+        async move {
+            let mut stream = psi.fetch_work(req).await.unwrap().into_inner();
+            let mut out = Vec::new();
+            while let Some(w) = stream.message().await.unwrap() {
+                out.push(w);
+            }
+            out
+        }
+    };
+    // No leases: the same pending batch again, in ascending order.
+    let first = fetch(1).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].batch_number, 0);
+    assert_eq!(fetch(1).await[0].batch_number, 0);
+    let all = fetch(0).await;
+    assert_eq!(
+        all.iter().map(|w| w.batch_number).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+
+    // Batch 1 was never fetched by a call that returned it alone: accepted on its proof.
+    let secret = PsiSecret::generate().unwrap();
+    let commit = || commitment_message(fp.as_bytes(), "snacks", &secret, &keys);
+    let context = DleqContext {
+        agreement: fp.as_bytes(),
+        prover: "snacks",
+        owner: "drinks",
+        batch: 1,
+    };
+    let (output, proof) = blind_and_prove(&secret, &context, &all[1].points).unwrap();
+    let r = psi
+        .return_work(conn.request(futures::stream::iter(vec![
+            commit(),
+            blinded(1, output.clone(), proof.to_vec()),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.refused), (1, 0));
+
+    // A second, different answer for batch 1 is acknowledged and ignored (not verified).
+    let mut wrong = output.clone();
+    wrong[..32].copy_from_slice(&all[1].points[..32]);
+    let refusal = |n: u64, reason: &str| v1::ReturnWorkMessage {
+        kind: Some(Kind::Refusal(v1::WorkRefusal {
+            batch_number: n,
+            reason: reason.into(),
+        })),
+    };
+    let r = psi
+        .return_work(conn.request(futures::stream::iter(vec![
+            blinded(1, wrong, vec![0; 64]),
+            refusal(1, "over-cap: changed my mind"),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.accepted, r.refused), (1, 1));
+    let st = accord_party::status(&drinks).await.unwrap();
+    assert_eq!(st.batches_tokenized, 1);
+    assert!(st.refused_batches.is_empty(), "{st:?}");
+    assert_eq!(st.partner_proof_failures, 0);
+    let audit = audit_text(&room_dir, &fp.to_string());
+    assert!(!audit.contains("blinding_proof_failed"), "{audit}");
+    assert!(!audit.contains("batch_refused"), "{audit}");
+    // The tokenized batch is no longer offered.
+    assert_eq!(
+        fetch(0)
+            .await
+            .iter()
+            .map(|w| w.batch_number)
+            .collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+
+    // An unknown batch, and a refusal without one of the codes.
+    let e = psi
+        .return_work(conn.request(futures::stream::iter(vec![blinded(
+            99,
+            output,
+            proof.to_vec(),
+        )])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let e = psi
+        .return_work(conn.request(futures::stream::iter(vec![refusal(
+            0,
+            "please wire money: now",
+        )])))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    room.shutdown().await;
+}
