@@ -266,10 +266,11 @@ fn seen_file(n: u64) -> String {
     format!("{n:010}.bin")
 }
 
-/// The point tags of every stored batch of a party (its `seen/` files; for a pending batch
-/// stored by a build without them, its points; a tokenized batch stored by such a build has
-/// no points left and is not covered, and sealing still drops repeated tokens). Tag files of batches that are not stored
-/// (a crash between the two writes of [`AgreementStore::store_pending`]) are ignored.
+/// The point tags of every stored batch of a party: its `seen/` files; for a pending batch
+/// stored by a build without them, its points (a tokenized batch stored by such a build has
+/// no points left and is not covered; sealing still drops repeated tokens). Tag files of
+/// batches that are not stored (a crash between the two writes of
+/// [`AgreementStore::store_pending`]) are ignored.
 fn load_point_tags(pdir: &Path, progress: &PartyProgress) -> Result<HashSet<[u8; 16]>> {
     let mut tags = HashSet::with_capacity(progress.rows() as usize);
     let files: BTreeMap<u64, PathBuf> = list(&pdir.join(SEEN_DIR), ".bin")?.into_iter().collect();
