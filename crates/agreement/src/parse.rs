@@ -797,6 +797,20 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
                         ),
                         "add a [parties.<name>] section for every organization that shares data",
                     );
+                } else if drafts.len() > 2 {
+                    // The PSI, the room's join and the audit of this version are between two
+                    // parties; a third would be accepted here and refused by every room.
+                    parties_ok = false;
+                    cx.problem(
+                        pv,
+                        "parties",
+                        format!(
+                            "an agreement has exactly two parties in this version of Accord \
+                             (protocol 2); this one has {}",
+                            drafts.len()
+                        ),
+                        "make one agreement per pair of organizations",
+                    );
                 }
             } else {
                 parties_ok = false;

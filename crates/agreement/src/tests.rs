@@ -1213,3 +1213,26 @@ fn rotation_signatures_authorize_a_new_key_and_are_not_signed() {
     );
     assert!(shown.contains("key rotation): valid"), "{shown}");
 }
+
+/// A third party is refused when the manifest is read (issue 12), not first by the room after
+/// everyone signed it.
+#[test]
+fn more_than_two_parties_are_refused_with_the_reason() {
+    let third = format!(
+        "\n[parties.crisps]\npublic_key = \"{}\"\nmax_rows = 10\nconsent_column = \"ok\"\ncontributes = []\n",
+        key(4).public_key()
+    );
+    let text = base().replacen("\n[[analysts]]", &format!("{third}\n[[analysts]]"), 1);
+    let err = Manifest::parse(&text).unwrap_err();
+    let p = err
+        .problems
+        .iter()
+        .find(|p| p.key == "parties")
+        .unwrap_or_else(|| panic!("no problem for parties: {err}"));
+    assert!(
+        p.message.contains("exactly two parties") && p.message.contains("this one has 3"),
+        "{p}"
+    );
+    assert!(p.fix.contains("one agreement per pair"), "{p}");
+    assert_eq!(err.problems.len(), 1, "{err}");
+}

@@ -317,5 +317,9 @@ fn print_status(s: &accord_proto::v1::StatusResponse) {
             partner,
             accord_party::display::work_refusal(&r.reason)
         );
+        println!(
+            "    {}",
+            accord_party::display::refusal_next_step(&r.reason)
+        );
     }
 }

@@ -35,6 +35,19 @@ pub fn work_refusal(reason: &str) -> String {
     }
 }
 
+/// What the owner of a refused batch does next: the likely cause for the reason's code (when
+/// it has one of ours) and the recovery every refusal needs.
+pub fn refusal_next_step(reason: &str) -> String {
+    match WorkRefusalCode::parse(reason) {
+        Some((code, _)) => format!(
+            "likely cause: {}; {}",
+            code.likely_cause(),
+            accord_proto::refusal::RECOVERY
+        ),
+        None => accord_proto::refusal::RECOVERY.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

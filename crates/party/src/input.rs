@@ -302,8 +302,18 @@ fn parse_number(text: &str) -> Result<Option<f64>, String> {
         return Ok(None);
     }
     t.parse::<f64>()
-        .map(Some)
-        .map_err(|_| format!("{t:?} is not a number"))
+        .map(|x| Some(positive_zero(x)))
+        .map_err(|_| {
+            format!(
+                "{t:?} is not a number (write digits with an optional sign, `.` decimals and \
+                 exponent, e.g. 1234.5 or -1.5e3; no thousands separators or currency signs)"
+            )
+        })
+}
+
+/// −0 is stored as 0: the two are equal, and the signed bytes should not differ.
+fn positive_zero(x: f64) -> f64 {
+    if x == 0.0 { 0.0 } else { x }
 }
 
 fn is_true(text: &str) -> bool {
@@ -370,16 +380,28 @@ fn column_index(
     path: &Path,
     what: &str,
 ) -> Result<usize, PartyError> {
-    headers
+    let mut matching = headers
         .iter()
-        .position(|h| h.trim() == name)
-        .ok_or_else(|| {
-            PartyError::BadInput(format!(
-                "{}: no column {name:?} ({what}); the file has: {}",
-                path.display(),
-                headers.join(", ")
-            ))
-        })
+        .enumerate()
+        .filter(|(_, h)| h.trim() == name)
+        .map(|(i, _)| i);
+    let first = matching.next().ok_or_else(|| {
+        PartyError::BadInput(format!(
+            "{}: no column {name:?} ({what}); the file has: {}",
+            path.display(),
+            headers.join(", ")
+        ))
+    })?;
+    if let Some(second) = matching.next() {
+        return Err(PartyError::BadInput(format!(
+            "{}: the column {name:?} ({what}) appears twice (columns {} and {}): rename or \
+             remove one, so it is clear which one is shared",
+            path.display(),
+            first + 1,
+            second + 1
+        )));
+    }
+    Ok(first)
 }
 
 /// Positions of the identifier, consent and contributed columns, or an error naming the
@@ -565,6 +587,14 @@ fn text_column(
     name: &str,
 ) -> Result<Vec<Option<String>>, PartyError> {
     let col = batch.column(i);
+    if !is_text_type(col.data_type()) {
+        return Err(PartyError::BadInput(format!(
+            "{}: column {name:?} is of type {}; identifiers, dimensions and consent are read from \
+             string, integer or boolean columns only (write it as a string column)",
+            path.display(),
+            col.data_type()
+        )));
+    }
     let cast = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| {
         PartyError::BadInput(format!(
             "{}: column {name:?} of type {} cannot be read as text: {e}",
@@ -605,6 +635,14 @@ fn number_column(
             })
             .collect();
     }
+    if !is_number_type(col.data_type()) {
+        return Err(PartyError::BadInput(format!(
+            "{}: column {name:?} is of type {}; a metric is read from an integer, floating-point, \
+             decimal or string column only",
+            path.display(),
+            col.data_type()
+        )));
+    }
     let cast = arrow::compute::cast(col, &DataType::Float64).map_err(|e| {
         PartyError::BadInput(format!(
             "{}: column {name:?} of type {} is not numeric: {e}",
@@ -614,8 +652,42 @@ fn number_column(
     })?;
     let f = cast.as_primitive::<arrow::datatypes::Float64Type>();
     Ok((0..f.len())
-        .map(|r| (!f.is_null(r)).then(|| f.value(r)))
+        .map(|r| (!f.is_null(r)).then(|| positive_zero(f.value(r))))
         .collect())
+}
+
+/// Parquet types read as text (docs/PROTOCOL.md, "Input rules"): strings (also
+/// dictionary-encoded), integers (decimal digits, `-` for negatives) and booleans (`true`,
+/// `false`). Floats, dates, binary and the rest are refused: their text form is a choice of
+/// the library that wrote or reads the file, and the other party could not reproduce it.
+fn is_text_type(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, v) => is_text_type(v),
+        t => {
+            matches!(
+                t,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
+            ) || t.is_integer()
+        }
+    }
+}
+
+/// Parquet types read as a metric: integers, floats, decimals, or strings in the number syntax.
+fn is_number_type(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(_, v) => is_number_type(v),
+        t => {
+            t.is_integer()
+                || t.is_floating()
+                || matches!(
+                    t,
+                    DataType::Decimal32(..)
+                        | DataType::Decimal64(..)
+                        | DataType::Decimal128(..)
+                        | DataType::Decimal256(..)
+                )
+        }
+    }
 }
 
 fn consent_column(
@@ -795,5 +867,151 @@ exact_results = true
         assert_eq!(rows.len(), 1);
         assert_eq!(report.duplicates, 1);
         assert_eq!(report.empty_identifier, 1);
+    }
+
+    /// The input rules of docs/PROTOCOL.md ("Input rules"), example by example.
+    #[test]
+    fn input_rules_as_documented() {
+        // BOM, CRLF, blank lines, quoting, header names trimmed, cells trimmed.
+        let csv = "\u{feff}email , consent,tier,spend\r\n\
+                   \"ana@example.com\",\" true \",\"gold, \"\"plus\"\"\",\" 10 \"\r\n\
+                   \r\n\
+                   bo@example.com,True,\"  \",\n";
+        let (rows, report) = run(csv, false).unwrap();
+        assert_eq!(report.rows_read, 2, "the blank line is not a row");
+        assert_eq!(rows[0].identifier, "ana@example.com");
+        assert_eq!(
+            rows[0].values,
+            vec![
+                Value::Text(Some("gold, \"plus\"".into())),
+                Value::Number(Some(10.0))
+            ]
+        );
+        assert_eq!(rows[1].values, vec![Value::Text(None), Value::Number(None)]);
+
+        // Consent: `true` in any letter case, trimmed; nothing else.
+        for (cell, consents) in [
+            ("true", true),
+            ("TRUE", true),
+            (" True ", true),
+            ("yes", false),
+            ("1", false),
+            ("t", false),
+            ("", false),
+            ("true.", false),
+        ] {
+            let csv = format!("email,consent,tier,spend\na@x.com,{cell},g,1\n");
+            let (rows, _) = run(&csv, false).unwrap();
+            assert_eq!(rows.len() == 1, consents, "consent cell {cell:?}");
+        }
+
+        // Number syntax.
+        for (cell, value) in [
+            ("7", Some(7.0)),
+            ("+7", Some(7.0)),
+            ("-0", Some(0.0)),
+            (".5", Some(0.5)),
+            ("5.", Some(5.0)),
+            ("1e1", Some(10.0)),
+            ("2.5E-1", Some(0.25)),
+            ("", None),
+        ] {
+            let csv = format!("email,consent,tier,spend\na@x.com,true,g,{cell}\n");
+            let (rows, _) = run(&csv, false).unwrap();
+            assert_eq!(rows[0].values[1], Value::Number(value), "number {cell:?}");
+            if let Value::Number(Some(x)) = rows[0].values[1] {
+                assert!(x.is_sign_positive() || x < 0.0, "-0 is stored as 0");
+            }
+        }
+        for cell in [
+            "1,5", "\"1,5\"", "$5", "0x10", "1_000", "1 000", "inf", "NaN", "1e400",
+        ] {
+            let csv = format!("email,consent,tier,spend\na@x.com,true,g,{cell}\n");
+            assert!(run(&csv, false).is_err(), "number {cell:?} must be refused");
+        }
+
+        // Duplicates: the first row in file order wins, with its consent and its values.
+        let csv = "email,consent,tier,spend\n\
+                   A@x.com,false,g,1\n\
+                   a@x.com,true,s,2\n\
+                   b@x.com,true,g,3\n\
+                   B@X.COM,true,s,4\n";
+        let (rows, report) = run(csv, false).unwrap();
+        assert_eq!((report.not_consented, report.duplicates), (1, 2));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].identifier, "b@x.com");
+        assert_eq!(rows[0].values[0], Value::Text(Some("g".into())));
+
+        // A skipped malformed row does not count as the first occurrence.
+        let csv = "email,consent,tier,spend\na@x.com,true,g,lots\na@x.com,true,s,2\n";
+        let (rows, _) = run(csv, true).unwrap();
+        assert_eq!(rows[0].values[0], Value::Text(Some("s".into())));
+
+        // Header names are case-sensitive, and a needed column may appear only once.
+        let err = run("Email,consent,tier,spend\na@x.com,true,g,1\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no column \"email\""), "{err}");
+        let err = run("email,consent,tier,tier,spend\na@x.com,true,g,s,1\n", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("appears twice (columns 3 and 4)"), "{err}");
+        // Columns the agreement does not name are ignored, wherever they are.
+        let (rows, _) = run("note,email,consent,tier,spend\nx,a@x.com,true,g,1\n", false).unwrap();
+        assert_eq!(rows.len(), 1);
+        // Not UTF-8: stops with the line.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.csv");
+        std::fs::write(&path, b"email,consent,tier,spend\nj\xf6rg@x.de,true,g,1\n").unwrap();
+        let options = InputOptions {
+            id_column: None,
+            skip_bad_rows: false,
+        };
+        let err = read(&path, &manifest(), "drinks", &options)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn parquet_columns_of_types_without_one_text_form_are_refused() {
+        use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |id: arrow::array::ArrayRef, spend: arrow::array::ArrayRef| {
+            let path = dir.path().join("in.parquet");
+            let batch = RecordBatch::try_from_iter(vec![
+                ("email", id),
+                ("consent", Arc::new(BooleanArray::from(vec![true])) as _),
+                ("tier", Arc::new(StringArray::from(vec!["g"])) as _),
+                ("spend", spend),
+            ])
+            .unwrap();
+            let file = File::create(&path).unwrap();
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            let options = InputOptions {
+                id_column: None,
+                skip_bad_rows: false,
+            };
+            read(&path, &manifest(), "drinks", &options)
+        };
+        let text = |s: &str| Arc::new(StringArray::from(vec![s])) as arrow::array::ArrayRef;
+        let err = write(
+            Arc::new(Float64Array::from(vec![1.0])),
+            Arc::new(Int64Array::from(vec![1])),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"email\" is of type Float64"), "{err}");
+        let err = write(text("a@x.com"), Arc::new(BooleanArray::from(vec![true])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"spend\" is of type Boolean"), "{err}");
+        let (rows, _) = write(text("a@x.com"), Arc::new(Int64Array::from(vec![-0]))).unwrap();
+        assert_eq!(rows[0].values[1], Value::Number(Some(0.0)));
+        let (rows, _) = write(text("a@x.com"), text(" 2.5e1 ")).unwrap();
+        assert_eq!(rows[0].values[1], Value::Number(Some(25.0)));
     }
 }

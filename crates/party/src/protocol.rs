@@ -298,10 +298,11 @@ pub async fn upload(
     if !status.refused_batches.is_empty() {
         let r = &status.refused_batches[0];
         return Err(PartyError::Refused(format!(
-            "{} refused to blind batch {} of this upload: {}",
+            "{} refused to blind batch {} of this upload: {}. {}",
             status.partner,
             r.batch_number,
-            crate::display::work_refusal(&r.reason)
+            crate::display::work_refusal(&r.reason),
+            crate::display::refusal_next_step(&r.reason)
         )));
     }
     check_partner_proofs(&status)?;
@@ -655,10 +656,11 @@ async fn sync_once(
             bar.finish_and_clear();
             let r = &status.refused_batches[0];
             return Err(PartyError::Refused(format!(
-                "{partner} refused to blind batch {} of {}'s upload: {}",
+                "{partner} refused to blind batch {} of {}'s upload: {}. {}",
                 r.batch_number,
                 ctx.party,
-                crate::display::work_refusal(&r.reason)
+                crate::display::work_refusal(&r.reason),
+                crate::display::refusal_next_step(&r.reason)
             )));
         }
         if let Err(e) = check_partner_proofs(&status) {
@@ -755,9 +757,10 @@ async fn blind_one(
         ));
     };
     let Ok(rows_digest) = <[u8; 32]>::try_from(batch.rows_digest.as_slice()) else {
-        return Ok(refuse(format!(
-            "batch {n}: the rows digest is not 32 bytes (a protocol v1 room or a corrupt batch)"
-        )));
+        return Ok(refuse(WorkRefusalCode::BadSignature.reason(&format!(
+            "batch {n}: the rows digest is not 32 bytes, so the signature cannot be checked (a \
+             protocol v1 room or a corrupt batch)"
+        ))));
     };
     let message =
         accord_proto::signed::upload_batch(fp.as_bytes(), partner, n, &batch.points, &rows_digest);

@@ -4,6 +4,12 @@
 //! the detail short and escaped, and relays it to the partner, whose operator reads it: the
 //! code says what happened in words this crate chose, never words the other side chose.
 
+/// What the owners do after any refusal (docs/PROTOCOL.md, "Refusals and recovery"): a refused
+/// batch is never tokenized, so its agreement version can never seal.
+pub const RECOVERY: &str = "this agreement version can never seal: fix the cause, then both \
+     parties sign a new agreement version (version + 1), submit it to the room, and both upload \
+     again under it (`accord party upload --wait`; each version has its own state directory)";
+
 /// The reasons a party may give for refusing a partner batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -49,6 +55,33 @@ impl WorkRefusalCode {
             Self::BlindedBefore => "this batch number was already blinded with other points",
             Self::OverCap => "blinding it would exceed the agreed max_rows",
             Self::InvalidPoints => "the batch holds an invalid, identity or repeated point",
+        }
+    }
+
+    /// The usual cause of a refusal with this code, for the owners (docs/PROTOCOL.md,
+    /// "Refusals and recovery"); what they do next is [`RECOVERY`], the same for every code.
+    pub fn likely_cause(self) -> &'static str {
+        match self {
+            Self::WrongSender => {
+                "the room relayed the batch under another party's name (a room fault or tampering: \
+                 tell the room's operator)"
+            }
+            Self::BadSignature => {
+                "the batch changed between its owner and the partner, or the partner checks it \
+                 with another key than the one the owner signs with (compare the agreement files \
+                 and tell the room's operator)"
+            }
+            Self::BlindedBefore => {
+                "the partner's state directory already holds this batch number with other points \
+                 (a state directory reused or restored from another upload)"
+            }
+            Self::OverCap => {
+                "the owner uploaded more rows than the partner accepts (max_rows too low, or the \
+                 partner's state directory counts an earlier upload)"
+            }
+            Self::InvalidPoints => {
+                "the owner's software produced an invalid point (upgrade accord on the owner's side)"
+            }
         }
     }
 

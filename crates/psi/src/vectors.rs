@@ -361,3 +361,118 @@ fn print_dleq_vector() {
         println!("| {name} | | `{value}` |");
     }
 }
+
+/// The e-mail addresses of the "Normalization vectors" table, with a note each: non-ASCII
+/// addresses and the case-mapping edge cases (issue 12).
+const UNICODE_EMAILS: [(&str, &str); 14] = [
+    ("ΟΔΟΣ@example.gr", "final sigma: Σ before `@` → ς (U+03C2)"),
+    (
+        "ΣΑΣ.ΣΑΣ@example.gr",
+        "Σ before `.` then a letter is not final (`.` is case-ignorable)",
+    ),
+    ("Σ@example.gr", "a lone Σ has no cased letter before it → σ"),
+    (
+        "İSTANBUL@örnek.com.tr",
+        "İ (U+0130) → i + U+0307, two code points; no Turkish rules",
+    ),
+    (
+        "IŞIK@örnek.com.tr",
+        "I → i (not dotless ı): no Turkish rules",
+    ),
+    ("ılgaz@örnek.com.tr", "dotless ı (U+0131) is kept"),
+    ("ẞTRASSE@example.de", "capital sharp s (U+1E9E) → ß"),
+    (
+        "ᎠᏍᎦᏯ@example.com",
+        "Cherokee capitals → U+AB70… (lowercase added in Unicode 8.0)",
+    ),
+    ("\u{A7CB}@example.com", "U+A7CB (Unicode 16.0) → U+0264"),
+    (
+        "\u{10D50}@example.com",
+        "Garay capital (Unicode 16.0) → U+10D70",
+    ),
+    (
+        "\u{A7CE}@example.com",
+        "U+A7CE (Unicode 17.0) → U+A7CF; unchanged with older tables",
+    ),
+    (
+        "ＡＢＣ@example.com",
+        "fullwidth letters stay fullwidth (no NFKC)",
+    ),
+    (
+        "JOSE\u{301}@example.com",
+        "e + U+0301 stays decomposed (no NFC): not the same as é",
+    ),
+    ("用户@例子.广告", "no case: unchanged"),
+];
+
+/// `kind, raw, hex(raw), normalized, hex(normalized)` of one normalization vector.
+fn normalization_row(kind: IdentifierKind, raw: &str) -> [String; 5] {
+    let normalized = normalize(kind, raw, Some(REGION)).unwrap().unwrap();
+    let normalized_hex = hex::encode(&normalized);
+    [
+        kind.as_str().to_owned(),
+        raw.to_owned(),
+        hex::encode(raw),
+        normalized,
+        normalized_hex,
+    ]
+}
+
+/// The Unicode version of the case mapping, trimming and character classes normalization
+/// uses (Rust's `char::UNICODE_VERSION` of the toolchain), as "major.minor.update".
+fn unicode_version() -> String {
+    let (a, b, c) = char::UNICODE_VERSION;
+    format!("{a}.{b}.{c}")
+}
+
+/// A toolchain with other Unicode tables would lowercase some addresses differently: this
+/// fails, and the documented version (a protocol constant) must change with a new protocol
+/// version, or the toolchain must stay.
+#[test]
+fn protocol_md_unicode_version() {
+    let rows = table_rows("Unicode version");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    println!("char::UNICODE_VERSION = {}", unicode_version());
+    assert_eq!(
+        rows[0][1],
+        unicode_version(),
+        "this toolchain's Unicode tables are not the ones docs/PROTOCOL.md pins"
+    );
+}
+
+#[test]
+fn protocol_md_normalization_vectors() {
+    let rows = table_rows("Normalization vectors");
+    assert!(rows.len() >= UNICODE_EMAILS.len(), "{} rows", rows.len());
+    for documented in rows {
+        assert_eq!(documented.len(), 6, "row {documented:?}");
+        // The raw hex is authoritative (some raw values hold invisible characters).
+        let raw = String::from_utf8(hex::decode(&documented[2]).unwrap()).unwrap();
+        assert_eq!(documented[1], raw, "raw cell and its hex differ");
+        let kind = IdentifierKind::from_label(&documented[0]).unwrap();
+        let computed = normalization_row(kind, &raw);
+        assert_eq!(documented[..5], computed, "{}", documented[5]);
+    }
+}
+
+/// Prints the normalization table: `cargo test --workspace --lib print_normalization_vectors -- --ignored --nocapture`.
+#[test]
+#[ignore = "generator for docs/PROTOCOL.md, run by hand"]
+fn print_normalization_vectors() {
+    println!("| kind | raw | raw (UTF-8 hex) | normalized | normalized (UTF-8 hex) | note |");
+    println!("|---|---|---|---|---|---|");
+    for (raw, note) in UNICODE_EMAILS {
+        let cells = normalization_row(IdentifierKind::Email, raw);
+        println!(
+            "| {} | {note} |",
+            cells.map(|c| format!("`{c}`")).join(" | ")
+        );
+    }
+    for (kind, raw) in [
+        (IdentifierKind::Email, "ΟΔΟΣ@example.gr"),
+        (IdentifierKind::Email, "İSTANBUL@örnek.com.tr"),
+    ] {
+        let cells = row(&fixture(), kind, raw);
+        println!("| {} |", cells.map(|c| format!("`{c}`")).join(" | "));
+    }
+}

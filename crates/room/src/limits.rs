@@ -46,6 +46,11 @@ pub const MAX_REFUSAL_DETAIL_BYTES: usize = 300;
 /// key can add one, so strangers cannot fill it.
 pub const MAX_USED_NONCES: usize = 100_000;
 
+// Not a constant here, because the parties agreed on it: the room's memory for the
+// cross-batch duplicate check (one 16-byte tag per point a party uploaded, until its upload
+// is complete) is bounded by that party's `max_rows` in the signed manifest, which the upload
+// cap enforces before any tag is added. See `AgreementStore::point_tags` in `store.rs`.
+
 /// Most batches one `FetchWork` call returns when the caller asks for more (or for 0, which
 /// means "the default", [`Limits::fetch_work_batches`]). Batches are read from disk one at a
 /// time as the stream is consumed, so this bounds the call's duration, not its memory.

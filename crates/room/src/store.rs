@@ -8,6 +8,8 @@
 //!     parties/<party>/rows/<batch>.parquet      token (k_B·k_A·H), handle, attributes; after
 //!                                               sealing only the matched rows (data minimization)
 //!     parties/<party>/refused/<batch>.txt       the partner's reason for refusing to blind the batch
+//!     parties/<party>/seen/<batch>.bin          16-byte tags of the batch's points (cross-batch duplicate
+//!                                               check); deleted at sealing
 //!     parties/<party>/complete.json             the party's signed completion statement
 //!     parties/<party>/commitment.bin            the party's PSI key commitment K (32) ‖ its signature (64)
 //!     parties/<party>/proof-failures.txt        how many of this party's batches came back with a failing proof
@@ -21,6 +23,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
 
 use accord_agreement::{ColumnRole, Manifest};
 use arrow::array::{
@@ -230,13 +234,59 @@ pub struct AgreementStore {
     dir: PathBuf,
     parties: Vec<PartyColumns>,
     progress: BTreeMap<String, PartyProgress>,
+    /// Per party whose upload is still open: the [`point_tag`] of every point it uploaded
+    /// under this agreement version, so a batch repeating one is refused at upload.
+    ///
+    /// Bound: one tag per stored row, and [`AgreementStore::store_pending`] refuses rows
+    /// beyond the party's `max_rows` *before* it adds tags, so a set never holds more than
+    /// the party's `max_rows` entries (16 bytes each plus the hash set's overhead, about
+    /// 40 MiB per million rows). `max_rows` is agreed and signed by both parties in the
+    /// manifest the room accepted. The set is freed when the party completes its upload
+    /// (no batch can be added after that) and its files are deleted at sealing.
+    point_tags: BTreeMap<String, HashSet<[u8; 16]>>,
+}
+
+/// The tag kept for an uploaded point: the first 16 bytes of SHA-256(point). Equal points
+/// have equal tags (encodings are canonical), so no repeat is missed; two different points
+/// sharing a tag (probability about 2⁻¹²⁸ per pair, and only the owner chooses its points)
+/// would refuse the owner's own batch, nothing else. Hashing keeps no part of the point.
+fn point_tag(point: &[u8]) -> [u8; 16] {
+    to16(&Sha256::digest(point))
 }
 
 const COMMITMENT_FILE: &str = "commitment.bin";
+const SEEN_DIR: &str = "seen";
 const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
 
 fn batch_file(n: u64) -> String {
     format!("{n:010}.parquet")
+}
+
+fn seen_file(n: u64) -> String {
+    format!("{n:010}.bin")
+}
+
+/// The point tags of every stored batch of a party: its `seen/` files; for a pending batch
+/// stored by a build without them, its points (a tokenized batch stored by such a build has
+/// no points left and is not covered; sealing still drops repeated tokens). Tag files of
+/// batches that are not stored (a crash between the two writes of
+/// [`AgreementStore::store_pending`]) are ignored.
+fn load_point_tags(pdir: &Path, progress: &PartyProgress) -> Result<HashSet<[u8; 16]>> {
+    let mut tags = HashSet::with_capacity(progress.rows() as usize);
+    let files: BTreeMap<u64, PathBuf> = list(&pdir.join(SEEN_DIR), ".bin")?.into_iter().collect();
+    for (n, info) in &progress.batches {
+        if let Some(path) = files.get(n) {
+            let bytes = fs::read(path).map_err(|e| RoomError::io("read", path, e))?;
+            tags.extend(bytes.chunks_exact(16).map(to16));
+        } else if info.state == BatchState::Pending {
+            let path = pdir.join("pending").join(batch_file(*n));
+            for rb in read_parquet(&path)?.0 {
+                let points = column_fixed(&rb, "point")?;
+                tags.extend((0..points.len()).map(|i| point_tag(points.value(i))));
+            }
+        }
+    }
+    Ok(tags)
 }
 
 fn parse_batch_file(name: &str, ext: &str) -> Option<u64> {
@@ -249,6 +299,7 @@ impl AgreementStore {
     /// batch whose tokens are already stored is dropped.
     pub fn open(dir: &Path, parties: Vec<PartyColumns>) -> Result<Self> {
         let mut progress = BTreeMap::new();
+        let mut point_tags = BTreeMap::new();
         for p in &parties {
             let pdir = dir.join("parties").join(&p.party);
             for sub in ["pending", "rows", "refused"] {
@@ -323,6 +374,9 @@ impl AgreementStore {
                     ))
                 })?;
             }
+            if pr.complete.is_none() {
+                point_tags.insert(p.party.clone(), load_point_tags(&pdir, &pr)?);
+            }
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
@@ -330,6 +384,7 @@ impl AgreementStore {
             dir: dir.to_path_buf(),
             parties,
             progress,
+            point_tags,
         })
     }
 
@@ -407,6 +462,27 @@ impl AgreementStore {
                 layout.max_rows
             )));
         }
+        // Cross-batch repeats (repeats inside the batch were refused by the point checks).
+        let tags: Vec<[u8; 16]> = batch.points.chunks_exact(32).map(point_tag).collect();
+        let seen = self.point_tags.entry(party.to_owned()).or_default();
+        if let Some(row) = tags.iter().position(|t| seen.contains(t)) {
+            let earlier = match self.batch_holding(party, &tags[row])? {
+                Some(m) => format!("batch {m}"),
+                None => "an earlier batch".to_owned(),
+            };
+            return Err(RoomError::InvalidArgument(format!(
+                "batch {batch_number} of {party} is refused: its point at row {row} was already uploaded \
+                 in {earlier} of this agreement version, and a party uploads each customer once. \
+                 Nothing was stored. Remove the repeated rows (de-duplicate on the normalized \
+                 identifier before blinding, as `accord party upload` does) and send batch \
+                 {batch_number} again; if `accord party upload` sent it, the input file or state \
+                 directory changed during the upload: restore them, or upload under a new \
+                 agreement version"
+            )));
+        }
+        let seen_dir = self.party_dir(party).join(SEEN_DIR);
+        accord_fs::create_dir_all(&seen_dir, accord_fs::Access::OwnerOnly)?;
+        accord_fs::write_atomic(&seen_dir.join(seen_file(batch_number)), tags.as_flattened())?;
         let mut fields = vec![
             Field::new("handle", DataType::FixedSizeBinary(HANDLE), false),
             Field::new("point", DataType::FixedSizeBinary(POINT), false),
@@ -428,6 +504,10 @@ impl AgreementStore {
             .join("pending")
             .join(batch_file(batch_number));
         accord_fs::write_atomic(&path, &parquet_bytes(&rb, meta)?)?;
+        self.point_tags
+            .entry(party.to_owned())
+            .or_default()
+            .extend(tags);
         self.progress
             .entry(party.to_owned())
             .or_default()
@@ -441,6 +521,22 @@ impl AgreementStore {
                 },
             );
         Ok(true)
+    }
+
+    /// Which stored batch of `party` holds a point with this tag (reads the tag files: only
+    /// on the error path).
+    fn batch_holding(&self, party: &str, tag: &[u8; 16]) -> Result<Option<u64>> {
+        let progress = self.progress(party)?;
+        for (n, path) in list(&self.party_dir(party).join(SEEN_DIR), ".bin")? {
+            if !progress.batches.contains_key(&n) {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(|e| RoomError::io("read", &path, e))?;
+            if bytes.chunks_exact(16).any(|t| t == tag) {
+                return Ok(Some(n));
+            }
+        }
+        Ok(None)
     }
 
     /// Reads a pending batch: its points, the owner's signature and the rows digest it covers.
@@ -577,6 +673,8 @@ impl AgreementStore {
             .map_err(|e| RoomError::Internal(e.to_string()))?;
         accord_fs::write_atomic(&path, &bytes)?;
         self.progress.entry(party.to_owned()).or_default().complete = Some(completion.clone());
+        // No batch can be added any more: the duplicate check's memory is freed.
+        self.point_tags.remove(party);
         Ok(())
     }
 
@@ -711,6 +809,12 @@ impl AgreementStore {
                     let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
                     accord_fs::write_atomic(&path, &parquet_bytes(&nulled, meta)?)?;
                 }
+            }
+            let seen = pdir.join(SEEN_DIR);
+            match fs::remove_dir_all(&seen) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RoomError::io("remove", &seen, e)),
             }
             self.progress.entry(party).or_default().discarded = discarded;
         }
