@@ -101,12 +101,13 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         // Authenticate first: it proves the key and tells us the room's key to check the receipt.
         let fp = agreement.fingerprint().to_string();
-        let conn = accord_party::Connection::open_with(
+        let conn = accord_party::Connection::open_checked(
             &args.room,
             &tls,
             &fp,
             accord_party::Principal::Party(&args.party),
             &key,
+            Some(&accord_party::RoomIdentity::of(agreement.manifest())),
         )
         .await
         .map_err(party_error)?;

@@ -27,17 +27,24 @@ pub fn load_agreement(path: &Path) -> Result<VerifiedAgreement> {
 }
 
 /// An agreement given as a file path, an id or a fingerprint → what the room understands
-/// (the fingerprint when a file was given, otherwise the text as is).
-pub fn agreement_ref(given: &str) -> Result<String> {
+/// (the fingerprint when a file was given, otherwise the text as is), and the room the
+/// agreement names when a file was given (the client then refuses any other room before
+/// signing anything for it).
+pub fn agreement_ref_and_room(
+    given: &str,
+) -> Result<(String, Option<accord_party::RoomIdentity>)> {
     let path = Path::new(given);
     if path.is_file() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read {}", path.display()))?;
         let manifest = accord_agreement::Manifest::parse(&text)
             .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
-        return Ok(manifest.fingerprint().to_string());
+        return Ok((
+            manifest.fingerprint().to_string(),
+            Some(accord_party::RoomIdentity::of(&manifest)),
+        ));
     }
-    Ok(given.to_owned())
+    Ok((given.to_owned(), None))
 }
 
 /// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.

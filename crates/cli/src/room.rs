@@ -1,4 +1,4 @@
-//! `accord room serve`.
+//! `accord room serve` and `accord room key`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +13,13 @@ use crate::common::runtime;
 pub enum RoomCommand {
     /// Run the room: gRPC for parties and analysts, optionally Arrow Flight SQL.
     Serve(ServeArgs),
+    /// Print the room's public key (creating the key in DIR if there is none yet): the
+    /// operator publishes it, and every agreement names it under [room] (`public_key`).
+    Key {
+        /// The room's data directory (the same as `accord room serve --data-dir`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +63,20 @@ pub struct ServeArgs {
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
     match cmd {
         RoomCommand::Serve(args) => serve(args),
+        RoomCommand::Key { data_dir } => {
+            let key = accord_room::identity::load_or_create(&data_dir)?;
+            println!("{}", key.public_key());
+            eprintln!(
+                "The room key of {} (keep {} secret and backed up). Give the line above to the parties: \
+                 their agreement names it as\n  [room]\n  operator = \"…\"\n  public_key = \"{}\"\n\
+                 (or `accord agreement init --room-key {} --room-operator \"…\"`).",
+                data_dir.display(),
+                accord_room::identity::key_path(&data_dir).display(),
+                key.public_key(),
+                key.public_key()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -82,8 +82,15 @@ pub async fn forget(
         // A party of an ended agreement may still open a session by fingerprint (to read the
         // audit log), so "in force" is asked of the PSI service, which refuses ended ones.
         let served =
-            match Connection::open(room.url, &fp.to_string(), Principal::Party(party), room.key)
-                .await
+            match Connection::open_checked(
+                room.url,
+                &crate::ClientTls::default(),
+                &fp.to_string(),
+                Principal::Party(party),
+                room.key,
+                Some(&crate::RoomIdentity::of(manifest)),
+            )
+            .await
             {
                 Ok(conn) => accord_proto::v1::psi_client::PsiClient::new(conn.channel())
                     .status(conn.request(accord_proto::v1::StatusRequest {}))

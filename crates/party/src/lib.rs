@@ -19,11 +19,14 @@ pub mod forget;
 pub mod input;
 pub mod pins;
 pub mod protocol;
+pub mod room_identity;
 pub mod state;
+pub mod tls_connect;
 
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
 pub use pins::Pins;
+pub use room_identity::RoomIdentity;
 pub use protocol::{
     EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
 };

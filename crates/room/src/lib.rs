@@ -18,6 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod devcerts;
 pub mod error;
+pub mod identity;
 mod flight;
 mod grpc;
 pub mod ipc;
@@ -222,6 +223,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     }
     config.limits.check()?;
     let room = Room::open_with(&config.data_dir, config.limits.clone(), registration)?;
+    if let Some(tls) = &config.tls {
+        // Clients check this signature against the certificate they observe in the handshake.
+        room.bind_tls_certificate(&tls.certificate_sha256());
+    }
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
