@@ -34,6 +34,9 @@ fn server_tls(c: &DevCerts, mutual: bool) -> ServerTls {
 }
 
 async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
+    if !accord_room::identity::key_path(data).exists() {
+        install_room_key(data, ROOM_SEED);
+    }
     accord_room::start(ServeConfig {
         data_dir: data.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -178,6 +178,14 @@ pub fn install_room_key(data_dir: &Path, seed: [u8; 32]) {
     accord_room::identity::install(data_dir, &SecretKey::from_seed(&seed)).unwrap();
 }
 
+/// Opens a room in `data_dir` without serving it (key [`ROOM_SEED`] unless it has one).
+pub fn open_room(data_dir: &Path) -> accord_room::Room {
+    if !accord_room::identity::key_path(data_dir).exists() {
+        install_room_key(data_dir, ROOM_SEED);
+    }
+    accord_room::Room::open(data_dir).unwrap()
+}
+
 /// The configuration of [`start_room`] (loopback, open registration). The room's key is
 /// [`ROOM_SEED`]'s unless the data directory already holds one.
 pub fn serve_config(data_dir: &Path) -> ServeConfig {

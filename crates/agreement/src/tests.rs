@@ -864,7 +864,13 @@ fn template_parses_and_verifies_after_signing() {
         operator: "Neutral Rooms Ltd".into(),
         public_key: key(6).public_key(),
     };
-    let t = template("drinks-snacks", IdentifierKind::Email, &parties, Some(&room), now);
+    let t = template(
+        "drinks-snacks",
+        IdentifierKind::Email,
+        &parties,
+        Some(&room),
+        now,
+    );
     let m = Manifest::parse(&t).unwrap_or_else(|e| panic!("{e}\n{t}"));
     assert!(m.is_in_window(now));
     let t = sign_text(&t, "drinks", &key(1)).unwrap();

@@ -30,9 +30,7 @@ pub fn load_agreement(path: &Path) -> Result<VerifiedAgreement> {
 /// (the fingerprint when a file was given, otherwise the text as is), and the room the
 /// agreement names when a file was given (the client then refuses any other room before
 /// signing anything for it).
-pub fn agreement_ref_and_room(
-    given: &str,
-) -> Result<(String, Option<accord_party::RoomIdentity>)> {
+pub fn agreement_ref_and_room(given: &str) -> Result<(String, Option<accord_party::RoomIdentity>)> {
     let path = Path::new(given);
     if path.is_file() {
         let text = std::fs::read_to_string(path)

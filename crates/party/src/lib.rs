@@ -26,7 +26,7 @@ pub mod tls_connect;
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
 pub use pins::Pins;
-pub use room_identity::RoomIdentity;
 pub use protocol::{
     EraseOutcome, PartyContext, UploadOptions, UploadOutcome, erase, status, sync, upload,
 };
+pub use room_identity::RoomIdentity;

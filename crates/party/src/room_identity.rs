@@ -129,7 +129,10 @@ mod tests {
             named_by: "x (fp)".into(),
         };
         id.check_presented("http://r", &named).unwrap();
-        let e = id.check_presented("http://r", &other).unwrap_err().to_string();
+        let e = id
+            .check_presented("http://r", &other)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(&named.to_string())
                 && e.contains(&other.to_string())
