@@ -89,7 +89,7 @@ fn write_files(dir: &Path, n: usize) -> usize {
     n - n / 2
 }
 
-fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str) -> PathBuf {
+fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str, room: &str) -> PathBuf {
     let now = chrono::Utc::now();
     let from =
         (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -124,6 +124,10 @@ contributes = [ {{ column = "snack", role = "dimension" }} ]
 name = "ana@drinks.example"
 party = "drinks"
 public_key = "{analyst}"
+
+[room]
+operator = "CLI test room"
+public_key = "{room}"
 
 [privacy]
 aggregates = ["count", "sum", "avg"]
@@ -208,7 +212,18 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
         keygen(d, "snacks"),
         keygen(d, "analyst"),
     );
-    let file = agreement(d, &drinks, &snacks, &analyst);
+    // The room's key first (`accord room key` creates it in the data directory): the
+    // agreement names the room.
+    let data = d.join("room-data");
+    let room_key = ok(accord().args(["room", "key", "--data-dir"]).arg(&data));
+    let room_key = room_key.trim();
+    assert!(room_key.starts_with("ed25519:"), "{room_key}");
+    // Asking again prints the same key (it is loaded, not replaced).
+    assert_eq!(
+        ok(accord().args(["room", "key", "--data-dir"]).arg(&data)).trim(),
+        room_key
+    );
+    let file = agreement(d, &drinks, &snacks, &analyst, room_key);
     ok(accord()
         .args(["agreement", "sign"])
         .arg(&file)
@@ -226,7 +241,6 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let data = d.join("room-data");
     let mut room = spawn_room(&data, port);
     ok(accord()
         .args(["agreement", "submit"])
