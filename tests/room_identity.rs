@@ -208,6 +208,12 @@ fn certs(dir: &Path) -> DevCerts {
 /// A TLS interceptor: terminates TLS with `cert` (a certificate the client trusts, for the
 /// room's name) and relays the bytes to the real room over TLS.
 async fn interceptor(cert: &DevCerts, room: SocketAddr, room_ca: &Path) -> SocketAddr {
+    tls_relay(cert, room, Some(room_ca)).await
+}
+
+/// Terminates TLS with `cert` and relays to `room`: over TLS (trusting `room_ca`) or, when
+/// `room_ca` is None, in plain text (a TLS-terminating proxy in front of a plain-text room).
+async fn tls_relay(cert: &DevCerts, room: SocketAddr, room_ca: Option<&Path>) -> SocketAddr {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
     accord_room::tls::install_crypto_provider();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.room_cert)
@@ -221,15 +227,17 @@ async fn interceptor(cert: &DevCerts, room: SocketAddr, room_ca: &Path) -> Socke
         .unwrap();
     server.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(room_ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut client = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = room_ca.map(|ca| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(client))
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -240,14 +248,23 @@ async fn interceptor(cert: &DevCerts, room: SocketAddr, room_ca: &Path) -> Socke
                 let Ok(mut inbound) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let upstream = tokio::net::TcpStream::connect(room).await.unwrap();
-                let name = ServerName::try_from("127.0.0.1").unwrap();
-                let Ok(mut outbound) = connector.connect(name, upstream).await else {
-                    return;
-                };
-                tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                    .await
-                    .ok();
+                let mut upstream = tokio::net::TcpStream::connect(room).await.unwrap();
+                match connector {
+                    Some(connector) => {
+                        let name = ServerName::try_from("127.0.0.1").unwrap();
+                        let Ok(mut outbound) = connector.connect(name, upstream).await else {
+                            return;
+                        };
+                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                            .await
+                            .ok();
+                    }
+                    None => {
+                        tokio::io::copy_bidirectional(&mut inbound, &mut upstream)
+                            .await
+                            .ok();
+                    }
+                }
             });
         }
     });
@@ -360,4 +377,52 @@ async fn a_tls_room_that_sends_no_binding_is_refused() {
         "{m}"
     );
     room.shutdown().await;
+}
+
+/// A plain-text room behind a TLS-terminating proxy: clients refuse the proxy unless the room
+/// was told the proxy's certificate (`--tls-proxy-cert`) and so signs its binding.
+#[tokio::test]
+async fn a_tls_terminating_proxy_is_accepted_only_when_the_room_binds_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_certs = certs(&dir.path().join("proxy"));
+    let tls = ClientTls::default()
+        .with_ca(std::fs::read(&proxy_certs.ca_cert).unwrap(), "proxy CA")
+        .unwrap();
+    let keys = Keys::new(156);
+    let text = agreement_text("behind-a-proxy", 1, &keys, 10, 1000);
+    let agreement = verified(&text);
+    let fp = agreement.fingerprint().to_string();
+    let named = RoomIdentity::of(agreement.manifest());
+    for bound in [false, true] {
+        let data = dir.path().join(format!("room-{bound}"));
+        let mut config = serve_config(&data);
+        config.flight_sql = None;
+        if bound {
+            config.tls_proxy_cert = Some(proxy_certs.room_cert.clone());
+        }
+        let room = accord_room::start(config).await.unwrap();
+        submit(&url(&room), &text).await.unwrap();
+        let proxy = tls_relay(&proxy_certs, room.grpc_addr, None).await;
+        let through = format!("https://127.0.0.1:{}", proxy.port());
+        let result = Connection::open_checked(
+            &through,
+            &tls,
+            &fp,
+            Principal::Party("drinks"),
+            &keys.drinks(),
+            Some(&named),
+        )
+        .await
+        .map(|_| ());
+        if bound {
+            result.unwrap();
+        } else {
+            let m = result.expect_err("an unbound proxy is refused").to_string();
+            assert!(
+                m.contains("sent no signature binding its certificate"),
+                "{m}"
+            );
+        }
+        room.shutdown().await;
+    }
 }

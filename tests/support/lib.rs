@@ -199,6 +199,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         expiry_check: Duration::from_millis(200),
         tls: None,
         insecure_plaintext_network: false,
+        tls_proxy_cert: None,
         limits: accord_room::Limits::default(),
         registration_allow: None,
         open_registration: false,

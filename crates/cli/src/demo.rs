@@ -331,6 +331,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tls: None,
             insecure_plaintext_network: false,
+            tls_proxy_cert: None,
             expiry_check: Duration::from_secs(5),
             limits: accord_room::Limits::default(),
             // Loopback only: open registration is the rule there.

@@ -26,7 +26,7 @@ pub enum RoomCommand {
 pub struct ServeArgs {
     /// Read every setting from this room.toml (see deploy/README.md) instead of the flags.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "data_dir", "listen", "flight_sql", "tls_cert", "tls_key", "client_ca", "insecure_plaintext_network"
+        "data_dir", "listen", "flight_sql", "tls_cert", "tls_key", "client_ca", "insecure_plaintext_network", "tls_proxy_cert"
     ])]
     pub config: Option<PathBuf>,
     /// Where the room keeps agreements, uploaded tokens, snapshots and audit logs.
@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// proxy on a private network: otherwise tokens, SQL and results cross the network in clear.
     #[arg(long)]
     pub insecure_plaintext_network: bool,
+    /// For a plain-text room behind a TLS-terminating proxy: the certificate (PEM) the proxy
+    /// presents. The room signs its binding to the room key, which clients check; without it
+    /// clients refuse the proxy (docs/PROTOCOL.md, "The room's identity").
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert")]
+    pub tls_proxy_cert: Option<PathBuf>,
     /// Only register agreements whose every party key is listed in FILE (one "ed25519:…" per
     /// line, `#` comments; read again on every submission). Required beyond loopback.
     #[arg(long, value_name = "FILE", conflicts_with = "open_registration")]
@@ -104,6 +109,7 @@ fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
         expiry_check,
         tls,
         insecure_plaintext_network: args.insecure_plaintext_network,
+        tls_proxy_cert: args.tls_proxy_cert.clone(),
         limits: accord_room::Limits::default(),
         registration_allow: args.registration_allow.clone(),
         open_registration: args.open_registration,
