@@ -9,6 +9,8 @@ use anyhow::{Result, bail};
 
 use crate::common::runtime;
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum RoomCommand {
     /// Run the room: gRPC for parties and analysts, optionally Arrow Flight SQL.
