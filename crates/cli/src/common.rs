@@ -45,6 +45,34 @@ pub fn agreement_ref_and_room(given: &str) -> Result<(String, Option<accord_part
     Ok((given.to_owned(), None))
 }
 
+/// Checks the fingerprint the room bound the session to against the client's pins, and says
+/// so on stderr when an agreement **id** is used at this room for the first time: the room's
+/// key was then checked against a manifest the parties signed, but which agreement the id
+/// means is taken on first use (docs/PROTOCOL.md, "The room's identity").
+pub fn check_pins(
+    pins_path: &Path,
+    room: &str,
+    asked: &str,
+    conn: &accord_party::Connection,
+) -> Result<()> {
+    let mut pins = accord_party::Pins::load(pins_path).map_err(party_error)?;
+    let by_id = asked.parse::<accord_agreement::Fingerprint>().is_err();
+    if by_id && pins.get(room, conn.agreement_id()).is_none() {
+        eprintln!(
+            "note: first use of agreement id {:?} at {room}: the room bound the session to fingerprint {}, \
+             whose signed [room] section names the key this room presented ({}). The fingerprint is now pinned \
+             in {}. Compare it with the one your party gave you (`accord agreement show` prints it), or pass \
+             --agreement with the fingerprint or the agreement file to have it checked from the first use.",
+            accord_agreement::text::escape(conn.agreement_id(), 128),
+            conn.fingerprint(),
+            conn.room_key(),
+            pins_path.display()
+        );
+    }
+    pins.check(room, conn.agreement_id(), asked, conn.fingerprint())
+        .map_err(party_error)
+}
+
 /// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.
 pub fn party_error(e: accord_party::PartyError) -> anyhow::Error {
     match e {

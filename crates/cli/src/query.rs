@@ -100,16 +100,12 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         )
         .await
         .map_err(party_error)?;
-        accord_party::Pins::load(&pins_path(args.pins.as_ref(), &args.key))
-            .and_then(|mut pins| {
-                pins.check(
-                    &args.room,
-                    conn.agreement_id(),
-                    &agreement,
-                    conn.fingerprint(),
-                )
-            })
-            .map_err(party_error)?;
+        crate::common::check_pins(
+            &pins_path(args.pins.as_ref(), &args.key),
+            &args.room,
+            &agreement,
+            &conn,
+        )?;
         if args.print_token {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);

@@ -340,7 +340,22 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["n"].as_u64().unwrap() as usize, expected);
-    let csv = String::from_utf8(query("SELECT drinks_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_tier ORDER BY drinks_tier", "csv").stdout).unwrap();
+    // The first use of an id says which agreement it was taken to mean, and only once.
+    let first = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        first.contains("first use of agreement id \"cli-e2e\"") && first.contains(room_key),
+        "{first}"
+    );
+    let again = query(
+        "SELECT drinks_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_tier ORDER BY drinks_tier",
+        "csv",
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("first use"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let csv = String::from_utf8(again.stdout).unwrap();
     assert!(csv.starts_with("drinks_tier,n\ngold,"), "{csv}");
 
     // A refusal: exit 1, the reason on stderr, nothing on stdout.
