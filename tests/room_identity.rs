@@ -346,36 +346,30 @@ async fn a_tls_interceptor_with_a_trusted_certificate_is_refused_by_the_room_key
     room.shutdown().await;
 }
 
+/// A room whose key was replaced (a new data directory key under old agreements) does not
+/// serve the agreements naming the old key: clients would refuse it anyway.
 #[tokio::test]
-async fn a_tls_room_that_sends_no_binding_is_refused() {
+async fn a_room_whose_key_was_replaced_does_not_serve_agreements_naming_the_old_one() {
     let dir = tempfile::tempdir().unwrap();
-    let real = certs(&dir.path().join("real"));
     let data = dir.path().join("room");
-    let mut config = serve_config(&data);
-    config.flight_sql = None;
-    config.tls = Some(ServerTls::load(&real.room_cert, &real.room_key, None).unwrap());
-    let room = accord_room::start(config).await.unwrap();
-    room.room.set_tls_binding_for_tests(None);
-    let tls = ClientTls::default()
-        .with_ca(std::fs::read(&real.ca_cert).unwrap(), "ca")
-        .unwrap();
-    let url = format!("https://127.0.0.1:{}", room.grpc_addr.port());
-    let keys = Keys::new(155);
-    let err = Connection::open_with(
-        &url,
-        &tls,
-        "any",
-        Principal::Party("drinks"),
-        &keys.drinks(),
-    )
-    .await
-    .map(|_| ())
-    .expect_err("no binding, no trust");
-    let m = err.to_string();
-    assert!(
-        m.contains("sent no signature binding its certificate"),
-        "{m}"
-    );
+    let keys = Keys::new(157);
+    let text = agreement_text("key-replaced", 1, &keys, 10, 1000);
+    let fp = verified(&text).fingerprint().to_string();
+    let room = start_room(&data).await;
+    submit(&url(&room), &text).await.unwrap();
+    let url_before = url(&room);
+    accord_tests::party_audit_log(&url_before, &fp, "drinks", &keys.drinks()).await;
+    room.shutdown().await;
+    std::fs::remove_file(accord_room::identity::key_path(&data)).unwrap();
+    install_room_key(&data, OTHER_ROOM_SEED);
+    let room = start_room(&data).await;
+    let key = keys.analyst();
+    let public = key.public_key();
+    let err = Connection::open(&url(&room), &fp, Principal::AnalystKey(&public), &key)
+        .await
+        .map(|_| ())
+        .expect_err("the agreement names the old key: not served");
+    assert!(err.to_string().contains("not authorized"), "{err}");
     room.shutdown().await;
 }
 

@@ -324,13 +324,6 @@ impl Room {
         *lock(&self.inner.tls_binding) = Some(signature);
     }
 
-    /// Sends `signature` as the TLS binding instead of the room's own (tests of the client's
-    /// check only: a room whose binding does not match its certificate).
-    #[doc(hidden)]
-    pub fn set_tls_binding_for_tests(&self, signature: Option<Signature>) {
-        *lock(&self.inner.tls_binding) = signature;
-    }
-
     fn tombstones_path(&self) -> PathBuf {
         self.inner.data_dir.join("tombstones.json")
     }
