@@ -420,3 +420,37 @@ async fn a_tls_terminating_proxy_is_accepted_only_when_the_room_binds_its_certif
         room.shutdown().await;
     }
 }
+
+/// `agreement submit` checks the room before sending it the manifest (who shares what).
+#[tokio::test]
+async fn an_agreement_is_not_sent_to_a_room_it_does_not_name() {
+    let keys = Keys::new(158);
+    let text = agreement_text("submit-to-impostor", 1, &keys, 10, 1000);
+    let agreement = verified(&text);
+    let (impostor, _) = start_impostor(&text).await;
+    let err = accord_party::client::channel_to_named_room(
+        &impostor,
+        &ClientTls::default(),
+        agreement.manifest(),
+    )
+    .await
+    .map(|_| ())
+    .expect_err("an impostor must be refused before the manifest is sent");
+    let m = err.to_string();
+    assert!(
+        m.contains(&format!("presented key {}", other_room_key()))
+            && m.contains("Nothing was sent"),
+        "{m}"
+    );
+    // The room it names passes.
+    let dir = tempfile::tempdir().unwrap();
+    let room = start_room(dir.path()).await;
+    accord_party::client::channel_to_named_room(
+        &url(&room),
+        &ClientTls::default(),
+        agreement.manifest(),
+    )
+    .await
+    .unwrap();
+    room.shutdown().await;
+}

@@ -47,9 +47,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let agreement = load_agreement(&args.file)?;
     let tls = args.tls.load()?;
     runtime()?.block_on(async move {
-        let channel = accord_party::client::channel_with(&args.room, &tls)
-            .await
-            .map_err(party_error)?;
+        // The room must be the one the agreement names before the manifest is sent to it.
+        let channel =
+            accord_party::client::channel_to_named_room(&args.room, &tls, agreement.manifest())
+                .await
+                .map_err(party_error)?;
         let r = AgreementsClient::new(channel)
             .submit(v1::SubmitAgreementRequest {
                 manifest_toml: agreement.text().to_owned(),

@@ -521,6 +521,53 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Opens a channel to the room at `url` and checks, before anything about `agreement` is sent,
+/// that it is the room the agreement names: its key (from a challenge, which the room answers
+/// without looking anything up) and, over TLS, its binding of the certificate seen in the
+/// handshake. For calls that send an agreement without a session (`agreement submit`): a
+/// manifest says who shares what, which an impostor room must not learn.
+pub async fn channel_to_named_room(
+    url: &str,
+    tls: &ClientTls,
+    agreement: &accord_agreement::Manifest,
+) -> Result<Channel, PartyError> {
+    let room = crate::RoomIdentity::of(agreement);
+    let (channel, observed) = channel_observed(url, tls).await?;
+    let mut client_nonce = [0u8; 32];
+    getrandom::fill(&mut client_nonce)
+        .map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
+    // Any party's (public) key and name: the challenge is the same for every request.
+    let (party, probe) = agreement
+        .parties
+        .iter()
+        .next()
+        .ok_or_else(|| PartyError::Invalid("the agreement has no party".into()))?;
+    let challenge = AuthClient::new(channel.clone())
+        .challenge(v1::ChallengeRequest {
+            agreement: agreement.fingerprint().to_string(),
+            principal: Some(Principal::Party(party).to_proto()),
+            client_nonce: client_nonce.to_vec(),
+            public_key: probe.public_key.to_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| {
+            tls_call_failure(url, tls, &s).unwrap_or_else(|| PartyError::from_status(url, s))
+        })?
+        .into_inner();
+    check_room_protocol(url, challenge.protocol_version)?;
+    let presented = <[u8; 32]>::try_from(challenge.room_public_key.as_slice())
+        .ok()
+        .and_then(|b| PublicKey::from_bytes(&b).ok())
+        .ok_or_else(|| {
+            PartyError::Refused(format!("the room at {url} sent an invalid public key"))
+        })?;
+    room.check_presented(url, &presented)?;
+    if let Some(observed) = &observed {
+        check_tls_binding(url, observed, &presented, &challenge.tls_binding_signature)?;
+    }
+    Ok(channel)
+}
+
 /// Checks the room's signature binding the TLS certificate observed in this channel's
 /// handshake to `room_key` (purpose `tls-binding`).
 fn check_tls_binding(
