@@ -73,7 +73,7 @@ fn answer(
 }
 
 async fn room_with(dir: &Path, text: &str) -> Room {
-    let room = Room::open(dir).unwrap();
+    let room = accord_tests::open_room(dir);
     room.submit(text).await.unwrap();
     room
 }
@@ -274,7 +274,7 @@ async fn tombstones_of_revoked_and_expired_agreements_survive_a_restart() {
         assert!(err.to_string().contains("revoked"), "{err}");
     }
     // A new process: the tombstone is read back, the agreement stays refused.
-    let room = Room::open(dir.path()).unwrap();
+    let room = accord_tests::open_room(dir.path());
     let err = room.submit(&text).await.unwrap_err();
     assert!(matches!(err, RoomError::FailedPrecondition(_)), "{err:?}");
     assert!(
@@ -304,13 +304,13 @@ async fn tombstones_of_revoked_and_expired_agreements_survive_a_restart() {
     );
     let short_fp = verified(&short).fingerprint();
     {
-        let room = Room::open(dir.path()).unwrap();
+        let room = accord_tests::open_room(dir.path());
         room.submit(&short).await.unwrap();
     }
     while chrono::Utc::now() <= until + chrono::Duration::milliseconds(100) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let room = Room::open(dir.path()).unwrap();
+    let room = accord_tests::open_room(dir.path());
     assert!(
         !dir.path()
             .join("agreements")
@@ -325,7 +325,7 @@ async fn tombstones_of_revoked_and_expired_agreements_survive_a_restart() {
     assert_eq!(tombstones[fp.to_string()]["reason"], "revoked");
     assert_eq!(tombstones[short_fp.to_string()]["reason"], "expired");
     // And again after one more restart: nothing is forgotten.
-    let room = Room::open(dir.path()).unwrap();
+    let room = accord_tests::open_room(dir.path());
     let err = room.submit(&text).await.unwrap_err();
     assert!(err.to_string().contains("was revoked"), "{err}");
 }

@@ -34,6 +34,9 @@ fn server_tls(c: &DevCerts, mutual: bool) -> ServerTls {
 }
 
 async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
+    if !accord_room::identity::key_path(data).exists() {
+        install_room_key(data, ROOM_SEED);
+    }
     accord_room::start(ServeConfig {
         data_dir: data.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -41,6 +44,7 @@ async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
         expiry_check: Duration::from_secs(5),
         tls,
         insecure_plaintext_network: false,
+        tls_proxy_cert: None,
         limits: accord_room::Limits::default(),
         registration_allow: None,
         open_registration: false,
@@ -296,6 +300,7 @@ async fn non_loopback_listen_without_tls_is_refused() {
             expiry_check: Duration::from_secs(5),
             tls: None,
             insecure_plaintext_network: false,
+            tls_proxy_cert: None,
             limits: accord_room::Limits::default(),
             registration_allow: None,
             // Registration is settled (open), so the refusal tested is the plain-text one.

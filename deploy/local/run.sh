@@ -73,7 +73,11 @@ step "customer files ($ROWS rows each, half of them shared)"
   done
 } >"$work/snacks.csv"
 
-step "agreement: written, signed by both parties, checked"
+step "room key: created in the room's data directory, published by the operator"
+room_pk=$(run room key --data-dir "$work/room" 2>/dev/null)
+echo "room key: $room_pk"
+
+step "agreement: written (naming the room), signed by both parties, checked"
 from=$(date -u -d '-1 hour' +%Y-%m-%dT%H:%M:%SZ)
 until=$(date -u -d '+7 days' +%Y-%m-%dT%H:%M:%SZ)
 cat >"$work/agreement.toml" <<TOML
@@ -109,6 +113,10 @@ contributes = [
 name = "ana@drinks.example"
 party = "drinks"
 public_key = "$analyst_pk"
+
+[room]
+operator = "Local test operator"
+public_key = "$room_pk"
 
 [privacy]
 aggregates = ["count", "sum", "avg"]

@@ -16,12 +16,19 @@ use accord_room::{RunningRoom, ServeConfig};
 use arrow::array::RecordBatch;
 use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
 
-/// Deterministic keys for the two parties and an analyst (seeds, since keys are not `Clone`).
+/// The seed of the room key every room started here has (unless a test installs another one
+/// first with [`install_room_key`]), and that [`Keys::new`] names in `[room]`.
+pub const ROOM_SEED: [u8; 32] = [0xA5; 32];
+
+/// Deterministic keys for the two parties, an analyst and the room the agreement names
+/// (seeds, since keys are not `Clone`).
 #[derive(Debug, Clone, Copy)]
 pub struct Keys {
     pub drinks: [u8; 32],
     pub snacks: [u8; 32],
     pub analyst: [u8; 32],
+    /// The room key the agreement names (default [`ROOM_SEED`], the key of every test room).
+    pub room: [u8; 32],
 }
 
 impl Keys {
@@ -30,7 +37,11 @@ impl Keys {
             drinks: [salt ^ 1; 32],
             snacks: [salt ^ 2; 32],
             analyst: [salt ^ 3; 32],
+            room: ROOM_SEED,
         }
+    }
+    pub fn room(&self) -> SecretKey {
+        SecretKey::from_seed(&self.room)
     }
     pub fn drinks(&self) -> SecretKey {
         SecretKey::from_seed(&self.drinks)
@@ -84,13 +95,18 @@ name = "ana@drinks.example"
 party = "drinks"
 public_key = "{}"
 
+[room]
+operator = "Test Rooms Ltd"
+public_key = "{}"
+
 [privacy]
 aggregates = ["count", "sum", "avg"]
 exact_results = true
 "#,
         keys.drinks().public_key(),
         keys.snacks().public_key(),
-        keys.analyst().public_key()
+        keys.analyst().public_key(),
+        keys.room().public_key()
     );
     let text = accord_agreement::sign_text(&text, "drinks", &keys.drinks()).unwrap();
     accord_agreement::sign_text(&text, "snacks", &keys.snacks()).unwrap()
@@ -156,8 +172,26 @@ pub async fn start_room_with(
     accord_room::start(config).await.unwrap()
 }
 
-/// The configuration of [`start_room`] (loopback, open registration).
+/// Gives the room of `data_dir` the key with this seed (before it first starts; a room
+/// started by [`serve_config`] without one gets [`ROOM_SEED`]).
+pub fn install_room_key(data_dir: &Path, seed: [u8; 32]) {
+    accord_room::identity::install(data_dir, &SecretKey::from_seed(&seed)).unwrap();
+}
+
+/// Opens a room in `data_dir` without serving it (key [`ROOM_SEED`] unless it has one).
+pub fn open_room(data_dir: &Path) -> accord_room::Room {
+    if !accord_room::identity::key_path(data_dir).exists() {
+        install_room_key(data_dir, ROOM_SEED);
+    }
+    accord_room::Room::open(data_dir).unwrap()
+}
+
+/// The configuration of [`start_room`] (loopback, open registration). The room's key is
+/// [`ROOM_SEED`]'s unless the data directory already holds one.
 pub fn serve_config(data_dir: &Path) -> ServeConfig {
+    if !accord_room::identity::key_path(data_dir).exists() {
+        install_room_key(data_dir, ROOM_SEED);
+    }
     ServeConfig {
         data_dir: data_dir.to_path_buf(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -165,6 +199,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         expiry_check: Duration::from_millis(200),
         tls: None,
         insecure_plaintext_network: false,
+        tls_proxy_cert: None,
         limits: accord_room::Limits::default(),
         registration_allow: None,
         open_registration: false,

@@ -13,7 +13,7 @@
 //!
 //! Lists whose order carries no meaning are sorted: parties by name, each party's
 //! contributions by column, analysts by name, aggregates as count < sum < avg, auditors by
-//! name.
+//! name. The `[room]` section (operator, key) comes last.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
@@ -142,6 +142,9 @@ pub(crate) fn body(m: &Manifest) -> Vec<u8> {
         w.str(&a.name);
         w.key(&a.public_key);
     }
+
+    w.str(&m.room.operator);
+    w.key(&m.room.public_key);
     w.0
 }
 

@@ -37,6 +37,10 @@ pub mod sig {
         ErasureReceipt,
         /// A party's commitment `K = k·B` to its per-agreement PSI key.
         PsiKeyCommitment,
+        /// The room's statement that a TLS certificate is its own: signed over the SHA-256 of
+        /// the certificate's DER bytes, so a client can tell the room it reached through TLS
+        /// is the room the agreement names.
+        TlsBinding,
     }
 
     impl Purpose {
@@ -52,6 +56,7 @@ pub mod sig {
                 Purpose::AuditHead => "audit-head",
                 Purpose::ErasureReceipt => "erasure-receipt",
                 Purpose::PsiKeyCommitment => "psi-key-commitment",
+                Purpose::TlsBinding => "tls-binding",
             }
         }
 
@@ -360,6 +365,8 @@ mod tests {
             UploadComplete,
             AuditHead,
             ErasureReceipt,
+            PsiKeyCommitment,
+            TlsBinding,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|p| p.as_str()).collect();
         assert_eq!(names.len(), all.len());

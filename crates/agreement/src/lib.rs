@@ -28,11 +28,11 @@ mod tests;
 pub use keys::{PublicKey, SecretKey, Signature, sig};
 pub use manifest::{
     Aggregate, Analyst, Auditor, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,
-    ManifestError, Party, Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
+    ManifestError, Party, Privacy, PrivacyMode, Problem, RoomSection, SPECIAL_CATEGORIES,
 };
 pub use parse::MAX_TOTAL_DELTA;
 pub use revocation::Revocation;
-pub use summary::{SummaryFormat, summary, template, template_with_region};
+pub use summary::{SummaryFormat, operator_parties, summary, template, template_with_region};
 pub use verify::{
     SignatureStatus, VerifiedAgreement, sign_rotation_text, sign_text, signature_status, verify,
 };

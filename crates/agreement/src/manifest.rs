@@ -53,6 +53,10 @@ pub struct Manifest {
     /// Who may read and verify the audit log besides the parties (legal, a regulator), in
     /// file order.
     pub auditors: Vec<Auditor>,
+    /// The room that serves this agreement: its operator and its Ed25519 key (`[room]`).
+    /// Signed like everything else: clients refuse a room presenting another key, and the
+    /// room refuses to register an agreement written for another room.
+    pub room: RoomSection,
     /// Each party's signature over the canonical bytes, by party name (not signed itself).
     pub signatures: BTreeMap<String, Signature>,
     /// Signatures over the same canonical bytes by party keys of the version this one
@@ -69,6 +73,15 @@ pub struct Auditor {
     /// The auditor's name (often an e-mail address).
     pub name: String,
     /// The key the auditor authenticates with.
+    pub public_key: PublicKey,
+}
+
+/// The `[room]` section: who operates the room and the key it proves itself with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSection {
+    /// Who runs the room (a company or a person), as legal should read it.
+    pub operator: String,
+    /// The room's Ed25519 public key (`accord room key` prints it).
     pub public_key: PublicKey,
 }
 

@@ -14,7 +14,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 use crate::manifest::{
     Aggregate, Analyst, Auditor, ColumnRole, Contribution, IdentifierKind, Manifest, ManifestError,
-    Party, Privacy, PrivacyMode, Problem, SPECIAL_CATEGORIES,
+    Party, Privacy, PrivacyMode, Problem, RoomSection, SPECIAL_CATEGORIES,
 };
 use crate::{PublicKey, Signature};
 
@@ -39,6 +39,7 @@ const ROOT_KEYS: &[&str] = &[
     "analysts",
     "privacy",
     "auditors",
+    "room",
     "signatures",
     "rotation_signatures",
 ];
@@ -53,6 +54,7 @@ const CONTRIBUTION_KEYS: &[&str] = &[
 ];
 const ANALYST_KEYS: &[&str] = &["name", "party", "public_key"];
 const AUDITOR_KEYS: &[&str] = &["name", "public_key"];
+const ROOM_KEYS: &[&str] = &["operator", "public_key"];
 const PRIVACY_KEYS: &[&str] = &["aggregates", "differential_privacy", "exact_results"];
 const DP_KEYS: &[&str] = &["epsilon_per_query", "budget", "delta"];
 
@@ -995,6 +997,7 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
 
     let (auditors, auditors_ok) = walk_auditors(cx, root, &key_owner, &analysts);
     let (rotation_signatures, rotation_ok) = walk_rotation_signatures(cx, root, &key_owner);
+    let room = walk_room(cx, root);
 
     if !(parties_ok && analysts_ok && signatures_ok && region_ok && auditors_ok && rotation_ok) {
         return None;
@@ -1023,8 +1026,66 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
         analysts,
         privacy: privacy?,
         auditors,
+        room: room?,
         signatures,
         rotation_signatures,
+    })
+}
+
+/// How to get the room's key, said wherever it is missing or malformed.
+const ROOM_KEY_FIX: &str = "ask the room's operator for the output of `accord room key --data-dir DIR` \
+     (run on the room's machine) and paste it as `public_key = \"ed25519:…\"` under [room]";
+
+/// `[room]`: who operates the room and its Ed25519 key (required: the room is a named
+/// party of the agreement, and clients refuse a room presenting another key).
+fn walk_room(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<RoomSection> {
+    let Some(v) = cx.get(root, None, "", "room", false) else {
+        cx.at(
+            None,
+            "room",
+            "the [room] section is missing: an agreement names the room that serves it (its operator and \
+             its key), so that parties and analysts can refuse any other room"
+                .to_owned(),
+            format!(
+                "add\n  [room]\n  operator = \"who runs the room\"\n  public_key = \"ed25519:…\"\n{ROOM_KEY_FIX}"
+            ),
+        );
+        return None;
+    };
+    let t = cx.table(v, "room")?;
+    cx.deny_unknown(t, "room", ROOM_KEYS);
+    let span = span_of(v);
+    let operator = cx
+        .get(t, span.clone(), "room", "operator", true)
+        .and_then(|v| {
+            let s = cx.string(v, "room.operator")?;
+            if s.trim().is_empty() || s.len() > 254 || s.chars().any(char::is_control) {
+                cx.problem(
+                    v,
+                    "room.operator",
+                    "the room operator is empty, longer than 254 bytes or has control characters",
+                    "name who runs the room, e.g. \"Neutral Hosting Ltd\" (legal reads it in `accord agreement show`)",
+                );
+                return None;
+            }
+            Some(s.to_owned())
+        });
+    let public_key = match cx.get(t, span, "room", "public_key", true) {
+        Some(v) => {
+            let s = cx.string(v, "room.public_key")?;
+            match s.parse::<PublicKey>() {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    cx.problem(v, "room.public_key", e.to_string(), ROOM_KEY_FIX);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    Some(RoomSection {
+        operator: operator?,
+        public_key: public_key?,
     })
 }
 

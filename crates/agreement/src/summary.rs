@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::PublicKey;
 use crate::canonical::rfc3339;
-use crate::manifest::{ColumnRole, IdentifierKind, Manifest, PrivacyMode};
+use crate::manifest::{ColumnRole, IdentifierKind, Manifest, PrivacyMode, RoomSection};
 use crate::verify::{SignatureStatus, signature_status};
 
 /// A commented manifest legal can fill in: valid as it stands once every party signed
@@ -15,9 +15,10 @@ pub fn template(
     id: &str,
     identifier: IdentifierKind,
     parties: &[(String, PublicKey)],
+    room: Option<&RoomSection>,
     now: DateTime<Utc>,
 ) -> String {
-    template_with_region(id, identifier, None, parties, now)
+    template_with_region(id, identifier, None, parties, room, now)
 }
 
 /// [`template`] with `default_region` (needed when `identifier` is phone).
@@ -26,6 +27,7 @@ pub fn template_with_region(
     identifier: IdentifierKind,
     default_region: Option<&str>,
     parties: &[(String, PublicKey)],
+    room: Option<&RoomSection>,
     now: DateTime<Utc>,
 ) -> String {
     let start = now
@@ -89,6 +91,29 @@ pub fn template_with_region(
             );
         }
         None => {}
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "# The room that serves this agreement: who runs it and its key (`accord room key` on the"
+    );
+    let _ = writeln!(
+        t,
+        "# room's machine prints it). Parties and analysts refuse a room presenting any other key."
+    );
+    let _ = writeln!(t, "[room]");
+    match room {
+        Some(r) => {
+            let _ = writeln!(t, "operator = {}", quote(&r.operator));
+            let _ = writeln!(t, "public_key = {}", quote(&r.public_key.to_string()));
+        }
+        None => {
+            let _ = writeln!(t, "operator = \"REPLACE with who runs the room\"");
+            let _ = writeln!(
+                t,
+                "public_key = \"REPLACE with the output of `accord room key --data-dir DIR` on the room\""
+            );
+        }
     }
     for (name, key) in parties {
         let _ = writeln!(t);
@@ -203,6 +228,24 @@ fn dp_explanation(epsilon: f64, budget: f64, delta: f64, k: u32) -> Vec<String> 
 
 fn quote(s: &str) -> String {
     toml_edit::Value::from(s).to_string()
+}
+
+/// The parties that operate the room, with why: the operator text names the party (its name,
+/// case-insensitively), or the room key is the party's own key.
+pub fn operator_parties(m: &Manifest) -> Vec<(String, &'static str)> {
+    let operator = m.room.operator.trim().to_lowercase();
+    m.parties
+        .iter()
+        .filter_map(|(name, p)| {
+            if p.public_key == m.room.public_key {
+                Some((name.clone(), "the room key is this party's own key"))
+            } else if operator == name.to_lowercase() {
+                Some((name.clone(), "the operator is this party"))
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// The output format of [`summary`].
@@ -390,6 +433,32 @@ this if every party is trusted not to try.";
         o,
         "{bullet}analysts may not (they see only the answers to their own queries)"
     );
+
+    heading(&mut o, "Room (who operates it, and its key)");
+    let _ = writeln!(o, "{bullet}operator: {}", m.room.operator);
+    let _ = writeln!(
+        o,
+        "{bullet}room key: {} (parties and analysts refuse a room presenting any other key)",
+        m.room.public_key
+    );
+    let _ = writeln!(
+        o,
+        "{bullet}the room enforces every protection above; it sees blinded tokens, the agreed columns of \
+         matched customers and the audit log, never raw identifiers (docs/THREAT_MODEL.md)"
+    );
+    for (party, why) in operator_parties(m) {
+        let warn = format!(
+            "WARNING: the room is operated by a party of this agreement ({party}: {why}). {party}'s own \
+             state directory (its blinding key and the handles of its customers) together with the room's \
+             data links each of {party}'s customers to the other party's attributes: the protections \
+             above then rest on {party} not combining them. Prefer a neutral operator."
+        );
+        if md {
+            let _ = writeln!(o, "\n> **{warn}**");
+        } else {
+            let _ = writeln!(o, "\n!! {warn}");
+        }
+    }
 
     heading(&mut o, "Signatures");
     for (key, _) in &m.rotation_signatures {

@@ -41,6 +41,10 @@ contributes = [
   {{ column = "region", role = "dimension" }},
 ]
 
+[room]
+operator = "Neutral Rooms Ltd"
+public_key = "{r}"
+
 [[analysts]]
 name = "ana@drinks.example"
 party = "drinks"
@@ -53,6 +57,7 @@ exact_results = true
         d = key(1).public_key(),
         s = key(2).public_key(),
         a = key(3).public_key(),
+        r = key(6).public_key(),
     )
 }
 
@@ -113,6 +118,34 @@ type Case = (
 #[test]
 fn every_validation_rule_reports_its_key_and_line() {
     let cases: &[Case] = &[
+        (
+            "unknown room key",
+            "operator = \"Neutral Rooms Ltd\"\n",
+            "operator = \"Neutral Rooms Ltd\"\nurl = \"x\"\n",
+            "room.url",
+            Some("url = \"x\""),
+        ),
+        (
+            "room operator with a control character",
+            "operator = \"Neutral Rooms Ltd\"",
+            "operator = \"Neutral\\u0007Rooms\"",
+            "room.operator",
+            Some("operator = \"Neutral"),
+        ),
+        (
+            "room operator empty",
+            "operator = \"Neutral Rooms Ltd\"",
+            "operator = \" \"",
+            "room.operator",
+            Some("operator = \" \""),
+        ),
+        (
+            "room key missing",
+            "operator = \"Neutral Rooms Ltd\"\n",
+            "operator = \"Neutral Rooms Ltd\"\n[x]\n",
+            "room.public_key",
+            Some("[room]"),
+        ),
         (
             "unknown top-level key",
             "\nversion = 1\n",
@@ -659,6 +692,8 @@ fn canonical_bytes_start_with_the_domain_and_fingerprint_is_their_sha256() {
 fn every_change_of_meaning_changes_the_fingerprint_and_breaks_signatures() {
     let signed = signed();
     verify(&signed, in_window()).unwrap();
+    let room_key = format!("public_key = \"{}\"", key(6).public_key());
+    let other_room_key = format!("public_key = \"{}\"", key(12).public_key());
     let edits: &[(&str, &str)] = &[
         (
             "id = \"drinks-snacks-2027q1\"",
@@ -696,6 +731,8 @@ fn every_change_of_meaning_changes_the_fingerprint_and_breaks_signatures() {
             "differential_privacy = { epsilon_per_query = 0.5, budget = 10.0, delta = 1e-6 }",
         ),
         ("notes = \"On record.\"\n", ""),
+        ("Neutral Rooms Ltd", "Neutral Rooms Ltd."),
+        (&room_key, &other_room_key),
     ];
     let fp = Manifest::parse(&signed).unwrap().fingerprint();
     for (from, to) in edits {
@@ -837,18 +874,49 @@ fn template_parses_and_verifies_after_signing() {
         ("snacks".to_owned(), key(2).public_key()),
     ];
     let now = in_window();
-    let t = template("drinks-snacks", IdentifierKind::Email, &parties, now);
+    let room = RoomSection {
+        operator: "Neutral Rooms Ltd".into(),
+        public_key: key(6).public_key(),
+    };
+    let t = template(
+        "drinks-snacks",
+        IdentifierKind::Email,
+        &parties,
+        Some(&room),
+        now,
+    );
     let m = Manifest::parse(&t).unwrap_or_else(|e| panic!("{e}\n{t}"));
     assert!(m.is_in_window(now));
     let t = sign_text(&t, "drinks", &key(1)).unwrap();
     let t = sign_text(&t, "snacks", &key(2)).unwrap();
     verify(&t, now).unwrap();
-    let phone = template_with_region("x-1", IdentifierKind::Phone, Some("IS"), &parties, now);
+    let phone = template_with_region(
+        "x-1",
+        IdentifierKind::Phone,
+        Some("IS"),
+        &parties,
+        Some(&room),
+        now,
+    );
     assert_eq!(
         Manifest::parse(&phone).unwrap().default_region.as_deref(),
         Some("IS")
     );
-    assert!(Manifest::parse(&template("x-1", IdentifierKind::Phone, &parties, now)).is_err());
+    assert!(
+        Manifest::parse(&template(
+            "x-1",
+            IdentifierKind::Phone,
+            &parties,
+            Some(&room),
+            now
+        ))
+        .is_err()
+    );
+    // Without a room key the template says where to get it, and does not parse until then.
+    let t = template("x-1", IdentifierKind::Email, &parties, None, now);
+    let e = Manifest::parse(&t).unwrap_err();
+    assert!(e.has("room.public_key"), "{e}");
+    assert!(e.to_string().contains("accord room key"), "{e}");
 }
 
 #[test]
@@ -1005,6 +1073,12 @@ fn canonical_bytes_match_the_documented_encoding() {
     let without_auditors = e.clone();
     // auditors: none
     e.extend_from_slice(&0u32.to_be_bytes());
+    // room: operator, then key
+    let room = |out: &mut Vec<u8>| {
+        s(out, "Neutral Rooms Ltd");
+        out.extend_from_slice(&key(6).public_key().to_bytes());
+    };
+    room(&mut e);
 
     let m = Manifest::parse(&base()).unwrap();
     assert_eq!(m.canonical_bytes(), e);
@@ -1021,6 +1095,7 @@ fn canonical_bytes_match_the_documented_encoding() {
     a.extend_from_slice(&key(9).public_key().to_bytes());
     s(&mut a, "zoe@legal.example");
     a.extend_from_slice(&key(8).public_key().to_bytes());
+    room(&mut a);
     assert_eq!(Manifest::parse(&with).unwrap().canonical_bytes(), a);
     // The party signature is an Ed25519 signature over exactly these bytes.
     let signed = Manifest::parse(&signed()).unwrap();
@@ -1235,4 +1310,51 @@ fn more_than_two_parties_are_refused_with_the_reason() {
     );
     assert!(p.fix.contains("one agreement per pair"), "{p}");
     assert_eq!(err.problems.len(), 1, "{err}");
+}
+
+/// The room is a named party: an agreement without `[room]` is refused, saying where the key
+/// comes from; `agreement show` names the operator and warns when it is one of the parties.
+#[test]
+fn the_room_section_is_required_and_an_operator_party_is_warned_about() {
+    let start = base().find("[room]").unwrap();
+    let end = base().find("[[analysts]]").unwrap();
+    let without = format!("{}{}", &base()[..start], &base()[end..]);
+    let e = Manifest::parse(&without).unwrap_err();
+    assert!(e.has("room"), "{e}");
+    let m = e.to_string();
+    assert!(
+        m.contains("[room] section is missing") && m.contains("accord room key --data-dir"),
+        "{m}"
+    );
+    // A neutral operator: named, no warning.
+    let neutral = Manifest::parse(&signed()).unwrap();
+    assert_eq!(neutral.room.operator, "Neutral Rooms Ltd");
+    assert_eq!(neutral.room.public_key, key(6).public_key());
+    let text = summary(&neutral, in_window(), SummaryFormat::Text);
+    assert!(text.contains("operator: Neutral Rooms Ltd"), "{text}");
+    assert!(!text.contains("operated by a party"), "{text}");
+    assert!(operator_parties(&neutral).is_empty());
+    // The operator is a party, by name (case-insensitive) or by key.
+    let by_name = Manifest::parse(&base().replace("Neutral Rooms Ltd", "  Drinks ")).unwrap();
+    let by_key = Manifest::parse(&base().replace(
+        &format!("public_key = \"{}\"", key(6).public_key()),
+        &format!("public_key = \"{}\"", key(2).public_key()),
+    ))
+    .unwrap();
+    for (m, party) in [(&by_name, "drinks"), (&by_key, "snacks")] {
+        assert_eq!(
+            operator_parties(m)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect::<Vec<_>>(),
+            vec![party.to_owned()]
+        );
+        let text = summary(m, in_window(), SummaryFormat::Text);
+        assert!(
+            text.contains(&format!("operated by a party of this agreement ({party}"))
+                && text.contains("state directory")
+                && text.contains("links each of"),
+            "{text}"
+        );
+    }
 }

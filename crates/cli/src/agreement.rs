@@ -50,6 +50,13 @@ pub struct InitArgs {
     /// ISO 3166 alpha-2 country of national phone numbers (required with --identifier phone).
     #[arg(long)]
     pub default_region: Option<String>,
+    /// The room's public key: the line `accord room key --data-dir DIR` printed on the room's
+    /// machine (without it the template holds a placeholder to replace).
+    #[arg(long, value_name = "PUBKEY", requires = "room_operator")]
+    pub room_key: Option<PublicKey>,
+    /// Who operates the room (a company or person), as legal should read it.
+    #[arg(long, value_name = "TEXT", requires = "room_key")]
+    pub room_operator: Option<String>,
 }
 
 /// Arguments of `accord agreement sign`.
@@ -146,20 +153,42 @@ fn parse_party(spec: &str) -> Result<(String, PublicKey), String> {
 
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let parties = args.parties;
+    let room = match (args.room_key, args.room_operator) {
+        (Some(public_key), Some(operator)) => Some(accord_agreement::RoomSection {
+            operator,
+            public_key,
+        }),
+        _ => None,
+    };
     let text = accord_agreement::template_with_region(
         &args.id,
         args.identifier.into(),
         args.default_region.as_deref(),
         &parties,
+        room.as_ref(),
         Utc::now(),
     );
-    // The template must be a valid manifest; report what the arguments got wrong.
+    // The template must be a valid manifest (but for the room's placeholders when no room
+    // was given); report what the arguments got wrong.
     if let Err(err) = Manifest::parse(&text) {
-        eprintln!("the arguments do not make a valid agreement:");
-        for p in &err.problems {
-            eprintln!("  {}: {} (fix: {})", p.key, p.message, p.fix);
+        let problems: Vec<_> = err
+            .problems
+            .iter()
+            .filter(|p| room.is_some() || !p.key.starts_with("room"))
+            .collect();
+        if !problems.is_empty() {
+            eprintln!("the arguments do not make a valid agreement:");
+            for p in problems {
+                eprintln!("  {}: {} (fix: {})", p.key, p.message, p.fix);
+            }
+            return Ok(ExitCode::from(1));
         }
-        return Ok(ExitCode::from(1));
+    }
+    if room.is_none() {
+        eprintln!(
+            "note: no --room-key/--room-operator given: replace the placeholders under [room] with the room \
+             operator's name and the output of `accord room key --data-dir DIR` on the room's machine before signing"
+        );
     }
     print!("{text}");
     Ok(ExitCode::SUCCESS)

@@ -47,9 +47,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let agreement = load_agreement(&args.file)?;
     let tls = args.tls.load()?;
     runtime()?.block_on(async move {
-        let channel = accord_party::client::channel_with(&args.room, &tls)
-            .await
-            .map_err(party_error)?;
+        // The room must be the one the agreement names before the manifest is sent to it.
+        let channel =
+            accord_party::client::channel_to_named_room(&args.room, &tls, agreement.manifest())
+                .await
+                .map_err(party_error)?;
         let r = AgreementsClient::new(channel)
             .submit(v1::SubmitAgreementRequest {
                 manifest_toml: agreement.text().to_owned(),
@@ -101,12 +103,13 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         // Authenticate first: it proves the key and tells us the room's key to check the receipt.
         let fp = agreement.fingerprint().to_string();
-        let conn = accord_party::Connection::open_with(
+        let conn = accord_party::Connection::open_checked(
             &args.room,
             &tls,
             &fp,
             accord_party::Principal::Party(&args.party),
             &key,
+            Some(&accord_party::RoomIdentity::of(agreement.manifest())),
         )
         .await
         .map_err(party_error)?;

@@ -8,7 +8,7 @@ use accord_agreement::PublicKey;
 use accord_party::{Connection, Principal};
 use anyhow::{Result, anyhow, bail};
 
-use crate::common::{TlsArgs, agreement_ref, load_key, party_error, runtime};
+use crate::common::{TlsArgs, agreement_ref_and_room, load_key, party_error, runtime};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
@@ -55,7 +55,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
         tls,
     } = cmd;
     let tls = tls.load()?;
-    let selector = agreement_ref(&agreement)?;
+    let (selector, named_room) = agreement_ref_and_room(&agreement)?;
     let secret = load_key(&key)?;
     let pins_path = crate::query::pins_path(pins.as_ref(), &key);
     runtime()?.block_on(async move {
@@ -63,12 +63,11 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             Some(p) => Principal::Party(p),
             None => Principal::Auditor(""),
         };
-        let mut conn = Connection::open_with(&room, &tls, &selector, principal, &secret)
-            .await
+        let mut conn =
+            Connection::open_checked(&room, &tls, &selector, principal, &secret, named_room.as_ref())
+                .await
             .map_err(party_error)?;
-        accord_party::Pins::load(&pins_path)
-            .and_then(|mut p| p.check(&room, conn.agreement_id(), &selector, conn.fingerprint()))
-            .map_err(party_error)?;
+        crate::common::check_pins(&pins_path, &room, &selector, &conn)?;
         let fingerprint = conn.fingerprint().to_string();
         let (entries, head) = conn.audit_log().await.map_err(party_error)?;
         let presented = *conn.room_key();

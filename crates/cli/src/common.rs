@@ -27,17 +27,50 @@ pub fn load_agreement(path: &Path) -> Result<VerifiedAgreement> {
 }
 
 /// An agreement given as a file path, an id or a fingerprint → what the room understands
-/// (the fingerprint when a file was given, otherwise the text as is).
-pub fn agreement_ref(given: &str) -> Result<String> {
+/// (the fingerprint when a file was given, otherwise the text as is), and the room the
+/// agreement names when a file was given (the client then refuses any other room before
+/// signing anything for it).
+pub fn agreement_ref_and_room(given: &str) -> Result<(String, Option<accord_party::RoomIdentity>)> {
     let path = Path::new(given);
     if path.is_file() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("could not read {}", path.display()))?;
         let manifest = accord_agreement::Manifest::parse(&text)
             .map_err(|e| anyhow!("{}:\n{e}", path.display()))?;
-        return Ok(manifest.fingerprint().to_string());
+        return Ok((
+            manifest.fingerprint().to_string(),
+            Some(accord_party::RoomIdentity::of(&manifest)),
+        ));
     }
-    Ok(given.to_owned())
+    Ok((given.to_owned(), None))
+}
+
+/// Checks the fingerprint the room bound the session to against the client's pins, and says
+/// so on stderr when an agreement **id** is used at this room for the first time: the room's
+/// key was then checked against a manifest the parties signed, but which agreement the id
+/// means is taken on first use (docs/PROTOCOL.md, "The room's identity").
+pub fn check_pins(
+    pins_path: &Path,
+    room: &str,
+    asked: &str,
+    conn: &accord_party::Connection,
+) -> Result<()> {
+    let mut pins = accord_party::Pins::load(pins_path).map_err(party_error)?;
+    let by_id = asked.parse::<accord_agreement::Fingerprint>().is_err();
+    if by_id && pins.get(room, conn.agreement_id()).is_none() {
+        eprintln!(
+            "note: first use of agreement id {:?} at {room}: the room bound the session to fingerprint {}, \
+             whose signed [room] section names the key this room presented ({}). The fingerprint is now pinned \
+             in {}. Compare it with the one your party gave you (`accord agreement show` prints it), or pass \
+             --agreement with the fingerprint or the agreement file to have it checked from the first use.",
+            accord_agreement::text::escape(conn.agreement_id(), 128),
+            conn.fingerprint(),
+            conn.room_key(),
+            pins_path.display()
+        );
+    }
+    pins.check(room, conn.agreement_id(), asked, conn.fingerprint())
+        .map_err(party_error)
 }
 
 /// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.

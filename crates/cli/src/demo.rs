@@ -175,7 +175,14 @@ fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
     })
 }
 
-fn manifest(id: &str, drinks: &str, snacks: &str, analyst: &str, rows: usize) -> String {
+fn manifest(
+    id: &str,
+    drinks: &str,
+    snacks: &str,
+    analyst: &str,
+    room: &str,
+    rows: usize,
+) -> String {
     let now = Utc::now();
     let from = (now - ChronoDuration::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let until = (now + ChronoDuration::days(90)).to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -216,6 +223,11 @@ contributes = [
 name = "ana@drinks.example"
 party = "drinks"
 public_key = "{analyst}"
+
+# The room that serves the agreement: `accord room key --data-dir room-data` printed its key.
+[room]
+operator = "Demo room operator (neutral host)"
+public_key = "{room}"
 
 [privacy]
 aggregates = ["count", "sum", "avg"]
@@ -286,12 +298,15 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let drinks = keygen(&dir, "drinks")?;
     let snacks = keygen(&dir, "snacks")?;
     let analyst = keygen(&dir, "analyst")?;
+    // The room's key first: the agreement names the room that serves it.
+    let room_key = accord_room::identity::load_or_create(&dir.join("room-data"))?;
     let id = "drinks-snacks-demo";
     let text = manifest(
         id,
         &drinks.public_key().to_string(),
         &snacks.public_key().to_string(),
         &analyst.public_key().to_string(),
+        &room_key.public_key().to_string(),
         args.rows,
     );
     let text = accord_agreement::sign_text(&text, "drinks", &drinks)?;
@@ -316,6 +331,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             flight_sql: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tls: None,
             insecure_plaintext_network: false,
+            tls_proxy_cert: None,
             expiry_check: Duration::from_secs(5),
             limits: accord_room::Limits::default(),
             // Loopback only: open registration is the rule there.

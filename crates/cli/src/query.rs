@@ -8,7 +8,7 @@ use accord_proto::v1::{self, query_client::QueryClient};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::RecordBatch;
 
-use crate::common::{TlsArgs, agreement_ref, load_key, party_error, runtime};
+use crate::common::{TlsArgs, agreement_ref_and_room, load_key, party_error, runtime};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -75,7 +75,7 @@ pub fn pins_path(pins: Option<&PathBuf>, key: &std::path::Path) -> PathBuf {
 
 pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let key = load_key(&args.key)?;
-    let agreement = agreement_ref(&args.agreement)?;
+    let (agreement, room) = agreement_ref_and_room(&args.agreement)?;
     let sql = match (&args.sql, &args.sql_file) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(f)) => Some(
@@ -90,25 +90,22 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
     let tls = args.tls.load()?;
     runtime()?.block_on(async move {
         let public = key.public_key();
-        let mut conn = Connection::open_with(
+        let mut conn = Connection::open_checked(
             &args.room,
             &tls,
             &agreement,
             Principal::AnalystKey(&public),
             &key,
+            room.as_ref(),
         )
         .await
         .map_err(party_error)?;
-        accord_party::Pins::load(&pins_path(args.pins.as_ref(), &args.key))
-            .and_then(|mut pins| {
-                pins.check(
-                    &args.room,
-                    conn.agreement_id(),
-                    &agreement,
-                    conn.fingerprint(),
-                )
-            })
-            .map_err(party_error)?;
+        crate::common::check_pins(
+            &pins_path(args.pins.as_ref(), &args.key),
+            &args.room,
+            &agreement,
+            &conn,
+        )?;
         if args.print_token {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);

@@ -1,4 +1,4 @@
-//! `accord room serve`.
+//! `accord room serve` and `accord room key`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,17 +9,26 @@ use anyhow::{Result, bail};
 
 use crate::common::runtime;
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum RoomCommand {
     /// Run the room: gRPC for parties and analysts, optionally Arrow Flight SQL.
     Serve(ServeArgs),
+    /// Print the room's public key (creating the key in DIR if there is none yet): the
+    /// operator publishes it, and every agreement names it under [room] (`public_key`).
+    Key {
+        /// The room's data directory (the same as `accord room serve --data-dir`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Read every setting from this room.toml (see deploy/README.md) instead of the flags.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "data_dir", "listen", "flight_sql", "tls_cert", "tls_key", "client_ca", "insecure_plaintext_network"
+        "data_dir", "listen", "flight_sql", "tls_cert", "tls_key", "client_ca", "insecure_plaintext_network", "tls_proxy_cert"
     ])]
     pub config: Option<PathBuf>,
     /// Where the room keeps agreements, uploaded tokens, snapshots and audit logs.
@@ -44,6 +53,11 @@ pub struct ServeArgs {
     /// proxy on a private network: otherwise tokens, SQL and results cross the network in clear.
     #[arg(long)]
     pub insecure_plaintext_network: bool,
+    /// For a plain-text room behind a TLS-terminating proxy: the certificate (PEM) the proxy
+    /// presents. The room signs its binding to the room key, which clients check; without it
+    /// clients refuse the proxy (docs/PROTOCOL.md, "The room's identity").
+    #[arg(long, value_name = "FILE", conflicts_with = "tls_cert")]
+    pub tls_proxy_cert: Option<PathBuf>,
     /// Only register agreements whose every party key is listed in FILE (one "ed25519:…" per
     /// line, `#` comments; read again on every submission). Required beyond loopback.
     #[arg(long, value_name = "FILE", conflicts_with = "open_registration")]
@@ -56,6 +70,20 @@ pub struct ServeArgs {
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
     match cmd {
         RoomCommand::Serve(args) => serve(args),
+        RoomCommand::Key { data_dir } => {
+            let key = accord_room::identity::load_or_create(&data_dir)?;
+            println!("{}", key.public_key());
+            eprintln!(
+                "The room key of {} (keep {} secret and backed up). Give the line above to the parties: \
+                 their agreement names it as\n  [room]\n  operator = \"…\"\n  public_key = \"{}\"\n\
+                 (or `accord agreement init --room-key {} --room-operator \"…\"`).",
+                data_dir.display(),
+                accord_room::identity::key_path(&data_dir).display(),
+                key.public_key(),
+                key.public_key()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -83,6 +111,7 @@ fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
         expiry_check,
         tls,
         insecure_plaintext_network: args.insecure_plaintext_network,
+        tls_proxy_cert: args.tls_proxy_cert.clone(),
         limits: accord_room::Limits::default(),
         registration_allow: args.registration_allow.clone(),
         open_registration: args.open_registration,

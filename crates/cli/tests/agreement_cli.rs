@@ -25,6 +25,9 @@ fn keygen(dir: &Path, name: &str) -> String {
     key
 }
 
+/// A room key (`accord room key` prints one like it).
+const ROOM_KEY: &str = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
 fn init(dir: &Path, drinks: &str, snacks: &str) -> PathBuf {
     let out = cargo_bin_cmd!("accord")
         .args([
@@ -37,6 +40,12 @@ fn init(dir: &Path, drinks: &str, snacks: &str) -> PathBuf {
         ])
         .args(["--party", &format!("drinks={drinks}")])
         .args(["--party", &format!("snacks={snacks}")])
+        .args([
+            "--room-key",
+            ROOM_KEY,
+            "--room-operator",
+            "Neutral Rooms Ltd",
+        ])
         .assert()
         .success()
         .get_output()
@@ -248,4 +257,73 @@ fn usage_errors_exit_2_and_bad_input_exits_1() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("at least 1"));
+}
+
+#[test]
+fn show_names_the_room_operator_and_warns_when_it_is_a_party() {
+    let dir = tempfile::tempdir().unwrap();
+    let drinks = keygen(dir.path(), "d.key");
+    let snacks = keygen(dir.path(), "s.key");
+    let file = init(dir.path(), &drinks, &snacks);
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "show"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("operator: Neutral Rooms Ltd")
+                .and(predicate::str::contains(ROOM_KEY))
+                .and(predicate::str::contains("operated by a party").not()),
+        );
+    // The operator is drinks (by name, in other case).
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("operator = \"Neutral Rooms Ltd\"", "operator = \"DRINKS\""),
+    )
+    .unwrap();
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "show"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("operated by a party of this agreement (drinks")
+                .and(predicate::str::contains("state directory")),
+        );
+    // The room key is snacks's own key.
+    std::fs::write(&file, text.replace(ROOM_KEY, &snacks)).unwrap();
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "show"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "operated by a party of this agreement (snacks: the room key is this party's own key",
+        ));
+}
+
+#[test]
+fn init_without_a_room_key_leaves_placeholders_that_do_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let drinks = keygen(dir.path(), "d.key");
+    let snacks = keygen(dir.path(), "s.key");
+    let out = cargo_bin_cmd!("accord")
+        .args(["agreement", "init", "--id", "x", "--identifier", "email"])
+        .args(["--party", &format!("drinks={drinks}")])
+        .args(["--party", &format!("snacks={snacks}")])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("accord room key --data-dir"))
+        .get_output()
+        .stdout
+        .clone();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, out).unwrap();
+    cargo_bin_cmd!("accord")
+        .args(["agreement", "verify"])
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("room.public_key"));
 }

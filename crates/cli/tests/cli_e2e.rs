@@ -89,7 +89,7 @@ fn write_files(dir: &Path, n: usize) -> usize {
     n - n / 2
 }
 
-fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str) -> PathBuf {
+fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str, room: &str) -> PathBuf {
     let now = chrono::Utc::now();
     let from =
         (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -124,6 +124,10 @@ contributes = [ {{ column = "snack", role = "dimension" }} ]
 name = "ana@drinks.example"
 party = "drinks"
 public_key = "{analyst}"
+
+[room]
+operator = "CLI test room"
+public_key = "{room}"
 
 [privacy]
 aggregates = ["count", "sum", "avg"]
@@ -208,7 +212,18 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
         keygen(d, "snacks"),
         keygen(d, "analyst"),
     );
-    let file = agreement(d, &drinks, &snacks, &analyst);
+    // The room's key first (`accord room key` creates it in the data directory): the
+    // agreement names the room.
+    let data = d.join("room-data");
+    let room_key = ok(accord().args(["room", "key", "--data-dir"]).arg(&data));
+    let room_key = room_key.trim();
+    assert!(room_key.starts_with("ed25519:"), "{room_key}");
+    // Asking again prints the same key (it is loaded, not replaced).
+    assert_eq!(
+        ok(accord().args(["room", "key", "--data-dir"]).arg(&data)).trim(),
+        room_key
+    );
+    let file = agreement(d, &drinks, &snacks, &analyst, room_key);
     ok(accord()
         .args(["agreement", "sign"])
         .arg(&file)
@@ -226,7 +241,6 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let data = d.join("room-data");
     let mut room = spawn_room(&data, port);
     ok(accord()
         .args(["agreement", "submit"])
@@ -326,7 +340,22 @@ fn a_room_killed_mid_upload_loses_nothing_and_the_commands_keep_their_exit_codes
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["n"].as_u64().unwrap() as usize, expected);
-    let csv = String::from_utf8(query("SELECT drinks_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_tier ORDER BY drinks_tier", "csv").stdout).unwrap();
+    // The first use of an id says which agreement it was taken to mean, and only once.
+    let first = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        first.contains("first use of agreement id \"cli-e2e\"") && first.contains(room_key),
+        "{first}"
+    );
+    let again = query(
+        "SELECT drinks_tier, COUNT(*) AS n FROM overlap GROUP BY drinks_tier ORDER BY drinks_tier",
+        "csv",
+    );
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("first use"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let csv = String::from_utf8(again.stdout).unwrap();
     assert!(csv.starts_with("drinks_tier,n\ngold,"), "{csv}");
 
     // A refusal: exit 1, the reason on stderr, nothing on stdout.

@@ -9,7 +9,7 @@ use accord_agreement::{Fingerprint, PublicKey, SecretKey, sig::Purpose};
 use accord_proto::v1::{self, auth_client::AuthClient};
 use tonic::Request;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
 
 use crate::error::PartyError;
@@ -200,19 +200,27 @@ impl ClientTls {
         self.ca_pem.is_none() && self.identity.is_none() && self.domain.is_none()
     }
 
-    fn config(&self) -> ClientTlsConfig {
-        let mut c = ClientTlsConfig::new().timeout(Duration::from_secs(10));
-        c = match &self.ca_pem {
-            Some(pem) => c.ca_certificate(Certificate::from_pem(pem)),
-            None => c.with_native_roots(),
-        };
-        if let Some((cert, key)) = &self.identity {
-            c = c.identity(Identity::from_pem(cert, key.as_slice()));
-        }
-        if let Some(d) = &self.domain {
-            c = c.domain_name(d.clone());
-        }
-        c
+    /// The connector of an `https://` room at `host`: this trust, this client identity, and
+    /// the name the certificate must be valid for (`--tls-name`, else `host`).
+    fn connector(&self, host: &str) -> Result<crate::tls_connect::RoomConnector, PartyError> {
+        let config = crate::tls_connect::client_config(
+            self.ca_pem.as_deref(),
+            self.identity
+                .as_ref()
+                .map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map_err(PartyError::Invalid)?;
+        let name = self.domain.as_deref().unwrap_or(host);
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+            PartyError::Invalid(format!(
+                "{name:?} is not a name a TLS certificate can be checked for ({e}); give --tls-name"
+            ))
+        })?;
+        Ok(crate::tls_connect::RoomConnector {
+            config: std::sync::Arc::new(config),
+            server_name,
+            observed: crate::tls_connect::ObservedCertificate::default(),
+        })
     }
 }
 
@@ -241,6 +249,15 @@ pub async fn channel(url: &str) -> Result<Channel, PartyError> {
 
 /// Opens a channel to the room (with retries): `https://` rooms over TLS with `tls`.
 pub async fn channel_with(url: &str, tls: &ClientTls) -> Result<Channel, PartyError> {
+    Ok(channel_observed(url, tls).await?.0)
+}
+
+/// [`channel_with`], also returning, for an `https://` room, what its TLS handshake showed
+/// (the room's leaf certificate), to check the room's binding signature against.
+pub async fn channel_observed(
+    url: &str,
+    tls: &ClientTls,
+) -> Result<(Channel, Option<crate::tls_connect::ObservedCertificate>), PartyError> {
     let secure = if url.starts_with("https://") {
         true
     } else if url.starts_with("http://") {
@@ -256,36 +273,52 @@ pub async fn channel_with(url: &str, tls: &ClientTls) -> Result<Channel, PartyEr
              use https:// for a room that serves TLS"
         )));
     }
-    let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| {
-            PartyError::Invalid(format!(
-                "{url:?} is not a valid room URL (e.g. https://room.example.com:7700 or http://127.0.0.1:7700): {e}"
-            ))
-        })?
+    let invalid = |e: &dyn std::fmt::Display| {
+        PartyError::Invalid(format!(
+            "{url:?} is not a valid room URL (e.g. https://room.example.com:7700 or http://127.0.0.1:7700): {e}"
+        ))
+    };
+    // An https:// room is reached through our own TLS connector (it records the room's
+    // certificate); tonic is given the http:// form so that it does not add TLS of its own,
+    // and the https:// origin for the requests' :scheme and :authority.
+    let transport_url = match url.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None => url.to_owned(),
+    };
+    let mut endpoint = Endpoint::from_shared(transport_url)
+        .map_err(|e| invalid(&e))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         // Every call announces the protocol version; the room refuses another one.
         .user_agent(accord_proto::protocol_agent())
         .map_err(|e| PartyError::Internal(format!("user agent: {e}")))?;
-    if secure {
+    let connector = if secure {
         install_crypto_provider();
-        endpoint = endpoint.tls_config(tls.config()).map_err(|e| {
-            PartyError::Invalid(format!(
-                "the TLS settings for {url} cannot be used: {}",
-                source_chain(&e)
-            ))
-        })?;
-    }
-    with_retries("connect", || {
+        let origin: tonic::codegen::http::Uri = url.parse().map_err(|e| invalid(&e))?;
+        let host = origin
+            .host()
+            .ok_or_else(|| invalid(&"it has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        endpoint = endpoint.origin(origin);
+        Some(tls.connector(&host)?)
+    } else {
+        None
+    };
+    let channel = with_retries("connect", || {
         let endpoint = endpoint.clone();
+        let connector = connector.clone();
         async move {
-            endpoint
-                .connect()
-                .await
-                .map_err(|e| connect_error(url, secure, tls, &e))
+            match connector {
+                Some(c) => endpoint.connect_with_connector(c).await,
+                None => endpoint.connect().await,
+            }
+            .map_err(|e| connect_error(url, secure, tls, &e))
         }
     })
-    .await
+    .await?;
+    Ok((channel, connector.map(|c| c.observed)))
 }
 
 /// Installs rustls's `ring` provider as the process default unless one is installed.
@@ -488,6 +521,97 @@ fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Opens a channel to the room at `url` and checks, before anything about `agreement` is sent,
+/// that it is the room the agreement names: its key (from a challenge, which the room answers
+/// without looking anything up) and, over TLS, its binding of the certificate seen in the
+/// handshake. For calls that send an agreement without a session (`agreement submit`): a
+/// manifest says who shares what, which an impostor room must not learn.
+pub async fn channel_to_named_room(
+    url: &str,
+    tls: &ClientTls,
+    agreement: &accord_agreement::Manifest,
+) -> Result<Channel, PartyError> {
+    let room = crate::RoomIdentity::of(agreement);
+    let (channel, observed) = channel_observed(url, tls).await?;
+    let mut client_nonce = [0u8; 32];
+    getrandom::fill(&mut client_nonce)
+        .map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
+    // Any party's (public) key and name: the challenge is the same for every request.
+    let (party, probe) = agreement
+        .parties
+        .iter()
+        .next()
+        .ok_or_else(|| PartyError::Invalid("the agreement has no party".into()))?;
+    let challenge = AuthClient::new(channel.clone())
+        .challenge(v1::ChallengeRequest {
+            agreement: agreement.fingerprint().to_string(),
+            principal: Some(Principal::Party(party).to_proto()),
+            client_nonce: client_nonce.to_vec(),
+            public_key: probe.public_key.to_bytes().to_vec(),
+        })
+        .await
+        .map_err(|s| {
+            tls_call_failure(url, tls, &s).unwrap_or_else(|| PartyError::from_status(url, s))
+        })?
+        .into_inner();
+    check_room_protocol(url, challenge.protocol_version)?;
+    let presented = <[u8; 32]>::try_from(challenge.room_public_key.as_slice())
+        .ok()
+        .and_then(|b| PublicKey::from_bytes(&b).ok())
+        .ok_or_else(|| {
+            PartyError::Refused(format!("the room at {url} sent an invalid public key"))
+        })?;
+    room.check_presented(url, &presented)?;
+    if let Some(observed) = &observed {
+        check_tls_binding(url, observed, &presented, &challenge.tls_binding_signature)?;
+    }
+    Ok(channel)
+}
+
+/// Checks the room's signature binding the TLS certificate observed in this channel's
+/// handshake to `room_key` (purpose `tls-binding`).
+fn check_tls_binding(
+    url: &str,
+    observed: &crate::tls_connect::ObservedCertificate,
+    room_key: &PublicKey,
+    signature: &[u8],
+) -> Result<(), PartyError> {
+    let Some(cert) = observed.sha256() else {
+        return Err(PartyError::Refused(format!(
+            "the TLS connection to {url} recorded no room certificate: refusing (this is a bug in the client)"
+        )));
+    };
+    if signature.is_empty() {
+        return Err(PartyError::Refused(format!(
+            "the room at {url} serves TLS but sent no signature binding its certificate to its key \
+             (room key {room_key}): it may be a TLS-terminating proxy or another server relaying the room, \
+             or a room older than this client. Connect to the room itself; see docs/PROTOCOL.md, \"The room's identity\""
+        )));
+    }
+    let sig: [u8; 64] = signature.try_into().map_err(|_| {
+        PartyError::Refused(format!(
+            "the room at {url} sent a TLS binding signature of {} bytes, not 64: refusing",
+            signature.len()
+        ))
+    })?;
+    room_key
+        .verify(
+            Purpose::TlsBinding,
+            &accord_proto::signed::tls_binding(&cert),
+            &accord_agreement::Signature::from_bytes(&sig),
+        )
+        .map_err(|_| {
+            PartyError::Refused(format!(
+                "the room key {room_key} does not vouch for the TLS certificate {url} presented (SHA-256 {}): \
+                 the connection may be intercepted by a server holding another certificate (an attack), or \
+                 the room's certificate changed since it started. Do not use this connection; ask the room's \
+                 operator (docs/PROTOCOL.md, \"The room's identity\")",
+                hex::encode(cert)
+            ))
+        })?;
+    Ok(())
+}
+
 /// An authenticated session with the room.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -523,7 +647,25 @@ impl Connection {
         principal: Principal<'_>,
         key: &SecretKey,
     ) -> Result<Self, PartyError> {
-        let channel = channel_with(url, tls).await?;
+        Self::open_checked(url, tls, agreement, principal, key, None).await
+    }
+
+    /// [`Connection::open_with`] for a caller that holds the agreement (a party, or anyone
+    /// given the file): the room must present `room`, the key its `[room]` section names,
+    /// before anything is signed for it. Every connection, with or without it, also checks
+    /// the manifest the room sends after the proof (its fingerprint is the session's and its
+    /// `[room]` key is the key the room presented) and, over TLS, the room's signature binding
+    /// the certificate seen in the handshake to that key (docs/PROTOCOL.md, "The room's
+    /// identity").
+    pub async fn open_checked(
+        url: &str,
+        tls: &ClientTls,
+        agreement: &str,
+        principal: Principal<'_>,
+        key: &SecretKey,
+        room: Option<&crate::RoomIdentity>,
+    ) -> Result<Self, PartyError> {
+        let (channel, observed) = channel_observed(url, tls).await?;
         let mut auth = AuthClient::new(channel.clone());
         let mut client_nonce = [0u8; 32];
         getrandom::fill(&mut client_nonce)
@@ -561,6 +703,15 @@ impl Connection {
         let room_key = PublicKey::from_bytes(&room_key_bytes).map_err(|e| {
             PartyError::Refused(format!("the room sent an invalid public key: {e}"))
         })?;
+        // 1. The key the agreement names (when the caller holds the agreement), before the
+        //    caller signs anything for this room.
+        if let Some(expected) = room {
+            expected.check_presented(url, &room_key)?;
+        }
+        // 2. Over TLS: the room's key vouches for the certificate this handshake showed.
+        if let Some(observed) = &observed {
+            check_tls_binding(url, observed, &room_key, &challenge.tls_binding_signature)?;
+        }
         let room_nonce: [u8; 32] = challenge.room_nonce.as_slice().try_into().map_err(|_| {
             PartyError::Refused("the room sent a nonce that is not 32 bytes".into())
         })?;
@@ -602,6 +753,14 @@ impl Connection {
                 "asked for agreement {asked} but the room bound the session to {fingerprint}: refusing"
             )));
         }
+        // 3. The agreement the room bound the session to names this room's key.
+        crate::room_identity::check_session_manifest(
+            url,
+            &session.manifest_toml,
+            fingerprint,
+            &room_key,
+            room,
+        )?;
         let name = session.principal_name.clone();
         if !sent_name.is_empty() && sent_name != name {
             return Err(PartyError::Refused(format!(

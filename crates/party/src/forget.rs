@@ -83,17 +83,23 @@ pub async fn forget(
         };
         // A party of an ended agreement may still open a session by fingerprint (to read the
         // audit log), so "in force" is asked of the PSI service, which refuses ended ones.
-        let served =
-            match Connection::open(room.url, &fp.to_string(), Principal::Party(party), room.key)
+        let served = match Connection::open_checked(
+            room.url,
+            &crate::ClientTls::default(),
+            &fp.to_string(),
+            Principal::Party(party),
+            room.key,
+            Some(&crate::RoomIdentity::of(manifest)),
+        )
+        .await
+        {
+            Ok(conn) => accord_proto::v1::psi_client::PsiClient::new(conn.channel())
+                .status(conn.request(accord_proto::v1::StatusRequest {}))
                 .await
-            {
-                Ok(conn) => accord_proto::v1::psi_client::PsiClient::new(conn.channel())
-                    .status(conn.request(accord_proto::v1::StatusRequest {}))
-                    .await
-                    .map(|_| ())
-                    .map_err(|s| conn.error(s)),
-                Err(e) => Err(e),
-            };
+                .map(|_| ())
+                .map_err(|s| conn.error(s)),
+            Err(e) => Err(e),
+        };
         match served {
             Ok(()) => {
                 return Err(PartyError::Refused(format!(

@@ -737,6 +737,11 @@ max_rows = 1000
 consent_column = "consent"
 contributes = [ { column = "fav", role = "dimension" } ]
 
+# Input tests never reach a room; any valid key will do.
+[room]
+operator = "Test room"
+public_key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+
 [privacy]
 aggregates = ["count", "sum", "avg"]
 exact_results = true

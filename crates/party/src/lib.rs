@@ -20,7 +20,9 @@ pub mod input;
 pub mod pins;
 pub mod protocol;
 pub mod rights;
+pub mod room_identity;
 pub mod state;
+pub mod tls_connect;
 
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
@@ -29,3 +31,4 @@ pub use protocol::{
     EraseOutcome, EraseSource, PartyContext, UploadOptions, UploadOutcome, erase, erase_from,
     status, sync, upload,
 };
+pub use room_identity::RoomIdentity;

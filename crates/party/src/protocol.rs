@@ -102,13 +102,16 @@ impl PartyContext {
 
     async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
         let fp = self.fingerprint().to_string();
+        // The room must present the key the agreement's [room] section names.
+        let room = crate::RoomIdentity::of(self.agreement.manifest());
         let conn = with_retries("authenticate", || {
-            Connection::open_with(
+            Connection::open_checked(
                 &self.room_url,
                 &self.tls,
                 &fp,
                 Principal::Party(&self.party),
                 &self.key,
+                Some(&room),
             )
         })
         .await?;

@@ -285,6 +285,17 @@ pub mod signed {
         m
     }
 
+    /// Purpose `tls-binding`: the room's statement that the TLS leaf certificate whose DER
+    /// bytes hash to `cert_sha256` is its own. The message is `SHA-256(leaf DER)` (32 bytes).
+    pub fn tls_binding(cert_sha256: &[u8; 32]) -> Vec<u8> {
+        cert_sha256.to_vec()
+    }
+
+    /// [`tls_binding`] from the certificate's DER bytes.
+    pub fn tls_binding_of(leaf_der: &[u8]) -> Vec<u8> {
+        Sha256::digest(leaf_der).to_vec()
+    }
+
     /// Purpose `audit-head`.
     pub fn audit_head(fingerprint: &[u8; 32], entries: u64, hash: &[u8; 32]) -> Vec<u8> {
         let mut m = Vec::with_capacity(72);

@@ -10,6 +10,7 @@
 //! listen = "0.0.0.0:7700"
 //! flight_sql = "0.0.0.0:7701"        # optional
 //! insecure_plaintext_network = false # optional, see `--insecure-plaintext-network`
+//! tls_proxy_cert = "proxy.crt"       # optional, see `--tls-proxy-cert`
 //!
 //! [tls]                              # optional; required for non-loopback addresses
 //! cert = "tls/room.crt"
@@ -55,6 +56,10 @@ pub struct RoomFile {
     /// Plain text on a non-loopback address (see `--insecure-plaintext-network`).
     #[serde(default)]
     pub insecure_plaintext_network: bool,
+    /// The certificate a TLS-terminating proxy in front of the room presents (see
+    /// `--tls-proxy-cert`).
+    #[serde(default)]
+    pub tls_proxy_cert: Option<PathBuf>,
     /// TLS for both listeners.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
@@ -177,6 +182,9 @@ impl RoomFile {
         if let Some(a) = &mut file.registration.allow {
             resolve(a);
         }
+        if let Some(p) = &mut file.tls_proxy_cert {
+            resolve(p);
+        }
         if let Some(t) = &mut file.tls {
             resolve(&mut t.cert);
             resolve(&mut t.key);
@@ -212,6 +220,7 @@ impl RoomFile {
             expiry_check,
             tls,
             insecure_plaintext_network: self.insecure_plaintext_network,
+            tls_proxy_cert: self.tls_proxy_cert.clone(),
             limits: self.limits.to_limits(),
             registration_allow: self.registration.allow.clone(),
             open_registration: self.registration.open,

@@ -20,6 +20,7 @@ pub mod devcerts;
 pub mod error;
 mod flight;
 mod grpc;
+pub mod identity;
 pub mod ipc;
 mod ledger;
 pub mod limits;
@@ -62,6 +63,11 @@ pub struct ServeConfig {
     /// Serve plain text on a non-loopback address anyway (`--insecure-plaintext-network`):
     /// for a room behind a TLS-terminating proxy on a private network. Off by default.
     pub insecure_plaintext_network: bool,
+    /// For a plain-text room behind a TLS-terminating proxy (`--tls-proxy-cert`): the
+    /// certificate (PEM) the proxy presents to clients. The room signs the binding of that
+    /// certificate to its key, so clients accept the proxy as the room's own TLS endpoint.
+    /// Refused together with [`ServeConfig::tls`].
+    pub tls_proxy_cert: Option<PathBuf>,
     /// The operator-tunable resource limits ([`Limits::default`] unless configured).
     pub limits: Limits,
     /// The registration allow-list file (`--registration-allow`): only agreements whose
@@ -221,7 +227,24 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         tls::install_crypto_provider();
     }
     config.limits.check()?;
+    let proxy_cert = match (&config.tls, &config.tls_proxy_cert) {
+        (Some(_), Some(_)) => {
+            return Err(RoomError::FailedPrecondition(
+                "--tls-proxy-cert is for a plain-text room behind a TLS-terminating proxy; this room serves TLS \
+                 itself (--tls-cert): give one or the other"
+                    .into(),
+            ));
+        }
+        (None, Some(path)) => Some(tls::leaf_sha256(path)?),
+        _ => None,
+    };
     let room = Room::open_with(&config.data_dir, config.limits.clone(), registration)?;
+    // Clients check this signature against the certificate they observe in the handshake.
+    if let Some(tls) = &config.tls {
+        room.bind_tls_certificate(&tls.certificate_sha256());
+    } else if let Some(hash) = proxy_cert {
+        room.bind_tls_certificate(&hash);
+    }
     let (stop, stopped) = watch::channel(false);
     let listener = bind(config.listen, "gRPC").await?;
     let grpc_addr = listener
@@ -328,6 +351,7 @@ mod tests {
                 expiry_check: Duration::from_secs(5),
                 tls: with_tls.then(|| tls.clone()),
                 insecure_plaintext_network: insecure,
+                tls_proxy_cert: None,
                 limits: Limits::default(),
                 registration_allow: None,
                 open_registration: false,

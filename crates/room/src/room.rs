@@ -235,6 +235,8 @@ struct Inner {
     limits: Limits,
     registration: Registration,
     ledgers: Ledgers,
+    /// The room's signature binding its TLS certificate to its key (none without TLS).
+    tls_binding: Mutex<Option<Signature>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -291,16 +293,7 @@ impl Room {
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
-        let key_path = data_dir.join("room.key");
-        let key = if key_path.exists() {
-            let bytes = accord_fs::read_secret(&key_path)?;
-            SecretKey::from_key_file(&bytes)
-                .map_err(|e| RoomError::Internal(format!("{}: {e}", key_path.display())))?
-        } else {
-            let key = SecretKey::generate().map_err(|e| RoomError::Internal(e.to_string()))?;
-            accord_fs::write_new_secret(&key_path, key.to_key_file().as_bytes())?;
-            key
-        };
+        let key = crate::identity::load_or_create(data_dir)?;
         let public_key = key.public_key();
         let room = Room {
             inner: Arc::new(Inner {
@@ -312,6 +305,7 @@ impl Room {
                 limits,
                 registration,
                 ledgers: Ledgers::new(data_dir),
+                tls_binding: Mutex::new(None),
             }),
         };
         room.recover()?;
@@ -321,6 +315,13 @@ impl Room {
     /// The room's public key (signs audit heads and receipts).
     pub fn public_key(&self) -> &PublicKey {
         &self.inner.public_key
+    }
+
+    /// Signs the binding of the TLS leaf certificate with this SHA-256 to the room key; the
+    /// room sends it with every challenge (call once the TLS configuration is loaded).
+    pub fn bind_tls_certificate(&self, cert_sha256: &[u8; 32]) {
+        let signature = crate::identity::tls_binding(&self.inner.key, cert_sha256);
+        *lock(&self.inner.tls_binding) = Some(signature);
     }
 
     fn tombstones_path(&self) -> PathBuf {
@@ -409,6 +410,15 @@ impl Room {
             } else {
                 match accord_agreement::verify(&text, now) {
                     Ok(agreement) => {
+                        if let Err(e) = crate::identity::check_agreement_names(
+                            &self.inner.public_key,
+                            &agreement.manifest().room.public_key,
+                            agreement.id(),
+                        ) {
+                            // The room key was replaced: clients would refuse this room anyway.
+                            tracing::error!(path = %path.display(), error = %e, "stored agreement names another room key; not serving it");
+                            continue;
+                        }
                         self.load_slot(agreement)?;
                     }
                     Err(e) => {
@@ -532,6 +542,11 @@ impl Room {
         let agreement = accord_agreement::verify(text, Utc::now()).map_err(|e| {
             RoomError::InvalidArgument(format!("the room refuses this agreement:\n{e}"))
         })?;
+        crate::identity::check_agreement_names(
+            &self.inner.public_key,
+            &agreement.manifest().room.public_key,
+            agreement.id(),
+        )?;
         self.inner.registration.check(&agreement)?;
         let m = agreement.manifest();
         query_privacy(&agreement)?;
@@ -774,6 +789,10 @@ impl Room {
             room_nonce: room_nonce.to_vec(),
             room_public_key: self.inner.public_key.to_bytes().to_vec(),
             protocol_version: accord_proto::PROTOCOL_VERSION,
+            tls_binding_signature: lock(&self.inner.tls_binding)
+                .as_ref()
+                .map(|s| s.to_bytes().to_vec())
+                .unwrap_or_default(),
         })
     }
 
@@ -815,6 +834,7 @@ impl Room {
             fingerprint: resolved.fingerprint.to_string(),
             principal_name: resolved.role.name().to_owned(),
             agreement_id: resolved.agreement_id,
+            manifest_toml: resolved.manifest_toml,
         })
     }
 
@@ -843,6 +863,7 @@ impl Room {
                     role: role.clone(),
                     agreement_id: slot.agreement.id().to_owned(),
                     head: self.head(slot),
+                    manifest_toml: slot.agreement.text().to_owned(),
                 });
             }
             [] => {}
@@ -890,6 +911,7 @@ impl Room {
             role,
             agreement_id: manifest.id,
             head,
+            manifest_toml: text,
         })
     }
 
@@ -1905,6 +1927,8 @@ struct Resolved {
     role: Role,
     agreement_id: String,
     head: v1::SignedHead,
+    /// The signed manifest text (the client checks its fingerprint and `[room]` key).
+    manifest_toml: String,
 }
 
 /// Converts a batch's proto columns into Arrow arrays in manifest order, checking names,

@@ -43,13 +43,18 @@ name = "ana"
 party = "drinks"
 public_key = "{}"
 
+[room]
+operator = "Test room"
+public_key = "{}"
+
 [privacy]
 aggregates = ["count"]
 exact_results = true
 "#,
         key(1).public_key(),
         key(2).public_key(),
-        key(3).public_key()
+        key(3).public_key(),
+        key(6).public_key()
     );
     let text = accord_agreement::sign_text(&text, "drinks", &key(1)).unwrap();
     accord_agreement::sign_text(&text, "snacks", &key(2)).unwrap()
@@ -58,6 +63,7 @@ exact_results = true
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_waits_for_queries_in_flight_and_none_start_after_it() {
     let dir = tempfile::tempdir().unwrap();
+    crate::identity::install(dir.path(), &key(6)).unwrap();
     let room = Room::open(dir.path()).unwrap();
     let text = agreement_text();
     room.submit(&text).await.unwrap();

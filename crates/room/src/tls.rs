@@ -34,6 +34,13 @@ pub fn install_crypto_provider() {
     }
 }
 
+/// SHA-256 of the leaf (first) certificate of the PEM file at `path` (`--tls-proxy-cert`).
+pub fn leaf_sha256(path: &Path) -> Result<[u8; 32], RoomError> {
+    let pem = read(path, "TLS proxy certificate (--tls-proxy-cert)")?;
+    let chain = certs(&pem, &path.display().to_string(), "--tls-proxy-cert")?;
+    Ok(Sha256::digest(chain[0].as_ref()).into())
+}
+
 /// The room's TLS identity and, for mutual TLS, the CA that client certificates must chain to.
 #[derive(Clone)]
 pub struct ServerTls {
