@@ -1366,11 +1366,18 @@ fn a_nesting_error_without_a_position_still_names_its_line() {
     let deep = format!("x = {}1{}\n", "[".repeat(300), "]".repeat(300));
     let text = format!("schema_version = 1\nid = \"a\"\n{deep}version = 1\n");
     let err = Manifest::parse(&text).unwrap_err();
-    let syntax: Vec<_> = err.problems.iter().filter(|p| p.key == "(syntax)").collect();
+    let syntax: Vec<_> = err
+        .problems
+        .iter()
+        .filter(|p| p.key == "(syntax)")
+        .collect();
     assert!(!syntax.is_empty(), "{err}");
     // The scenario is the position-less one (if the parser ever gives this error a
     // position, this test needs another way to reach a position-less error).
-    assert!(syntax.iter().any(|p| p.message.contains("recursion")), "{err}");
+    assert!(
+        syntax.iter().any(|p| p.message.contains("recursion")),
+        "{err}"
+    );
     for p in syntax {
         assert_eq!(p.line, Some(3), "{p}");
     }

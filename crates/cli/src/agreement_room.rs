@@ -38,6 +38,10 @@ pub struct RevokeArgs {
     /// Why, for the record (kept in the audit log).
     #[arg(long, default_value = "revoked by the party")]
     pub reason: String,
+    /// The party's state directory (default: $ACCORD_STATE, else ~/.local/share/accord/party):
+    /// the revocation is recorded there for customers' receipts.
+    #[arg(long)]
+    pub state: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -150,6 +154,25 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
             r.revoked_unix_ms,
             hex_encode(&r.receipt_signature)
         );
+        // The party's own record, so its customers' receipts can say the agreement was
+        // revoked (only when this party has state for it; nothing is created).
+        let root = args
+            .state
+            .clone()
+            .unwrap_or_else(accord_party::state::default_root);
+        let dir = root
+            .join(agreement.id())
+            .join(agreement.fingerprint().to_string());
+        if dir.is_dir() {
+            accord_party::state::State::open(&root, agreement.id(), agreement.fingerprint())
+                .and_then(|s| {
+                    s.log_event(&accord_party::rights::Event::Revoked {
+                        at: chrono::Utc::now(),
+                    })
+                })
+                .map_err(party_error)?;
+            println!("recorded in {} for customers' receipts", dir.display());
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,10 +1,12 @@
-//! `accord party upload | sync | erase | status`: the partner data team's side of the PSI.
+//! `accord party upload | sync | erase | status | forget | receipt | renew-consent`: the
+//! partner data team's side of the PSI, and of its customers' rights.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use accord_party::input::InputOptions;
-use accord_party::{PartyContext, UploadOptions};
+use accord_party::rights::AgreementErasure;
+use accord_party::{EraseSource, PartyContext, UploadOptions};
 use anyhow::Result;
 
 use crate::common::{TlsArgs, load_agreement, load_key, party_error, runtime};
@@ -60,13 +62,75 @@ pub enum PartyCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Forget customers: one identifier per line in FILE.
+    /// Forget customers: the identifiers in a file (one per line), or the customers whose
+    /// consent a customer file no longer records (consent withdrawn). Every one of them is
+    /// also held back from this party's later uploads.
     Erase {
-        #[command(flatten)]
-        common: PartyArgs,
-        /// File of identifiers to erase, one per line.
+        /// The room's URL, e.g. http://127.0.0.1:7700.
         #[arg(long)]
-        ids: PathBuf,
+        room: String,
+        /// The signed agreement file.
+        #[arg(
+            long,
+            required_unless_present = "all_agreements",
+            conflicts_with = "all_agreements"
+        )]
+        agreement: Option<PathBuf>,
+        /// Erase from every agreement this state directory took part in (their signed
+        /// manifests are kept in the state), with one summary.
+        #[arg(long)]
+        all_agreements: bool,
+        /// This party's name in the agreement.
+        #[arg(long)]
+        party: String,
+        /// This party's Ed25519 key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where this party's state lives (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// File of identifiers to erase, one per line.
+        #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+        ids: Option<PathBuf>,
+        /// The customer file, as for upload (CSV or Parquet): every customer whose consent
+        /// column is no longer `true` is erased.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The identifier column of --input (default: the agreement's identifier kind).
+        #[arg(long, requires = "input")]
+        id_column: Option<String>,
+    },
+    /// A transparency receipt for one customer: every agreement their data went to, what was
+    /// shared, how they were protected, and whether it was erased. Reads only this party's
+    /// state; never contacts the room or the partner.
+    Receipt {
+        /// The customer's identifier (email, phone number or customer id).
+        #[arg(long)]
+        id: String,
+        /// This party's name.
+        #[arg(long)]
+        party: String,
+        /// Where this party's state lives (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Output: text for a person, json for systems, html for an email.
+        #[arg(long, value_enum, default_value_t = ReceiptFormat::Text)]
+        format: ReceiptFormat,
+    },
+    /// Record that an erased customer gave their consent again, so later uploads include
+    /// them when the customer file says they consent.
+    RenewConsent {
+        /// The customer's identifier.
+        #[arg(long)]
+        id: String,
+        /// An agreement file naming the identifier kind (email, phone, customer_id).
+        #[arg(long)]
+        agreement: PathBuf,
+        /// Where this party's state lives (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Show this party's progress at the room (never match counts).
     Status {
@@ -95,6 +159,17 @@ pub enum PartyCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Formats of `party receipt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReceiptFormat {
+    /// Plain text.
+    Text,
+    /// JSON.
+    Json,
+    /// One self-contained HTML page.
+    Html,
 }
 
 fn context(args: &PartyArgs) -> Result<PartyContext> {
@@ -141,6 +216,12 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 ctx.agreement.id()
             );
             println!("{}", outcome.report);
+            if outcome.held_back_erased > 0 {
+                println!(
+                    "  held back: erased earlier (no renewed consent recorded) {:>6}",
+                    outcome.held_back_erased
+                );
+            }
             if outcome.already_stored > 0 && outcome.already_stored < outcome.batches {
                 println!(
                     "  resumed: the room already had {} of {} batches",
@@ -176,53 +257,151 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
             print_status(&status);
             Ok(ExitCode::SUCCESS)
         }
-        PartyCommand::Erase { common, ids } => {
-            let ctx = context(&common)?;
-            let o = rt
-                .block_on(accord_party::erase(&ctx, &ids))
+        PartyCommand::Erase {
+            room,
+            agreement,
+            all_agreements,
+            party,
+            key,
+            state,
+            tls,
+            ids,
+            input,
+            id_column,
+        } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let source = match (&ids, &input) {
+                (Some(ids), _) => EraseSource::Ids(ids.clone()),
+                (None, Some(input)) => EraseSource::WithdrawnConsent {
+                    input: input.clone(),
+                    read: InputOptions {
+                        id_column,
+                        skip_bad_rows: false,
+                    },
+                },
+                (None, None) => anyhow::bail!("give --ids FILE or --input FILE"),
+            };
+            let what = ids
+                .as_ref()
+                .or(input.as_ref())
+                .map(|p| p.display().to_string());
+            let what = what.unwrap_or_default();
+            let tls = tls.load()?;
+            let make = |text: &str| -> Result<PartyContext> {
+                let verified = accord_agreement::verify(text, chrono::Utc::now())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut ctx =
+                    PartyContext::new(verified, &party, load_key(&key)?, root.clone(), &room)
+                        .map_err(party_error)?;
+                ctx.tls = tls.clone();
+                Ok(ctx)
+            };
+            if !all_agreements {
+                let Some(agreement) = agreement else {
+                    anyhow::bail!("give --agreement FILE or --all-agreements");
+                };
+                let text = std::fs::read_to_string(&agreement).map_err(|e| {
+                    anyhow::anyhow!("could not read the agreement {}: {e}", agreement.display())
+                })?;
+                let ctx = make(&text)?;
+                let o = rt
+                    .block_on(accord_party::erase_from(&ctx, &source))
+                    .map_err(party_error)?;
+                // A consent file lists customers who never consented (never uploaded): only
+                // a list of identifiers must be fully accounted for.
+                return print_erasure(&ctx, &what, &o, ids.is_some());
+            }
+            let outcomes = rt
+                .block_on(accord_party::rights::erase_everywhere(
+                    &root,
+                    &party,
+                    || {
+                        load_key(&key)
+                            .map_err(|e| accord_party::PartyError::Invalid(format!("{e:#}")))
+                    },
+                    &room,
+                    &tls,
+                    &source,
+                ))
                 .map_err(party_error)?;
             println!(
-                "{}: erasure for agreement {}",
-                ctx.party,
-                ctx.agreement.id()
+                "{party}: erasure from every agreement recorded in {}",
+                root.display()
             );
-            println!(
-                "  identifiers in {:<28}{:>8}",
-                ids.display().to_string(),
-                o.requested
-            );
-            println!("  not valid identifiers (never uploaded) {:>3}", o.invalid);
-            println!(
-                "  erased before (this state's log)   {:>8}",
-                o.already_erased
-            );
-            println!("  erased at the room (receipt ok)    {:>8}", o.erased);
-            println!(
-                "  not in this state's upload record  {:>8}",
-                o.unaccounted.len()
-            );
-            if !o.unaccounted.is_empty() {
-                const SHOWN: usize = 50;
-                let mut list: Vec<String> = o
-                    .unaccounted
-                    .iter()
-                    .take(SHOWN)
-                    .map(|(line, id)| {
-                        format!("  line {line}: {}", accord_agreement::text::escape(id, 200))
-                    })
-                    .collect();
-                if o.unaccounted.len() > SHOWN {
-                    list.push(format!("  … and {} more", o.unaccounted.len() - SHOWN));
+            let mut failures = 0;
+            for (label, outcome) in &outcomes {
+                match outcome {
+                    AgreementErasure::Erased(o) => println!(
+                        "  {label}: erased {} now, {} before, {} never uploaded under it, {} not valid",
+                        o.erased,
+                        o.already_erased,
+                        o.unaccounted.len(),
+                        o.invalid
+                    ),
+                    AgreementErasure::Over(why, _) => println!(
+                        "  {label}: not in force ({}), the room holds nothing to erase",
+                        accord_agreement::text::escape(why, 300)
+                    ),
+                    AgreementErasure::Failed(e) => {
+                        failures += 1;
+                        println!(
+                            "  {label}: FAILED: {}",
+                            accord_party::display::room_message(&e.to_string())
+                        );
+                    }
                 }
+            }
+            if outcomes.is_empty() {
+                println!("  no agreement of {party} is recorded in this state directory");
+            }
+            println!("  every valid identifier is held back from this party's later uploads");
+            if failures > 0 {
                 anyhow::bail!(
-                    "{} identifiers of {} are not in the upload record of this state directory, so this command cannot \
-                     say whether the room holds them:\n{}\nEither they were never uploaded (no consent, not in the \
-                     input file), or the upload ran with another --state directory: rerun with that one. The room was \
-                     not asked about them; everything else above was done.",
-                    o.unaccounted.len(),
-                    ids.display(),
-                    list.join("\n")
+                    "{failures} agreements could not be erased (see above); run the command again when the room is reachable"
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Receipt {
+            id,
+            party,
+            state,
+            format,
+        } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let r = accord_party::rights::receipt(&root, &party, &id, chrono::Utc::now())
+                .map_err(party_error)?;
+            match format {
+                ReceiptFormat::Text => print!("{}", accord_party::rights::render_text(&r)),
+                ReceiptFormat::Json => {
+                    println!(
+                        "{}",
+                        accord_party::rights::render_json(&r).map_err(party_error)?
+                    )
+                }
+                ReceiptFormat::Html => print!("{}", accord_party::rights::render_html(&r)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::RenewConsent {
+            id,
+            agreement,
+            state,
+        } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let text = std::fs::read_to_string(&agreement).map_err(|e| {
+                anyhow::anyhow!("could not read the agreement {}: {e}", agreement.display())
+            })?;
+            let manifest = accord_agreement::Manifest::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{} cannot be used:\n{e}", agreement.display()))?;
+            let renewed =
+                accord_party::rights::renew_consent(&root, &manifest, &id).map_err(party_error)?;
+            if renewed {
+                println!(
+                    "recorded: this customer consented again; uploads from now on include them when the customer file says they consent"
+                );
+            } else {
+                println!("nothing to renew: this customer is not held back by an erasure");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -280,6 +459,52 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_erasure(
+    ctx: &PartyContext,
+    what: &str,
+    o: &accord_party::EraseOutcome,
+    strict: bool,
+) -> Result<ExitCode> {
+    println!(
+        "{}: erasure for agreement {}",
+        ctx.party,
+        ctx.agreement.id()
+    );
+    println!("  identifiers in {:<28}{:>8}", what, o.requested);
+    println!("  not valid identifiers (never uploaded) {:>3}", o.invalid);
+    println!(
+        "  erased before (this state's log)   {:>8}",
+        o.already_erased
+    );
+    println!("  erased at the room (receipt ok)    {:>8}", o.erased);
+    println!(
+        "  not in this state's upload record  {:>8}",
+        o.unaccounted.len()
+    );
+    println!("  all of them are held back from this party's later uploads");
+    if strict && !o.unaccounted.is_empty() {
+        const SHOWN: usize = 50;
+        let mut list: Vec<String> = o
+            .unaccounted
+            .iter()
+            .take(SHOWN)
+            .map(|(line, id)| format!("  line {line}: {}", accord_agreement::text::escape(id, 200)))
+            .collect();
+        if o.unaccounted.len() > SHOWN {
+            list.push(format!("  … and {} more", o.unaccounted.len() - SHOWN));
+        }
+        anyhow::bail!(
+            "{} identifiers of {what} are not in the upload record of this state directory, so this command cannot \
+             say whether the room holds them:\n{}\nEither they were never uploaded (no consent, not in the \
+             input file), or the upload ran with another --state directory: rerun with that one. The room was \
+             not asked about them; everything else above was done.",
+            o.unaccounted.len(),
+            list.join("\n")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_status(s: &accord_proto::v1::StatusResponse) {

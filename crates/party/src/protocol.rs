@@ -889,13 +889,13 @@ pub enum EraseSource {
     },
 }
 
-/// Erases customers from `source`; see [`erase`]. Every valid identifier is also remembered
-/// party-wide (`rights::ErasureMemory`), so no later upload brings the customer back.
-pub async fn erase_from(
-    ctx: &PartyContext,
+/// The identifiers an erasure source names, as (line, text as written).
+pub(crate) fn source_lines(
+    manifest: &accord_agreement::Manifest,
+    party: &str,
     source: &EraseSource,
-) -> Result<EraseOutcome, PartyError> {
-    let lines: Vec<(usize, String)> = match source {
+) -> Result<Vec<(usize, String)>, PartyError> {
+    Ok(match source {
         EraseSource::Ids(path) => std::fs::read_to_string(path)
             .map_err(|e| PartyError::BadInput(format!("could not read {}: {e}", path.display())))?
             .lines()
@@ -904,19 +904,29 @@ pub async fn erase_from(
             .map(|(i, l)| (i + 1, l.to_owned()))
             .collect(),
         EraseSource::WithdrawnConsent { input, read } => {
-            let (path, manifest, party, read) = (
-                input.clone(),
-                ctx.agreement.manifest().clone(),
-                ctx.party.clone(),
-                read.clone(),
-            );
-            tokio::task::spawn_blocking(move || input::withdrawn(&path, &manifest, &party, &read))
-                .await
-                .map_err(|e| PartyError::Internal(e.to_string()))??
+            input::withdrawn(input, manifest, party, read)?
                 .into_iter()
                 .map(|(line, id)| (line as usize, id))
                 .collect()
         }
+    })
+}
+
+/// Erases customers from `source`; see [`erase`]. Every valid identifier is also remembered
+/// party-wide (`rights::ErasureMemory`), so no later upload brings the customer back.
+pub async fn erase_from(
+    ctx: &PartyContext,
+    source: &EraseSource,
+) -> Result<EraseOutcome, PartyError> {
+    let lines = {
+        let (manifest, party, source) = (
+            ctx.agreement.manifest().clone(),
+            ctx.party.clone(),
+            source.clone(),
+        );
+        tokio::task::spawn_blocking(move || source_lines(&manifest, &party, &source))
+            .await
+            .map_err(|e| PartyError::Internal(e.to_string()))??
     };
     let state = ctx.state()?;
     let secrets = state.secrets()?;

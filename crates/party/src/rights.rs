@@ -320,6 +320,100 @@ impl ErasureMemory {
     }
 }
 
+/// Remembers the customers `source` names as erased without asking the room (for an
+/// agreement that is over: the room holds nothing any more, but later uploads must still
+/// hold them back). Returns how many valid identifiers were remembered.
+pub fn remember_erasures(
+    root: &Path,
+    manifest: &Manifest,
+    party: &str,
+    source: &crate::protocol::EraseSource,
+) -> Result<usize, PartyError> {
+    let kind = kind_of(manifest)?;
+    let region = manifest.default_region.as_deref();
+    let valid: Vec<String> = crate::protocol::source_lines(manifest, party, source)?
+        .into_iter()
+        .filter_map(|(_, id)| accord_psi::normalize(kind, &id, region).ok().flatten())
+        .collect();
+    ErasureMemory::open(root)?.remember_erased(kind, &valid, Utc::now())?;
+    Ok(valid.len())
+}
+
+/// What `erase_everywhere` did under one agreement version.
+#[derive(Debug)]
+pub enum AgreementErasure {
+    /// Erased at the room.
+    Erased(crate::protocol::EraseOutcome),
+    /// The agreement is not in force (expired, not yet valid): the room holds nothing to
+    /// erase; the customers were remembered (held back) all the same. (why, how many)
+    Over(String, usize),
+    /// The room could not be asked (the customers were remembered all the same).
+    Failed(PartyError),
+}
+
+/// Erases the customers `source` names from every agreement version this state root
+/// recorded for `party` (`party erase --all-agreements`): one outcome per agreement, as
+/// (`<id> version <n>`, outcome). `key` loads the party's key for each agreement.
+pub async fn erase_everywhere(
+    root: &Path,
+    party: &str,
+    key: impl Fn() -> Result<accord_agreement::SecretKey, PartyError>,
+    room_url: &str,
+    tls: &crate::client::ClientTls,
+    source: &crate::protocol::EraseSource,
+) -> Result<Vec<(String, AgreementErasure)>, PartyError> {
+    let mut out = Vec::new();
+    for (text, manifest) in agreements_in(root)? {
+        if !manifest.parties.contains_key(party) {
+            continue;
+        }
+        let label = format!("{} version {}", manifest.id, manifest.version);
+        let verified = match accord_agreement::verify(&text, Utc::now()) {
+            Ok(v) => v,
+            Err(e) => {
+                let n = remember_erasures(root, &manifest, party, source)?;
+                let why = e
+                    .problems
+                    .first()
+                    .map(|p| p.message.clone())
+                    .unwrap_or_else(|| e.to_string());
+                out.push((label, AgreementErasure::Over(why, n)));
+                continue;
+            }
+        };
+        let mut ctx = crate::protocol::PartyContext::new(
+            verified,
+            party,
+            key()?,
+            root.to_path_buf(),
+            room_url,
+        )?;
+        ctx.tls = tls.clone();
+        let outcome = match crate::protocol::erase_from(&ctx, source).await {
+            Ok(o) => AgreementErasure::Erased(o),
+            Err(e) => AgreementErasure::Failed(e),
+        };
+        out.push((label, outcome));
+    }
+    Ok(out)
+}
+
+/// Records that a customer consented again (`party renew-consent`): later uploads include
+/// them when the customer file says they consent. False if they were not held back.
+pub fn renew_consent(
+    root: &Path,
+    manifest: &Manifest,
+    identifier: &str,
+) -> Result<bool, PartyError> {
+    let kind = kind_of(manifest)?;
+    let normalized = accord_psi::normalize(kind, identifier, manifest.default_region.as_deref())
+        .map_err(|e| {
+            PartyError::BadInput(format!("{identifier:?} is not a valid identifier: {e}"))
+        })?
+        .ok_or_else(|| PartyError::BadInput("the identifier is empty".into()))?;
+    ErasureMemory::open(root)?.renew(kind, &normalized, Utc::now())
+}
+
 /// The identifier kind a manifest names.
 pub fn kind_of(manifest: &Manifest) -> Result<IdentifierKind, PartyError> {
     IdentifierKind::from_label(manifest.identifier.as_str()).ok_or_else(|| {
