@@ -169,12 +169,14 @@ impl State {
     }
 }
 
+/// Tag → (erased at, renewed at).
+type MemoryEntries = HashMap<[u8; 16], (DateTime<Utc>, Option<DateTime<Utc>>)>;
+
 /// The party-wide memory of erased customers (see the module docs).
 pub struct ErasureMemory {
     dir: PathBuf,
     key: HandleKey,
-    /// tag → (erased at, renewed at).
-    entries: HashMap<[u8; 16], (DateTime<Utc>, Option<DateTime<Utc>>)>,
+    entries: MemoryEntries,
 }
 
 impl std::fmt::Debug for ErasureMemory {
@@ -215,7 +217,7 @@ impl ErasureMemory {
         }
         let bytes = accord_fs::read_secret(&key_path).map_err(|e| state_err(&key_path, e))?;
         let key = HandleKey::from_bytes(&bytes).map_err(|e| state_err(&key_path, e))?;
-        let mut entries: HashMap<[u8; 16], (DateTime<Utc>, Option<DateTime<Utc>>)> = HashMap::new();
+        let mut entries = MemoryEntries::new();
         for r in read_lines::<MemoryRecord>(&dir.join(MEMORY_LOG))? {
             let Some(tag) = hex::decode(&r.tag)
                 .ok()
