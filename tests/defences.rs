@@ -548,3 +548,22 @@ fn secrets_cannot_be_cloned_and_are_zeroized_on_drop() {
     let psi = accord_psi::PsiSecret::from_bytes(&[7; 32]).unwrap();
     assert!(!format!("{psi:?}").contains("0707"), "{psi:?}");
 }
+
+/// Secrets never appear in `Debug` (issue 10): a client connection's bearer token would
+/// otherwise end up in any log line or error that prints the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_never_shows_its_bearer_token_in_debug() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(190);
+    let text = agreement_text("debug-token", 1, &keys, 10, 100);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    let conn = analyst(&url, "debug-token", &keys).await;
+    let token = conn.token().to_owned();
+    assert!(token.len() >= 16, "a real token: {token:?}");
+    let shown = format!("{conn:?} {conn:#?}");
+    assert!(!shown.contains(&token), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+    room.shutdown().await;
+}

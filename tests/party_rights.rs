@@ -27,12 +27,16 @@ fn snacks_customer(email: &str) -> Customer {
     }
 }
 
-/// 30 shared customers (alice among them), carol without consent at drinks.
-fn write_files(dir: &Path, alice_consents: bool) {
+/// 30 shared customers (alice among them), carol without consent at drinks, and bob (in
+/// drinks' file only when `with_bob`).
+fn write_files(dir: &Path, alice_consents: bool, with_bob: bool) {
     let mut drinks = vec![
         customer("Alice@Example.org", alice_consents),
         customer("carol@example.org", false),
     ];
+    if with_bob {
+        drinks.push(customer("bob@example.org", true));
+    }
     let mut snacks = vec![
         snacks_customer("alice@example.org"),
         snacks_customer("carol@example.org"),
@@ -84,13 +88,14 @@ async fn revoke(url: &str, text: &str, keys: &Keys) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receipt_follows_one_customer_through_erasure_revocation_and_forgetting() {
     let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), true);
     let keys = Keys::new(170);
     let room = start_room(&dir.path().join("room")).await;
     let url = url(&room);
     let a_text = agreement_with_purpose("rights-a", 1, &keys, HOSTILE_PURPOSE);
     let b_text = agreement_with_purpose("rights-b", 1, &keys, "Measure a joint campaign");
-    for t in [&a_text, &b_text] {
+    // Bob is in drinks' file for rights-a only.
+    for (t, with_bob) in [(&a_text, true), (&b_text, false)] {
+        write_files(dir.path(), true, with_bob);
         submit(&url, t).await.unwrap();
         run_psi(&verified(t), &keys, dir.path(), &url, 16).await;
     }
@@ -103,6 +108,11 @@ async fn a_receipt_follows_one_customer_through_erasure_revocation_and_forgettin
         assert!(r.agreements.is_empty(), "{who}: {r:?}");
         assert!(rights::render_text(&r).contains("no record of sharing"));
     }
+    // One agreement.
+    let r = rights::receipt(&root, "drinks", "bob@example.org", now).unwrap();
+    assert_eq!(r.agreements.len(), 1, "{r:?}");
+    assert_eq!(r.agreements[0].terms.id, "rights-a");
+    assert!(rights::render_text(&r).contains("lists that agreement"));
     // Two agreements; the identifier as the customer writes it (case, spaces) is found.
     let r = rights::receipt(&root, "drinks", "  ALICE@example.org ", now).unwrap();
     assert_eq!(r.agreements.len(), 2, "{r:?}");
@@ -241,7 +251,7 @@ async fn a_receipt_follows_one_customer_through_erasure_revocation_and_forgettin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn withdrawn_consent_is_erased_everywhere_and_never_resurrected_by_a_stale_export() {
     let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), true);
+    write_files(dir.path(), true, false);
     let keys = Keys::new(180);
     let room = start_room(&dir.path().join("room")).await;
     let url = url(&room);
@@ -257,7 +267,7 @@ async fn withdrawn_consent_is_erased_everywhere_and_never_resurrected_by_a_stale
     // customer file erases her from both (carol never consented: never uploaded, not erased).
     let withdrawn = dir.path().join("drinks-withdrawn.csv");
     std::fs::create_dir_all(dir.path().join("w")).unwrap();
-    write_files(&dir.path().join("w"), false);
+    write_files(&dir.path().join("w"), false, false);
     std::fs::copy(dir.path().join("w").join("drinks.csv"), &withdrawn).unwrap();
     let source = EraseSource::WithdrawnConsent {
         input: withdrawn.clone(),

@@ -612,18 +612,32 @@ fn check_tls_binding(
     Ok(())
 }
 
-/// An authenticated session with the room.
-#[derive(Debug, Clone)]
+/// An authenticated session with the room. Its `Debug` never shows the bearer token.
+#[derive(Clone)]
 pub struct Connection {
     url: String,
     channel: Channel,
     token: MetadataValue<Ascii>,
-    token_text: String,
+    token_text: Zeroizing<String>,
     room_key: PublicKey,
     fingerprint: Fingerprint,
     agreement_id: String,
     principal_name: String,
     last_entries: u64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.url)
+            .field("token", &"[redacted]")
+            .field("room_key", &self.room_key)
+            .field("fingerprint", &self.fingerprint)
+            .field("agreement_id", &self.agreement_id)
+            .field("principal_name", &self.principal_name)
+            .field("last_entries", &self.last_entries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connection {
@@ -777,7 +791,7 @@ impl Connection {
             url: url.to_owned(),
             channel,
             token,
-            token_text: session.session_token,
+            token_text: Zeroizing::new(session.session_token),
             room_key,
             fingerprint,
             agreement_id: session.agreement_id,

@@ -36,7 +36,7 @@ fn connection() -> Connection {
         url: "http://127.0.0.1:9".into(),
         channel,
         token: MetadataValue::try_from("Bearer x").unwrap(),
-        token_text: "x".into(),
+        token_text: zeroize::Zeroizing::new("x".to_owned()),
         room_key: room_key().public_key(),
         fingerprint: fp(),
         agreement_id: "agr".into(),

@@ -36,3 +36,72 @@ fn ending_an_agreement_ends_only_its_sessions() {
     assert!(a.session(&t1).is_err());
     assert!(a.session(&t2).is_ok());
 }
+
+/// Mutation testing (docs/TESTING.md) found these unpinned: the login count that the global
+/// nonce cap and pruning rely on, the per-principal session cap at exactly the limit, the
+/// expiry reported to the client, and the parsing of the bearer header.
+#[test]
+fn each_login_is_counted_once_and_pruning_gives_it_back() {
+    let mut a = state();
+    let role = Role::Analyst("ana".into());
+    for i in 0..3u8 {
+        let n = a.issue_challenge(fp(1), role.clone(), [i; 32]).unwrap();
+        let c = a.check_challenge(&n, fp(1), &role, &[i; 32]).unwrap();
+        a.consume(c).unwrap();
+    }
+    assert_eq!(a.used_total, 3);
+    // Far past every challenge's expiry: everything is pruned and the count returns to 0.
+    a.prune_used(u64::MAX);
+    assert_eq!(a.used_total, 0);
+    assert!(a.used.is_empty());
+}
+
+#[test]
+fn a_principal_at_its_session_limit_loses_its_oldest_session() {
+    let limits = Limits {
+        max_sessions_per_principal: 2,
+        ..Limits::default()
+    };
+    let mut a = AuthState::new(limits).unwrap();
+    let role = Role::Party("drinks".into());
+    let (t1, _) = a.start_session(fp(1), role.clone()).unwrap();
+    let (t2, _) = a.start_session(fp(1), role.clone()).unwrap();
+    assert_eq!(a.session_count(), 2);
+    let (t3, _) = a.start_session(fp(1), role.clone()).unwrap();
+    assert_eq!(a.session_count(), 2, "never more than the limit");
+    assert!(a.session(&t1).is_err(), "the oldest went");
+    assert!(a.session(&t2).is_ok() && a.session(&t3).is_ok());
+    // Another principal is not affected.
+    a.start_session(fp(1), Role::Party("snacks".into()))
+        .unwrap();
+    assert!(a.session(&t2).is_ok() && a.session(&t3).is_ok());
+}
+
+#[test]
+fn the_reported_expiry_is_now_plus_the_session_lifetime() {
+    let mut a = state();
+    let before = chrono::Utc::now().timestamp_millis();
+    let (_, s) = a.start_session(fp(1), Role::Analyst("ana".into())).unwrap();
+    let after = chrono::Utc::now().timestamp_millis();
+    let ttl = Limits::default().session_ttl.as_millis() as i64;
+    assert!(
+        (before + ttl..=after + ttl).contains(&s.expires_unix_ms),
+        "{} not in {}..={}",
+        s.expires_unix_ms,
+        before + ttl,
+        after + ttl
+    );
+}
+
+#[test]
+fn the_bearer_header_is_read_exactly() {
+    let mut m = tonic::metadata::MetadataMap::new();
+    assert!(bearer(&m).is_err(), "missing");
+    m.insert("authorization", "Bearer abc123".parse().unwrap());
+    assert_eq!(bearer(&m).unwrap(), "abc123");
+    m.insert("authorization", "bearer def456".parse().unwrap());
+    assert_eq!(bearer(&m).unwrap(), "def456");
+    m.insert("authorization", "Basic abc123".parse().unwrap());
+    let e = bearer(&m).unwrap_err().to_string();
+    assert!(e.contains("Bearer <token>"), "{e}");
+}
