@@ -443,11 +443,40 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
+        let query = |decision: &str| Event::Query {
+            sql: "SELECT COUNT(*) FROM overlap".into(),
+            decision: decision.into(),
+            rule: None,
+            rows_returned: 1,
+            groups_suppressed: 0,
+            budget_spent: 0.0,
+        };
+        for decision in ["answered", "refused", "answered"] {
+            log.append(Actor::Analyst("ana".into()), query(decision), Utc::now())
+                .unwrap();
+        }
         log.append(Actor::Room, Event::Expired, Utc::now()).unwrap();
         let head = log.signed_head(&k);
         let entries = log.read_all().unwrap();
         let summary = verify_log(&entries, &head, &k.public_key()).unwrap();
-        assert_eq!(summary.entries, 3);
+        // What `accord audit verify` reports (pinned: found by mutation testing).
+        assert_eq!(
+            summary,
+            LogSummary {
+                entries: 6,
+                queries_answered: 2,
+                queries_refused: 1,
+                last_event: Some("expired".into()),
+            }
+        );
+        assert_eq!(log.entries(), 6);
+
+        // Pages are exact slices of the log (found unpinned by mutation testing).
+        assert_eq!(log.read_page(0, 2).unwrap(), entries[..2].to_vec());
+        assert_eq!(log.read_page(1, 10).unwrap(), entries[1..].to_vec());
+        assert_eq!(log.read_page(4, 1).unwrap(), entries[4..5].to_vec());
+        assert_eq!(log.read_page(6, 10).unwrap(), Vec::<String>::new());
+        assert_eq!(log.read_page(0, 0).unwrap(), Vec::<String>::new());
 
         let mut truncated = entries.clone();
         truncated.pop();
