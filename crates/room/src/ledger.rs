@@ -285,6 +285,65 @@ mod tests {
         assert_eq!(other.queries_remaining, 3);
     }
 
+    /// The account a spend lands in (found unpinned by mutation testing): one per party and
+    /// lineage — a new version of the same agreement (same id, same party keys) keeps
+    /// spending the same budget; another party, another id or other party keys do not.
+    #[test]
+    fn each_party_and_lineage_has_its_own_account_across_versions() {
+        use accord_agreement::SecretKey;
+        let base = crate::room::revocation_tests::agreement_text();
+        let variant = |edit: &dyn Fn(&str) -> String, snacks: u8| {
+            let text = edit(&base);
+            let text =
+                accord_agreement::sign_text(&text, "drinks", &SecretKey::from_seed(&[1; 32]))
+                    .unwrap();
+            let text =
+                accord_agreement::sign_text(&text, "snacks", &SecretKey::from_seed(&[snacks; 32]))
+                    .unwrap();
+            accord_agreement::verify(&text, chrono::Utc::now()).unwrap()
+        };
+        let same = |t: &str| t.to_owned();
+        let v1 = variant(&same, 2);
+        let v2 = variant(&|t: &str| t.replace("\nversion = 1", "\nversion = 2"), 2);
+        let other_id = variant(
+            &|t: &str| t.replace("id = \"lock-test\"", "id = \"other\""),
+            2,
+        );
+        let snacks_key = SecretKey::from_seed(&[9; 32]).public_key().to_string();
+        let rekeyed = variant(
+            &|t: &str| {
+                t.replacen(
+                    &SecretKey::from_seed(&[2; 32]).public_key().to_string(),
+                    &snacks_key,
+                    1,
+                )
+            },
+            9,
+        );
+        let k = |a: &VerifiedAgreement, p: &str| account_key(a, p);
+        assert_ne!(v1.fingerprint(), v2.fingerprint());
+        assert_eq!(
+            k(&v1, "drinks"),
+            k(&v2, "drinks"),
+            "a new version keeps the budget"
+        );
+        assert_ne!(k(&v1, "drinks"), k(&v1, "snacks"));
+        assert_ne!(k(&v1, "drinks"), k(&other_id, "drinks"));
+        assert_ne!(k(&v1, "drinks"), k(&rekeyed, "drinks"));
+        // Spends land in that account and are reported with its agreement and party.
+        let dir = tempfile::tempdir().unwrap();
+        let ledgers = Ledgers::new(dir.path());
+        let price = Price::new(0.5, 1e-6, 10.0);
+        spent(ledgers.spend(&v1, "drinks", price).unwrap());
+        let b = ledgers.balance(&v2, "drinks", price).unwrap();
+        assert_eq!(b.queries, 1);
+        assert_eq!(b.party, "drinks");
+        assert_eq!(ledgers.balance(&v1, "snacks", price).unwrap().queries, 0);
+        let proto = b.to_proto();
+        assert_eq!(proto.party, "drinks");
+        assert_eq!(proto.queries_answered, 1);
+    }
+
     #[test]
     fn a_restart_keeps_every_spend() {
         let dir = tempfile::tempdir().unwrap();

@@ -2070,4 +2070,4 @@ fn build_engine(
 
 #[cfg(test)]
 #[path = "room_tests.rs"]
-mod revocation_tests;
+pub(crate) mod revocation_tests;

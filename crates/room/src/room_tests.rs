@@ -10,7 +10,7 @@ fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])
 }
 
-fn agreement_text() -> String {
+pub(crate) fn agreement_text() -> String {
     let now = Utc::now();
     let from =
         (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
