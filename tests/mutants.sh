@@ -4,7 +4,7 @@
 # the files below. Every mutant rebuilds a crate, so the set is scoped to the defences.
 #
 #   tests/mutants.sh            # the scoped set below
-#   tests/mutants.sh room       # also the room's auth and store checks (slow)
+#   tests/mutants.sh room       # also the room's sessions, audit log, budget ledger and allow-list
 #
 # It works on a scratch copy of the tree (with a copy of target/ for a warm start), so the
 # working tree stays usable; results land in mutants.out/ at the top of the repository.
@@ -43,8 +43,13 @@ run party -p accord-party \
     -F 'blind_one|check_head' \
     -- --lib
 if [ "${1:-}" = room ]; then
+    # Sessions and challenges, the audit chain, the budget ledger, the registration
+    # allow-list. `-p accord-room` builds DataFusion once more with the room's own feature
+    # set (about 15 minutes here); each mutant after that rebuilds the room in seconds.
     run room -p accord-room \
-        --file crates/room/src/auth.rs \
+        --file crates/room/src/auth.rs --file crates/room/src/audit.rs \
+        --file crates/room/src/ledger.rs --file crates/room/src/registration.rs \
+        -F 'check_challenge|consume|AuthState::session |AuthState::session$|bearer|start_session|AuthState::mac|issue_challenge|expires|end_sessions_for|audit.rs|ledger.rs|registration.rs' \
         -- --lib
 fi
 for d in "$root"/mutants.out/*/; do

@@ -339,6 +339,16 @@ mod tests {
         assert_eq!(b.queries, 1);
         assert_eq!(b.party, "drinks");
         assert_eq!(ledgers.balance(&v1, "snacks", price).unwrap().queries, 0);
+        // The ledger file names its agreement and party for the operator.
+        let file = dir
+            .path()
+            .join("ledgers")
+            .join(format!("{}.json", hex::encode(k(&v1, "drinks"))));
+        let stored = std::fs::read_to_string(file).unwrap();
+        assert!(
+            stored.contains("\"lock-test\"") && stored.contains("\"drinks\""),
+            "{stored}"
+        );
         let proto = b.to_proto();
         assert_eq!(proto.party, "drinks");
         assert_eq!(proto.queries_answered, 1);

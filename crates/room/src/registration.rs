@@ -121,6 +121,37 @@ pub fn load_allow_list(path: &Path) -> Result<HashSet<PublicKey>> {
 mod tests {
     use super::*;
 
+    /// Found unpinned by mutation testing (the end-to-end tests attack it too, but only the
+    /// unit tests run per mutant): the allow-list decides, and its size limit is exact.
+    #[test]
+    fn the_allow_list_admits_only_agreements_whose_every_party_key_it_lists() {
+        let text = crate::room::revocation_tests::agreement_text();
+        let agreement = accord_agreement::verify(&text, chrono::Utc::now()).unwrap();
+        let key = |n: u8| accord_agreement::SecretKey::from_seed(&[n; 32]).public_key();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allow.txt");
+        let list = Registration::AllowList(path.clone());
+        std::fs::write(&path, format!("{}  # drinks only\n", key(1))).unwrap();
+        let e = list.check(&agreement).unwrap_err().to_string();
+        assert!(e.contains("snacks") && !e.contains("drinks ("), "{e}");
+        std::fs::write(&path, format!("{}\n{}\n", key(1), key(2))).unwrap();
+        list.check(&agreement).unwrap();
+        assert!(Registration::Open.check(&agreement).is_ok());
+        // Exactly at the size limit is read; one byte over is refused.
+        let line = format!("{}\n", key(1));
+        let mut text = String::new();
+        while text.len() + line.len() <= MAX_ALLOW_LIST_BYTES {
+            text.push_str(&line);
+        }
+        text.push_str(&"#".repeat(MAX_ALLOW_LIST_BYTES - text.len()));
+        assert_eq!(text.len(), MAX_ALLOW_LIST_BYTES);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(load_allow_list(&path).unwrap().len(), 1);
+        std::fs::write(&path, format!("{text}#")).unwrap();
+        let e = load_allow_list(&path).unwrap_err().to_string();
+        assert!(e.contains("the limit is"), "{e}");
+    }
+
     #[test]
     fn registration_is_open_only_on_loopback_unless_said_so() {
         let lo: SocketAddr = "127.0.0.1:7700".parse().unwrap();
