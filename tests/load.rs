@@ -39,15 +39,6 @@ fn customers(n: usize, party: &str) -> Vec<Customer> {
         .collect()
 }
 
-fn count(batches: &[arrow::array::RecordBatch]) -> i64 {
-    batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn legitimate_calls_succeed_while_floods_run() {
     tokio::time::timeout(DEADLINE, floods())

@@ -296,16 +296,7 @@ async fn withdrawn_consent_is_erased_everywhere_and_never_resurrected_by_a_stale
         assert_eq!(o.unaccounted.len(), 1, "{label}: carol was never uploaded");
     }
     for id in ["withdraw-a", "withdraw-b"] {
-        let mut ana = analyst(&url, id, &keys).await;
-        let batches = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
-            .await
-            .unwrap();
-        let n = batches[0]
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .unwrap()
-            .value(0);
+        let n = overlap_count(&url, id, &keys).await;
         assert_eq!(n, 30, "{id}: alice is gone from the overlap");
     }
 
@@ -313,17 +304,7 @@ async fn withdrawn_consent_is_erased_everywhere_and_never_resurrected_by_a_stale
     room.shutdown().await;
     let room = start_room(&dir.path().join("room")).await;
     let url = self::url(&room);
-    let mut ana = analyst(&url, "withdraw-a", &keys).await;
-    let batches = grpc_query(&mut ana, "SELECT COUNT(*) AS n FROM overlap")
-        .await
-        .unwrap();
-    let n = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
-    assert_eq!(n, 30);
+    assert_eq!(overlap_count(&url, "withdraw-a", &keys).await, 30);
 
     // A new version of withdraw-a; drinks uploads a stale export that still says alice
     // consents. She is held back; only a recorded renewal brings her back.

@@ -381,3 +381,23 @@ pub async fn flight_query(
     }
     Ok(out)
 }
+
+/// The single Int64 value of a one-row, one-column answer (e.g. `SELECT COUNT(*) …`).
+pub fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("an Int64 column")
+        .value(0)
+}
+
+/// `SELECT COUNT(*) FROM overlap` as the agreement's analyst.
+pub async fn overlap_count(url: &str, agreement: &str, keys: &Keys) -> i64 {
+    let mut ana = analyst(url, agreement, keys).await;
+    count(
+        &grpc_query(&mut ana, "SELECT COUNT(*) FROM overlap")
+            .await
+            .expect("the count is answered"),
+    )
+}
