@@ -666,9 +666,15 @@ fn agreement_state(
 /// (state, manifest text, manifest).
 fn recorded_agreements(root: &Path) -> Result<Vec<(State, String, Manifest)>, PartyError> {
     let mut out = Vec::new();
+    // A mistyped --state must not produce a receipt saying "no record".
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PartyError::State(format!(
+                "there is no party state at {}: give the --state directory this party's uploads used",
+                root.display()
+            )));
+        }
         Err(e) => return Err(state_err(root, e)),
     };
     let mut ids: Vec<PathBuf> = entries
@@ -1014,6 +1020,25 @@ pub type Counts = BTreeMap<String, u64>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_from_a_state_directory_that_does_not_exist_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = receipt(&dir.path().join("typo"), "drinks", "a@x.org", Utc::now())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no party state at") && e.contains("--state"),
+            "{e}"
+        );
+        // An existing state with no agreement is a real "no record".
+        assert!(
+            receipt(dir.path(), "drinks", "a@x.org", Utc::now())
+                .unwrap()
+                .agreements
+                .is_empty()
+        );
+    }
 
     #[test]
     fn html_escape_leaves_no_markup() {
