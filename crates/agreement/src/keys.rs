@@ -370,6 +370,17 @@ mod tests {
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|p| p.as_str()).collect();
         assert_eq!(names.len(), all.len());
+        // docs/AGREEMENTS.md lists exactly these purposes.
+        let doc = include_str!("../../../docs/AGREEMENTS.md");
+        let start = doc.find("purpose is one of ").expect("the purpose list in AGREEMENTS.md");
+        let end = start + doc[start..].find(". A signature").expect("end of the list");
+        let documented: std::collections::HashSet<&str> = doc[start..end]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| !w.contains(' ') && !w.contains('_'))
+            .collect();
+        assert_eq!(documented, names, "docs/AGREEMENTS.md lists other purposes");
         assert_eq!(
             sig::signed_message(AuthChallenge, b"m"),
             b"accord/v1/auth-challenge\0m".to_vec()
