@@ -372,7 +372,9 @@ mod tests {
         assert_eq!(names.len(), all.len());
         // docs/AGREEMENTS.md lists exactly these purposes.
         let doc = include_str!("../../../docs/AGREEMENTS.md");
-        let start = doc.find("purpose is one of ").expect("the purpose list in AGREEMENTS.md");
+        let start = doc
+            .find("purpose is one of ")
+            .expect("the purpose list in AGREEMENTS.md");
         let end = start + doc[start..].find(". A signature").expect("end of the list");
         let documented: std::collections::HashSet<&str> = doc[start..end]
             .split('`')
