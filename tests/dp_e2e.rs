@@ -59,6 +59,30 @@ fn dp_agreement(id: &str, keys: &Keys, epsilon: f64, budget: f64) -> String {
     })
 }
 
+/// A room on loopback with a sealed DP agreement `id` over [`write_files`]' data.
+async fn sealed_dp_room(
+    salt: u8,
+    id: &str,
+    epsilon: f64,
+    budget: f64,
+) -> (
+    tempfile::TempDir,
+    Keys,
+    accord_agreement::VerifiedAgreement,
+    accord_room::RunningRoom,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path());
+    let keys = Keys::new(salt);
+    let text = dp_agreement(id, &keys, epsilon, budget);
+    let agreement = verified(&text);
+    let room = start_room(&dir.path().join("room")).await;
+    let url = url(&room);
+    submit(&url, &text).await.unwrap();
+    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
+    (dir, keys, agreement, room)
+}
+
 async fn budget(conn: &mut accord_party::Connection) -> v1::Budget {
     let d = QueryClient::new(conn.channel())
         .describe(conn.request(v1::DescribeRequest {}))
@@ -73,15 +97,8 @@ const BY_TIER: &str = "SELECT drinks_loyalty_tier, COUNT(*) AS n FROM overlap GR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_budget_is_spent_durably_refused_when_exhausted_and_kept_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path());
-    let keys = Keys::new(130);
-    let text = dp_agreement("e2e-dp", &keys, 1.0, 3.0);
-    let agreement = verified(&text);
-    let room = start_room(&dir.path().join("room")).await;
+    let (dir, keys, agreement, room) = sealed_dp_room(130, "e2e-dp", 1.0, 3.0).await;
     let url = url(&room);
-    submit(&url, &text).await.unwrap();
-    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
 
     let mut ana = analyst(&url, "e2e-dp", &keys).await;
     let b = budget(&mut ana).await;
@@ -191,15 +208,8 @@ async fn the_budget_is_spent_durably_refused_when_exhausted_and_kept_across_a_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_queries_never_spend_more_than_the_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path());
-    let keys = Keys::new(140);
-    let text = dp_agreement("e2e-dp-race", &keys, 0.5, 5.0);
-    let agreement = verified(&text);
-    let room = start_room(&dir.path().join("room")).await;
+    let (_dir, keys, _agreement, room) = sealed_dp_room(140, "e2e-dp-race", 0.5, 5.0).await;
     let url = url(&room);
-    submit(&url, &text).await.unwrap();
-    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
 
     // 8 analyst sessions × 4 queries = 32 concurrent attempts at a budget of 10 queries.
     let mut tasks = Vec::new();
@@ -359,15 +369,8 @@ async fn sealing_withholds_on_exact_counts_only_without_differential_privacy() {
 /// same rule and what is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flight_sql_spends_the_same_budget_as_grpc_and_is_refused_when_it_is_spent() {
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path());
-    let keys = Keys::new(160);
-    let text = dp_agreement("e2e-dp-flight", &keys, 1.0, 3.0);
-    let agreement = verified(&text);
-    let room = start_room(&dir.path().join("room")).await;
+    let (_dir, keys, _agreement, room) = sealed_dp_room(160, "e2e-dp-flight", 1.0, 3.0).await;
     let url = url(&room);
-    submit(&url, &text).await.unwrap();
-    run_psi(&agreement, &keys, dir.path(), &url, 100).await;
 
     let mut ana = analyst(&url, "e2e-dp-flight", &keys).await;
     let mut flight = flight_client(room.flight_sql_addr.unwrap(), ana.token()).await;
