@@ -53,14 +53,14 @@ fn h32(inputs: &BTreeMap<String, String>, name: &str) -> [u8; 32] {
     hex::decode(&inputs[name]).unwrap().try_into().unwrap()
 }
 
-/// `str` of PROTOCOL.md: u64be length, then the bytes.
-fn str64(s: &str) -> Vec<u8> {
-    [&(s.len() as u64).to_be_bytes()[..], s.as_bytes()].concat()
-}
-
-/// `str` of AGREEMENTS.md (manifest and revocation statement): u32be length, then the bytes.
+/// `str` of PROTOCOL.md and AGREEMENTS.md (one encoding since protocol 3): u32be length,
+/// then the bytes.
 fn str32(s: &str) -> Vec<u8> {
-    [&(s.len() as u32).to_be_bytes()[..], s.as_bytes()].concat()
+    [
+        &u32::try_from(s.len()).unwrap().to_be_bytes()[..],
+        s.as_bytes(),
+    ]
+    .concat()
 }
 
 fn signed(purpose: &str, message: &[u8]) -> Vec<u8> {
@@ -113,13 +113,13 @@ fn vectors() -> Vec<[String; 5]> {
     let mut preimage = b"accord/v2/batch-rows\0".to_vec();
     preimage.extend_from_slice(&salt);
     preimage.extend_from_slice(&sha256(&handles));
-    preimage.extend(str64("loyalty_tier"));
+    preimage.extend(str32("loyalty_tier"));
     preimage.push(0x01);
     preimage.extend_from_slice(&2u64.to_be_bytes());
-    preimage.extend(str64("gold"));
-    preimage.extend(str64("silver"));
+    preimage.extend(str32("gold"));
+    preimage.extend(str32("silver"));
     preimage.extend_from_slice(&0u64.to_be_bytes()); // present: empty list = all present
-    preimage.extend(str64("monthly_spend"));
+    preimage.extend(str32("monthly_spend"));
     preimage.push(0x02);
     preimage.extend_from_slice(&2u64.to_be_bytes());
     preimage.extend_from_slice(&10.5f64.to_bits().to_be_bytes());
@@ -153,9 +153,9 @@ fn vectors() -> Vec<[String; 5]> {
             "auth-challenge",
             &party_key,
             [
-                str64(agreement),
-                str64("party"),
-                str64(party),
+                str32(agreement),
+                str32("party"),
+                str32(party),
                 pk.to_vec(),
                 h32(&i, "room_nonce").to_vec(),
                 h32(&i, "client_nonce").to_vec(),
@@ -177,7 +177,7 @@ fn vectors() -> Vec<[String; 5]> {
             &party_key,
             [
                 fp.to_vec(),
-                str64(party),
+                str32(party),
                 int("batch_number").to_be_bytes().to_vec(),
                 ((points.len() / 32) as u64).to_be_bytes().to_vec(),
                 sha256(&points).to_vec(),
@@ -197,7 +197,7 @@ fn vectors() -> Vec<[String; 5]> {
             &party_key,
             [
                 fp.to_vec(),
-                str64(party),
+                str32(party),
                 int("batches").to_be_bytes().to_vec(),
                 int("rows").to_be_bytes().to_vec(),
             ]
@@ -207,7 +207,7 @@ fn vectors() -> Vec<[String; 5]> {
         (
             "psi-key-commitment",
             &party_key,
-            [fp.to_vec(), str64(party), h32(&i, "K").to_vec()].concat(),
+            [fp.to_vec(), str32(party), h32(&i, "K").to_vec()].concat(),
             accord_proto::signed::key_commitment(&fp, party, &h32(&i, "K")),
         ),
         (
@@ -227,7 +227,7 @@ fn vectors() -> Vec<[String; 5]> {
             [
                 fp.to_vec(),
                 (int("revoked_unix_ms") as i64).to_be_bytes().to_vec(),
-                str64(party),
+                str32(party),
             ]
             .concat(),
             accord_proto::signed::revocation_receipt(&fp, int("revoked_unix_ms") as i64, party),
@@ -237,7 +237,7 @@ fn vectors() -> Vec<[String; 5]> {
             &room_key,
             [
                 fp.to_vec(),
-                str64(party),
+                str32(party),
                 int("erased").to_be_bytes().to_vec(),
                 sha256(&handles).to_vec(),
             ]
@@ -318,6 +318,23 @@ fn protocol_md_signed_message_vectors() {
     for (doc, want) in documented.iter().zip(&computed) {
         assert_eq!(doc.as_slice(), want.as_slice(), "vector {}", want[0]);
     }
+}
+
+/// The inputs that the document derives from its other tables are those tables' values: the
+/// points are the `k_A·H(x)` and the handles the handles of the two e-mail rows of
+/// "End-to-end vectors" (which `accord-psi`'s tests recompute), and `K` is `K_B` of
+/// "Verifiable blinding vector".
+#[test]
+fn protocol_md_inputs_are_the_documented_psi_values() {
+    let i = inputs();
+    let rows = table_rows("End-to-end vectors");
+    let emails: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == "email").take(2).collect();
+    assert_eq!(emails.len(), 2, "two e-mail rows in End-to-end vectors");
+    assert_eq!(i["points"], format!("{}{}", emails[0][4], emails[1][4]));
+    assert_eq!(i["handles"], format!("{}{}", emails[0][6], emails[1][6]));
+    let dleq = table_rows("Verifiable blinding vector");
+    let k_b = dleq.iter().find(|r| r[0] == "K_B").expect("K_B row");
+    assert_eq!(i["K"], k_b[2]);
 }
 
 /// Prints the vector table: `cargo test --workspace --test protocol_vectors print -- --ignored --nocapture`.

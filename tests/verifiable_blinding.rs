@@ -384,7 +384,7 @@ async fn clients_and_rooms_of_other_protocol_versions_refuse_each_other_by_name(
     let dir = tempfile::tempdir().unwrap();
     let room = start_room(&dir.path().join("room")).await;
     let url = url(&room);
-    let challenge = |agent: Option<&'static str>| {
+    let challenge = |agent: Option<String>| {
         let url = url.clone();
         async move {
             let mut endpoint = tonic::transport::Endpoint::from_shared(url).unwrap();
@@ -407,27 +407,29 @@ async fn clients_and_rooms_of_other_protocol_versions_refuse_each_other_by_name(
     let e = challenge(None).await;
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(
-        e.message().contains("protocol 1") && e.message().contains("protocol 2"),
+        e.message().contains("protocol 1") && e.message().contains("protocol 3"),
         "{}",
         e.message()
     );
-    let e = challenge(Some("accord-protocol/3")).await;
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(
-        e.message().contains("protocol 3") && e.message().contains("protocol 2"),
-        "{}",
-        e.message()
-    );
-    // And a client of this build refuses a room that does not announce protocol 2.
-    let e = accord_party::client::check_room_protocol("http://old-room", 0)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("protocol 1") && e.contains("protocol 2"), "{e}");
-    let e = accord_party::client::check_room_protocol("http://new-room", 3)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("protocol 3") && e.contains("protocol 2"), "{e}");
-    assert!(accord_party::client::check_room_protocol("http://room", 2).is_ok());
+    // A protocol 2 client (8-byte string lengths in its signatures) and a newer one.
+    for other in ["2", "4"] {
+        let e = challenge(Some(format!("accord-protocol/{other}"))).await;
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains(&format!("protocol {other}"))
+                && e.message().contains("protocol 3"),
+            "{}",
+            e.message()
+        );
+    }
+    // And a client of this build refuses a room that does not announce protocol 3.
+    for (room_version, named) in [(0, "protocol 1"), (2, "protocol 2"), (4, "protocol 4")] {
+        let e = accord_party::client::check_room_protocol("http://other-room", room_version)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(named) && e.contains("protocol 3"), "{e}");
+    }
+    assert!(accord_party::client::check_room_protocol("http://room", 3).is_ok());
     room.shutdown().await;
 }
 

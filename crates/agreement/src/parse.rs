@@ -841,7 +841,7 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
                         "parties",
                         format!(
                             "an agreement has exactly two parties in this version of Accord \
-                             (protocol 2); this one has {}",
+                             (protocol 3); this one has {}",
                             drafts.len()
                         ),
                         "make one agreement per pair of organizations",

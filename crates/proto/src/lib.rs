@@ -21,11 +21,13 @@ pub mod v1 {
     tonic::include_proto!("accord.v1");
 }
 
-/// The version of the wire protocol this build speaks. Version 2 added verifiable blinding
+/// The version of the wire protocol this build speaks. Version 3 encodes every string in a
+/// signed or hashed protocol message the same way, as [`signed::str`] does (`u32be(len) ‖
+/// UTF-8`, as the manifest's canonical bytes already did); version 2 added verifiable blinding
 /// (key commitments and proofs) and upload-batch signatures that cover handles and attribute
-/// columns; version 1 (accord 0.1) clients and rooms are refused with a message naming both
-/// versions, because their signatures cover less.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// columns. Clients and rooms of any other version are refused with a message naming both
+/// versions: their signed bytes differ, so nothing they sign could verify.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The `user-agent` token every Accord client sends (`accord-protocol/<version>`); the room
 /// refuses calls without it or with another version.
@@ -55,7 +57,7 @@ pub fn protocol_in_agent(agent: &str) -> Option<u32> {
 pub fn rows_digest(salt: &[u8; 32], handles: &[u8], columns: &[v1::Column]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     fn put_str(h: &mut Sha256, s: &str) {
-        h.update((s.len() as u64).to_be_bytes());
+        h.update(signed::str_len(s));
         h.update(s.as_bytes());
     }
     let mut h = Sha256::new();
@@ -206,13 +208,29 @@ pub fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N
 /// The exact messages covered by the protocol's signatures (before the
 /// `accord/v1/<purpose>` domain prefix that `accord-agreement`'s signing adds).
 ///
-/// Layout conventions: fixed-size fields raw, integers as 8-byte big-endian, strings as an
-/// 8-byte big-endian length followed by their UTF-8 bytes.
+/// Layout conventions: fixed-size fields raw, integers as 8-byte big-endian, strings as
+/// [`str`]: a 4-byte big-endian byte length followed by their UTF-8 bytes, the same encoding
+/// as the manifest's canonical bytes (`docs/AGREEMENTS.md`) and the DLEQ transcript.
 pub mod signed {
     use sha2::{Digest, Sha256};
 
+    /// The 4-byte big-endian length prefix of `s` in every signed or hashed protocol message.
+    /// Every string that reaches these layouts is bounded far below 4 GiB by
+    /// [`super::limits`] and the manifest's own limits; a longer one saturates at `u32::MAX`,
+    /// which can never match an honest signer's bytes.
+    pub fn str_len(s: &str) -> [u8; 4] {
+        u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes()
+    }
+
+    /// `str(s) = u32be(len(s)) ‖ s`, the one string encoding of the protocol.
+    pub fn str(s: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + s.len());
+        put_str(&mut out, s);
+        out
+    }
+
     fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        out.extend_from_slice(&str_len(s));
         out.extend_from_slice(s.as_bytes());
     }
 
@@ -419,8 +437,8 @@ mod tests {
 
     #[test]
     fn the_protocol_version_travels_in_the_user_agent() {
-        assert_eq!(protocol_agent(), "accord-protocol/2");
-        assert_eq!(protocol_in_agent("accord-protocol/2 tonic/0.14.2"), Some(2));
+        assert_eq!(protocol_agent(), "accord-protocol/3");
+        assert_eq!(protocol_in_agent("accord-protocol/3 tonic/0.14.2"), Some(3));
         assert_eq!(protocol_in_agent("grpc-rust/1 accord-protocol/7"), Some(7));
         assert_eq!(protocol_in_agent("grpc-python/1.60"), None);
         assert_eq!(protocol_in_agent("accord-protocol/x"), None);

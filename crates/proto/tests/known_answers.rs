@@ -24,9 +24,9 @@ fn auth_challenge_layout() {
     // str(agreement) ‖ str(role) ‖ str(name) ‖ public_key(32) ‖ room_nonce(32) ‖
     // client_nonce(32) ‖ room_public_key(32)
     let expected = bytes(
-        "0000000000000003 616772
-         0000000000000005 7061727479
-         0000000000000003 616e61
+        "00000003 616772
+         00000005 7061727479
+         00000003 616e61
          5555555555555555555555555555555555555555555555555555555555555555
          2222222222222222222222222222222222222222222222222222222222222222
          3333333333333333333333333333333333333333333333333333333333333333
@@ -45,9 +45,9 @@ fn auth_challenge_layout() {
         expected
     );
     let expected = bytes(&format!(
-        "0000000000000040 {}
-         0000000000000007 616e616c797374
-         0000000000000000
+        "00000040 {}
+         00000007 616e616c797374
+         00000000
          5555555555555555555555555555555555555555555555555555555555555555
          2222222222222222222222222222222222222222222222222222222222222222
          3333333333333333333333333333333333333333333333333333333333333333
@@ -80,7 +80,7 @@ fn upload_batch_layout() {
     let points = [[1u8; 32], [2u8; 32]].concat();
     let expected = bytes(&format!(
         "{FP_HEX}
-         0000000000000006 6472696e6b73
+         00000006 6472696e6b73
          0000000000000103
          0000000000000002
          f818afd37a6dc3bc92fb44731011277006db4efa6e9023cd7468c02335d22a4d
@@ -119,10 +119,10 @@ fn rows_digest_layout() {
     preimage.extend_from_slice(&[0x77; 32]);
     preimage.extend_from_slice(&Sha256::digest(handles));
     preimage.extend_from_slice(&bytes(
-        "0000000000000004 74696572 01
-         0000000000000001 0000000000000004 676f6c64
+        "00000004 74696572 01
+         0000000000000001 00000004 676f6c64
          0000000000000000
-         0000000000000005 7370656e64 02
+         00000005 7370656e64 02
          0000000000000002 3ff8000000000000 0000000000000000
          0000000000000002 01 00",
     ));
@@ -138,7 +138,7 @@ fn key_commitment_layout() {
     // fingerprint(32) ‖ str(party) ‖ K(32)
     let expected = bytes(&format!(
         "{FP_HEX}
-         0000000000000006 736e61636b73
+         00000006 736e61636b73
          8888888888888888888888888888888888888888888888888888888888888888"
     ));
     assert_eq!(signed::key_commitment(&FP, "snacks", &[0x88; 32]), expected);
@@ -149,7 +149,7 @@ fn upload_complete_layout() {
     // fingerprint(32) ‖ str(party) ‖ u64be(batches) ‖ u64be(rows)
     let expected = bytes(&format!(
         "{FP_HEX}
-         0000000000000006 736e61636b73
+         00000006 736e61636b73
          0000000000000019
          0000000100000000"
     ));
@@ -176,7 +176,7 @@ fn revocation_receipt_layout() {
     let expected = bytes(&format!(
         "{FP_HEX}
          0000019a2b3c4d5e
-         0000000000000006 6472696e6b73"
+         00000006 6472696e6b73"
     ));
     assert_eq!(
         signed::revocation_receipt(&FP, 0x0000_019a_2b3c_4d5e, "drinks"),
@@ -186,7 +186,7 @@ fn revocation_receipt_layout() {
     let expected = bytes(&format!(
         "{FP_HEX}
          ffffffffffffffff
-         0000000000000001 78"
+         00000001 78"
     ));
     assert_eq!(signed::revocation_receipt(&FP, -1, "x"), expected);
 }
@@ -197,7 +197,7 @@ fn erasure_receipt_layout() {
     let handles = [0xabu8; 48];
     let expected = bytes(&format!(
         "{FP_HEX}
-         0000000000000006 6472696e6b73
+         00000006 6472696e6b73
          0000000000000003
          2b5194b12b01058a369ef70fdb8b9b3e1fbadf6d08b23c1d602d7b567163cffc"
     ));
@@ -208,7 +208,7 @@ fn erasure_receipt_layout() {
     // No handles: the SHA-256 of the empty string.
     let expected = bytes(&format!(
         "{FP_HEX}
-         0000000000000006 6472696e6b73
+         00000006 6472696e6b73
          0000000000000000
          e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     ));

@@ -25,10 +25,8 @@ impl HashDomain {
     pub fn new(agreement_id: &str, kind: IdentifierKind) -> Self {
         let mut prefix = Sha512::new();
         prefix.update(HASH_DOMAIN_TAG);
-        prefix.update((agreement_id.len() as u64).to_be_bytes());
-        prefix.update(agreement_id.as_bytes());
-        prefix.update((kind.as_str().len() as u64).to_be_bytes());
-        prefix.update(kind.as_str().as_bytes());
+        put_str(&mut prefix, agreement_id);
+        put_str(&mut prefix, kind.as_str());
         Self {
             agreement_id: agreement_id.to_owned(),
             kind,
@@ -73,6 +71,12 @@ impl std::fmt::Debug for HashDomain {
     }
 }
 
+/// `u32be(len(s)) ‖ s`, the protocol's one string encoding (`docs/PROTOCOL.md`, notation).
+fn put_str(hash: &mut Sha512, s: &str) {
+    hash.update(u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    hash.update(s.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,9 +86,9 @@ mod tests {
         let domain = HashDomain::new("agr-1", IdentifierKind::Phone);
         let mut bytes = Vec::new();
         bytes.extend_from_slice(b"accord/psi/v1");
-        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5]);
+        bytes.extend_from_slice(&[0, 0, 0, 5]);
         bytes.extend_from_slice(b"agr-1");
-        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5]);
+        bytes.extend_from_slice(&[0, 0, 0, 5]);
         bytes.extend_from_slice(b"phone");
         bytes.extend_from_slice(b"+3545812345");
         let expected: [u8; 64] = Sha512::digest(&bytes).into();

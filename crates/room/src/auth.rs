@@ -134,7 +134,7 @@ impl AuthState {
         mac.update(NONCE_MAC_DOMAIN);
         mac.update(fingerprint.as_bytes());
         mac.update(role.kind().as_bytes());
-        mac.update(&(role.name().len() as u64).to_be_bytes());
+        mac.update(&accord_proto::signed::str_len(role.name()));
         mac.update(role.name().as_bytes());
         mac.update(client_nonce);
         mac.update(head);
