@@ -56,7 +56,7 @@ pub struct BlindError {
 }
 
 impl BlindError {
-    fn rank(&self) -> (usize, u8) {
+    pub(crate) fn rank(&self) -> (usize, u8) {
         let kind = match self.kind {
             BlindErrorKind::InvalidEncoding | BlindErrorKind::Truncated { .. } => 0,
             BlindErrorKind::Identity => 1,
@@ -197,37 +197,7 @@ pub fn blind_concatenated(secret: &PsiSecret, bytes: &[u8]) -> Result<Vec<u8>, B
 /// canonical ristretto255 encoding, none the identity, no duplicates. The room uses this to
 /// refuse a bad batch at the door, before relaying it (the blinding party checks again).
 pub fn check_points(bytes: &[u8]) -> Result<(), BlindError> {
-    let trailing_bytes = bytes.len() % POINT_LEN;
-    if trailing_bytes != 0 {
-        return Err(BlindError {
-            index: bytes.len() / POINT_LEN,
-            kind: BlindErrorKind::Truncated { trailing_bytes },
-        });
-    }
-    let invalid = bytes
-        .par_chunks(POINT_LEN * CHUNK)
-        .enumerate()
-        .filter_map(|(chunk, input)| {
-            input
-                .chunks_exact(POINT_LEN)
-                .enumerate()
-                .find_map(|(offset, encoding)| {
-                    decode(encoding).err().map(|kind| BlindError {
-                        index: chunk * CHUNK + offset,
-                        kind,
-                    })
-                })
-        })
-        .min_by_key(BlindError::rank);
-    let duplicate = first_duplicate(bytes).map(|index| BlindError {
-        index,
-        kind: BlindErrorKind::Duplicate,
-    });
-    match (invalid, duplicate) {
-        (None, None) => Ok(()),
-        (Some(error), None) | (None, Some(error)) => Err(error),
-        (Some(a), Some(b)) => Err(if a.rank() <= b.rank() { a } else { b }),
-    }
+    crate::dleq::check_and_decode(bytes).map(|_| ())
 }
 
 /// Index of the first point equal to an earlier one. Encodings are canonical, so equal

@@ -208,12 +208,109 @@ pub(crate) fn prove_with_nonce(
     (output, proof)
 }
 
+/// A batch of points decoded and checked once (whole canonical encodings, none the identity,
+/// no duplicates: the checks of [`crate::check_points`]), kept so that verifying the blinding
+/// proof for it later does not decode the points a second time. Decoding is the largest part
+/// of verification after the multi-scalar multiplications, so a verifier that checked the
+/// inputs when they arrived keeps this and passes it to [`verify_blinding_decoded`].
+///
+/// It remembers the SHA-256 of the bytes it was decoded from; given other bytes,
+/// [`verify_blinding_decoded`] ignores it and decodes those bytes instead, so a stale entry
+/// can cost time but never change a verdict.
+#[derive(Clone)]
+pub struct DecodedBatch {
+    points: Vec<RistrettoPoint>,
+    digest: [u8; 32],
+}
+
+impl DecodedBatch {
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether the batch has no points.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Memory the decoded points occupy, in bytes (five times their 32-byte encodings).
+    pub fn memory_bytes(&self) -> usize {
+        self.points.len() * std::mem::size_of::<RistrettoPoint>()
+    }
+
+    fn decoded_from(&self, bytes: &[u8]) -> bool {
+        <[u8; 32]>::from(sha2::Sha256::digest(bytes)) == self.digest
+    }
+}
+
+impl std::fmt::Debug for DecodedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedBatch")
+            .field("points", &self.points.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a concatenated batch of points exactly like [`crate::check_points`] (same errors,
+/// same precedence) and keeps the decoded points for [`verify_blinding_decoded`].
+pub fn check_and_decode(bytes: &[u8]) -> Result<DecodedBatch, BlindError> {
+    let trailing_bytes = bytes.len() % POINT_LEN;
+    if trailing_bytes != 0 {
+        return Err(BlindError {
+            index: bytes.len() / POINT_LEN,
+            kind: BlindErrorKind::Truncated { trailing_bytes },
+        });
+    }
+    let decoded = decode_all(bytes);
+    let duplicate = first_duplicate(bytes).map(|index| BlindError {
+        index,
+        kind: BlindErrorKind::Duplicate,
+    });
+    match (decoded, duplicate) {
+        (Ok(points), None) => Ok(DecodedBatch {
+            points,
+            digest: sha2::Sha256::digest(bytes).into(),
+        }),
+        (Err(error), None) | (Ok(_), Some(error)) => Err(error),
+        (Err(a), Some(b)) => Err(if a.rank() <= b.rank() { a } else { b }),
+    }
+}
+
 /// Verifies a proof that `output` is `input` blinded with the key committed to by
 /// `commitment`, bound to `context`. Both batches are concatenated 32-byte points.
 pub fn verify_blinding(
     commitment: &[u8; POINT_LEN],
     context: &DleqContext<'_>,
     input: &[u8],
+    output: &[u8],
+    proof: &[u8],
+) -> Result<(), DleqError> {
+    verify(commitment, context, input, None, output, proof)
+}
+
+/// [`verify_blinding`] with the inputs already decoded by [`check_and_decode`] (from these
+/// same `input` bytes; otherwise `decoded` is ignored and `input` decoded afresh). The verdict
+/// is always the one [`verify_blinding`] gives.
+pub fn verify_blinding_decoded(
+    commitment: &[u8; POINT_LEN],
+    context: &DleqContext<'_>,
+    input: &[u8],
+    decoded: &DecodedBatch,
+    output: &[u8],
+    proof: &[u8],
+) -> Result<(), DleqError> {
+    let decoded = decoded
+        .decoded_from(input)
+        .then_some(decoded.points.as_slice());
+    verify(commitment, context, input, decoded, output, proof)
+}
+
+fn verify(
+    commitment: &[u8; POINT_LEN],
+    context: &DleqContext<'_>,
+    input: &[u8],
+    decoded: Option<&[RistrettoPoint]>,
     output: &[u8],
     proof: &[u8],
 ) -> Result<(), DleqError> {
@@ -227,10 +324,17 @@ pub fn verify_blinding(
             outputs: output.len() / POINT_LEN,
         });
     }
-    let inputs = decode_all(input).map_err(|error| DleqError::BadPoint {
-        side: "input",
-        error,
-    })?;
+    let fresh;
+    let inputs = match decoded {
+        Some(points) => points,
+        None => {
+            fresh = decode_all(input).map_err(|error| DleqError::BadPoint {
+                side: "input",
+                error,
+            })?;
+            fresh.as_slice()
+        }
+    };
     let outputs = decode_all(output).map_err(|error| DleqError::BadPoint {
         side: "blinded",
         error,
@@ -238,7 +342,7 @@ pub fn verify_blinding(
     let seed = transcript_seed(context, commitment, input, output);
     let weights = weights(&seed, inputs.len());
     let (m, z) = rayon::join(
-        || weighted_sum(&weights, &inputs),
+        || weighted_sum(&weights, inputs),
         || weighted_sum(&weights, &outputs),
     );
     let a1 = RistrettoPoint::vartime_double_scalar_mul_basepoint(&c, &k_point, &s);
@@ -403,6 +507,65 @@ mod tests {
                 verify_blinding(&k, &ctx(3), &input, &output, &proof),
                 Ok(())
             );
+        }
+    }
+
+    #[test]
+    fn inputs_decoded_at_upload_give_the_same_verdicts() {
+        let owner = PsiSecret::generate().unwrap();
+        let prover = PsiSecret::generate().unwrap();
+        let k = prover.commitment();
+        let input = batch(&owner, 64);
+        let decoded = check_and_decode(&input).unwrap();
+        assert_eq!(decoded.len(), 64);
+        assert_eq!(decoded.memory_bytes(), 64 * size_of::<RistrettoPoint>());
+        let (output, proof) = blind_and_prove(&prover, &ctx(1), &input).unwrap();
+        assert_eq!(
+            verify_blinding_decoded(&k, &ctx(1), &input, &decoded, &output, &proof),
+            Ok(())
+        );
+        // One altered point, a proof for another batch number, another key: refused alike.
+        let mut altered = output.clone();
+        altered[5 * 32..6 * 32].copy_from_slice(&output[6 * 32..7 * 32]);
+        altered[6 * 32..7 * 32].copy_from_slice(&output[5 * 32..6 * 32]);
+        for (commitment, context, out) in [
+            (k, ctx(1), &altered),
+            (k, ctx(2), &output),
+            (PsiSecret::generate().unwrap().commitment(), ctx(1), &output),
+        ] {
+            assert_eq!(
+                verify_blinding_decoded(&commitment, &context, &input, &decoded, out, &proof),
+                verify_blinding(&commitment, &context, &input, out, &proof),
+            );
+            assert_eq!(
+                verify_blinding(&commitment, &context, &input, out, &proof),
+                Err(DleqError::Invalid)
+            );
+        }
+        // Decoded points of other bytes are never used for these: a stale entry cannot turn
+        // a cheat into a pass, nor an honest batch into a refusal.
+        let other_input = batch(&owner, 65)[32..].to_vec();
+        let stale = check_and_decode(&other_input).unwrap();
+        assert_eq!(
+            verify_blinding_decoded(&k, &ctx(1), &input, &stale, &output, &proof),
+            Ok(())
+        );
+        let (other_output, other_proof) = blind_and_prove(&prover, &ctx(1), &other_input).unwrap();
+        assert_eq!(
+            verify_blinding_decoded(&k, &ctx(1), &input, &stale, &other_output, &other_proof),
+            Err(DleqError::Invalid)
+        );
+        // The checks at upload are check_points' checks, with its errors.
+        let mut duplicated = input.clone();
+        duplicated[3 * 32..4 * 32].copy_from_slice(&input[..32]);
+        let mut invalid = input.clone();
+        invalid[9 * 32..10 * 32].fill(0xff);
+        for bytes in [&duplicated, &invalid, &input[..100].to_vec()] {
+            assert_eq!(
+                check_and_decode(bytes).map(|_| ()),
+                crate::check_points(bytes)
+            );
+            assert!(check_and_decode(bytes).is_err());
         }
     }
 

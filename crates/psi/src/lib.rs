@@ -27,8 +27,9 @@ pub use batch::{
     BlindError, BlindErrorKind, blind, blind_concatenated, check_points, hash_and_blind,
 };
 pub use dleq::{
-    CHALLENGE_TAG, DleqContext, DleqError, NONCE_TAG, PROOF_LEN, SEED_TAG, WEIGHT_TAG,
-    blind_and_prove, check_commitment, verify_blinding,
+    CHALLENGE_TAG, DecodedBatch, DleqContext, DleqError, NONCE_TAG, PROOF_LEN, SEED_TAG,
+    WEIGHT_TAG, blind_and_prove, check_and_decode, check_commitment, verify_blinding,
+    verify_blinding_decoded,
 };
 pub use hash::{HASH_DOMAIN_TAG, HashDomain};
 pub use keys::{HANDLE_KEY_LEN, HandleKey, PsiSecret, SECRET_LEN};

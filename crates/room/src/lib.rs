@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+mod decoded;
 pub mod devcerts;
 pub mod error;
 mod flight;

@@ -51,6 +51,14 @@ pub const MAX_USED_NONCES: usize = 100_000;
 // is complete) is bounded by that party's `max_rows` in the signed manifest, which the upload
 // cap enforces before any tag is added. See `AgreementStore::point_tags` in `store.rs`.
 
+/// Most bytes of decoded owner points the room keeps between an upload and the partner's
+/// blinding of it (`decoded.rs`), so that verifying the blinding proof does not decode the
+/// inputs again. 64 MiB holds 100 batches of 4 096 points (160 bytes each decoded): enough
+/// for both parties uploading and blinding at once; beyond it the oldest batches are decoded
+/// again from disk when their blinding arrives, which costs time, never correctness. Parties
+/// cannot grow it: it is the same few MiB whatever they upload.
+pub const DECODED_INPUTS_BYTES: usize = 64 * 1024 * 1024;
+
 /// Most batches one `FetchWork` call returns when the caller asks for more (or for 0, which
 /// means "the default", [`Limits::fetch_work_batches`]). Batches are read from disk one at a
 /// time as the stream is consumed, so this bounds the call's duration, not its memory.

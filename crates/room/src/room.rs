@@ -26,6 +26,7 @@ use tokio::sync::RwLock;
 
 use crate::audit::{Actor, AuditLog, Event};
 use crate::auth::{AuthState, Role, Session, bearer};
+use crate::decoded::DecodedInputs;
 use crate::error::{Result, RoomError};
 use crate::ledger::{Balance, Ledgers, Price, Spend};
 use crate::limits::Limits;
@@ -235,6 +236,8 @@ struct Inner {
     limits: Limits,
     registration: Registration,
     ledgers: Ledgers,
+    /// Owner batches decoded at upload, kept for verifying their partner's blinding proof.
+    decoded: DecodedInputs,
     /// The room's signature binding its TLS certificate to its key (none without TLS).
     tls_binding: Mutex<Option<Signature>>,
 }
@@ -305,6 +308,7 @@ impl Room {
                 limits,
                 registration,
                 ledgers: Ledgers::new(data_dir),
+                decoded: DecodedInputs::new(crate::limits::DECODED_INPUTS_BYTES),
                 tls_binding: Mutex::new(None),
             }),
         };
@@ -692,6 +696,7 @@ impl Room {
         self.audit(slot, actor, event)?;
         live.engine = None;
         live.store = None;
+        self.inner.decoded.forget_agreement(fp);
         // The tombstone first: if the room stops before the data is gone, recovery finds
         // the tombstone and finishes the deletion instead of serving the agreement again.
         self.add_tombstone(fp, slot.agreement.manifest(), reason)?;
@@ -984,12 +989,9 @@ impl Room {
                     batch.batch_number
                 ))
             })?;
-        if let Err(e) = accord_psi::check_points(&batch.points) {
-            return Err(RoomError::InvalidArgument(format!(
-                "batch {}: {e}",
-                batch.batch_number
-            )));
-        }
+        let decoded = accord_psi::check_and_decode(&batch.points).map_err(|e| {
+            RoomError::InvalidArgument(format!("batch {}: {e}", batch.batch_number))
+        })?;
         let digest: [u8; 32] = {
             let mut h = Sha256::new();
             h.update(batch.batch_number.to_be_bytes());
@@ -1008,6 +1010,7 @@ impl Room {
             .cloned()
             .ok_or_else(|| RoomError::Internal("party layout missing".into()))?;
         let attributes = attributes(&layout, &batch.columns, n, batch.batch_number)?;
+        let batch_number = batch.batch_number;
         let pending = PendingBatch {
             handles: batch.handles,
             points: batch.points,
@@ -1016,7 +1019,11 @@ impl Room {
             digest,
             rows_digest,
         };
-        store.store_pending(party, batch.batch_number, &pending)
+        let stored = store.store_pending(party, batch_number, &pending)?;
+        if stored {
+            self.inner.decoded.insert(fp, party, batch_number, decoded);
+        }
+        Ok(stored)
     }
 
     /// Stores a party's signed completion statement and seals if everything is ready.
@@ -1171,6 +1178,10 @@ impl Room {
         let fingerprint = *slot.agreement.fingerprint().as_bytes();
         let (prover, owner, batch_number) = (party.to_owned(), partner.clone(), b.batch_number);
         let (output, proof) = (b.points, b.proof);
+        let decoded = self
+            .inner
+            .decoded
+            .get(slot.agreement.fingerprint(), &partner, batch_number);
         // Verification is CPU work (two multi-scalar multiplications): off the async workers.
         let (verdict, output) = tokio::task::spawn_blocking(move || {
             let context = accord_psi::DleqContext {
@@ -1179,8 +1190,19 @@ impl Room {
                 owner: &owner,
                 batch: batch_number,
             };
-            let verdict =
-                accord_psi::verify_blinding(&commitment, &context, &input, &output, &proof);
+            // The inputs decoded when they were checked at upload, when still kept; the
+            // verdict is the same either way (see `decoded.rs`).
+            let verdict = match decoded {
+                Some(decoded) => accord_psi::verify_blinding_decoded(
+                    &commitment,
+                    &context,
+                    &input,
+                    &decoded,
+                    &output,
+                    &proof,
+                ),
+                None => accord_psi::verify_blinding(&commitment, &context, &input, &output, &proof),
+            };
             (verdict, output)
         })
         .await
@@ -1203,6 +1225,9 @@ impl Room {
             )));
         }
         store.store_tokens(&partner, batch_number, &output)?;
+        self.inner
+            .decoded
+            .remove(slot.agreement.fingerprint(), &partner, batch_number);
         self.maybe_seal(slot, &mut live)?;
         Ok(())
     }
