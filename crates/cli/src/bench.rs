@@ -51,7 +51,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 report.expected_matched
             );
             print!("{}", render(&costs, report));
-            print!("{}", render_proofs(&costs, &proofs, &proved));
+            print!("{}", render_proofs(&proofs, &proved));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -102,29 +102,24 @@ fn render(costs: &PrimitiveCosts, report: &PipelineReport) -> String {
     )
 }
 
-fn render_proofs(
-    costs: &PrimitiveCosts,
-    proofs: &ProofCosts,
-    proved: &ProvedPipelineReport,
-) -> String {
+fn render_proofs(proofs: &ProofCosts, proved: &ProvedPipelineReport) -> String {
     let plain = proved.plain.records_per_sec_per_party;
     format!(
         "\n\
          verifiable blinding (batched DLEQ proofs, one core, per point of a {batch}-point batch)\n\
          \x20 proving adds           {prove:>10.0} ns\n\
          \x20 verifying (room)       {verify:>10.0} ns   (inputs decoded when the room checked them at upload)\n\
-         \x20 together               {sum:>10.0} ns = {overhead:.1} % of the bound's {per_record:.0} ns per record\n\
+         \x20 together               {sum:>10.0} ns = {overhead:.1} % of the bound's {per_record:.0} ns per record (measured between the proof rounds)\n\
          \x20 verifying from bytes   {from_bytes:>10.0} ns   (decoded inputs no longer cached: {overhead_bytes:.1} % with proving)\n\
          pipeline with proofs {with} per party vs {without} without ({ratio:.2} of the rate without; {batches} batches verified)\n",
         batch = proofs.batch,
         prove = proofs.prove_extra_ns,
         verify = proofs.verify_ns,
         from_bytes = proofs.verify_from_bytes_ns,
-        overhead_bytes =
-            100.0 * (proofs.prove_extra_ns + proofs.verify_from_bytes_ns) / costs.ns_per_record(),
+        overhead_bytes = 100.0 * proofs.overhead_from_bytes(),
         sum = proofs.ns_per_record(),
-        overhead = 100.0 * proofs.overhead_of_bound(costs),
-        per_record = costs.ns_per_record(),
+        overhead = 100.0 * proofs.overhead_of_bound(),
+        per_record = proofs.bound_ns,
         with = rate(proved.records_per_sec_per_party),
         without = rate(plain),
         ratio = proved.records_per_sec_per_party / plain.max(1e-9),
@@ -141,7 +136,7 @@ mod tests {
         let costs = measure_primitives(4);
         let proved = run_pipeline_with_proofs(64, &costs).unwrap();
         let proofs = measure_proofs(16, 1).unwrap();
-        let text = render(&costs, &proved.plain) + &render_proofs(&costs, &proofs, &proved);
+        let text = render(&costs, &proved.plain) + &render_proofs(&proofs, &proved);
         for needle in [
             "hash to group",
             "scalar multiplication",

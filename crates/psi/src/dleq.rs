@@ -192,6 +192,26 @@ fn prove(
     proof
 }
 
+/// Steps 1–4 alone, for `accord bench psi`: what [`blind_and_prove`] does beyond blinding
+/// (the blinding itself is the same decode, multiply and encode as `blind_concatenated`).
+pub(crate) fn prove_blinded(
+    secret: &PsiSecret,
+    context: &DleqContext<'_>,
+    input: &[u8],
+    output: &[u8],
+    points: &[RistrettoPoint],
+) -> [u8; PROOF_LEN] {
+    prove(secret, context, input, output, points, |seed| {
+        let mut hash = Sha512::new();
+        hash.update(NONCE_TAG);
+        hash.update([0u8]);
+        hash.update(secret.scalar().as_bytes());
+        hash.update(seed);
+        let wide = Zeroizing::new(<[u8; 64]>::from(hash.finalize()));
+        Zeroizing::new(Scalar::from_bytes_mod_order_wide(&wide))
+    })
+}
+
 /// The proof with a caller-chosen nonce `r`: only for the published known-answer vector.
 #[cfg(test)]
 pub(crate) fn prove_with_nonce(
@@ -360,7 +380,7 @@ fn canonical(bytes: &[u8]) -> Result<Scalar, DleqError> {
 }
 
 /// Decodes every point of a concatenated batch in parallel (length already checked).
-fn decode_all(input: &[u8]) -> Result<Vec<RistrettoPoint>, BlindError> {
+pub(crate) fn decode_all(input: &[u8]) -> Result<Vec<RistrettoPoint>, BlindError> {
     let mut points = vec![RistrettoPoint::identity(); input.len() / POINT_LEN];
     let error = input
         .par_chunks(POINT_LEN * CHUNK)
