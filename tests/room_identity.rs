@@ -454,3 +454,103 @@ async fn an_agreement_is_not_sent_to_a_room_it_does_not_name() {
     .unwrap();
     room.shutdown().await;
 }
+
+/// A stranger that echoes the real room's (public) key at `Challenge` and then claims to have
+/// registered whatever it is sent. It cannot sign as the room.
+struct EchoingImpostor;
+
+#[tonic::async_trait]
+impl auth_server::Auth for EchoingImpostor {
+    async fn challenge(
+        &self,
+        _request: Request<v1::ChallengeRequest>,
+    ) -> Result<Response<v1::ChallengeResponse>, Status> {
+        Ok(Response::new(v1::ChallengeResponse {
+            room_nonce: vec![7; 32],
+            room_public_key: room_key().to_bytes().to_vec(),
+            protocol_version: accord_proto::PROTOCOL_VERSION,
+            tls_binding_signature: Vec::new(),
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<v1::AuthenticateRequest>,
+    ) -> Result<Response<v1::AuthenticateResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::agreements_server::Agreements for EchoingImpostor {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitAgreementRequest>,
+    ) -> Result<Response<v1::SubmitAgreementResponse>, Status> {
+        let m = accord_agreement::Manifest::parse(&request.into_inner().manifest_toml).unwrap();
+        let fingerprint = m.fingerprint();
+        // A head for the right agreement, signed by a key that is not the room's.
+        let hash = [9u8; 32];
+        let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), 1, &hash);
+        let signature = SecretKey::from_seed(&OTHER_ROOM_SEED)
+            .sign(accord_agreement::sig::Purpose::AuditHead, &message);
+        Ok(Response::new(v1::SubmitAgreementResponse {
+            agreement_id: m.id.clone(),
+            version: m.version,
+            fingerprint: fingerprint.to_string(),
+            already_registered: false,
+            superseded: String::new(),
+            head: Some(v1::SignedHead {
+                fingerprint: fingerprint.to_string(),
+                entries: 1,
+                hash: hash.to_vec(),
+                signature: signature.to_bytes().to_vec(),
+            }),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        _request: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        Err(Status::unimplemented("not needed"))
+    }
+}
+
+#[tokio::test]
+async fn a_registration_the_named_room_did_not_sign_is_not_believed() {
+    let keys = Keys::new(159);
+    let text = agreement_text("fake-registration", 1, &keys, 10, 1000);
+    let agreement = verified(&text);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(auth_server::AuthServer::new(EchoingImpostor))
+            .add_service(v1::agreements_server::AgreementsServer::new(EchoingImpostor))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let err = accord_party::submit_agreement(
+        &format!("http://{addr}"),
+        &ClientTls::default(),
+        &agreement,
+    )
+    .await
+    .expect_err("a registration without the room's signed head must be refused");
+    assert!(matches!(err, PartyError::Refused(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("signature on its audit head does not verify"),
+        "{err}"
+    );
+    // The room the agreement names answers with a head it signed: accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let room = start_room(dir.path()).await;
+    let submitted = accord_party::submit_agreement(&url(&room), &ClientTls::default(), &agreement)
+        .await
+        .unwrap();
+    assert_eq!(submitted.fingerprint, agreement.fingerprint().to_string());
+    assert!(!submitted.already_registered);
+    assert_eq!(submitted.audit_entries, 1, "the registration is the first entry");
+    room.shutdown().await;
+}

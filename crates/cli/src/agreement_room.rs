@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use accord_agreement::{Revocation, sig::Purpose};
-use accord_proto::v1::{self, agreements_client::AgreementsClient};
+use accord_agreement::Revocation;
 use anyhow::{Context, Result, anyhow};
 
-use crate::common::{TlsArgs, call_error, load_agreement, load_key, party_error, runtime};
+use crate::common::{TlsArgs, load_agreement, load_key, party_error, runtime};
 
 /// Arguments of `accord agreement submit`.
 #[derive(Debug, clap::Args)]
@@ -51,18 +50,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let agreement = load_agreement(&args.file)?;
     let tls = args.tls.load()?;
     runtime()?.block_on(async move {
-        // The room must be the one the agreement names before the manifest is sent to it.
-        let channel =
-            accord_party::client::channel_to_named_room(&args.room, &tls, agreement.manifest())
-                .await
-                .map_err(party_error)?;
-        let r = AgreementsClient::new(channel)
-            .submit(v1::SubmitAgreementRequest {
-                manifest_toml: agreement.text().to_owned(),
-            })
+        // The room must be the one the agreement names before the manifest is sent to it; its
+        // answer must carry an audit head signed by that room's key.
+        let r = accord_party::submit_agreement(&args.room, &tls, &agreement)
             .await
-            .map_err(|s| call_error(&args.room, &tls, s))?
-            .into_inner();
+            .map_err(party_error)?;
         if r.already_registered {
             println!(
                 "agreement {} version {} was already registered (fingerprint {})",
@@ -107,7 +99,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
     runtime()?.block_on(async move {
         // Authenticate first: it proves the key and tells us the room's key to check the receipt.
         let fp = agreement.fingerprint().to_string();
-        let conn = accord_party::Connection::open_checked(
+        let mut conn = accord_party::Connection::open_checked(
             &args.room,
             &tls,
             &fp,
@@ -117,32 +109,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
         )
         .await
         .map_err(party_error)?;
-        let r = AgreementsClient::new(conn.channel())
-            .revoke(v1::RevokeRequest {
-                revocation_toml: revocation.to_toml(),
-            })
-            .await
-            .map_err(|s| call_error(&args.room, &tls, s))?
-            .into_inner();
-        let message = accord_proto::signed::revocation_receipt(
-            agreement.fingerprint().as_bytes(),
-            r.revoked_unix_ms,
-            &args.party,
-        );
-        let sig = <[u8; 64]>::try_from(r.receipt_signature.as_slice())
-            .map_err(|_| anyhow!("the receipt signature is not 64 bytes"))?;
-        conn.room_key()
-            .verify(
-                Purpose::RevocationReceipt,
-                &message,
-                &accord_agreement::Signature::from_bytes(&sig),
-            )
-            .map_err(|_| {
-                anyhow!(
-                    "the room's revocation receipt does not verify with its key {}",
-                    conn.room_key()
-                )
-            })?;
+        let r = conn.revoke(&revocation).await.map_err(party_error)?;
         println!(
             "agreement {} (fingerprint {}) revoked by {}",
             r.agreement_id, r.fingerprint, args.party
@@ -152,7 +119,7 @@ pub fn revoke(args: RevokeArgs) -> Result<ExitCode> {
             "signed receipt (verified, room key {}): revoked_unix_ms={} signature={}",
             conn.room_key(),
             r.revoked_unix_ms,
-            hex_encode(&r.receipt_signature)
+            hex_encode(&r.signature)
         );
         // The party's own record, so its customers' receipts can say the agreement was
         // revoked (only when this party has state for it; nothing is created).

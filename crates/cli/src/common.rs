@@ -83,21 +83,6 @@ pub fn party_error(e: accord_party::PartyError) -> anyhow::Error {
     }
 }
 
-/// Converts a gRPC status from the room.
-pub fn status_error(url: &str, s: tonic::Status) -> anyhow::Error {
-    party_error(accord_party::PartyError::from_status(url, s))
-}
-
-/// Converts a gRPC status from a room reached with `tls`: a TLS failure that only showed at
-/// the first call (TLS 1.3 refuses a client certificate after the client's handshake) is
-/// said as such.
-pub fn call_error(url: &str, tls: &accord_party::ClientTls, s: tonic::Status) -> anyhow::Error {
-    match accord_party::client::tls_call_failure(url, tls, &s) {
-        Some(e) => party_error(e),
-        None => status_error(url, s),
-    }
-}
-
 /// A multi-threaded runtime for the async commands.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

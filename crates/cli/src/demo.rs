@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use accord_agreement::SecretKey;
+use accord_party::QueryOutcome;
 use accord_party::input::InputOptions;
 use accord_party::{Connection, PartyContext, Principal, UploadOptions};
-use accord_proto::v1::{self, agreements_client::AgreementsClient, query_client::QueryClient};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -347,7 +347,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        let result = drive(&dir, &url, &agreement, text, drinks, snacks, analyst).await;
+        let result = drive(&dir, &url, &agreement, drinks, snacks, analyst).await;
         running.shutdown().await;
         result?;
         println!(
@@ -363,21 +363,15 @@ async fn drive(
     dir: &Path,
     url: &str,
     agreement: &accord_agreement::VerifiedAgreement,
-    text: String,
     drinks: SecretKey,
     snacks: SecretKey,
     analyst: SecretKey,
 ) -> Result<()> {
-    let channel = accord_party::client::channel(url)
-        .await
-        .map_err(party_error)?;
-    let submitted = AgreementsClient::new(channel.clone())
-        .submit(v1::SubmitAgreementRequest {
-            manifest_toml: text,
-        })
-        .await
-        .map_err(|s| anyhow!("the room refused the agreement: {}", s.message()))?
-        .into_inner();
+    let submitted =
+        accord_party::submit_agreement(url, &accord_party::ClientTls::default(), agreement)
+            .await
+            .map_err(party_error)
+            .context("the room refused the agreement")?;
     println!("  agreement {} registered", submitted.agreement_id);
 
     step(
@@ -467,32 +461,33 @@ async fn drive(
             "SELECT drinks_monthly_spend FROM overlap WHERE drinks_region = 'islands'",
         ),
     ];
-    let mut client = QueryClient::new(conn.channel());
     for (title, sql) in queries {
         println!("\n  -- {title}\n  $ accord query --sql \"{sql}\"");
-        let response = client
-            .run(conn.request(v1::RunQueryRequest {
-                sql: sql.to_owned(),
-            }))
+        match conn
+            .run_query(sql)
             .await
-            .map_err(|s| anyhow!("query failed: {}", s.message()))?
-            .into_inner();
-        conn.check_head(response.head.as_ref())
-            .map_err(party_error)?;
-        match response.outcome {
-            Some(v1::run_query_response::Outcome::Answer(answer)) => {
-                let batches = decode(&answer.arrow_ipc_stream)?;
+            .map_err(party_error)
+            .context("query failed")?
+        {
+            QueryOutcome::Answer {
+                arrow_ipc_stream,
+                budget,
+            } => {
+                let batches = decode(&arrow_ipc_stream)?;
                 for line in render(&batches, Format::Table)?.lines() {
                     println!("  {line}");
                 }
-                if let Some(b) = &answer.budget {
+                if let Some(b) = &budget {
                     println!("  (noisy answer) {}", crate::query::budget_text(b));
                 }
             }
-            Some(v1::run_query_response::Outcome::Refused(r)) => {
-                println!("  refused [{}]: {}", r.rule, r.message)
+            QueryOutcome::Refused { rule, message } => {
+                println!(
+                    "  refused [{}]: {}",
+                    accord_agreement::text::escape(&rule, 64),
+                    accord_party::display::room_message(&message)
+                )
             }
-            None => bail!("the room sent neither an answer nor a refusal"),
         }
     }
 

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use accord_party::QueryOutcome;
 use accord_party::{Connection, Principal};
-use accord_proto::v1::{self, query_client::QueryClient};
-use anyhow::{Context, Result, anyhow, bail};
+use accord_proto::v1;
+use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
 
 use crate::common::{TlsArgs, agreement_ref_and_room, load_key, party_error, runtime};
@@ -110,16 +111,8 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);
         }
-        let mut client =
-            QueryClient::new(conn.channel()).max_decoding_message_size(64 * 1024 * 1024);
         if args.describe || args.budget {
-            let d = client
-                .describe(conn.request(v1::DescribeRequest {}))
-                .await
-                .map_err(|s| conn.error(s))
-                .map_err(party_error)?
-                .into_inner();
-            conn.check_head(d.head.as_ref()).map_err(party_error)?;
+            let d = conn.describe().await.map_err(party_error)?;
             if args.budget {
                 match &d.budget {
                     Some(b) => println!("{}", budget_text(b)),
@@ -134,27 +127,22 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let sql = sql.unwrap_or_default();
-        let response = client
-            .run(conn.request(v1::RunQueryRequest { sql }))
-            .await
-            .map_err(|s| conn.error(s))
-            .map_err(party_error)?
-            .into_inner();
-        conn.check_head(response.head.as_ref())
-            .map_err(party_error)?;
-        match response.outcome {
-            Some(v1::run_query_response::Outcome::Refused(r)) => {
+        match conn.run_query(&sql).await.map_err(party_error)? {
+            QueryOutcome::Refused { rule, message } => {
                 eprintln!(
                     "query refused [{}]: {}",
-                    accord_agreement::text::escape(&r.rule, 64),
-                    accord_party::display::room_message(&r.message)
+                    accord_agreement::text::escape(&rule, 64),
+                    accord_party::display::room_message(&message)
                 );
                 Ok(ExitCode::from(1))
             }
-            Some(v1::run_query_response::Outcome::Answer(a)) => {
-                let batches = decode(&a.arrow_ipc_stream)?;
+            QueryOutcome::Answer {
+                arrow_ipc_stream,
+                budget,
+            } => {
+                let batches = decode(&arrow_ipc_stream)?;
                 print!("{}", render(&batches, args.format)?);
-                if let Some(b) = &a.budget {
+                if let Some(b) = &budget {
                     // On stderr, so CSV and JSON on stdout stay machine-readable.
                     eprintln!(
                         "differentially private answer (noisy, epsilon {}); {}",
@@ -164,7 +152,6 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            None => Err(anyhow!("the room sent neither an answer nor a refusal")),
         }
     })
 }

@@ -896,43 +896,55 @@ impl Connection {
     /// Checks the room's signed audit head: it must be signed by the room's key, name this
     /// agreement, and never shrink during the session (truncation is noticed).
     pub fn check_head(&mut self, head: Option<&v1::SignedHead>) -> Result<(), PartyError> {
-        let head = head.ok_or_else(|| {
-            PartyError::Refused("the room's response carries no signed audit head".into())
-        })?;
-        let hash: [u8; 32] = head
-            .hash
-            .as_slice()
-            .try_into()
-            .map_err(|_| PartyError::Refused("the audit head hash is not 32 bytes".into()))?;
-        let sig: [u8; 64] =
-            head.signature.as_slice().try_into().map_err(|_| {
-                PartyError::Refused("the audit head signature is not 64 bytes".into())
-            })?;
-        if head.fingerprint != self.fingerprint.to_string() {
-            return Err(PartyError::Refused(
-                "the room's audit head names another agreement".into(),
-            ));
-        }
-        let message =
-            accord_proto::signed::audit_head(self.fingerprint.as_bytes(), head.entries, &hash);
-        self.room_key
-            .verify(
-                Purpose::AuditHead,
-                &message,
-                &accord_agreement::Signature::from_bytes(&sig),
-            )
-            .map_err(|_| {
-                PartyError::Refused("the room's signature on its audit head does not verify".into())
-            })?;
-        if head.entries < self.last_entries {
+        let entries = verify_head(&self.room_key, self.fingerprint, head)?;
+        if entries < self.last_entries {
             return Err(PartyError::Refused(format!(
                 "the room's audit log shrank from {} to {} entries: it was truncated",
-                self.last_entries, head.entries
+                self.last_entries, entries
             )));
         }
-        self.last_entries = head.entries;
+        self.last_entries = entries;
         Ok(())
     }
+}
+
+/// Checks a signed audit head outside a session: signed by `room_key`, naming `fingerprint`.
+/// Returns the number of entries it vouches for. [`Connection::check_head`] adds the
+/// session's "never shrinks" check.
+pub fn verify_head(
+    room_key: &PublicKey,
+    fingerprint: Fingerprint,
+    head: Option<&v1::SignedHead>,
+) -> Result<u64, PartyError> {
+    let head = head.ok_or_else(|| {
+        PartyError::Refused("the room's response carries no signed audit head".into())
+    })?;
+    let hash: [u8; 32] = head
+        .hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| PartyError::Refused("the audit head hash is not 32 bytes".into()))?;
+    let sig: [u8; 64] = head
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| PartyError::Refused("the audit head signature is not 64 bytes".into()))?;
+    if head.fingerprint != fingerprint.to_string() {
+        return Err(PartyError::Refused(
+            "the room's audit head names another agreement".into(),
+        ));
+    }
+    let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), head.entries, &hash);
+    room_key
+        .verify(
+            Purpose::AuditHead,
+            &message,
+            &accord_agreement::Signature::from_bytes(&sig),
+        )
+        .map_err(|_| {
+            PartyError::Refused("the room's signature on its audit head does not verify".into())
+        })?;
+    Ok(head.entries)
 }
 
 #[cfg(test)]

@@ -93,11 +93,7 @@ pub async fn forget(
         )
         .await
         {
-            Ok(conn) => accord_proto::v1::psi_client::PsiClient::new(conn.channel())
-                .status(conn.request(accord_proto::v1::StatusRequest {}))
-                .await
-                .map(|_| ())
-                .map_err(|s| conn.error(s)),
+            Ok(mut conn) => conn.psi_status().await.map(|_| ()),
             Err(e) => Err(e),
         };
         match served {

@@ -12,6 +12,7 @@
 //! different points, or exceed the partner's `max_rows`.
 #![forbid(unsafe_code)]
 
+pub mod calls;
 pub mod client;
 pub mod display;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod room_identity;
 pub mod state;
 pub mod tls_connect;
 
+pub use calls::{QueryOutcome, RevocationReceipt, Submitted, submit_agreement};
 pub use client::{ClientTls, Connection, Principal};
 pub use error::PartyError;
 pub use pins::Pins;

@@ -386,12 +386,7 @@ async fn upload_attempt(
     let mut conn = ctx.connect(state).await?;
     let mut psi = PsiClient::new(conn.channel())
         .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
-    let status = psi
-        .status(conn.request(v1::StatusRequest {}))
-        .await
-        .map_err(|s| conn.error(s))?
-        .into_inner();
-    conn.check_head(status.head.as_ref())?;
+    let status = conn.psi_status().await?;
     let stored = status.batches_uploaded;
     if status.upload_complete {
         if stored != total_batches || status.rows_uploaded != total_rows {
@@ -502,12 +497,7 @@ async fn upload_attempt(
     }
     let response = response.map_err(|s| conn.error(s))?.into_inner();
     conn.check_head(response.head.as_ref())?;
-    let status = psi
-        .status(conn.request(v1::StatusRequest {}))
-        .await
-        .map_err(|s| conn.error(s))?
-        .into_inner();
-    conn.check_head(status.head.as_ref())?;
+    let status = conn.psi_status().await?;
     if !status.upload_complete {
         return Err(PartyError::Unreachable {
             url: ctx.room_url.clone(),
@@ -649,12 +639,7 @@ async fn sync_once(
             conn.check_head(response.head.as_ref())?;
             continue;
         }
-        let status = psi
-            .status(conn.request(v1::StatusRequest {}))
-            .await
-            .map_err(|s| conn.error(s))?
-            .into_inner();
-        conn.check_head(status.head.as_ref())?;
+        let status = conn.psi_status().await?;
         if !status.refused_batches.is_empty() {
             bar.finish_and_clear();
             let r = &status.refused_batches[0];
@@ -839,14 +824,7 @@ pub async fn status(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError
 async fn status_once(ctx: &PartyContext) -> Result<v1::StatusResponse, PartyError> {
     let state = ctx.state()?;
     let mut conn = ctx.connect(&state).await?;
-    let mut psi = PsiClient::new(conn.channel());
-    let status = psi
-        .status(conn.request(v1::StatusRequest {}))
-        .await
-        .map_err(|s| conn.error(s))?
-        .into_inner();
-    conn.check_head(status.head.as_ref())?;
-    Ok(status)
+    conn.psi_status().await
 }
 
 /// What an erasure did.

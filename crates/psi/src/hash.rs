@@ -1,6 +1,6 @@
 //! Hash-to-group: `H(x) = RistrettoPoint::from_uniform_bytes(SHA-512(prefix ‖ x))` with
-//! `prefix = "accord/psi/v1" ‖ u64be(len(agreement_id)) ‖ agreement_id ‖
-//! u64be(len(kind)) ‖ kind` (DESIGN §3.2, `docs/PROTOCOL.md` "Hash to group").
+//! `prefix = "accord/psi/v1" ‖ u32be(len(agreement_id)) ‖ agreement_id ‖
+//! u32be(len(kind)) ‖ kind` (DESIGN §3.2, `docs/PROTOCOL.md` "Hash to group").
 
 use curve25519_dalek::ristretto::RistrettoPoint;
 use sha2::{Digest, Sha512};
