@@ -19,7 +19,7 @@
 //! <data>/audit/<fingerprint>.jsonl              the audit log (outlives the data)
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +27,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use accord_agreement::{ColumnRole, Manifest};
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
-    UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -38,6 +35,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_rows, to16};
 use crate::error::{Result, RoomError};
 
 const POINT: i32 = 32;
@@ -97,7 +95,7 @@ impl PartyColumns {
             .collect()
     }
 
-    fn attribute_fields(&self, prefix: bool) -> Vec<Field> {
+    pub(crate) fn attribute_fields(&self, prefix: bool) -> Vec<Field> {
         self.columns
             .iter()
             .map(|(name, kind)| {
@@ -433,34 +431,18 @@ impl AgreementStore {
             .party(party)
             .cloned()
             .ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
-        let progress = self.progress.get(party).cloned().unwrap_or_default();
-        if let Some(existing) = progress.batches.get(&batch_number) {
-            if existing.digest == batch.digest {
-                return Ok(false);
-            }
-            return Err(RoomError::AlreadyExists(format!(
-                "batch {batch_number} of {party} is already stored with different content: an upload is resumed \
-                 only with exactly the same input and state directory (if the input changed, the agreement needs a \
-                 new version)"
-            )));
-        }
-        let next = progress.batches.len() as u64;
-        if batch_number != next {
-            return Err(RoomError::InvalidArgument(format!(
-                "batch {batch_number} of {party} is out of order: the room expects batch {next} next"
-            )));
-        }
-        if progress.complete.is_some() {
-            return Err(RoomError::FailedPrecondition(format!(
-                "{party} already completed its upload for this agreement version; later changes are erasures"
-            )));
-        }
         let rows = (batch.handles.len() / 16) as u64;
-        if progress.rows() + rows > layout.max_rows {
-            return Err(RoomError::FailedPrecondition(format!(
-                "this batch would take {party} past its agreed upload cap of {} rows (max_rows in the agreement)",
-                layout.max_rows
-            )));
+        let progress = self.progress.get(party).cloned().unwrap_or_default();
+        let admission = crate::checks::admit_batch(
+            &progress,
+            party,
+            batch_number,
+            &batch.digest,
+            rows,
+            layout.max_rows,
+        )?;
+        if admission == crate::checks::Admission::Retry {
+            return Ok(false);
         }
         // Cross-batch repeats (repeats inside the batch were refused by the point checks).
         let tags: Vec<[u8; 16]> = batch.points.chunks_exact(32).map(point_tag).collect();
@@ -707,39 +689,7 @@ impl AgreementStore {
         let b = &self.parties[1];
         let (rows_a, dup_a) = self.read_party_rows(a)?;
         let (rows_b, dup_b) = self.read_party_rows(b)?;
-        let tok_a = column_fixed(&rows_a, "token")?;
-        let mut index: HashMap<[u8; 32], u32> = HashMap::with_capacity(tok_a.len());
-        for i in 0..tok_a.len() {
-            index.entry(to32(tok_a.value(i))).or_insert(i as u32);
-        }
-        let tok_b = column_fixed(&rows_b, "token")?;
-        let mut take_a = Vec::new();
-        let mut take_b = Vec::new();
-        for j in 0..tok_b.len() {
-            if let Some(&i) = index.get(&to32(tok_b.value(j))) {
-                take_a.push(i);
-                take_b.push(j as u32);
-            }
-        }
-        let ra = take_rows(&rows_a, &take_a)?;
-        let rb = take_rows(&rows_b, &take_b)?;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (party, rows) in [(a, &ra), (b, &rb)] {
-            fields.push(Field::new(
-                format!("{}_handle", party.party),
-                DataType::FixedSizeBinary(HANDLE),
-                false,
-            ));
-            columns.push(rows.column(rows.schema().index_of("handle")?).clone());
-        }
-        for (party, rows) in [(a, &ra), (b, &rb)] {
-            for (f, (name, _)) in party.attribute_fields(true).into_iter().zip(&party.columns) {
-                columns.push(rows.column(rows.schema().index_of(name)?).clone());
-                fields.push(f);
-            }
-        }
-        let snapshot = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let snapshot = crate::join::join(a, &rows_a, b, &rows_b)?;
         Ok((snapshot, dup_a + dup_b))
     }
 
@@ -841,14 +791,7 @@ impl AgreementStore {
             all.extend(batches);
         }
         let rows = arrow::compute::concat_batches(&schema, &all)?;
-        let tokens = column_fixed(&rows, "token")?;
-        let mut seen = HashSet::with_capacity(tokens.len());
-        let keep: Vec<u32> = (0..tokens.len())
-            .filter(|&i| seen.insert(to32(tokens.value(i))))
-            .map(|i| i as u32)
-            .collect();
-        let dropped = (rows.num_rows() - keep.len()) as u64;
-        Ok((take_rows(&rows, &keep)?, dropped))
+        crate::join::distinct_tokens(&rows)
     }
 
     /// Which of `handles` are stored for `party` (pending or tokenized, not yet erased).
@@ -942,72 +885,6 @@ impl AgreementStore {
         }
         Ok(None)
     }
-}
-
-fn to16(b: &[u8]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[..16]);
-    a
-}
-
-fn to32(b: &[u8]) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&b[..32]);
-    a
-}
-
-/// The batch with every text and number column (the customer's attributes) set to null in
-/// `rows`; the fixed-size columns (handles, points) are kept.
-fn null_attributes(rb: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-    let mut mask = vec![false; rb.num_rows()];
-    for &r in rows {
-        if let Some(m) = mask.get_mut(r) {
-            *m = true;
-        }
-    }
-    let mask = BooleanArray::from(mask);
-    let columns = rb
-        .schema()
-        .fields()
-        .iter()
-        .zip(rb.columns())
-        .map(|(f, col)| match f.data_type() {
-            DataType::Utf8 | DataType::Float64 => arrow::compute::nullif(col, &mask),
-            _ => Ok(col.clone()),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(rb.schema(), columns)?)
-}
-
-/// A fixed-size binary column from concatenated items.
-pub fn fixed_array(bytes: &[u8], size: i32) -> Result<ArrayRef> {
-    let n = bytes.len() / size as usize;
-    let mut b = FixedSizeBinaryBuilder::with_capacity(n, size);
-    for chunk in bytes.chunks_exact(size as usize) {
-        b.append_value(chunk)?;
-    }
-    Ok(Arc::new(b.finish()))
-}
-
-fn column_fixed<'a>(rb: &'a RecordBatch, name: &str) -> Result<&'a FixedSizeBinaryArray> {
-    let idx = rb.schema().index_of(name)?;
-    rb.column(idx)
-        .as_any()
-        .downcast_ref::<FixedSizeBinaryArray>()
-        .ok_or_else(|| RoomError::Internal(format!("column {name} has the wrong type")))
-}
-
-fn take_rows(rb: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
-    let idx = UInt32Array::from(rows.to_vec());
-    Ok(arrow::compute::take_record_batch(rb, &idx)?)
-}
-
-fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .ok_or_else(|| RoomError::Internal("a parquet file with no record batch".into()))?;
-    Ok(arrow::compute::concat_batches(&schema, batches)?)
 }
 
 fn parquet_bytes(rb: &RecordBatch, meta: Vec<KeyValue>) -> Result<Vec<u8>> {
@@ -1119,53 +996,4 @@ fn remove_temp_files(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Float64Array, StringArray};
-
-    #[test]
-    fn null_attributes_clears_only_the_named_rows_attributes() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("handle", DataType::FixedSizeBinary(2), false),
-            Field::new("tier", DataType::Utf8, true),
-            Field::new("spend", DataType::Float64, true),
-        ]));
-        let rb = RecordBatch::try_new(
-            schema,
-            vec![
-                fixed_array(&[1, 1, 2, 2, 3, 3], 2).unwrap(),
-                Arc::new(StringArray::from(vec![Some("gold"), None, Some("silver")])),
-                Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0), Some(3.0)])),
-            ],
-        )
-        .unwrap();
-        let out = null_attributes(&rb, &[0, 2]).unwrap();
-        assert_eq!(out.schema(), rb.schema());
-        assert_eq!(
-            out.column(0).as_ref(),
-            rb.column(0).as_ref(),
-            "handles kept"
-        );
-        let tier = out
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!(tier.iter().collect::<Vec<_>>(), vec![None, None, None]);
-        let spend = out
-            .column(2)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
-        assert_eq!(
-            spend.iter().collect::<Vec<_>>(),
-            vec![None, Some(2.0), None]
-        );
-        // An out-of-range row number changes nothing rather than failing the erasure.
-        let same = null_attributes(&rb, &[7]).unwrap();
-        assert_eq!(same, rb);
-    }
 }
