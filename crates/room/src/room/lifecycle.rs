@@ -346,9 +346,15 @@ impl Room {
             predecessor
         };
         let dir = self.agreement_dir(fp);
-        accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)?;
-        accord_fs::write_atomic(&dir.join("manifest.toml"), agreement.text().as_bytes())?;
-        let slot = self.load_slot(agreement)?;
+        let room = self.clone();
+        // Creating the agreement's directories and files syncs each: on the blocking pool.
+        let slot = tokio::task::spawn_blocking(move || {
+            accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)?;
+            accord_fs::write_atomic(&dir.join("manifest.toml"), agreement.text().as_bytes())?;
+            room.load_slot(agreement)
+        })
+        .await
+        .map_err(|e| RoomError::Internal(format!("registering the agreement failed: {e}")))??;
         self.audit(
             &slot,
             Actor::Submitter,
@@ -390,22 +396,30 @@ impl Room {
         reason: EndReason,
     ) -> Result<()> {
         let fp = slot.agreement.fingerprint();
-        let mut live = slot.live.write().await;
+        let mut live = slot.live.clone().write_owned().await;
         if live.store.is_none() {
             return Ok(());
         }
-        self.audit(slot, actor, event)?;
-        live.engine = None;
-        live.store = None;
-        // The tombstone first: if the room stops before the data is gone, recovery finds
-        // the tombstone and finishes the deletion instead of serving the agreement again.
-        self.add_tombstone(fp, slot.agreement.manifest(), reason)?;
-        accord_fs::remove_dir_all_durable(&self.agreement_dir(fp))?;
-        self.audit(slot, Actor::Room, Event::DataDeleted)?;
-        lock(&self.inner.auth).end_sessions_for(fp);
-        lock(&self.inner.registry).by_fingerprint.remove(&fp);
-        tracing::info!(agreement = %slot.agreement.id(), %fp, %reason, "agreement ended and its data deleted");
-        Ok(())
+        // Deleting the data syncs every directory it touches: on the blocking pool, still
+        // under the agreement's write lock.
+        let (room, slot) = (self.clone(), slot.clone());
+        tokio::task::spawn_blocking(move || {
+            room.audit(&slot, actor, event)?;
+            live.engine = None;
+            live.store = None;
+            // The tombstone first: if the room stops before the data is gone, recovery finds
+            // the tombstone and finishes the deletion instead of serving the agreement again.
+            room.add_tombstone(fp, slot.agreement.manifest(), reason)?;
+            accord_fs::remove_dir_all_durable(&room.agreement_dir(fp))?;
+            room.audit(&slot, Actor::Room, Event::DataDeleted)?;
+            lock(&room.inner.auth).end_sessions_for(fp);
+            lock(&room.inner.registry).by_fingerprint.remove(&fp);
+            tracing::info!(agreement = %slot.agreement.id(), %fp, %reason, "agreement ended and its data deleted");
+            drop(live);
+            Ok(())
+        })
+        .await
+        .map_err(|e| RoomError::Internal(format!("ending the agreement failed: {e}")))?
     }
 
     /// Revokes an agreement with a revocation statement signed by one of its parties.

@@ -667,3 +667,7 @@ impl AgreementStore {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
