@@ -105,3 +105,79 @@ fn the_crate_arrows_and_transport_users_in_architecture_md_match_cargo_metadata(
         );
     }
 }
+
+/// Every `.rs` file under `dir`, with its path relative to `base`.
+fn rust_files(base: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(base, &path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((rel, std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+}
+
+/// The room's core (everything in `crates/room/src` but the gRPC and Flight SQL adapters
+/// and the server wiring that starts them) does not know the transport (issue 10): no file
+/// of it names tonic, and the files already converted name no generated protobuf message
+/// either. Production files stay small enough to read at once.
+#[test]
+fn the_rooms_core_knows_nothing_of_grpc() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let src = root.join("crates/room/src");
+    // The adapters and the server wiring: the only files that may use tonic.
+    let transport = ["grpc.rs", "flight.rs", "lib.rs", "tls.rs"];
+    // Core files that also name no protobuf message (`v1::`) nor prost.
+    let proto_free = [
+        "checks.rs",
+        "checks_tests.rs",
+        "columns.rs",
+        "join.rs",
+        "store/mod.rs",
+        "store/files.rs",
+        "store/types.rs",
+        "room/seal.rs",
+        "error.rs",
+        "auth.rs",
+        "registration.rs",
+        "limits.rs",
+        "identity.rs",
+        "config.rs",
+    ];
+    let mut files = Vec::new();
+    rust_files(&src, &src, &mut files);
+    let names: BTreeSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    for f in transport.iter().chain(&proto_free) {
+        assert!(
+            names.contains(f),
+            "crates/room/src/{f} no longer exists: update this test"
+        );
+    }
+    for (name, text) in &files {
+        if !transport.contains(&name.as_str()) {
+            assert!(
+                !text.contains("tonic"),
+                "crates/room/src/{name} is part of the room's core but mentions tonic: transport \
+                 types belong in grpc.rs or flight.rs"
+            );
+        }
+        if proto_free.contains(&name.as_str()) {
+            assert!(
+                !text.contains("v1::") && !text.contains("prost"),
+                "crates/room/src/{name} names a protobuf type: it works on plain data"
+            );
+        }
+        let is_test = name.ends_with("tests.rs");
+        let lines = text.lines().count();
+        assert!(
+            is_test || lines <= 800,
+            "crates/room/src/{name} has {lines} lines; split it by responsibility (at most 800)"
+        );
+    }
+}

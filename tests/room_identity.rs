@@ -527,7 +527,9 @@ async fn a_registration_the_named_room_did_not_sign_is_not_believed() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(auth_server::AuthServer::new(EchoingImpostor))
-            .add_service(v1::agreements_server::AgreementsServer::new(EchoingImpostor))
+            .add_service(v1::agreements_server::AgreementsServer::new(
+                EchoingImpostor,
+            ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let err = accord_party::submit_agreement(
@@ -551,6 +553,9 @@ async fn a_registration_the_named_room_did_not_sign_is_not_believed() {
         .unwrap();
     assert_eq!(submitted.fingerprint, agreement.fingerprint().to_string());
     assert!(!submitted.already_registered);
-    assert_eq!(submitted.audit_entries, 1, "the registration is the first entry");
+    assert_eq!(
+        submitted.audit_entries, 1,
+        "the registration is the first entry"
+    );
     room.shutdown().await;
 }

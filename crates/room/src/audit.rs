@@ -32,6 +32,16 @@ pub enum Actor {
     Submitter,
 }
 
+/// What became of a query. Written as `"answered"` or `"refused"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The analyst got an answer.
+    Answered,
+    /// The query was refused (by the policy, the budget, or before the policy saw it).
+    Refused,
+}
+
 /// What happened. Field names are part of the log format documented in docs/PROTOCOL.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -85,8 +95,8 @@ pub enum Event {
     Query {
         /// The SQL text as received.
         sql: String,
-        /// "answered" or "refused".
-        decision: String,
+        /// Answered or refused.
+        decision: Decision,
         /// The policy rule for a refusal.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
@@ -372,10 +382,9 @@ pub fn verify_log(
         prev = check_line(text, i as u64 + 1, &prev)?;
         let line: Line = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if let Event::Query { decision, .. } = &line.event {
-            if decision == "answered" {
-                summary.queries_answered += 1;
-            } else {
-                summary.queries_refused += 1;
+            match decision {
+                Decision::Answered => summary.queries_answered += 1,
+                Decision::Refused => summary.queries_refused += 1,
             }
         }
         summary.last_event = Some(event_name(&line.event).to_owned());
@@ -443,15 +452,15 @@ mod tests {
             Utc::now(),
         )
         .unwrap();
-        let query = |decision: &str| Event::Query {
+        let query = |decision: Decision| Event::Query {
             sql: "SELECT COUNT(*) FROM overlap".into(),
-            decision: decision.into(),
+            decision,
             rule: None,
             rows_returned: 1,
             groups_suppressed: 0,
             budget_spent: 0.0,
         };
-        for decision in ["answered", "refused", "answered"] {
+        for decision in [Decision::Answered, Decision::Refused, Decision::Answered] {
             log.append(Actor::Analyst("ana".into()), query(decision), Utc::now())
                 .unwrap();
         }

@@ -320,25 +320,6 @@ fn random32() -> Result<[u8; 32]> {
     Ok(b)
 }
 
-/// Reads `authorization: Bearer <token>` from request metadata.
-pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<String> {
-    let value = metadata.get("authorization").ok_or_else(|| {
-        RoomError::Unauthenticated(
-            "missing `authorization: Bearer <token>`: authenticate first".into(),
-        )
-    })?;
-    let text = value
-        .to_str()
-        .map_err(|_| RoomError::Unauthenticated("the authorization header is not text".into()))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| {
-            RoomError::Unauthenticated("the authorization header must be `Bearer <token>`".into())
-        })?;
-    Ok(token.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,11 @@
-//! The room's error type and its one mapping to gRPC status codes.
+//! The room's error type. Its one mapping to gRPC status codes lives in the gRPC adapter
+//! (`grpc::to_status`): the room's core does not know the transport.
 
 use std::path::Path;
 
 /// Everything that can go wrong in the room. User errors (bad input, refused access) are kept
-/// apart from internal failures; [`RoomError::to_status`] maps them to real gRPC codes.
+/// apart from internal failures; the gRPC adapter maps them to real gRPC codes. Failures of
+/// the file system, Parquet and Arrow keep their source error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoomError {
@@ -36,6 +38,15 @@ pub enum RoomError {
         #[source]
         source: std::io::Error,
     },
+    /// A file operation of `accord-fs` failed (atomic write, durable delete).
+    #[error("{0}")]
+    Fs(#[from] accord_fs::FsError),
+    /// Reading or writing a Parquet file failed.
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// An Arrow operation on stored columns failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
     /// A bug or an unexpected failure inside the room.
     #[error("internal error: {0}")]
     Internal(String),
@@ -49,49 +60,6 @@ impl RoomError {
             path: path.display().to_string(),
             source,
         }
-    }
-
-    /// The gRPC status for this error. Internal details stay in the room's log.
-    pub fn to_status(&self) -> tonic::Status {
-        use tonic::Status;
-        match self {
-            Self::InvalidArgument(m) => Status::invalid_argument(m.clone()),
-            Self::Unauthenticated(m) => Status::unauthenticated(m.clone()),
-            Self::PermissionDenied(m) => Status::permission_denied(m.clone()),
-            Self::NotFound(m) => Status::not_found(m.clone()),
-            Self::AlreadyExists(m) => Status::already_exists(m.clone()),
-            Self::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
-            Self::Io { .. } | Self::Internal(_) => {
-                tracing::error!(error = %self, "internal error");
-                Status::internal(
-                    "the room hit an internal error; it has been logged on the room's side",
-                )
-            }
-        }
-    }
-}
-
-impl From<RoomError> for tonic::Status {
-    fn from(e: RoomError) -> Self {
-        e.to_status()
-    }
-}
-
-impl From<accord_fs::FsError> for RoomError {
-    fn from(e: accord_fs::FsError) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
-impl From<parquet::errors::ParquetError> for RoomError {
-    fn from(e: parquet::errors::ParquetError) -> Self {
-        Self::Internal(format!("parquet: {e}"))
-    }
-}
-
-impl From<arrow::error::ArrowError> for RoomError {
-    fn from(e: arrow::error::ArrowError) -> Self {
-        Self::Internal(format!("arrow: {e}"))
     }
 }
 

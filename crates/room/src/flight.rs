@@ -98,7 +98,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn status(e: RoomError) -> Status {
-    e.to_status()
+    crate::grpc::to_status(&e)
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,13 +134,13 @@ impl FlightRoom {
         &self,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(Arc<crate::room::Slot>, String), Status> {
-        self.room.analyst_call(metadata).map_err(status)
+        crate::grpc::analyst_call(&self.room, metadata).map_err(status)
     }
 
     /// Names the caller's session without keeping its token: tickets are bound to it.
     fn session_tag(metadata: &tonic::metadata::MetadataMap) -> Result<[u8; 32], Status> {
         use sha2::{Digest, Sha256};
-        let token = crate::auth::bearer(metadata).map_err(status)?;
+        let token = crate::grpc::bearer(metadata).map_err(status)?;
         Ok(Sha256::digest(token.as_bytes()).into())
     }
 

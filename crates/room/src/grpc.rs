@@ -1,4 +1,5 @@
-//! Thin gRPC wrappers over [`Room`]: decode, call, map errors in one place.
+//! Thin gRPC wrappers over [`Room`]: read the session from the request metadata, decode,
+//! call, and map errors to gRPC status codes in one place. The room itself never sees tonic.
 
 use std::pin::Pin;
 
@@ -8,10 +9,75 @@ use accord_proto::v1::{
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::RoomError;
-use crate::room::{QueryResult, Room};
+use crate::auth::Session;
+use crate::error::{Result as RoomResult, RoomError};
+use crate::room::{QueryResult, Room, Slot};
 
 type R<T> = Result<Response<T>, Status>;
+
+/// Reads `authorization: Bearer <token>` from request metadata.
+pub fn bearer(metadata: &tonic::metadata::MetadataMap) -> RoomResult<String> {
+    let value = metadata.get("authorization").ok_or_else(|| {
+        RoomError::Unauthenticated(
+            "missing `authorization: Bearer <token>`: authenticate first".into(),
+        )
+    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| RoomError::Unauthenticated("the authorization header is not text".into()))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            RoomError::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+        })?;
+    Ok(token.to_owned())
+}
+
+/// The session a request's bearer token names.
+pub(crate) fn session(room: &Room, metadata: &tonic::metadata::MetadataMap) -> RoomResult<Session> {
+    room.session(&bearer(metadata)?)
+}
+
+/// The agreement and party of a request made with a party's session.
+fn party_call(
+    room: &Room,
+    metadata: &tonic::metadata::MetadataMap,
+) -> RoomResult<(std::sync::Arc<Slot>, String)> {
+    room.party_call(&session(room, metadata)?)
+}
+
+/// The agreement and analyst of a request made with an analyst's session.
+pub(crate) fn analyst_call(
+    room: &Room,
+    metadata: &tonic::metadata::MetadataMap,
+) -> RoomResult<(std::sync::Arc<Slot>, String)> {
+    room.analyst_call(&session(room, metadata)?)
+}
+
+/// The gRPC status for a room error. Internal details stay in the room's log.
+pub(crate) fn to_status(e: &RoomError) -> Status {
+    match e {
+        RoomError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+        RoomError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+        RoomError::PermissionDenied(m) => Status::permission_denied(m.clone()),
+        RoomError::NotFound(m) => Status::not_found(m.clone()),
+        RoomError::AlreadyExists(m) => Status::already_exists(m.clone()),
+        RoomError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+        _ => {
+            tracing::error!(error = %e, source = ?std::error::Error::source(e), "internal error");
+            Status::internal(
+                "the room hit an internal error; it has been logged on the room's side",
+            )
+        }
+    }
+}
+
+impl From<RoomError> for Status {
+    fn from(e: RoomError) -> Self {
+        to_status(&e)
+    }
+}
 
 #[tonic::async_trait]
 impl auth_server::Auth for Room {
@@ -56,7 +122,7 @@ impl psi_server::Psi for Room {
         &self,
         request: Request<Streaming<v1::UploadMessage>>,
     ) -> R<v1::UploadResponse> {
-        let (slot, party) = self.party_call(request.metadata())?;
+        let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
         while let Some(message) = stream.message().await? {
             match message.kind {
@@ -86,7 +152,7 @@ impl psi_server::Psi for Room {
     type FetchWorkStream = WorkStream;
 
     async fn fetch_work(&self, request: Request<v1::FetchWorkRequest>) -> R<Self::FetchWorkStream> {
-        let (slot, party) = self.party_call(request.metadata())?;
+        let (slot, party) = party_call(self, request.metadata())?;
         let (partner, pending) = self
             .pending_work(&slot, &party, request.get_ref().max_batches)
             .await?;
@@ -119,7 +185,7 @@ impl psi_server::Psi for Room {
         &self,
         request: Request<Streaming<v1::ReturnWorkMessage>>,
     ) -> R<v1::ReturnWorkResponse> {
-        let (slot, party) = self.party_call(request.metadata())?;
+        let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
         let (mut accepted, mut refused) = (0, 0);
         while let Some(message) = stream.message().await? {
@@ -151,12 +217,12 @@ impl psi_server::Psi for Room {
     }
 
     async fn status(&self, request: Request<v1::StatusRequest>) -> R<v1::StatusResponse> {
-        let (slot, party) = self.party_call(request.metadata())?;
+        let (slot, party) = party_call(self, request.metadata())?;
         Ok(Response::new(Room::status(self, &slot, &party).await?))
     }
 
     async fn erase(&self, request: Request<v1::EraseRequest>) -> R<v1::EraseResponse> {
-        let (slot, party) = self.party_call(request.metadata())?;
+        let (slot, party) = party_call(self, request.metadata())?;
         Ok(Response::new(
             Room::erase(self, &slot, &party, &request.get_ref().handles).await?,
         ))
@@ -166,14 +232,14 @@ impl psi_server::Psi for Room {
 #[tonic::async_trait]
 impl query_server::Query for Room {
     async fn describe(&self, request: Request<v1::DescribeRequest>) -> R<v1::DescribeResponse> {
-        let (slot, analyst) = self.analyst_call(request.metadata())?;
+        let (slot, analyst) = analyst_call(self, request.metadata())?;
         let mut response = Room::describe(self, &slot).await?;
         response.budget = self.budget(&slot, &analyst)?.map(|b| b.to_proto());
         Ok(Response::new(response))
     }
 
     async fn run(&self, request: Request<v1::RunQueryRequest>) -> R<v1::RunQueryResponse> {
-        let (slot, analyst) = self.analyst_call(request.metadata())?;
+        let (slot, analyst) = analyst_call(self, request.metadata())?;
         let sql = request.into_inner().sql;
         let result = self
             .query(&slot, &analyst, &sql, |answer| {
@@ -212,9 +278,27 @@ impl query_server::Query for Room {
 #[tonic::async_trait]
 impl audit_server::Audit for Room {
     async fn fetch(&self, request: Request<v1::FetchAuditRequest>) -> R<v1::FetchAuditResponse> {
-        let session = self.session(request.metadata())?;
+        let session = session(self, request.metadata())?;
         Ok(Response::new(
             self.fetch_audit(&session, request.get_ref())?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_header_is_read_exactly() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert!(bearer(&m).is_err(), "missing");
+        m.insert("authorization", "Bearer abc123".parse().unwrap());
+        assert_eq!(bearer(&m).unwrap(), "abc123");
+        m.insert("authorization", "bearer def456".parse().unwrap());
+        assert_eq!(bearer(&m).unwrap(), "def456");
+        m.insert("authorization", "Basic abc123".parse().unwrap());
+        let e = bearer(&m).unwrap_err().to_string();
+        assert!(e.contains("Bearer <token>"), "{e}");
     }
 }

@@ -15,6 +15,8 @@
 
 pub mod audit;
 pub mod auth;
+mod checks;
+mod columns;
 pub mod config;
 mod decoded;
 pub mod devcerts;
@@ -23,6 +25,7 @@ mod flight;
 mod grpc;
 pub mod identity;
 pub mod ipc;
+mod join;
 mod ledger;
 pub mod limits;
 pub mod registration;
@@ -45,7 +48,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use error::RoomError;
 pub use limits::Limits;
 pub use registration::Registration;
-pub use room::{NOT_AUTHORIZED, QueryResult, Room, Tombstone, table_spec};
+pub use room::{EndReason, NOT_AUTHORIZED, QueryResult, Room, Tombstone, table_spec};
 pub use tls::ServerTls;
 
 /// How `accord room serve` runs.

@@ -19,214 +19,40 @@
 //! <data>/audit/<fingerprint>.jsonl              the audit log (outlives the data)
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod files;
+mod types;
+
+pub use types::{
+    BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PartyProgress, PendingBatch,
+    PendingPoints, SealInfo,
+};
+
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
-use accord_agreement::{ColumnRole, Manifest};
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
-    UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 
+use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_rows, to16};
 use crate::error::{Result, RoomError};
+use files::{
+    batch_file, list, load_point_tags, parquet_bytes, point_tag, read_handles, read_meta,
+    read_parquet, remove_temp_files, seen_file, write_handles,
+};
 
 const POINT: i32 = 32;
 const HANDLE: i32 = 16;
-const DIGEST_KEY: &str = "accord.batch_digest";
+pub(super) const DIGEST_KEY: &str = "accord.batch_digest";
 /// Rows the party uploaded in a batch, kept when sealing deletes the unmatched ones.
-const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
+pub(super) const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
 const SIGNATURE_KEY: &str = "accord.signature";
 const ROWS_DIGEST_KEY: &str = "accord.rows_digest";
-
-/// How one attribute column is stored.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ColumnKind {
-    /// A dimension: text labels.
-    Text,
-    /// A metric with its agreed bounds.
-    Number {
-        /// Lower bound.
-        min: f64,
-        /// Upper bound.
-        max: f64,
-    },
-}
-
-/// A party's agreed columns, in manifest order.
-#[derive(Debug, Clone)]
-pub struct PartyColumns {
-    /// Party name.
-    pub party: String,
-    /// `(column, kind)` in the order of the manifest's `contributes` list.
-    pub columns: Vec<(String, ColumnKind)>,
-    /// The party's upload cap.
-    pub max_rows: u64,
-}
-
-impl PartyColumns {
-    /// The columns each party contributes, parties in name order.
-    pub fn from_manifest(manifest: &Manifest) -> Vec<PartyColumns> {
-        manifest
-            .parties
-            .iter()
-            .map(|(name, party)| PartyColumns {
-                party: name.clone(),
-                max_rows: party.max_rows,
-                columns: party
-                    .contributes
-                    .iter()
-                    .map(|c| {
-                        let kind = match c.role {
-                            ColumnRole::Dimension => ColumnKind::Text,
-                            ColumnRole::Metric { min, max } => ColumnKind::Number { min, max },
-                        };
-                        (c.column.clone(), kind)
-                    })
-                    .collect(),
-            })
-            .collect()
-    }
-
-    fn attribute_fields(&self, prefix: bool) -> Vec<Field> {
-        self.columns
-            .iter()
-            .map(|(name, kind)| {
-                let name = if prefix {
-                    format!("{}_{}", self.party, name)
-                } else {
-                    name.clone()
-                };
-                let ty = match kind {
-                    ColumnKind::Text => DataType::Utf8,
-                    ColumnKind::Number { .. } => DataType::Float64,
-                };
-                Field::new(name, ty, true)
-            })
-            .collect()
-    }
-}
-
-/// A batch as the room keeps it before the partner blinds it.
-#[derive(Debug, Clone)]
-pub struct PendingBatch {
-    /// Handles, 16 bytes each.
-    pub handles: Vec<u8>,
-    /// Points k_party·H(x), 32 bytes each.
-    pub points: Vec<u8>,
-    /// The party's signature over the batch.
-    pub signature: Vec<u8>,
-    /// Attribute columns in manifest order.
-    pub attributes: Vec<ArrayRef>,
-    /// SHA-256 of the batch as received, to recognize a retry.
-    pub digest: [u8; 32],
-    /// The signed digest of handles and attributes, relayed to the partner.
-    pub rows_digest: [u8; 32],
-}
-
-/// A pending batch as the partner receives it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingPoints {
-    /// Points k_party·H(x), 32 bytes each.
-    pub points: Vec<u8>,
-    /// The owner's `upload-batch` signature.
-    pub signature: Vec<u8>,
-    /// The digest of handles and attributes the signature covers.
-    pub rows_digest: Vec<u8>,
-}
-
-/// Where one batch of a party stands.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BatchState {
-    /// Stored; waiting for the partner to blind it.
-    Pending,
-    /// The partner blinded it; tokens stored.
-    Tokenized,
-    /// The partner refused to blind it.
-    Refused(String),
-}
-
-/// What is stored for one batch.
-#[derive(Debug, Clone)]
-pub struct BatchInfo {
-    /// Rows in the batch.
-    pub rows: u64,
-    /// Where it stands.
-    pub state: BatchState,
-    /// Digest of the batch as received.
-    pub digest: [u8; 32],
-}
-
-/// The signed completion statement of a party.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Completion {
-    /// Batches uploaded.
-    pub batches: u64,
-    /// Rows uploaded.
-    pub rows: u64,
-    /// Hex of the party's signature.
-    pub signature: String,
-}
-
-/// A party's progress, rebuilt from the files at open.
-#[derive(Debug, Clone, Default)]
-pub struct PartyProgress {
-    /// Batches by number.
-    pub batches: BTreeMap<u64, BatchInfo>,
-    /// The completion statement, once stored.
-    pub complete: Option<Completion>,
-    /// Handles erased while their batch was pending.
-    pub erased_pending: HashSet<[u8; 16]>,
-    /// Handles of rows deleted at sealing because they matched nobody (data minimization);
-    /// an erasure request may still name them.
-    pub discarded: HashSet<[u8; 16]>,
-    /// The party's verified PSI key commitment `K = k·B`, once received.
-    pub commitment: Option<[u8; 32]>,
-    /// Blinded batches of this party's upload returned by the partner with a failing proof.
-    pub proof_failures: u64,
-}
-
-impl PartyProgress {
-    /// Rows stored.
-    pub fn rows(&self) -> u64 {
-        self.batches.values().map(|b| b.rows).sum()
-    }
-    /// Batches the partner blinded.
-    pub fn tokenized(&self) -> u64 {
-        self.batches
-            .values()
-            .filter(|b| b.state == BatchState::Tokenized)
-            .count() as u64
-    }
-    /// True when complete and every batch is tokenized.
-    pub fn tokens_complete(&self) -> bool {
-        self.complete
-            .as_ref()
-            .is_some_and(|c| c.batches == self.batches.len() as u64)
-            && self
-                .batches
-                .values()
-                .all(|b| b.state == BatchState::Tokenized)
-    }
-}
-
-/// Information written at sealing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SealInfo {
-    /// When the snapshot was sealed (RFC 3339).
-    pub sealed_at: String,
-    /// Dimension columns withheld, with the reason.
-    pub withheld: Vec<(String, String)>,
-}
+const COMMITMENT_FILE: &str = "commitment.bin";
+pub(super) const SEEN_DIR: &str = "seen";
+const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
 
 /// One agreement's directory.
 #[derive(Debug)]
@@ -244,53 +70,6 @@ pub struct AgreementStore {
     /// manifest the room accepted. The set is freed when the party completes its upload
     /// (no batch can be added after that) and its files are deleted at sealing.
     point_tags: BTreeMap<String, HashSet<[u8; 16]>>,
-}
-
-/// The tag kept for an uploaded point: the first 16 bytes of SHA-256(point). Equal points
-/// have equal tags (encodings are canonical), so no repeat is missed; two different points
-/// sharing a tag (probability about 2⁻¹²⁸ per pair, and only the owner chooses its points)
-/// would refuse the owner's own batch, nothing else. Hashing keeps no part of the point.
-fn point_tag(point: &[u8]) -> [u8; 16] {
-    to16(&Sha256::digest(point))
-}
-
-const COMMITMENT_FILE: &str = "commitment.bin";
-const SEEN_DIR: &str = "seen";
-const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
-
-fn batch_file(n: u64) -> String {
-    format!("{n:010}.parquet")
-}
-
-fn seen_file(n: u64) -> String {
-    format!("{n:010}.bin")
-}
-
-/// The point tags of every stored batch of a party: its `seen/` files; for a pending batch
-/// stored by a build without them, its points (a tokenized batch stored by such a build has
-/// no points left and is not covered; sealing still drops repeated tokens). Tag files of
-/// batches that are not stored (a crash between the two writes of
-/// [`AgreementStore::store_pending`]) are ignored.
-fn load_point_tags(pdir: &Path, progress: &PartyProgress) -> Result<HashSet<[u8; 16]>> {
-    let mut tags = HashSet::with_capacity(progress.rows() as usize);
-    let files: BTreeMap<u64, PathBuf> = list(&pdir.join(SEEN_DIR), ".bin")?.into_iter().collect();
-    for (n, info) in &progress.batches {
-        if let Some(path) = files.get(n) {
-            let bytes = fs::read(path).map_err(|e| RoomError::io("read", path, e))?;
-            tags.extend(bytes.chunks_exact(16).map(to16));
-        } else if info.state == BatchState::Pending {
-            let path = pdir.join("pending").join(batch_file(*n));
-            for rb in read_parquet(&path)?.0 {
-                let points = column_fixed(&rb, "point")?;
-                tags.extend((0..points.len()).map(|i| point_tag(points.value(i))));
-            }
-        }
-    }
-    Ok(tags)
-}
-
-fn parse_batch_file(name: &str, ext: &str) -> Option<u64> {
-    name.strip_suffix(ext)?.parse().ok()
 }
 
 impl AgreementStore {
@@ -433,34 +212,18 @@ impl AgreementStore {
             .party(party)
             .cloned()
             .ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
-        let progress = self.progress.get(party).cloned().unwrap_or_default();
-        if let Some(existing) = progress.batches.get(&batch_number) {
-            if existing.digest == batch.digest {
-                return Ok(false);
-            }
-            return Err(RoomError::AlreadyExists(format!(
-                "batch {batch_number} of {party} is already stored with different content: an upload is resumed \
-                 only with exactly the same input and state directory (if the input changed, the agreement needs a \
-                 new version)"
-            )));
-        }
-        let next = progress.batches.len() as u64;
-        if batch_number != next {
-            return Err(RoomError::InvalidArgument(format!(
-                "batch {batch_number} of {party} is out of order: the room expects batch {next} next"
-            )));
-        }
-        if progress.complete.is_some() {
-            return Err(RoomError::FailedPrecondition(format!(
-                "{party} already completed its upload for this agreement version; later changes are erasures"
-            )));
-        }
         let rows = (batch.handles.len() / 16) as u64;
-        if progress.rows() + rows > layout.max_rows {
-            return Err(RoomError::FailedPrecondition(format!(
-                "this batch would take {party} past its agreed upload cap of {} rows (max_rows in the agreement)",
-                layout.max_rows
-            )));
+        let progress = self.progress.get(party).cloned().unwrap_or_default();
+        let admission = crate::checks::admit_batch(
+            &progress,
+            party,
+            batch_number,
+            &batch.digest,
+            rows,
+            layout.max_rows,
+        )?;
+        if admission == crate::checks::Admission::Retry {
+            return Ok(false);
         }
         // Cross-batch repeats (repeats inside the batch were refused by the point checks).
         let tags: Vec<[u8; 16]> = batch.points.chunks_exact(32).map(point_tag).collect();
@@ -707,39 +470,7 @@ impl AgreementStore {
         let b = &self.parties[1];
         let (rows_a, dup_a) = self.read_party_rows(a)?;
         let (rows_b, dup_b) = self.read_party_rows(b)?;
-        let tok_a = column_fixed(&rows_a, "token")?;
-        let mut index: HashMap<[u8; 32], u32> = HashMap::with_capacity(tok_a.len());
-        for i in 0..tok_a.len() {
-            index.entry(to32(tok_a.value(i))).or_insert(i as u32);
-        }
-        let tok_b = column_fixed(&rows_b, "token")?;
-        let mut take_a = Vec::new();
-        let mut take_b = Vec::new();
-        for j in 0..tok_b.len() {
-            if let Some(&i) = index.get(&to32(tok_b.value(j))) {
-                take_a.push(i);
-                take_b.push(j as u32);
-            }
-        }
-        let ra = take_rows(&rows_a, &take_a)?;
-        let rb = take_rows(&rows_b, &take_b)?;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (party, rows) in [(a, &ra), (b, &rb)] {
-            fields.push(Field::new(
-                format!("{}_handle", party.party),
-                DataType::FixedSizeBinary(HANDLE),
-                false,
-            ));
-            columns.push(rows.column(rows.schema().index_of("handle")?).clone());
-        }
-        for (party, rows) in [(a, &ra), (b, &rb)] {
-            for (f, (name, _)) in party.attribute_fields(true).into_iter().zip(&party.columns) {
-                columns.push(rows.column(rows.schema().index_of(name)?).clone());
-                fields.push(f);
-            }
-        }
-        let snapshot = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let snapshot = crate::join::join(a, &rows_a, b, &rows_b)?;
         Ok((snapshot, dup_a + dup_b))
     }
 
@@ -841,14 +572,7 @@ impl AgreementStore {
             all.extend(batches);
         }
         let rows = arrow::compute::concat_batches(&schema, &all)?;
-        let tokens = column_fixed(&rows, "token")?;
-        let mut seen = HashSet::with_capacity(tokens.len());
-        let keep: Vec<u32> = (0..tokens.len())
-            .filter(|&i| seen.insert(to32(tokens.value(i))))
-            .map(|i| i as u32)
-            .collect();
-        let dropped = (rows.num_rows() - keep.len()) as u64;
-        Ok((take_rows(&rows, &keep)?, dropped))
+        crate::join::distinct_tokens(&rows)
     }
 
     /// Which of `handles` are stored for `party` (pending or tokenized, not yet erased).
@@ -944,228 +668,6 @@ impl AgreementStore {
     }
 }
 
-fn to16(b: &[u8]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[..16]);
-    a
-}
-
-fn to32(b: &[u8]) -> [u8; 32] {
-    let mut a = [0u8; 32];
-    a.copy_from_slice(&b[..32]);
-    a
-}
-
-/// The batch with every text and number column (the customer's attributes) set to null in
-/// `rows`; the fixed-size columns (handles, points) are kept.
-fn null_attributes(rb: &RecordBatch, rows: &[usize]) -> Result<RecordBatch> {
-    let mut mask = vec![false; rb.num_rows()];
-    for &r in rows {
-        if let Some(m) = mask.get_mut(r) {
-            *m = true;
-        }
-    }
-    let mask = BooleanArray::from(mask);
-    let columns = rb
-        .schema()
-        .fields()
-        .iter()
-        .zip(rb.columns())
-        .map(|(f, col)| match f.data_type() {
-            DataType::Utf8 | DataType::Float64 => arrow::compute::nullif(col, &mask),
-            _ => Ok(col.clone()),
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(rb.schema(), columns)?)
-}
-
-/// A fixed-size binary column from concatenated items.
-pub fn fixed_array(bytes: &[u8], size: i32) -> Result<ArrayRef> {
-    let n = bytes.len() / size as usize;
-    let mut b = FixedSizeBinaryBuilder::with_capacity(n, size);
-    for chunk in bytes.chunks_exact(size as usize) {
-        b.append_value(chunk)?;
-    }
-    Ok(Arc::new(b.finish()))
-}
-
-fn column_fixed<'a>(rb: &'a RecordBatch, name: &str) -> Result<&'a FixedSizeBinaryArray> {
-    let idx = rb.schema().index_of(name)?;
-    rb.column(idx)
-        .as_any()
-        .downcast_ref::<FixedSizeBinaryArray>()
-        .ok_or_else(|| RoomError::Internal(format!("column {name} has the wrong type")))
-}
-
-fn take_rows(rb: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
-    let idx = UInt32Array::from(rows.to_vec());
-    Ok(arrow::compute::take_record_batch(rb, &idx)?)
-}
-
-fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .ok_or_else(|| RoomError::Internal("a parquet file with no record batch".into()))?;
-    Ok(arrow::compute::concat_batches(&schema, batches)?)
-}
-
-fn parquet_bytes(rb: &RecordBatch, meta: Vec<KeyValue>) -> Result<Vec<u8>> {
-    let props = WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_key_value_metadata(if meta.is_empty() { None } else { Some(meta) })
-        .build();
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, rb.schema(), Some(props))?;
-    w.write(rb)?;
-    w.close()?;
-    Ok(out)
-}
-
-fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, BTreeMap<String, String>)> {
-    let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let meta = kv(builder.metadata().file_metadata().key_value_metadata());
-    let schema = builder.schema().clone();
-    let mut batches = Vec::new();
-    for b in builder.build()? {
-        batches.push(b?);
-    }
-    if batches.is_empty() {
-        batches.push(RecordBatch::new_empty(schema));
-    }
-    Ok((batches, meta))
-}
-
-fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {
-    meta.map(|m| {
-        m.iter()
-            .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-/// Reads a file of concatenated 16-byte handles (absent: none).
-fn read_handles(path: &Path) -> Result<HashSet<[u8; 16]>> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(RoomError::io("read", path, e)),
-    };
-    Ok(bytes.chunks_exact(16).map(to16).collect())
-}
-
-/// Writes a set of handles atomically, sorted so the file does not depend on hashing.
-fn write_handles(path: &Path, handles: &HashSet<[u8; 16]>) -> Result<()> {
-    let mut sorted: Vec<&[u8; 16]> = handles.iter().collect();
-    sorted.sort();
-    let bytes: Vec<u8> = sorted.into_iter().flatten().copied().collect();
-    accord_fs::write_atomic(path, &bytes)?;
-    Ok(())
-}
-
-fn read_meta(path: &Path) -> Result<(u64, [u8; 32])> {
-    let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let md = builder.metadata().file_metadata();
-    let meta = kv(md.key_value_metadata());
-    // After sealing a batch file keeps only its matched rows; the upload's size stays here.
-    let rows = match meta.get(UPLOADED_ROWS_KEY) {
-        Some(n) => n.parse().map_err(|_| {
-            RoomError::Internal(format!("{}: bad {UPLOADED_ROWS_KEY}", path.display()))
-        })?,
-        None => md.num_rows() as u64,
-    };
-    let digest = meta
-        .get(DIGEST_KEY)
-        .and_then(|d| hex::decode(d).ok())
-        .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
-        .ok_or_else(|| RoomError::Internal(format!("{} has no batch digest", path.display())))?;
-    Ok((rows, digest))
-}
-
-fn list(dir: &Path, ext: &str) -> Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(RoomError::io("list", dir, e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| RoomError::io("list", dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = parse_batch_file(&name, ext) {
-            out.push((n, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Removes temp files left by an interrupted atomic write anywhere under `dir`.
-fn remove_temp_files(dir: &Path) -> Result<()> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(_) => return Ok(()),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| RoomError::io("list", dir, e))?;
-        let path = entry.path();
-        if path.is_dir() {
-            remove_temp_files(&path)?;
-        } else if entry.file_name().to_string_lossy().contains(".tmp-") {
-            fs::remove_file(&path).map_err(|e| RoomError::io("remove", &path, e))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::{Float64Array, StringArray};
-
-    #[test]
-    fn null_attributes_clears_only_the_named_rows_attributes() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("handle", DataType::FixedSizeBinary(2), false),
-            Field::new("tier", DataType::Utf8, true),
-            Field::new("spend", DataType::Float64, true),
-        ]));
-        let rb = RecordBatch::try_new(
-            schema,
-            vec![
-                fixed_array(&[1, 1, 2, 2, 3, 3], 2).unwrap(),
-                Arc::new(StringArray::from(vec![Some("gold"), None, Some("silver")])),
-                Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0), Some(3.0)])),
-            ],
-        )
-        .unwrap();
-        let out = null_attributes(&rb, &[0, 2]).unwrap();
-        assert_eq!(out.schema(), rb.schema());
-        assert_eq!(
-            out.column(0).as_ref(),
-            rb.column(0).as_ref(),
-            "handles kept"
-        );
-        let tier = out
-            .column(1)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        assert_eq!(tier.iter().collect::<Vec<_>>(), vec![None, None, None]);
-        let spend = out
-            .column(2)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
-        assert_eq!(
-            spend.iter().collect::<Vec<_>>(),
-            vec![None, Some(2.0), None]
-        );
-        // An out-of-range row number changes nothing rather than failing the erasure.
-        let same = null_attributes(&rb, &[7]).unwrap();
-        assert_eq!(same, rb);
-    }
-}
+#[path = "tests.rs"]
+mod tests;

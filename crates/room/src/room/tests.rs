@@ -5,6 +5,7 @@
 //! revocation to be queued on the lock, which it can observe.
 
 use super::*;
+use accord_agreement::{Revocation, SecretKey};
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed(&[n; 32])

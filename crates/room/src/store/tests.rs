@@ -1,0 +1,299 @@
+//! The store on its own, in a temporary directory: what it acknowledges is on disk and
+//! rebuilt by `open`, and each of its storage rules (retry, order, cap, repeated points,
+//! tokens replacing points, sealing, minimization, erasure) holds across a reopen.
+
+use super::*;
+use arrow::array::{Float64Array, StringArray};
+
+fn layouts() -> Vec<PartyColumns> {
+    vec![
+        PartyColumns {
+            party: "drinks".into(),
+            columns: vec![("tier".into(), ColumnKind::Text)],
+            max_rows: 6,
+        },
+        PartyColumns {
+            party: "snacks".into(),
+            columns: vec![(
+                "spend".into(),
+                ColumnKind::Number {
+                    min: 0.0,
+                    max: 10.0,
+                },
+            )],
+            max_rows: 6,
+        },
+    ]
+}
+
+/// A batch of `ids.len()` rows: handle `[id; 16]`, point `[id; 32]`, attribute from `id`.
+fn batch(party: &str, ids: &[u8], tag: u8) -> PendingBatch {
+    let attribute: ArrayRef = if party == "drinks" {
+        Arc::new(StringArray::from(
+            ids.iter().map(|i| format!("t{i}")).collect::<Vec<_>>(),
+        ))
+    } else {
+        Arc::new(Float64Array::from(
+            ids.iter()
+                .map(|i| f64::from(*i) / 100.0)
+                .collect::<Vec<_>>(),
+        ))
+    };
+    PendingBatch {
+        handles: ids.iter().flat_map(|i| [*i; 16]).collect(),
+        points: ids.iter().flat_map(|i| [*i; 32]).collect(),
+        signature: vec![tag; 64],
+        attributes: vec![attribute],
+        digest: [tag; 32],
+        rows_digest: [tag ^ 0xff; 32],
+    }
+}
+
+/// Tokens for `ids`: token `[100 + id; 32]` unless `id` is in `shared`, then `[200 + k; 32]`
+/// where `k` is the position in `shared` (the same customer on both sides).
+fn tokens(ids: &[u8], shared: &[u8]) -> Vec<u8> {
+    ids.iter()
+        .flat_map(|i| match shared.iter().position(|s| s == i) {
+            Some(k) => [200 + k as u8; 32],
+            None => [100 + *i; 32],
+        })
+        .collect()
+}
+
+fn handles(rb: &RecordBatch, column: &str) -> Vec<u8> {
+    let c = column_fixed(rb, column).unwrap();
+    (0..c.len()).map(|i| c.value(i)[0]).collect()
+}
+
+#[test]
+fn an_upload_is_on_disk_and_rebuilt_by_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert_eq!(s.partner_of("drinks"), Some("snacks"));
+    assert_eq!(s.partner_of("snacks"), Some("drinks"));
+    assert!(
+        s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 7))
+            .unwrap()
+    );
+    // The same batch again is a retry: acknowledged, not stored twice.
+    assert!(
+        !s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 7))
+            .unwrap()
+    );
+    assert!(
+        s.store_pending("drinks", 1, &batch("drinks", &[3], 8))
+            .unwrap()
+    );
+    drop(s);
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    let p = s.progress("drinks").unwrap();
+    assert_eq!(p.batches.len(), 2);
+    assert_eq!(p.rows(), 3);
+    assert_eq!(p.batches[&0].rows, 2);
+    assert_eq!(p.batches[&0].digest, [7; 32]);
+    assert_eq!(p.batches[&1].state, BatchState::Pending);
+    assert_eq!(p.tokenized(), 0);
+    let w = s.read_pending_points("drinks", 0).unwrap();
+    assert_eq!(w.points, [[1u8; 32], [2; 32]].concat());
+    assert_eq!(w.signature, vec![7; 64]);
+    assert_eq!(w.rows_digest, vec![7 ^ 0xff; 32]);
+    assert!(s.progress("nobody").is_err());
+    assert_eq!(
+        s.known_handles("drinks").unwrap(),
+        HashSet::from([[1u8; 16], [2; 16], [3; 16]])
+    );
+}
+
+#[test]
+fn a_point_uploaded_before_is_refused_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 7))
+        .unwrap();
+    drop(s);
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    let e = s
+        .store_pending("drinks", 1, &batch("drinks", &[4, 2], 8))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("its point at row 1 was already uploaded in batch 0"),
+        "{e}"
+    );
+    // Nothing of the refused batch was kept: the next one is still number 1.
+    assert_eq!(s.progress("drinks").unwrap().batches.len(), 1);
+    assert!(
+        s.store_pending("drinks", 1, &batch("drinks", &[4], 8))
+            .unwrap()
+    );
+    // The other party's points are its own business.
+    assert!(
+        s.store_pending("snacks", 0, &batch("snacks", &[1, 2], 9))
+            .unwrap()
+    );
+}
+
+#[test]
+fn tokens_replace_points_and_the_seal_keeps_only_matched_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2, 3], 1))
+        .unwrap();
+    s.store_pending("snacks", 0, &batch("snacks", &[11, 12], 2))
+        .unwrap();
+    s.store_pending("snacks", 1, &batch("snacks", &[13], 3))
+        .unwrap();
+    assert!(!s.ready_to_seal());
+    // drinks 1 ↔ snacks 12 and drinks 3 ↔ snacks 13 are the same customers.
+    s.store_tokens("drinks", 0, &tokens(&[1, 2, 3], &[1, 3]))
+        .unwrap();
+    let mut t = tokens(&[11, 12], &[]);
+    t[32..64].copy_from_slice(&[200; 32]);
+    s.store_tokens("snacks", 0, &t).unwrap();
+    assert!(
+        s.read_pending_points("snacks", 0).is_err(),
+        "the pending file is gone"
+    );
+    s.store_tokens("snacks", 1, &[201; 32]).unwrap();
+    for (party, batches, rows) in [("drinks", 1, 3), ("snacks", 2, 3)] {
+        assert!(!s.ready_to_seal(), "{party} has not completed yet");
+        s.store_completion(
+            party,
+            &Completion {
+                batches,
+                rows,
+                signature: "ab".into(),
+            },
+        )
+        .unwrap();
+    }
+    assert!(s.ready_to_seal());
+    assert_eq!(s.seal_info().unwrap(), None);
+    let (snapshot, duplicates) = s.build_snapshot().unwrap();
+    assert_eq!(duplicates, 0);
+    assert_eq!(handles(&snapshot, "drinks_handle"), vec![1, 3]);
+    assert_eq!(handles(&snapshot, "snacks_handle"), vec![12, 13]);
+    let info = SealInfo {
+        sealed_at: "2026-12-06T00:00:00Z".into(),
+        withheld: vec![("drinks_tier".into(), "too many values".into())],
+    };
+    s.write_snapshot(&snapshot, &info).unwrap();
+    assert_eq!(s.seal_info().unwrap(), Some(info.clone()));
+    // Minimization: drinks 2 and snacks 11 matched nobody and are deleted, their handles kept.
+    assert_eq!(s.discard_unmatched(&snapshot).unwrap(), 2);
+    assert_eq!(s.discard_unmatched(&snapshot).unwrap(), 0, "idempotent");
+    drop(s);
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert_eq!(s.seal_info().unwrap(), Some(info));
+    assert_eq!(s.read_snapshot().unwrap(), snapshot);
+    let d = s.progress("drinks").unwrap();
+    assert_eq!(d.rows(), 3, "the upload's size survives minimization");
+    assert_eq!(d.tokenized(), 1);
+    assert!(d.tokens_complete());
+    assert_eq!(d.discarded, HashSet::from([[2u8; 16]]));
+    assert_eq!(
+        s.progress("snacks").unwrap().discarded,
+        HashSet::from([[11u8; 16]])
+    );
+    // A discarded handle is still known, so its erasure is answered.
+    assert!(s.known_handles("drinks").unwrap().contains(&[2u8; 16]));
+    assert!(
+        !dir.path().join("parties/drinks/seen").exists(),
+        "the point tags are deleted at sealing"
+    );
+}
+
+#[test]
+fn repeated_tokens_are_dropped_at_sealing_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 1))
+        .unwrap();
+    s.store_pending("snacks", 0, &batch("snacks", &[11], 2))
+        .unwrap();
+    // Two of drinks' rows blinded to the same token (one customer uploaded twice).
+    s.store_tokens("drinks", 0, &[[200u8; 32], [200; 32]].concat())
+        .unwrap();
+    s.store_tokens("snacks", 0, &[200; 32]).unwrap();
+    let (snapshot, duplicates) = s.build_snapshot().unwrap();
+    assert_eq!(duplicates, 1);
+    assert_eq!(handles(&snapshot, "drinks_handle"), vec![1]);
+}
+
+#[test]
+fn commitments_refusals_and_proof_failures_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    s.store_pending("drinks", 1, &batch("drinks", &[2], 2))
+        .unwrap();
+    s.store_commitment("snacks", &[5; 32], &[6; 64]).unwrap();
+    assert_eq!(s.record_proof_failure("drinks").unwrap(), 1);
+    assert_eq!(s.record_proof_failure("drinks").unwrap(), 2);
+    s.store_refusal("drinks", 1, "identity_point: row 0")
+        .unwrap();
+    drop(s);
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert_eq!(s.progress("snacks").unwrap().commitment, Some([5; 32]));
+    assert_eq!(s.progress("drinks").unwrap().commitment, None);
+    let d = s.progress("drinks").unwrap();
+    assert_eq!(d.proof_failures, 2);
+    assert_eq!(d.batches[&0].state, BatchState::Pending);
+    assert_eq!(
+        d.batches[&1].state,
+        BatchState::Refused("identity_point: row 0".into())
+    );
+    assert!(!d.tokens_complete());
+}
+
+#[test]
+fn erasure_reaches_pending_rows_tokenized_rows_and_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 1))
+        .unwrap();
+    s.store_pending("snacks", 0, &batch("snacks", &[11, 12], 2))
+        .unwrap();
+    // Erased while pending: the attribute goes now, the row when its token arrives.
+    assert_eq!(
+        s.erase("drinks", &HashSet::from([[2u8; 16]])).unwrap(),
+        None
+    );
+    assert_eq!(
+        s.progress("drinks").unwrap().erased_pending,
+        HashSet::from([[2u8; 16]])
+    );
+    assert!(!s.known_handles("drinks").unwrap().contains(&[2u8; 16]));
+    s.store_tokens("drinks", 0, &[[200u8; 32], [201; 32]].concat())
+        .unwrap();
+    s.store_tokens("snacks", 0, &[[200u8; 32], [201; 32]].concat())
+        .unwrap();
+    let (snapshot, _) = s.build_snapshot().unwrap();
+    assert_eq!(
+        handles(&snapshot, "drinks_handle"),
+        vec![1],
+        "row 2 is gone"
+    );
+    s.write_snapshot(
+        &snapshot,
+        &SealInfo {
+            sealed_at: "now".into(),
+            withheld: Vec::new(),
+        },
+    )
+    .unwrap();
+    // Erased after sealing: the snapshot is rewritten without the row.
+    let new = s
+        .erase("snacks", &HashSet::from([[11u8; 16]]))
+        .unwrap()
+        .expect("a sealed store returns its new snapshot");
+    assert_eq!(new.num_rows(), 0);
+    drop(s);
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert_eq!(s.read_snapshot().unwrap().num_rows(), 0);
+    assert_eq!(
+        s.known_handles("snacks").unwrap(),
+        HashSet::from([[12u8; 16]])
+    );
+}
