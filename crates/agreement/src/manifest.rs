@@ -8,6 +8,10 @@ use chrono::{DateTime, Utc};
 
 use crate::{AgreementError, PublicKey, Signature};
 
+/// The identifier both parties match their customers on: the normalizer's own type, so a
+/// manifest can only name what `accord-psi` normalizes (`email`, `phone`, `customer_id`).
+pub use accord_psi::IdentifierKind;
+
 /// The special categories of personal data (GDPR art. 9) that need an explicit basis:
 /// the accepted values of a contribution's `special_category`.
 pub const SPECIAL_CATEGORIES: [&str; 7] = [
@@ -83,44 +87,6 @@ pub struct RoomSection {
     pub operator: String,
     /// The room's Ed25519 public key (`accord room key` prints it).
     pub public_key: PublicKey,
-}
-
-/// The identifier both parties match their customers on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IdentifierKind {
-    /// E-mail addresses (trimmed, lowercased).
-    Email,
-    /// Phone numbers (E.164, national numbers read with `default_region`).
-    Phone,
-    /// A customer number both parties share.
-    CustomerId,
-}
-
-impl IdentifierKind {
-    /// The manifest spelling: `"email"`, `"phone"` or `"customer_id"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            IdentifierKind::Email => "email",
-            IdentifierKind::Phone => "phone",
-            IdentifierKind::CustomerId => "customer_id",
-        }
-    }
-
-    /// Parses the manifest spelling.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "email" => Some(IdentifierKind::Email),
-            "phone" => Some(IdentifierKind::Phone),
-            "customer_id" => Some(IdentifierKind::CustomerId),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for IdentifierKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One party to the agreement.

@@ -151,12 +151,7 @@ impl Layout {
                     .join(", ")
             ))
         })?;
-        let kind = IdentifierKind::from_label(manifest.identifier.as_str()).ok_or_else(|| {
-            PartyError::Invalid(format!(
-                "unsupported identifier {:?}",
-                manifest.identifier.as_str()
-            ))
-        })?;
+        let kind = manifest.identifier;
         Ok(Self {
             id_column: options
                 .id_column

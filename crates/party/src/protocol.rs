@@ -95,9 +95,8 @@ impl PartyContext {
         State::open(&self.state_root, self.agreement.id(), self.fingerprint())
     }
 
-    fn identifier_kind(&self) -> Result<IdentifierKind, PartyError> {
-        IdentifierKind::from_label(self.agreement.manifest().identifier.as_str())
-            .ok_or_else(|| PartyError::Invalid("unsupported identifier kind".into()))
+    fn identifier_kind(&self) -> IdentifierKind {
+        self.agreement.manifest().identifier
     }
 
     async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
@@ -199,7 +198,7 @@ pub async fn upload(
     // A customer this party erased before (under any agreement) stays erased, even when the
     // export still says "consent: true"; only a recorded renewal lifts it (rights.rs).
     let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
-    let kind = ctx.identifier_kind()?;
+    let kind = ctx.identifier_kind();
     let read_rows = rows.len();
     let rows: Vec<_> = rows
         .into_iter()
@@ -414,7 +413,7 @@ async fn upload_attempt(
     // Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::UploadMessage, PartyError>>(4);
     let secrets = state.secrets()?;
-    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind()?);
+    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind());
     let fp = ctx.fingerprint();
     let party = ctx.party.clone();
     let key_bytes = ctx.key.to_key_file();
@@ -930,7 +929,7 @@ pub async fn erase_from(
     };
     let state = ctx.state()?;
     let secrets = state.secrets()?;
-    let kind = ctx.identifier_kind()?;
+    let kind = ctx.identifier_kind();
     let region = ctx.agreement.manifest().default_region.clone();
     let uploaded = state.uploaded_handles()?;
     let erased_before = state.erased_handles()?;
