@@ -8,7 +8,7 @@ use std::time::Duration;
 use accord_agreement::{Fingerprint, SecretKey, VerifiedAgreement, sig::Purpose};
 use accord_proto::refusal::WorkRefusalCode;
 use accord_proto::v1::{self, psi_client::PsiClient};
-use accord_psi::{HashDomain, IdentifierKind};
+use accord_psi::{HANDLE_LEN, HashDomain, IdentifierKind};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -166,7 +166,7 @@ pub struct UploadOutcome {
 }
 
 struct Prepared {
-    handles: Vec<[u8; 16]>,
+    handles: Vec<[u8; HANDLE_LEN]>,
     rows: Vec<PreparedRow>,
 }
 
@@ -934,7 +934,7 @@ pub async fn erase_from(
     let uploaded = state.uploaded_handles()?;
     let erased_before = state.erased_handles()?;
     let mut outcome = EraseOutcome::default();
-    let mut wanted: Vec<[u8; 16]> = Vec::new();
+    let mut wanted: Vec<[u8; HANDLE_LEN]> = Vec::new();
     let mut seen = HashSet::new();
     let mut valid = Vec::new();
     for (line_number, line) in &lines {

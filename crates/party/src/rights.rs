@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use accord_agreement::{ColumnRole, Manifest, PrivacyMode};
-use accord_psi::{HandleKey, IdentifierKind};
+use accord_psi::{HANDLE_LEN, HandleKey, IdentifierKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -741,7 +741,7 @@ pub fn receipt(
         let included = [record.done.as_deref(), record.pending.as_deref()]
             .into_iter()
             .flatten()
-            .any(|bytes| bytes.chunks_exact(16).any(|c| c == handle));
+            .any(|bytes| bytes.chunks_exact(HANDLE_LEN).any(|c| c == handle));
         if !included {
             continue;
         }
