@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use accord_agreement::{
-    Aggregate, ColumnRole, Fingerprint, PrivacyMode, PublicKey, Revocation, SecretKey, Signature,
+    Aggregate, Fingerprint, PrivacyMode, PublicKey, Revocation, SecretKey, Signature,
     VerifiedAgreement, sig::Purpose,
 };
 use accord_engine::{AggregateKind, ColumnSpec, Engine, Role as EngineRole, TableSpec};
@@ -31,8 +31,7 @@ use crate::ledger::{Balance, Ledgers, Price, Spend};
 use crate::limits::Limits;
 use crate::registration::Registration;
 use crate::store::{
-    AgreementStore, BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PendingBatch,
-    SealInfo,
+    AgreementStore, BatchInfo, BatchState, Completion, PartyColumns, PendingBatch, SealInfo,
 };
 
 /// Why a fingerprint may never be registered again.
@@ -249,16 +248,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn table_spec(agreement: &VerifiedAgreement, withheld: &[(String, String)]) -> TableSpec {
     let m = agreement.manifest();
     let mut columns = Vec::new();
-    for (party, p) in &m.parties {
-        for c in &p.contributes {
-            let name = format!("{party}_{}", c.column);
+    for party in PartyColumns::from_manifest(m) {
+        for (column, role) in party.columns {
+            let name = format!("{}_{column}", party.party);
             if withheld.iter().any(|(w, _)| *w == name) {
                 continue;
             }
-            let role = match c.role {
-                ColumnRole::Dimension => EngineRole::Dimension,
-                ColumnRole::Metric { min, max } => EngineRole::Metric { min, max },
-            };
             columns.push(ColumnSpec { name, role });
         }
     }
@@ -1482,27 +1477,24 @@ impl Room {
         live.store.as_ref().ok_or_else(ended)?;
         let m = slot.agreement.manifest();
         let mut columns = Vec::new();
-        for (party, p) in &m.parties {
-            for c in &p.contributes {
-                let name = format!("{party}_{}", c.column);
-                let withheld = live
-                    .withheld
-                    .iter()
-                    .find(|(w, _)| *w == name)
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default();
-                let (role, min, max) = match c.role {
-                    ColumnRole::Dimension => ("dimension", 0.0, 0.0),
-                    ColumnRole::Metric { min, max } => ("metric", min, max),
-                };
-                columns.push(v1::ColumnInfo {
-                    name,
-                    role: role.into(),
-                    min,
-                    max,
-                    withheld,
-                });
-            }
+        for c in table_spec(&slot.agreement, &[]).columns {
+            let withheld = live
+                .withheld
+                .iter()
+                .find(|(w, _)| *w == c.name)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            let (role, min, max) = match c.role {
+                EngineRole::Dimension => ("dimension", 0.0, 0.0),
+                EngineRole::Metric { min, max } => ("metric", min, max),
+            };
+            columns.push(v1::ColumnInfo {
+                name: c.name,
+                role: role.into(),
+                min,
+                max,
+                withheld,
+            });
         }
         Ok(v1::DescribeResponse {
             agreement_id: m.id.clone(),
@@ -1974,7 +1966,7 @@ fn attributes(
             }
         };
         let array: ArrayRef = match (kind, &c.values) {
-            (ColumnKind::Text, Some(v1::column::Values::Text(t))) => {
+            (EngineRole::Dimension, Some(v1::column::Values::Text(t))) => {
                 if t.values.len() != n {
                     return Err(bad(format!(
                         "column {name:?} has {} values for {n} rows",
@@ -1996,7 +1988,7 @@ fn attributes(
                         .collect::<StringArray>(),
                 )
             }
-            (ColumnKind::Number { min, max }, Some(v1::column::Values::Number(x))) => {
+            (EngineRole::Metric { min, max }, Some(v1::column::Values::Number(x))) => {
                 if x.values.len() != n {
                     return Err(bad(format!(
                         "column {name:?} has {} values for {n} rows",
@@ -2019,12 +2011,12 @@ fn attributes(
                         .collect::<Float64Array>(),
                 )
             }
-            (ColumnKind::Text, _) => {
+            (EngineRole::Dimension, _) => {
                 return Err(bad(format!(
                     "column {name:?} is a dimension: send text values"
                 )));
             }
-            (ColumnKind::Number { .. }, _) => {
+            (EngineRole::Metric { .. }, _) => {
                 return Err(bad(format!(
                     "column {name:?} is a metric: send number values"
                 )));

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use accord_agreement::{ColumnRole, Manifest};
+use accord_engine::Role;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, FixedSizeBinaryBuilder, RecordBatch,
     UInt32Array,
@@ -48,33 +49,21 @@ const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
 const SIGNATURE_KEY: &str = "accord.signature";
 const ROWS_DIGEST_KEY: &str = "accord.rows_digest";
 
-/// How one attribute column is stored.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ColumnKind {
-    /// A dimension: text labels.
-    Text,
-    /// A metric with its agreed bounds.
-    Number {
-        /// Lower bound.
-        min: f64,
-        /// Upper bound.
-        max: f64,
-    },
-}
-
 /// A party's agreed columns, in manifest order.
 #[derive(Debug, Clone)]
 pub struct PartyColumns {
     /// Party name.
     pub party: String,
     /// `(column, kind)` in the order of the manifest's `contributes` list.
-    pub columns: Vec<(String, ColumnKind)>,
+    pub columns: Vec<(String, Role)>,
     /// The party's upload cap.
     pub max_rows: u64,
 }
 
 impl PartyColumns {
-    /// The columns each party contributes, parties in name order.
+    /// The columns each party contributes, parties in name order: the room's one reading of
+    /// the manifest's column roles (the engine's table spec, `room::table_spec`, is built
+    /// from it too).
     pub fn from_manifest(manifest: &Manifest) -> Vec<PartyColumns> {
         manifest
             .parties
@@ -86,11 +75,11 @@ impl PartyColumns {
                     .contributes
                     .iter()
                     .map(|c| {
-                        let kind = match c.role {
-                            ColumnRole::Dimension => ColumnKind::Text,
-                            ColumnRole::Metric { min, max } => ColumnKind::Number { min, max },
+                        let role = match c.role {
+                            ColumnRole::Dimension => Role::Dimension,
+                            ColumnRole::Metric { min, max } => Role::Metric { min, max },
                         };
-                        (c.column.clone(), kind)
+                        (c.column.clone(), role)
                     })
                     .collect(),
             })
@@ -107,8 +96,8 @@ impl PartyColumns {
                     name.clone()
                 };
                 let ty = match kind {
-                    ColumnKind::Text => DataType::Utf8,
-                    ColumnKind::Number { .. } => DataType::Float64,
+                    Role::Dimension => DataType::Utf8,
+                    Role::Metric { .. } => DataType::Float64,
                 };
                 Field::new(name, ty, true)
             })
