@@ -531,7 +531,15 @@ fn spanless_error_line(text: &str, message: &str) -> Option<Range<usize>> {
     Some(start..start)
 }
 
-pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
+impl Manifest {
+    /// Parses a manifest and checks every structural rule of DESIGN §2 (everything except
+    /// signatures and whether the window has started or ended), reporting all problems.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        parse(text)
+    }
+}
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
     let mut cx = Cx::new(text);
     hidden_characters(&mut cx, text);
     if !cx.problems.is_empty() {
