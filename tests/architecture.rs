@@ -1,6 +1,7 @@
 //! The crate map in `docs/ARCHITECTURE.md` is true of the code (issue 10): the dependency
 //! arrows between our crates, and which crates may use gRPC or DataFusion, are read from the
-//! page's `arrows` and `transports` blocks and compared with `cargo metadata`.
+//! page's `arrows` and `transports` blocks and compared with `cargo metadata`; and inside
+//! `accord-agreement` and `accord-engine` the modules import each other one way (no loops).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,5 +180,170 @@ fn the_rooms_core_knows_nothing_of_grpc() {
             is_test || lines <= 800,
             "crates/room/src/{name} has {lines} lines; split it by responsibility (at most 800)"
         );
+    }
+}
+
+/// The modules a crate's files name through `crate::…`: `crate::m::x` and `use crate::{m::x}`
+/// are an edge to `m`; `crate::X` and `use crate::{X}` are an edge to the module `lib.rs`
+/// re-exports `X` from. Comments and everything from the first `#[cfg(test)]` on are ignored
+/// (tests may reach anywhere); `lib.rs` itself is the crate's root, not a node.
+fn module_imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    // Without comments and test code: a `#[cfg(test)] mod x;` line is skipped, an inline
+    // `#[cfg(test)] mod tests { … }` ends the file's code.
+    let code = |text: &str| -> String {
+        let mut out = Vec::new();
+        let mut lines = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+        while let Some(line) = lines.next() {
+            if line.trim() != "#[cfg(test)]" {
+                out.push(line);
+                continue;
+            }
+            match lines.find(|l| !l.trim_start().starts_with("#[")) {
+                Some(item) if item.trim_end().ends_with(';') => {}
+                _ => break,
+            }
+        }
+        out.join("\n")
+    };
+    let lib = code(&lib);
+    let modules: BTreeSet<String> = lib
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            l.strip_prefix("mod ")?.strip_suffix(';').map(str::to_owned)
+        })
+        .collect();
+    // Names lib.rs re-exports, by the module that defines them.
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for item in lib.split("pub use ").skip(1) {
+        let item = &item[..item.find(';').unwrap()];
+        let Some((module, names)) = item.split_once("::") else {
+            continue;
+        };
+        if !modules.contains(module.trim()) {
+            continue;
+        }
+        for name in names.split([',', '{', '}']).map(str::trim) {
+            let name = name.rsplit(" as ").next().unwrap().trim();
+            if !name.is_empty() {
+                owner.insert(name.to_owned(), module.trim().to_owned());
+            }
+        }
+    }
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut graph = BTreeMap::new();
+    for module in &modules {
+        let text = code(&std::fs::read_to_string(src.join(format!("{module}.rs"))).unwrap());
+        let mut targets = BTreeSet::new();
+        let mut add = |segment: &str| {
+            let segment = segment.trim();
+            let first = ident(segment);
+            let target = if modules.contains(&first) {
+                Some(first)
+            } else {
+                owner.get(&first).cloned()
+            };
+            if let Some(t) = target.filter(|t| t != module) {
+                targets.insert(t);
+            }
+        };
+        for rest in text.split("crate::").skip(1) {
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find(';').unwrap_or(group.len())];
+                let mut depth = 0;
+                let mut start = 0;
+                for (i, c) in group.char_indices() {
+                    match c {
+                        '{' => {
+                            if depth == 0 {
+                                add(&group[start..i]);
+                            }
+                            depth += 1;
+                        }
+                        '}' if depth == 0 => {
+                            add(&group[start..i]);
+                            break;
+                        }
+                        '}' => {
+                            depth -= 1;
+                            start = i + 1;
+                        }
+                        ',' if depth == 0 => {
+                            add(&group[start..i]);
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                add(rest);
+            }
+        }
+        graph.insert(module.clone(), targets);
+    }
+    graph
+}
+
+/// A cycle in `graph`, if there is one, as the modules along it.
+fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == node) {
+            let mut found = path[i..].to_vec();
+            found.push(node.to_owned());
+            return Some(found);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(found) = visit(next, graph, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+/// Issue 10: inside `accord-agreement` (manifest ↔ parse ↔ canonical) and `accord-engine`
+/// (ast ↔ spec) the modules imported each other in loops; they now point one way, and this
+/// keeps them so. Checked to fail on the loops it was written against.
+#[test]
+fn module_imports_inside_agreement_and_engine_point_one_way() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for krate in ["crates/agreement/src", "crates/engine/src"] {
+        let graph = module_imports(&root.join(krate));
+        // The scan must see the edges it is about, or it proves nothing.
+        let edge = |from: &str, to: &str| graph[from].contains(to);
+        if krate.contains("agreement") {
+            assert!(
+                edge("parse", "manifest") && edge("canonical", "manifest"),
+                "{graph:?}"
+            );
+            assert!(
+                edge("verify", "canonical") && edge("revocation", "verify"),
+                "{graph:?}"
+            );
+        } else {
+            assert!(edge("ast", "spec") && edge("plan", "ast"), "{graph:?}");
+        }
+        assert_eq!(cycle(&graph), None, "{krate}: module imports in a loop");
     }
 }

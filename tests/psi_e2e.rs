@@ -481,7 +481,7 @@ async fn a_party_only_ever_receives_the_partners_points_never_its_own_tokens() {
                 ),
             )
             .unwrap();
-        for p in w.points.chunks(32) {
+        for p in w.points.chunks(accord_psi::POINT_LEN) {
             received.insert(p.to_vec());
         }
     }

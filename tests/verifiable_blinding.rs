@@ -123,8 +123,9 @@ async fn a_partner_that_alters_one_point_is_refused_seen_and_recoverable() {
     };
     let (mut output, proof) = blind_and_prove(&secret, &context, &first.points).unwrap();
     let other = PsiSecret::generate().unwrap();
-    let wrong = accord_psi::blind_concatenated(&other, &first.points[3 * 32..4 * 32]).unwrap();
-    output[3 * 32..4 * 32].copy_from_slice(&wrong);
+    let fourth = 3 * accord_psi::POINT_LEN..4 * accord_psi::POINT_LEN;
+    let wrong = accord_psi::blind_concatenated(&other, &first.points[fourth.clone()]).unwrap();
+    output[fourth].copy_from_slice(&wrong);
 
     // Without a commitment first, no blinded batch is accepted.
     let status = psi

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use accord_agreement::{SecretKey, VerifiedAgreement};
+use accord_agreement::{Contribution, ManifestBuilder, RoomSection, SecretKey, VerifiedAgreement};
 use accord_party::input::InputOptions;
 use accord_party::{Connection, PartyContext, Principal, UploadOptions};
 use accord_proto::v1::{self, agreements_client::AgreementsClient, query_client::QueryClient};
 use accord_room::{RunningRoom, ServeConfig};
 use arrow::array::RecordBatch;
-use chrono::{Duration as ChronoDuration, SecondsFormat, Utc};
+use chrono::{Duration as ChronoDuration, SubsecRound as _, Utc};
 
 /// The seed of the room key every room started here has (unless a test installs another one
 /// first with [`install_room_key`]), and that [`Keys::new`] names in `[room]`.
@@ -58,56 +58,44 @@ impl Keys {
 /// `monthly_spend` (0..500); snacks contributes `favourite` (dimension) and `weekly_spend`
 /// (0..100). The table columns therefore match the engine's policy corpus.
 pub fn agreement_text(id: &str, version: u64, keys: &Keys, k: u32, max_rows: u64) -> String {
-    let now = Utc::now();
-    let from = (now - ChronoDuration::hours(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let until = (now + ChronoDuration::days(30)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let text = format!(
-        r#"schema_version = 1
-id = "{id}"
-version = {version}
-purpose = "End-to-end test of joint promotions"
-valid_from = {from}
-valid_until = {until}
-min_group_size = {k}
-identifier = "email"
-
-[parties.drinks]
-public_key = "{}"
-max_rows = {max_rows}
-consent_column = "consent"
-contributes = [
-  {{ column = "loyalty_tier", role = "dimension" }},
-  {{ column = "region", role = "dimension" }},
-  {{ column = "monthly_spend", role = "metric", min = 0, max = 500 }},
-]
-
-[parties.snacks]
-public_key = "{}"
-max_rows = {max_rows}
-consent_column = "consent"
-contributes = [
-  {{ column = "favourite", role = "dimension" }},
-  {{ column = "weekly_spend", role = "metric", min = 0, max = 100 }},
-]
-
-[[analysts]]
-name = "ana@drinks.example"
-party = "drinks"
-public_key = "{}"
-
-[room]
-operator = "Test Rooms Ltd"
-public_key = "{}"
-
-[privacy]
-aggregates = ["count", "sum", "avg"]
-exact_results = true
-"#,
+    let now = Utc::now().trunc_subsecs(0);
+    let room = RoomSection {
+        operator: "Test Rooms Ltd".into(),
+        public_key: keys.room().public_key(),
+    };
+    let text = ManifestBuilder::new(
+        id,
+        "End-to-end test of joint promotions",
+        now - ChronoDuration::hours(1),
+        now + ChronoDuration::days(30),
+        room,
+    )
+    .version(version)
+    .min_group_size(k)
+    .party(
+        "drinks",
         keys.drinks().public_key(),
+        max_rows,
+        "consent",
+        [
+            Contribution::dimension("loyalty_tier"),
+            Contribution::dimension("region"),
+            Contribution::metric("monthly_spend", 0.0, 500.0),
+        ],
+    )
+    .party(
+        "snacks",
         keys.snacks().public_key(),
-        keys.analyst().public_key(),
-        keys.room().public_key()
-    );
+        max_rows,
+        "consent",
+        [
+            Contribution::dimension("favourite"),
+            Contribution::metric("weekly_spend", 0.0, 100.0),
+        ],
+    )
+    .analyst("ana@drinks.example", "drinks", keys.analyst().public_key())
+    .exact_results()
+    .to_toml();
     let text = accord_agreement::sign_text(&text, "drinks", &keys.drinks()).unwrap();
     accord_agreement::sign_text(&text, "snacks", &keys.snacks()).unwrap()
 }

@@ -148,10 +148,16 @@ pub(crate) fn body(m: &Manifest) -> Vec<u8> {
     w.0
 }
 
-pub(crate) fn canonical_bytes(m: &Manifest) -> Vec<u8> {
-    sig::signed_message(sig::Purpose::Agreement, &body(m))
-}
+impl Manifest {
+    /// The canonical bytes every party signs (see `docs/AGREEMENTS.md`, "Canonical
+    /// encoding"): `b"accord/v1/agreement" ++ 0x00 ++ body`, where the body encodes every
+    /// field except `signatures` in a fixed order.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        sig::signed_message(sig::Purpose::Agreement, &body(self))
+    }
 
-pub(crate) fn fingerprint(m: &Manifest) -> Fingerprint {
-    Fingerprint(Sha256::digest(canonical_bytes(m)).into())
+    /// SHA-256 of [`Manifest::canonical_bytes`].
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(Sha256::digest(self.canonical_bytes()).into())
+    }
 }

@@ -4,7 +4,8 @@
 //! problems reported at once with their line), the canonical bytes and fingerprint, Ed25519
 //! keys and signatures with domain separation for the whole system ([`sig`]), signing in
 //! place ([`sign_text`]), verification ([`verify`] → [`VerifiedAgreement`]), revocation
-//! statements ([`Revocation`]), the template and the plain-language summary for legal.
+//! statements ([`Revocation`]), the template and the plain-language summary for legal, and
+//! [`ManifestBuilder`], which writes manifest text for the demo and the tests.
 //!
 //! Must never: do I/O beyond parsing text, let a secret key leak through `Debug` or a copy,
 //! or hand out a [`VerifiedAgreement`] that is not valid, in force and signed by every party.
@@ -13,6 +14,7 @@
 //! ("Canonical encoding") and in [`Manifest::canonical_bytes`].
 #![forbid(unsafe_code)]
 
+mod builder;
 mod canonical;
 mod keys;
 mod manifest;
@@ -25,6 +27,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use builder::ManifestBuilder;
 pub use keys::{PublicKey, SecretKey, Signature, sig};
 pub use manifest::{
     Aggregate, Analyst, Auditor, ColumnRole, Contribution, Fingerprint, IdentifierKind, Manifest,

@@ -8,6 +8,10 @@ use chrono::{DateTime, Utc};
 
 use crate::{AgreementError, PublicKey, Signature};
 
+/// The identifier both parties match their customers on: the normalizer's own type, so a
+/// manifest can only name what `accord-psi` normalizes (`email`, `phone`, `customer_id`).
+pub use accord_psi::IdentifierKind;
+
 /// The special categories of personal data (GDPR art. 9) that need an explicit basis:
 /// the accepted values of a contribution's `special_category`.
 pub const SPECIAL_CATEGORIES: [&str; 7] = [
@@ -83,44 +87,6 @@ pub struct RoomSection {
     pub operator: String,
     /// The room's Ed25519 public key (`accord room key` prints it).
     pub public_key: PublicKey,
-}
-
-/// The identifier both parties match their customers on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IdentifierKind {
-    /// E-mail addresses (trimmed, lowercased).
-    Email,
-    /// Phone numbers (E.164, national numbers read with `default_region`).
-    Phone,
-    /// A customer number both parties share.
-    CustomerId,
-}
-
-impl IdentifierKind {
-    /// The manifest spelling: `"email"`, `"phone"` or `"customer_id"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            IdentifierKind::Email => "email",
-            IdentifierKind::Phone => "phone",
-            IdentifierKind::CustomerId => "customer_id",
-        }
-    }
-
-    /// Parses the manifest spelling.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "email" => Some(IdentifierKind::Email),
-            "phone" => Some(IdentifierKind::Phone),
-            "customer_id" => Some(IdentifierKind::CustomerId),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for IdentifierKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// One party to the agreement.
@@ -329,25 +295,10 @@ impl fmt::Display for Problem {
     }
 }
 
+// The model depends on nothing but keys and errors: `Manifest::parse` is implemented in
+// `parse.rs`, `canonical_bytes` and `fingerprint` in `canonical.rs`, `is_signed_by` in
+// `verify.rs`, so the modules' imports point one way (manifest ← canonical ← parse ← verify).
 impl Manifest {
-    /// Parses a manifest and checks every structural rule of DESIGN §2 (everything except
-    /// signatures and whether the window has started or ended), reporting all problems.
-    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        crate::parse::parse(text)
-    }
-
-    /// The canonical bytes every party signs (see `docs/AGREEMENTS.md`, "Canonical
-    /// encoding"): `b"accord/v1/agreement" ++ 0x00 ++ body`, where the body encodes every
-    /// field except `signatures` in a fixed order.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        crate::canonical::canonical_bytes(self)
-    }
-
-    /// SHA-256 of [`Manifest::canonical_bytes`].
-    pub fn fingerprint(&self) -> Fingerprint {
-        crate::canonical::fingerprint(self)
-    }
-
     /// The contribution `column` of `party`, if the agreement shares it.
     pub fn column(&self, party: &str, column: &str) -> Option<&Contribution> {
         self.parties
@@ -378,23 +329,6 @@ impl Manifest {
     /// The auditor whose key is `key`.
     pub fn auditor_by_key(&self, key: &PublicKey) -> Option<&Auditor> {
         self.auditors.iter().find(|a| a.public_key == *key)
-    }
-
-    /// Whether `key` signed this manifest's canonical bytes, as a party key (in
-    /// `[signatures]`) or as the key of a superseded version (in `[rotation_signatures]`).
-    pub fn is_signed_by(&self, key: &PublicKey) -> bool {
-        let body = crate::canonical::body(self);
-        let by_party = self.parties.iter().any(|(name, p)| {
-            p.public_key == *key
-                && self
-                    .signatures
-                    .get(name)
-                    .is_some_and(|s| key.verify(crate::sig::Purpose::Agreement, &body, s).is_ok())
-        });
-        by_party
-            || self.rotation_signatures.iter().any(|(k, s)| {
-                k == key && key.verify(crate::sig::Purpose::Agreement, &body, s).is_ok()
-            })
     }
 
     /// Whether `now` is inside `[valid_from, valid_until]`.

@@ -64,23 +64,12 @@ const DP_KEYS: &[&str] = &["epsilon_per_query", "budget", "delta"];
 /// budgets; the defaults (20 answers × 1e-6) stay far below it.
 pub const MAX_TOTAL_DELTA: f64 = 1e-3;
 
-/// ISO 3166-1 alpha-2 officially assigned codes.
-const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ \
-BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
-CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ \
-DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR \
-GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY \
-HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP \
-KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY \
-MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ \
-NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA \
-RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ \
-TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ \
-VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
-
-/// Whether `code` is an assigned ISO 3166-1 alpha-2 country code (upper case).
-pub(crate) fn is_iso_region(code: &str) -> bool {
-    code.len() == 2 && ISO_3166_ALPHA2.split(' ').any(|c| c == code)
+/// Whether `code` is a region whose national phone numbers the normalizer can read, spelled
+/// as a manifest must spell it (ISO 3166-1 alpha-2, capitals). The list is `accord-psi`'s
+/// numbering-plan table and nothing else, so every region a signed agreement names works at
+/// upload (`docs/PROTOCOL.md`, "Phone numbers").
+pub(crate) fn is_phone_region(code: &str) -> bool {
+    accord_psi::supported_regions().any(|c| c == code)
 }
 
 /// Column-name keywords that reveal a special category. A keyword matches a whole
@@ -542,7 +531,15 @@ fn spanless_error_line(text: &str, message: &str) -> Option<Range<usize>> {
     Some(start..start)
 }
 
-pub(crate) fn parse(text: &str) -> Result<Manifest, ManifestError> {
+impl Manifest {
+    /// Parses a manifest and checks every structural rule of DESIGN §2 (everything except
+    /// signatures and whether the window has started or ended), reporting all problems.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        parse(text)
+    }
+}
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
     let mut cx = Cx::new(text);
     hidden_characters(&mut cx, text);
     if !cx.problems.is_empty() {
@@ -721,7 +718,7 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
 
     let identifier = cx.get(root, None, "", "identifier", true).and_then(|v| {
         let s = cx.string(v, "identifier")?;
-        let kind = IdentifierKind::from_name(s);
+        let kind = IdentifierKind::from_label(s);
         if kind.is_none() {
             cx.problem(
                 v,
@@ -737,24 +734,35 @@ fn walk(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Option<Manifest> {
     let mut region_ok = true;
     let default_region = match region_v {
         Some(v) => match cx.string(v, "default_region") {
-            Some(s) if is_iso_region(s) => Some(s.to_owned()),
+            Some(s) if is_phone_region(s) => Some(s.to_owned()),
             Some(s) => {
                 region_ok = false;
-                let fix = if is_iso_region(&s.to_ascii_uppercase()) {
-                    format!(
-                        "write it in capitals: default_region = {:?}",
-                        s.to_ascii_uppercase()
+                let (message, fix) = if is_phone_region(&s.to_ascii_uppercase()) {
+                    (
+                        format!("{s:?} is not written in capitals"),
+                        format!(
+                            "write it in capitals: default_region = {:?}",
+                            s.to_ascii_uppercase()
+                        ),
                     )
                 } else {
-                    "use an ISO 3166-1 alpha-2 country code such as \"IS\", \"DE\" or \"US\""
-                        .to_owned()
+                    (
+                        format!(
+                            "{s:?} is not a region whose national phone numbers Accord can read \
+                             (the phone rules have no numbering plan for it, so every national \
+                             number would be refused at upload)"
+                        ),
+                        format!(
+                            "use one of the supported ISO 3166-1 alpha-2 codes, e.g. \"IS\": {} \
+                             (the numbering-plan table in docs/PROTOCOL.md); a region missing \
+                             there needs its plan added to accord-psi first",
+                            accord_psi::supported_regions()
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
+                    )
                 };
-                cx.problem(
-                    v,
-                    "default_region",
-                    format!("{s:?} is not an ISO 3166-1 alpha-2 country code"),
-                    fix,
-                );
+                cx.problem(v, "default_region", message, fix);
                 None
             }
             None => {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::PublicKey;
+use crate::builder::quote;
 use crate::canonical::rfc3339;
 use crate::manifest::{ColumnRole, IdentifierKind, Manifest, PrivacyMode, RoomSection};
 use crate::verify::{SignatureStatus, signature_status};
@@ -224,10 +225,6 @@ fn dp_explanation(epsilon: f64, budget: f64, delta: f64, k: u32) -> Vec<String> 
              exceeds {max:e})."
         ),
     ]
-}
-
-fn quote(s: &str) -> String {
-    toml_edit::Value::from(s).to_string()
 }
 
 /// The parties that operate the room, with why: the operator text names the party (its name,

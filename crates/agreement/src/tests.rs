@@ -624,10 +624,10 @@ fn special_category_with_explicit_consent_is_accepted() {
 
 #[test]
 fn iso_region_list_is_complete() {
-    assert!(parse::is_iso_region("IS"));
-    assert!(parse::is_iso_region("US"));
-    assert!(!parse::is_iso_region("XX"));
-    assert!(!parse::is_iso_region("is"));
+    assert!(parse::is_phone_region("IS"));
+    assert!(parse::is_phone_region("US"));
+    assert!(!parse::is_phone_region("XX"));
+    assert!(!parse::is_phone_region("is"));
 }
 
 #[test]
@@ -1382,4 +1382,61 @@ fn a_nesting_error_without_a_position_still_names_its_line() {
         assert_eq!(p.line, Some(3), "{p}");
     }
     assert!(err.to_string().contains("line 3"), "{err}");
+}
+
+/// A manifest with `identifier = "phone"` and `default_region = code`.
+fn phone_manifest(code: &str) -> String {
+    base().replacen(
+        "identifier = \"email\"",
+        &format!("identifier = \"phone\"\ndefault_region = \"{code}\""),
+        1,
+    )
+}
+
+/// Issue 10: legal could sign a phone agreement for a region the normalizer has no numbering
+/// plan for (Fiji is a real ISO code), and every national number then failed at upload.
+#[test]
+fn a_region_the_phone_rules_do_not_know_is_refused_at_parse_time() {
+    let e = Manifest::parse(&phone_manifest("FJ")).unwrap_err();
+    let p = e
+        .problems
+        .iter()
+        .find(|p| p.key == "default_region")
+        .unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(p.line, Some(11), "{e}");
+    assert!(p.message.contains("\"FJ\""), "{e}");
+    assert!(p.fix.contains("docs/PROTOCOL.md"), "{e}");
+    assert!(p.fix.contains("\"IS\""), "{e}");
+    assert_eq!(e.problems.len(), 1, "{e}");
+}
+
+/// Every region a manifest accepts normalizes a national number, so no signed phone
+/// agreement can fail at upload for want of a numbering plan (all 676 two-letter codes).
+#[test]
+fn every_region_a_manifest_accepts_normalizes_a_national_number() {
+    let mut accepted = Vec::new();
+    for a in b'A'..=b'Z' {
+        for b in b'A'..=b'Z' {
+            let code = String::from_utf8(vec![a, b]).unwrap();
+            let Ok(m) = Manifest::parse(&phone_manifest(&code)) else {
+                continue;
+            };
+            assert_eq!(m.default_region.as_deref(), Some(code.as_str()));
+            let cc = accord_psi::calling_code(&code).unwrap_or_else(|| {
+                panic!("{code}: a manifest accepts it but the phone rules have no plan for it")
+            });
+            assert_eq!(
+                accord_psi::normalize(
+                    accord_psi::IdentifierKind::Phone,
+                    "202 555 0123",
+                    m.default_region.as_deref()
+                ),
+                Ok(Some(format!("+{cc}2025550123"))),
+                "{code}"
+            );
+            accepted.push(code);
+        }
+    }
+    let known: Vec<String> = accord_psi::supported_regions().map(str::to_owned).collect();
+    assert_eq!(accepted, known);
 }

@@ -4,7 +4,27 @@ use chrono::{DateTime, Utc};
 
 use crate::canonical::{body, rfc3339};
 use crate::manifest::{Fingerprint, Manifest, ManifestError, Problem};
-use crate::{AgreementError, SecretKey, sig};
+use crate::{AgreementError, PublicKey, SecretKey, sig};
+
+impl Manifest {
+    /// Whether `key` signed this manifest's canonical bytes, as a party key (in
+    /// `[signatures]`) or as the key of a superseded version (in `[rotation_signatures]`).
+    pub fn is_signed_by(&self, key: &PublicKey) -> bool {
+        let body = body(self);
+        let by_party = self.parties.iter().any(|(name, p)| {
+            p.public_key == *key
+                && self
+                    .signatures
+                    .get(name)
+                    .is_some_and(|s| key.verify(sig::Purpose::Agreement, &body, s).is_ok())
+        });
+        by_party
+            || self
+                .rotation_signatures
+                .iter()
+                .any(|(k, s)| k == key && key.verify(sig::Purpose::Agreement, &body, s).is_ok())
+    }
+}
 
 /// Adds or replaces `party`'s signature in the TOML text, preserving comments and layout
 /// (toml_edit); refuses an invalid manifest, an unknown party, and a key that is not the

@@ -47,7 +47,8 @@ pub struct InitArgs {
     /// A party as NAME=PUBKEY (the line `accord keygen` printed); give it once per party.
     #[arg(long = "party", value_name = "NAME=PUBKEY", required = true, value_parser = parse_party)]
     pub parties: Vec<(String, PublicKey)>,
-    /// ISO 3166 alpha-2 country of national phone numbers (required with --identifier phone).
+    /// ISO 3166 alpha-2 country of national phone numbers (required with --identifier phone);
+    /// one of the regions of the numbering-plan table in docs/PROTOCOL.md.
     #[arg(long)]
     pub default_region: Option<String>,
     /// The room's public key: the line `accord room key --data-dir DIR` printed on the room's

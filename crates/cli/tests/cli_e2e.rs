@@ -90,50 +90,41 @@ fn write_files(dir: &Path, n: usize) -> usize {
 }
 
 fn agreement(dir: &Path, drinks: &str, snacks: &str, analyst: &str, room: &str) -> PathBuf {
-    let now = chrono::Utc::now();
-    let from =
-        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let until =
-        (now + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let text = format!(
-        r#"schema_version = 1
-id = "cli-e2e"
-version = 1
-purpose = "Command-line end-to-end test"
-valid_from = {from}
-valid_until = {until}
-min_group_size = 10
-identifier = "email"
-
-[parties.drinks]
-public_key = "{drinks}"
-max_rows = 100000
-consent_column = "consent"
-contributes = [
-  {{ column = "tier", role = "dimension" }},
-  {{ column = "spend", role = "metric", min = 0, max = 100 }},
-]
-
-[parties.snacks]
-public_key = "{snacks}"
-max_rows = 100000
-consent_column = "consent"
-contributes = [ {{ column = "snack", role = "dimension" }} ]
-
-[[analysts]]
-name = "ana@drinks.example"
-party = "drinks"
-public_key = "{analyst}"
-
-[room]
-operator = "CLI test room"
-public_key = "{room}"
-
-[privacy]
-aggregates = ["count", "sum", "avg"]
-exact_results = true
-"#
-    );
+    use accord_agreement::{Contribution, ManifestBuilder, PublicKey, RoomSection};
+    let key = |k: &str| k.parse::<PublicKey>().unwrap();
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
+    let room = RoomSection {
+        operator: "CLI test room".into(),
+        public_key: key(room),
+    };
+    let text = ManifestBuilder::new(
+        "cli-e2e",
+        "Command-line end-to-end test",
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::days(1),
+        room,
+    )
+    .min_group_size(10)
+    .party(
+        "drinks",
+        key(drinks),
+        100000,
+        "consent",
+        [
+            Contribution::dimension("tier"),
+            Contribution::metric("spend", 0.0, 100.0),
+        ],
+    )
+    .party(
+        "snacks",
+        key(snacks),
+        100000,
+        "consent",
+        [Contribution::dimension("snack")],
+    )
+    .analyst("ana@drinks.example", "drinks", key(analyst))
+    .exact_results()
+    .to_toml();
     let path = dir.join("agreement.toml");
     std::fs::write(&path, text).unwrap();
     path

@@ -17,11 +17,8 @@ use datafusion::sql::sqlparser::ast::{
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
 use crate::refusal::{Refusal, Rule};
-use crate::spec::{AggregateKind, ColumnSpec, Role};
+use crate::spec::{AggregateKind, ColumnSpec, RESERVED_PREFIX, Role};
 use crate::stack::{MAX_NESTING, check_text};
-
-/// Prefix of the policy's own hidden column names; analysts may not use it.
-pub(crate) const RESERVED_PREFIX: &str = "__accord";
 
 /// The name of the only table.
 pub(crate) const TABLE_NAME: &str = "overlap";

@@ -141,7 +141,7 @@ pub(crate) async fn noisy_groups(
             return Err(internal(format!("aggregate {e} is not a function")));
         };
         let metric = metric_of(&params.args)?;
-        let cell = if name.starts_with(crate::ast::RESERVED_PREFIX) {
+        let cell = if name.starts_with(crate::spec::RESERVED_PREFIX) {
             // The k rewrite's hidden counts: the noisy size, which is at least the
             // partition-selection threshold, itself at least k.
             Cell::Size

@@ -9,8 +9,12 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
-use crate::ast::RESERVED_PREFIX;
 use crate::error::EngineError;
+
+/// Prefix of the policy's own hidden column names: no table column may use it, and analysts
+/// may not write it (`ast.rs`). Defined here, with the table's naming rules, so the spec
+/// depends on nothing of the policy (the imports of `ast` and `spec` point one way).
+pub(crate) const RESERVED_PREFIX: &str = "__accord";
 
 /// Smallest k the engine accepts (DESIGN §2: agreements refuse k below 10).
 pub const MIN_GROUP_SIZE: u64 = 10;

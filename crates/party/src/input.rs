@@ -151,12 +151,7 @@ impl Layout {
                     .join(", ")
             ))
         })?;
-        let kind = IdentifierKind::from_label(manifest.identifier.as_str()).ok_or_else(|| {
-            PartyError::Invalid(format!(
-                "unsupported identifier {:?}",
-                manifest.identifier.as_str()
-            ))
-        })?;
+        let kind = manifest.identifier;
         Ok(Self {
             id_column: options
                 .id_column
@@ -712,41 +707,43 @@ mod tests {
     use super::*;
 
     pub(crate) fn manifest() -> Manifest {
-        let text = r#"
-schema_version = 1
-id = "t-1"
-version = 1
-purpose = "test"
-valid_from = 2020-01-01T00:00:00Z
-valid_until = 2099-01-01T00:00:00Z
-min_group_size = 10
-identifier = "email"
-
-[parties.drinks]
-public_key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
-max_rows = 1000
-consent_column = "consent"
-contributes = [
-  { column = "tier", role = "dimension" },
-  { column = "spend", role = "metric", min = 0, max = 100 },
-]
-
-[parties.snacks]
-public_key = "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="
-max_rows = 1000
-consent_column = "consent"
-contributes = [ { column = "fav", role = "dimension" } ]
-
-# Input tests never reach a room; any valid key will do.
-[room]
-operator = "Test room"
-public_key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
-
-[privacy]
-aggregates = ["count", "sum", "avg"]
-exact_results = true
-"#;
-        Manifest::parse(text).unwrap()
+        use accord_agreement::{Contribution, ManifestBuilder, PublicKey, RoomSection};
+        use chrono::TimeZone as _;
+        let key = |k: &str| k.parse::<PublicKey>().unwrap();
+        let drinks = key("ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
+        // Input tests never reach a room; any valid key will do.
+        let room = RoomSection {
+            operator: "Test room".into(),
+            public_key: drinks,
+        };
+        let text = ManifestBuilder::new(
+            "t-1",
+            "test",
+            chrono::Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap(),
+            room,
+        )
+        .min_group_size(10)
+        .party(
+            "drinks",
+            drinks,
+            1000,
+            "consent",
+            [
+                Contribution::dimension("tier"),
+                Contribution::metric("spend", 0.0, 100.0),
+            ],
+        )
+        .party(
+            "snacks",
+            key("ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="),
+            1000,
+            "consent",
+            [Contribution::dimension("fav")],
+        )
+        .exact_results()
+        .to_toml();
+        Manifest::parse(&text).unwrap()
     }
 
     fn run(csv: &str, skip: bool) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {

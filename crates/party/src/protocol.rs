@@ -8,7 +8,7 @@ use std::time::Duration;
 use accord_agreement::{Fingerprint, SecretKey, VerifiedAgreement, sig::Purpose};
 use accord_proto::refusal::WorkRefusalCode;
 use accord_proto::v1::{self, psi_client::PsiClient};
-use accord_psi::{HashDomain, IdentifierKind};
+use accord_psi::{HANDLE_LEN, HashDomain, IdentifierKind};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -95,9 +95,8 @@ impl PartyContext {
         State::open(&self.state_root, self.agreement.id(), self.fingerprint())
     }
 
-    fn identifier_kind(&self) -> Result<IdentifierKind, PartyError> {
-        IdentifierKind::from_label(self.agreement.manifest().identifier.as_str())
-            .ok_or_else(|| PartyError::Invalid("unsupported identifier kind".into()))
+    fn identifier_kind(&self) -> IdentifierKind {
+        self.agreement.manifest().identifier
     }
 
     async fn connect(&self, state: &State) -> Result<Connection, PartyError> {
@@ -167,7 +166,7 @@ pub struct UploadOutcome {
 }
 
 struct Prepared {
-    handles: Vec<[u8; 16]>,
+    handles: Vec<[u8; HANDLE_LEN]>,
     rows: Vec<PreparedRow>,
 }
 
@@ -199,7 +198,7 @@ pub async fn upload(
     // A customer this party erased before (under any agreement) stays erased, even when the
     // export still says "consent: true"; only a recorded renewal lifts it (rights.rs).
     let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
-    let kind = ctx.identifier_kind()?;
+    let kind = ctx.identifier_kind();
     let read_rows = rows.len();
     let rows: Vec<_> = rows
         .into_iter()
@@ -409,7 +408,7 @@ async fn upload_attempt(
     // Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::UploadMessage, PartyError>>(4);
     let secrets = state.secrets()?;
-    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind()?);
+    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind());
     let fp = ctx.fingerprint();
     let party = ctx.party.clone();
     let key_bytes = ctx.key.to_key_file();
@@ -908,12 +907,12 @@ pub async fn erase_from(
     };
     let state = ctx.state()?;
     let secrets = state.secrets()?;
-    let kind = ctx.identifier_kind()?;
+    let kind = ctx.identifier_kind();
     let region = ctx.agreement.manifest().default_region.clone();
     let uploaded = state.uploaded_handles()?;
     let erased_before = state.erased_handles()?;
     let mut outcome = EraseOutcome::default();
-    let mut wanted: Vec<[u8; 16]> = Vec::new();
+    let mut wanted: Vec<[u8; HANDLE_LEN]> = Vec::new();
     let mut seen = HashSet::new();
     let mut valid = Vec::new();
     for (line_number, line) in &lines {

@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use accord_agreement::{ColumnRole, Manifest, PrivacyMode};
-use accord_psi::{HandleKey, IdentifierKind};
+use accord_psi::{HANDLE_LEN, HandleKey, IdentifierKind};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -331,7 +331,7 @@ pub fn remember_erasures(
     party: &str,
     source: &crate::protocol::EraseSource,
 ) -> Result<usize, PartyError> {
-    let kind = kind_of(manifest)?;
+    let kind = manifest.identifier;
     let region = manifest.default_region.as_deref();
     let valid: Vec<String> = crate::protocol::source_lines(manifest, party, source)?
         .into_iter()
@@ -407,24 +407,13 @@ pub fn renew_consent(
     manifest: &Manifest,
     identifier: &str,
 ) -> Result<bool, PartyError> {
-    let kind = kind_of(manifest)?;
+    let kind = manifest.identifier;
     let normalized = accord_psi::normalize(kind, identifier, manifest.default_region.as_deref())
         .map_err(|e| {
             PartyError::BadInput(format!("{identifier:?} is not a valid identifier: {e}"))
         })?
         .ok_or_else(|| PartyError::BadInput("the identifier is empty".into()))?;
     ErasureMemory::open(root)?.renew(kind, &normalized, Utc::now())
-}
-
-/// The identifier kind a manifest names.
-pub fn kind_of(manifest: &Manifest) -> Result<IdentifierKind, PartyError> {
-    IdentifierKind::from_label(manifest.identifier.as_str()).ok_or_else(|| {
-        PartyError::Invalid(format!(
-            "agreement {} names identifier {:?}, which this version cannot normalize",
-            manifest.id,
-            manifest.identifier.as_str()
-        ))
-    })
 }
 
 /// A column this party shared, as a person reads it.
@@ -735,7 +724,7 @@ pub fn receipt(
         if !manifest.parties.contains_key(party) {
             continue;
         }
-        let kind = kind_of(&manifest)?;
+        let kind = manifest.identifier;
         let Ok(Some(normalized)) =
             accord_psi::normalize(kind, identifier, manifest.default_region.as_deref())
         else {
@@ -752,7 +741,7 @@ pub fn receipt(
         let included = [record.done.as_deref(), record.pending.as_deref()]
             .into_iter()
             .flatten()
-            .any(|bytes| bytes.chunks_exact(16).any(|c| c == handle));
+            .any(|bytes| bytes.chunks_exact(HANDLE_LEN).any(|c| c == handle));
         if !included {
             continue;
         }

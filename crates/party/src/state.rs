@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use accord_agreement::{Fingerprint, PublicKey};
-use accord_psi::{HandleKey, PsiSecret};
+use accord_psi::{HANDLE_LEN, HandleKey, PsiSecret};
 use zeroize::Zeroizing;
 
 use crate::error::PartyError;
@@ -194,7 +194,9 @@ impl State {
 
     /// The handles of the rows this party uploaded or may have uploaded (a completed upload,
     /// or one in progress).
-    pub fn uploaded_handles(&self) -> Result<std::collections::HashSet<[u8; 16]>, PartyError> {
+    pub fn uploaded_handles(
+        &self,
+    ) -> Result<std::collections::HashSet<[u8; HANDLE_LEN]>, PartyError> {
         let record = self.upload_record()?;
         if record.done.is_none() && record.pending.is_none() {
             return Err(PartyError::Refused(format!(
@@ -211,7 +213,9 @@ impl State {
     }
 
     /// Handles erased at the room (receipt verified), from the append-only `erased.handles`.
-    pub fn erased_handles(&self) -> Result<std::collections::HashSet<[u8; 16]>, PartyError> {
+    pub fn erased_handles(
+        &self,
+    ) -> Result<std::collections::HashSet<[u8; HANDLE_LEN]>, PartyError> {
         Ok(read_optional(&self.dir.join(ERASED))?
             .map(|b| handles_of(&b).collect())
             .unwrap_or_default())
@@ -301,10 +305,10 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, PartyError> {
     }
 }
 
-fn handles_of(bytes: &[u8]) -> impl Iterator<Item = [u8; 16]> + '_ {
-    // A torn last record (crash mid-append) is shorter than 16 bytes and ignored.
-    bytes.chunks_exact(16).map(|c| {
-        let mut a = [0u8; 16];
+fn handles_of(bytes: &[u8]) -> impl Iterator<Item = [u8; HANDLE_LEN]> + '_ {
+    // A torn last record (crash mid-append) is shorter than a handle and ignored.
+    bytes.chunks_exact(HANDLE_LEN).map(|c| {
+        let mut a = [0u8; HANDLE_LEN];
         a.copy_from_slice(c);
         a
     })

@@ -99,10 +99,9 @@ pub mod refusal;
 
 /// Hard limits of the protocol. The room refuses anything larger and changes nothing.
 pub mod limits {
-    /// Length of a compressed ristretto255 point.
-    pub const POINT_LEN: usize = 32;
-    /// Length of a row handle.
-    pub const HANDLE_LEN: usize = 16;
+    /// Lengths of a compressed ristretto255 point (32) and of a row handle (16): the PSI
+    /// construction's, defined once in `accord-psi` and only re-exported here.
+    pub use accord_psi::{HANDLE_LEN, POINT_LEN};
     /// Length of an Ed25519 signature.
     pub const SIGNATURE_LEN: usize = 64;
     /// Length of nonces in the authentication challenge.
@@ -115,7 +114,8 @@ pub mod limits {
     pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
     /// Largest manifest or revocation text.
     pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
-    /// Longest SQL text.
+    /// Longest SQL text: the wire's copy of the query engine's `accord_engine::MAX_SQL_LEN`
+    /// (this crate cannot see the engine; `accord-room`'s limits tests keep the two equal).
     pub const MAX_SQL_BYTES: usize = 16 * 1024;
     /// Most handles in one erasure request.
     pub const MAX_ERASE_HANDLES: usize = 100_000;

@@ -8,7 +8,7 @@
 use std::fmt;
 
 /// The kind of identifier an agreement joins on (the manifest's `identifier` key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IdentifierKind {
     /// An e-mail address: trimmed and lowercased.
     Email,

@@ -14,7 +14,8 @@ use arrow::array::{ArrayRef, Float64Array, StringArray};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RoomError};
-use crate::store::{ColumnKind, PartyColumns, PartyProgress};
+use crate::store::{PartyColumns, PartyProgress};
+use accord_engine::Role;
 
 /// The values of one uploaded attribute column, as sent.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +133,7 @@ pub(crate) fn attributes(
             }
         };
         let array: ArrayRef = match (kind, c.values) {
-            (ColumnKind::Text, Values::Text { values, present: p }) => {
+            (Role::Dimension, Values::Text { values, present: p }) => {
                 if values.len() != n {
                     return Err(bad(format!(
                         "column {name:?} has {} values for {n} rows",
@@ -154,7 +155,7 @@ pub(crate) fn attributes(
                         .collect::<StringArray>(),
                 )
             }
-            (ColumnKind::Number { min, max }, Values::Number { values, present: p }) => {
+            (Role::Metric { min, max }, Values::Number { values, present: p }) => {
                 if values.len() != n {
                     return Err(bad(format!(
                         "column {name:?} has {} values for {n} rows",
@@ -177,12 +178,12 @@ pub(crate) fn attributes(
                         .collect::<Float64Array>(),
                 )
             }
-            (ColumnKind::Text, _) => {
+            (Role::Dimension, _) => {
                 return Err(bad(format!(
                     "column {name:?} is a dimension: send text values"
                 )));
             }
-            (ColumnKind::Number { .. }, _) => {
+            (Role::Metric { .. }, _) => {
                 return Err(bad(format!(
                     "column {name:?} is a metric: send number values"
                 )));

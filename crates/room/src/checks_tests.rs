@@ -9,10 +9,10 @@ fn layout() -> PartyColumns {
     PartyColumns {
         party: "drinks".into(),
         columns: vec![
-            ("tier".into(), ColumnKind::Text),
+            ("tier".into(), Role::Dimension),
             (
                 "spend".into(),
-                ColumnKind::Number {
+                Role::Metric {
                     min: 0.0,
                     max: 10.0,
                 },

@@ -79,7 +79,7 @@ pub(crate) fn join(
 mod tests {
     use super::*;
     use crate::columns::fixed_array;
-    use crate::store::ColumnKind;
+    use accord_engine::Role;
     use arrow::array::{FixedSizeBinaryArray, Float64Array, StringArray};
     use arrow::datatypes::DataType;
 
@@ -125,7 +125,7 @@ mod tests {
     fn drinks() -> PartyColumns {
         PartyColumns {
             party: "drinks".into(),
-            columns: vec![("tier".into(), ColumnKind::Text)],
+            columns: vec![("tier".into(), Role::Dimension)],
             max_rows: 100,
         }
     }
@@ -135,7 +135,7 @@ mod tests {
             party: "snacks".into(),
             columns: vec![(
                 "spend".into(),
-                ColumnKind::Number {
+                Role::Metric {
                     min: 0.0,
                     max: 10.0,
                 },

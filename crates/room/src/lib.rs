@@ -332,6 +332,42 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
 mod tests {
     use super::*;
 
+    /// The engine's table is read from the agreement in one place (`PartyColumns`, issue 10):
+    /// every agreed column once, `<party>_<column>`, with the engine's role and the agreed
+    /// bounds, parties in name order, withheld columns left out.
+    #[test]
+    fn the_table_spec_is_the_agreed_columns_with_their_roles() {
+        use accord_engine::{AggregateKind, ColumnSpec, Role};
+        let text = crate::room::revocation_tests::agreement_text();
+        let agreement = accord_agreement::verify(&text, chrono::Utc::now()).expect("verify");
+        let spec = table_spec(&agreement, &[]);
+        assert_eq!(
+            spec.columns,
+            vec![
+                ColumnSpec {
+                    name: "drinks_tier".into(),
+                    role: Role::Dimension
+                },
+                ColumnSpec {
+                    name: "snacks_spend".into(),
+                    role: Role::Metric {
+                        min: 0.0,
+                        max: 10.0
+                    }
+                },
+            ]
+        );
+        assert_eq!(spec.min_group_size, 10);
+        assert_eq!(spec.aggregates, vec![AggregateKind::Count]);
+        let withheld = [("drinks_tier".to_owned(), "too many values".to_owned())];
+        let names: Vec<String> = table_spec(&agreement, &withheld)
+            .columns
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, vec!["snacks_spend".to_owned()]);
+    }
+
     #[test]
     fn plain_text_is_refused_off_loopback_unless_named_or_tls() {
         let dir = tempfile::tempdir().expect("tempdir");

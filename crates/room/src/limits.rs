@@ -263,6 +263,16 @@ mod tests {
         assert!(accord_agreement::text::first_forbidden(&r).is_none());
     }
 
+    /// The wire cap on SQL and the engine's own cap are one bound: the room refuses at the
+    /// former before the engine ever sees the text (issue 10, one vocabulary).
+    #[test]
+    fn the_wire_and_the_engine_agree_on_the_longest_sql() {
+        assert_eq!(
+            accord_proto::limits::MAX_SQL_BYTES,
+            accord_engine::MAX_SQL_LEN
+        );
+    }
+
     #[test]
     fn defaults_pass_their_own_check_and_zero_is_refused() {
         Limits::default().check().unwrap();

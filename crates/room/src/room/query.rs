@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use accord_agreement::{ColumnRole, PrivacyMode};
+use accord_agreement::PrivacyMode;
 use accord_proto::limits::MAX_AUDIT_PAGE_ENTRIES;
 use accord_proto::v1;
 use chrono::Utc;
@@ -22,27 +22,24 @@ impl Room {
         live.store.as_ref().ok_or_else(ended)?;
         let m = slot.agreement.manifest();
         let mut columns = Vec::new();
-        for (party, p) in &m.parties {
-            for c in &p.contributes {
-                let name = format!("{party}_{}", c.column);
-                let withheld = live
-                    .withheld
-                    .iter()
-                    .find(|(w, _)| *w == name)
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or_default();
-                let (role, min, max) = match c.role {
-                    ColumnRole::Dimension => ("dimension", 0.0, 0.0),
-                    ColumnRole::Metric { min, max } => ("metric", min, max),
-                };
-                columns.push(v1::ColumnInfo {
-                    name,
-                    role: role.into(),
-                    min,
-                    max,
-                    withheld,
-                });
-            }
+        for c in super::seal::table_spec(&slot.agreement, &[]).columns {
+            let withheld = live
+                .withheld
+                .iter()
+                .find(|(w, _)| *w == c.name)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            let (role, min, max) = match c.role {
+                accord_engine::Role::Dimension => ("dimension", 0.0, 0.0),
+                accord_engine::Role::Metric { min, max } => ("metric", min, max),
+            };
+            columns.push(v1::ColumnInfo {
+                name: c.name,
+                role: role.into(),
+                min,
+                max,
+                withheld,
+            });
         }
         Ok(v1::DescribeResponse {
             agreement_id: m.id.clone(),

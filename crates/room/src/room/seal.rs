@@ -3,30 +3,26 @@
 
 use std::sync::Arc;
 
-use accord_agreement::{Aggregate, ColumnRole, PrivacyMode, VerifiedAgreement};
-use accord_engine::{AggregateKind, ColumnSpec, Engine, Role as EngineRole, TableSpec};
+use accord_agreement::{Aggregate, PrivacyMode, VerifiedAgreement};
+use accord_engine::{AggregateKind, ColumnSpec, Engine, TableSpec};
 use arrow::array::RecordBatch;
 use chrono::Utc;
 
 use super::{Live, Room, Slot};
 use crate::audit::{Actor, Event};
 use crate::error::{Result, RoomError};
-use crate::store::SealInfo;
+use crate::store::{PartyColumns, SealInfo};
 
 /// The columns of the `overlap` table for an agreement, minus withheld ones.
 pub fn table_spec(agreement: &VerifiedAgreement, withheld: &[(String, String)]) -> TableSpec {
     let m = agreement.manifest();
     let mut columns = Vec::new();
-    for (party, p) in &m.parties {
-        for c in &p.contributes {
-            let name = format!("{party}_{}", c.column);
+    for party in PartyColumns::from_manifest(m) {
+        for (column, role) in party.columns {
+            let name = format!("{}_{column}", party.party);
             if withheld.iter().any(|(w, _)| *w == name) {
                 continue;
             }
-            let role = match c.role {
-                ColumnRole::Dimension => EngineRole::Dimension,
-                ColumnRole::Metric { min, max } => EngineRole::Metric { min, max },
-            };
             columns.push(ColumnSpec { name, role });
         }
     }

@@ -12,51 +12,39 @@ fn key(n: u8) -> SecretKey {
 }
 
 pub(crate) fn agreement_text() -> String {
-    let now = Utc::now();
-    let from =
-        (now - chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let until =
-        (now + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let text = format!(
-        r#"schema_version = 1
-id = "lock-test"
-version = 1
-purpose = "Revocation ordering test"
-valid_from = {from}
-valid_until = {until}
-min_group_size = 10
-identifier = "email"
-
-[parties.drinks]
-public_key = "{}"
-max_rows = 100
-consent_column = "consent"
-contributes = [{{ column = "tier", role = "dimension" }}]
-
-[parties.snacks]
-public_key = "{}"
-max_rows = 100
-consent_column = "consent"
-contributes = [{{ column = "spend", role = "metric", min = 0, max = 10 }}]
-
-[[analysts]]
-name = "ana"
-party = "drinks"
-public_key = "{}"
-
-[room]
-operator = "Test room"
-public_key = "{}"
-
-[privacy]
-aggregates = ["count"]
-exact_results = true
-"#,
+    use accord_agreement::{Aggregate, Contribution, ManifestBuilder, RoomSection};
+    use chrono::SubsecRound as _;
+    let now = Utc::now().trunc_subsecs(0);
+    let room = RoomSection {
+        operator: "Test room".into(),
+        public_key: key(6).public_key(),
+    };
+    let text = ManifestBuilder::new(
+        "lock-test",
+        "Revocation ordering test",
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::days(1),
+        room,
+    )
+    .min_group_size(10)
+    .party(
+        "drinks",
         key(1).public_key(),
+        100,
+        "consent",
+        [Contribution::dimension("tier")],
+    )
+    .party(
+        "snacks",
         key(2).public_key(),
-        key(3).public_key(),
-        key(6).public_key()
-    );
+        100,
+        "consent",
+        [Contribution::metric("spend", 0.0, 10.0)],
+    )
+    .analyst("ana", "drinks", key(3).public_key())
+    .aggregates([Aggregate::Count])
+    .exact_results()
+    .to_toml();
     let text = accord_agreement::sign_text(&text, "drinks", &key(1)).unwrap();
     accord_agreement::sign_text(&text, "snacks", &key(2)).unwrap()
 }

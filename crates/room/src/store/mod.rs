@@ -23,8 +23,8 @@ mod files;
 mod types;
 
 pub use types::{
-    BatchInfo, BatchState, ColumnKind, Completion, PartyColumns, PartyProgress, PendingBatch,
-    PendingPoints, SealInfo,
+    BatchInfo, BatchState, Completion, PartyColumns, PartyProgress, PendingBatch, PendingPoints,
+    SealInfo,
 };
 
 use std::collections::{BTreeMap, HashSet};

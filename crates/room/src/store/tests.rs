@@ -3,20 +3,21 @@
 //! tokens replacing points, sealing, minimization, erasure) holds across a reopen.
 
 use super::*;
+use accord_engine::Role;
 use arrow::array::{Float64Array, StringArray};
 
 fn layouts() -> Vec<PartyColumns> {
     vec![
         PartyColumns {
             party: "drinks".into(),
-            columns: vec![("tier".into(), ColumnKind::Text)],
+            columns: vec![("tier".into(), Role::Dimension)],
             max_rows: 6,
         },
         PartyColumns {
             party: "snacks".into(),
             columns: vec![(
                 "spend".into(),
-                ColumnKind::Number {
+                Role::Metric {
                     min: 0.0,
                     max: 10.0,
                 },

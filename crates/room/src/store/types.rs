@@ -4,37 +4,26 @@
 use std::collections::{BTreeMap, HashSet};
 
 use accord_agreement::{ColumnRole, Manifest};
+use accord_engine::Role;
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field};
 use serde::{Deserialize, Serialize};
-
-/// How one attribute column is stored.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ColumnKind {
-    /// A dimension: text labels.
-    Text,
-    /// A metric with its agreed bounds.
-    Number {
-        /// Lower bound.
-        min: f64,
-        /// Upper bound.
-        max: f64,
-    },
-}
 
 /// A party's agreed columns, in manifest order.
 #[derive(Debug, Clone)]
 pub struct PartyColumns {
     /// Party name.
     pub party: String,
-    /// `(column, kind)` in the order of the manifest's `contributes` list.
-    pub columns: Vec<(String, ColumnKind)>,
+    /// `(column, role)` in the order of the manifest's `contributes` list.
+    pub columns: Vec<(String, Role)>,
     /// The party's upload cap.
     pub max_rows: u64,
 }
 
 impl PartyColumns {
-    /// The columns each party contributes, parties in name order.
+    /// The columns each party contributes, parties in name order: the room's one reading of
+    /// the manifest's column roles (the engine's table spec, `room::table_spec`, and
+    /// `describe` are built from it too).
     pub fn from_manifest(manifest: &Manifest) -> Vec<PartyColumns> {
         manifest
             .parties
@@ -46,11 +35,11 @@ impl PartyColumns {
                     .contributes
                     .iter()
                     .map(|c| {
-                        let kind = match c.role {
-                            ColumnRole::Dimension => ColumnKind::Text,
-                            ColumnRole::Metric { min, max } => ColumnKind::Number { min, max },
+                        let role = match c.role {
+                            ColumnRole::Dimension => Role::Dimension,
+                            ColumnRole::Metric { min, max } => Role::Metric { min, max },
                         };
-                        (c.column.clone(), kind)
+                        (c.column.clone(), role)
                     })
                     .collect(),
             })
@@ -67,8 +56,8 @@ impl PartyColumns {
                     name.clone()
                 };
                 let ty = match kind {
-                    ColumnKind::Text => DataType::Utf8,
-                    ColumnKind::Number { .. } => DataType::Float64,
+                    Role::Dimension => DataType::Utf8,
+                    Role::Metric { .. } => DataType::Float64,
                 };
                 Field::new(name, ty, true)
             })
