@@ -86,7 +86,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
                 println!("{}", accord_agreement::text::escape(e, 64 * 1024));
             }
         }
-        match accord_room::audit::verify_log(&entries, &head, &presented) {
+        match accord_audit::verify_log(&entries, &head, &presented) {
             Ok(s) => {
                 println!("audit log of {fingerprint}: OK");
                 println!("  {} entries, hash chain intact, head signed by the room ({presented})", s.entries);

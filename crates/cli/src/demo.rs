@@ -496,7 +496,7 @@ async fn drive(
     .await
     .map_err(party_error)?;
     let (entries, head) = drinks_conn.audit_log().await.map_err(party_error)?;
-    let summary = accord_room::audit::verify_log(&entries, &head, drinks_conn.room_key())
+    let summary = accord_audit::verify_log(&entries, &head, drinks_conn.room_key())
         .map_err(|e| anyhow!(e))?;
     let spent: f64 = entries
         .iter()

@@ -809,7 +809,7 @@ impl Connection {
 
     /// The whole audit log of the session's agreement, fetched page by page (only parties and
     /// auditors may), with the signed head of the last page; every head is checked. Verify
-    /// the entries against the head with `accord_room::audit::verify_log`.
+    /// the entries against the head with `accord_audit::verify_log`.
     pub async fn audit_log(&mut self) -> Result<(Vec<String>, v1::SignedHead), PartyError> {
         let mut client = accord_proto::v1::audit_client::AuditClient::new(self.channel())
             .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
@@ -919,31 +919,12 @@ pub fn verify_head(
     let head = head.ok_or_else(|| {
         PartyError::Refused("the room's response carries no signed audit head".into())
     })?;
-    let hash: [u8; 32] = head
-        .hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| PartyError::Refused("the audit head hash is not 32 bytes".into()))?;
-    let sig: [u8; 64] = head
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| PartyError::Refused("the audit head signature is not 64 bytes".into()))?;
     if head.fingerprint != fingerprint.to_string() {
         return Err(PartyError::Refused(
             "the room's audit head names another agreement".into(),
         ));
     }
-    let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), head.entries, &hash);
-    room_key
-        .verify(
-            Purpose::AuditHead,
-            &message,
-            &accord_agreement::Signature::from_bytes(&sig),
-        )
-        .map_err(|_| {
-            PartyError::Refused("the room's signature on its audit head does not verify".into())
-        })?;
+    accord_audit::verify_head(room_key, head).map_err(PartyError::Refused)?;
     Ok(head.entries)
 }
 
