@@ -171,23 +171,56 @@ pub fn entry(
     Ok((text, hash))
 }
 
-/// Signs a head.
+/// The room's signed audit head as the room's core keeps it; [`Head::to_proto`] is the
+/// wire form (`SignedHead`) the adapters send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The agreement version whose log this is.
+    pub fingerprint: Fingerprint,
+    /// Entries the head vouches for.
+    pub entries: u64,
+    /// SHA-256 of the last entry's line (zeros for an empty log).
+    pub hash: [u8; 32],
+    /// The room's signature (purpose `audit-head`).
+    pub signature: [u8; 64],
+}
+
+impl Head {
+    /// Signs the head after `entries` entries whose last hashed to `hash`.
+    pub fn sign(
+        room_key: &SecretKey,
+        fingerprint: Fingerprint,
+        entries: u64,
+        hash: [u8; 32],
+    ) -> Self {
+        let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), entries, &hash);
+        Self {
+            fingerprint,
+            entries,
+            hash,
+            signature: room_key.sign(Purpose::AuditHead, &message).to_bytes(),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_proto(&self) -> SignedHead {
+        SignedHead {
+            fingerprint: self.fingerprint.to_string(),
+            entries: self.entries,
+            hash: self.hash.to_vec(),
+            signature: self.signature.to_vec(),
+        }
+    }
+}
+
+/// Signs a head, in its wire form.
 pub fn sign_head(
     room_key: &SecretKey,
     fingerprint: Fingerprint,
     entries: u64,
     hash: [u8; 32],
 ) -> SignedHead {
-    let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), entries, &hash);
-    SignedHead {
-        fingerprint: fingerprint.to_string(),
-        entries,
-        hash: hash.to_vec(),
-        signature: room_key
-            .sign(Purpose::AuditHead, &message)
-            .to_bytes()
-            .to_vec(),
-    }
+    Head::sign(room_key, fingerprint, entries, hash).to_proto()
 }
 
 /// Checks a head's signature against the room's public key.

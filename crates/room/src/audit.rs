@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 
 use accord_agreement::{Fingerprint, SecretKey};
 pub use accord_audit::{
-    Actor, Decision, Event, LogSummary, check_line, sign_head, verify_head, verify_log,
+    Actor, Decision, Event, Head, LogSummary, check_line, sign_head, verify_head, verify_log,
 };
-use accord_proto::v1::SignedHead;
 use chrono::{DateTime, Utc};
 
 use crate::error::RoomError;
@@ -102,8 +101,8 @@ impl AuditLog {
     }
 
     /// The current head, signed with the room's key.
-    pub fn signed_head(&self, room_key: &SecretKey) -> SignedHead {
-        sign_head(room_key, self.fingerprint, self.entries, self.last_hash)
+    pub fn signed_head(&self, room_key: &SecretKey) -> Head {
+        Head::sign(room_key, self.fingerprint, self.entries, self.last_hash)
     }
 
     /// Number of entries.
@@ -189,7 +188,7 @@ mod tests {
         log.append(Actor::Room, Event::Expired, Utc::now()).unwrap();
         let head = log.signed_head(&k);
         let entries = log.read_all().unwrap();
-        let summary = verify_log(&entries, &head, &k.public_key()).unwrap();
+        let summary = verify_log(&entries, &head.to_proto(), &k.public_key()).unwrap();
         // What `accord audit verify` reports (pinned: found by mutation testing).
         assert_eq!(
             summary,
@@ -212,18 +211,18 @@ mod tests {
         let mut truncated = entries.clone();
         truncated.pop();
         assert!(
-            verify_log(&truncated, &head, &k.public_key())
+            verify_log(&truncated, &head.to_proto(), &k.public_key())
                 .unwrap_err()
                 .contains("entries")
         );
 
         let mut altered = entries.clone();
         altered[1] = altered[1].replace("\"rows\":3", "\"rows\":4");
-        assert!(verify_log(&altered, &head, &k.public_key()).is_err());
+        assert!(verify_log(&altered, &head.to_proto(), &k.public_key()).is_err());
 
         let other = key();
         assert!(
-            verify_log(&entries, &head, &other.public_key())
+            verify_log(&entries, &head.to_proto(), &other.public_key())
                 .unwrap_err()
                 .contains("signature")
         );
@@ -248,6 +247,6 @@ mod tests {
             .unwrap();
         let entries = log.read_all().unwrap();
         assert_eq!(entries.len(), 2);
-        verify_log(&entries, &log.signed_head(&k), &k.public_key()).unwrap();
+        verify_log(&entries, &log.signed_head(&k).to_proto(), &k.public_key()).unwrap();
     }
 }

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use accord_proto::limits::MAX_NAME_PATTERN_BYTES;
-use accord_proto::v1;
 use arrow::datatypes::Schema;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -174,12 +173,10 @@ impl FlightSqlService for FlightRoom {
         })?;
         let client_nonce = hex_field("client_nonce", &hello.client_nonce)?;
         let public_key = hex_field("public_key", &hello.public_key)?;
-        let principal = v1::Principal {
-            kind: Some(v1::principal::Kind::Analyst(hello.analyst.clone())),
-        };
+        let principal = crate::api::Principal::Analyst(hello.analyst.clone());
         let challenge = self
             .room
-            .challenge(v1::ChallengeRequest {
+            .challenge(crate::api::ChallengeRequest {
                 agreement: hello.agreement.clone(),
                 principal: Some(principal.clone()),
                 client_nonce: client_nonce.clone(),
@@ -187,8 +184,8 @@ impl FlightSqlService for FlightRoom {
             })
             .map_err(status)?;
         let reply = HandshakeChallenge {
-            room_nonce: hex::encode(&challenge.room_nonce),
-            room_public_key: hex::encode(&challenge.room_public_key),
+            room_nonce: hex::encode(challenge.room_nonce),
+            room_public_key: hex::encode(challenge.room_public_key),
         };
         let room = self.room.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<HandshakeResponse, Status>>(2);
@@ -213,10 +210,10 @@ impl FlightSqlService for FlightRoom {
                     })?;
                 let signature = hex_field("signature", &proof.signature)?;
                 let auth = room
-                    .authenticate(v1::AuthenticateRequest {
+                    .authenticate(crate::api::AuthenticateRequest {
                         agreement: hello.agreement,
                         principal: Some(principal),
-                        room_nonce: challenge.room_nonce,
+                        room_nonce: challenge.room_nonce.to_vec(),
                         client_nonce,
                         signature,
                         public_key,

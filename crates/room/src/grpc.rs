@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Session;
 use crate::error::{Result as RoomResult, RoomError};
 use crate::room::{QueryResult, Room, Slot};
+use crate::wire;
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -82,17 +83,20 @@ impl From<RoomError> for Status {
 #[tonic::async_trait]
 impl auth_server::Auth for Room {
     async fn challenge(&self, request: Request<v1::ChallengeRequest>) -> R<v1::ChallengeResponse> {
-        Ok(Response::new(Room::challenge(self, request.into_inner())?))
+        Ok(Response::new(wire::challenge(Room::challenge(
+            self,
+            wire::challenge_request(request.into_inner()),
+        )?)))
     }
 
     async fn authenticate(
         &self,
         request: Request<v1::AuthenticateRequest>,
     ) -> R<v1::AuthenticateResponse> {
-        Ok(Response::new(Room::authenticate(
+        Ok(Response::new(wire::authenticated(Room::authenticate(
             self,
-            request.into_inner(),
-        )?))
+            wire::authenticate_request(request.into_inner()),
+        )?)))
     }
 }
 
@@ -102,15 +106,15 @@ impl agreements_server::Agreements for Room {
         &self,
         request: Request<v1::SubmitAgreementRequest>,
     ) -> R<v1::SubmitAgreementResponse> {
-        Ok(Response::new(
+        Ok(Response::new(wire::submitted(
             Room::submit(self, &request.into_inner().manifest_toml).await?,
-        ))
+        )))
     }
 
     async fn revoke(&self, request: Request<v1::RevokeRequest>) -> R<v1::RevokeResponse> {
-        Ok(Response::new(
+        Ok(Response::new(wire::revoked(
             Room::revoke(self, &request.into_inner().revocation_toml).await?,
-        ))
+        )))
     }
 }
 
@@ -127,10 +131,12 @@ impl psi_server::Psi for Room {
         while let Some(message) = stream.message().await? {
             match message.kind {
                 Some(v1::upload_message::Kind::Batch(batch)) => {
-                    self.upload_batch(&slot, &party, batch).await?;
+                    self.upload_batch(&slot, &party, wire::upload_batch(batch))
+                        .await?;
                 }
                 Some(v1::upload_message::Kind::Complete(c)) => {
-                    self.upload_complete(&slot, &party, c).await?;
+                    self.upload_complete(&slot, &party, wire::upload_complete(c))
+                        .await?;
                 }
                 None => {
                     return Err(RoomError::InvalidArgument(
@@ -145,7 +151,7 @@ impl psi_server::Psi for Room {
             batches_stored: status.batches_uploaded,
             rows_stored: status.rows_uploaded,
             complete: status.upload_complete,
-            head: status.head,
+            head: wire::head(&status.head),
         }))
     }
 
@@ -164,7 +170,10 @@ impl psi_server::Psi for Room {
                 for n in numbers.by_ref() {
                     match room.read_work(&slot, &partner, n).await {
                         Ok(Some(batch)) => {
-                            return Some((Ok(batch), (room, slot, partner, numbers)));
+                            return Some((
+                                Ok(wire::work_batch(batch)),
+                                (room, slot, partner, numbers),
+                            ));
                         }
                         Ok(None) => continue, // blinded or refused meanwhile
                         Err(e) => {
@@ -191,14 +200,16 @@ impl psi_server::Psi for Room {
         while let Some(message) = stream.message().await? {
             match message.kind {
                 Some(v1::return_work_message::Kind::Blinded(b)) => {
-                    self.return_blinded(&slot, &party, b).await?;
+                    self.return_blinded(&slot, &party, wire::blinded(b)).await?;
                     accepted += 1;
                 }
                 Some(v1::return_work_message::Kind::Commitment(c)) => {
-                    self.commit_key(&slot, &party, c).await?;
+                    self.commit_key(&slot, &party, wire::key_commitment(c))
+                        .await?;
                 }
                 Some(v1::return_work_message::Kind::Refusal(r)) => {
-                    self.refuse_batch(&slot, &party, r).await?;
+                    self.refuse_batch(&slot, &party, wire::work_refusal(r))
+                        .await?;
                     refused += 1;
                 }
                 None => {
@@ -212,20 +223,22 @@ impl psi_server::Psi for Room {
         Ok(Response::new(v1::ReturnWorkResponse {
             accepted,
             refused,
-            head: Some(self.head(&slot)),
+            head: wire::head(&self.head(&slot)),
         }))
     }
 
     async fn status(&self, request: Request<v1::StatusRequest>) -> R<v1::StatusResponse> {
         let (slot, party) = party_call(self, request.metadata())?;
-        Ok(Response::new(Room::status(self, &slot, &party).await?))
+        Ok(Response::new(wire::status(
+            Room::status(self, &slot, &party).await?,
+        )))
     }
 
     async fn erase(&self, request: Request<v1::EraseRequest>) -> R<v1::EraseResponse> {
         let (slot, party) = party_call(self, request.metadata())?;
-        Ok(Response::new(
+        Ok(Response::new(wire::erased(
             Room::erase(self, &slot, &party, &request.get_ref().handles).await?,
-        ))
+        )))
     }
 }
 
@@ -233,9 +246,9 @@ impl psi_server::Psi for Room {
 impl query_server::Query for Room {
     async fn describe(&self, request: Request<v1::DescribeRequest>) -> R<v1::DescribeResponse> {
         let (slot, analyst) = analyst_call(self, request.metadata())?;
-        let mut response = Room::describe(self, &slot).await?;
-        response.budget = self.budget(&slot, &analyst)?.map(|b| b.to_proto());
-        Ok(Response::new(response))
+        let description = Room::describe(self, &slot).await?;
+        let budget = self.budget(&slot, &analyst)?.map(|b| wire::budget(&b));
+        Ok(Response::new(wire::description(description, budget)))
     }
 
     async fn run(&self, request: Request<v1::RunQueryRequest>) -> R<v1::RunQueryResponse> {
@@ -256,9 +269,9 @@ impl query_server::Query for Room {
                 outcome: Some(v1::run_query_response::Outcome::Answer(v1::QueryAnswer {
                     arrow_ipc_stream: value,
                     rows,
-                    budget: budget.map(|b| b.to_proto()),
+                    budget: budget.map(|b| wire::budget(&b)),
                 })),
-                head: Some(head),
+                head: wire::head(&head),
             },
             QueryResult::Refused {
                 rule,
@@ -269,7 +282,7 @@ impl query_server::Query for Room {
                     rule,
                     message,
                 })),
-                head: Some(head),
+                head: wire::head(&head),
             },
         }))
     }
@@ -279,9 +292,10 @@ impl query_server::Query for Room {
 impl audit_server::Audit for Room {
     async fn fetch(&self, request: Request<v1::FetchAuditRequest>) -> R<v1::FetchAuditResponse> {
         let session = session(self, request.metadata())?;
-        Ok(Response::new(
-            self.fetch_audit(&session, request.get_ref())?,
-        ))
+        Ok(Response::new(wire::audit_page(self.fetch_audit(
+            &session,
+            &wire::audit_request(request.get_ref()),
+        )?)))
     }
 }
 

@@ -13,6 +13,7 @@
 //! how many of its customers matched.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 mod checks;
@@ -32,6 +33,7 @@ pub mod registration;
 mod room;
 pub mod store;
 pub mod tls;
+mod wire;
 
 pub use ledger::Balance;
 

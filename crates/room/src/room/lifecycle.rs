@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::api::{Revoked, Submitted};
 use accord_agreement::{Fingerprint, PublicKey, Revocation, VerifiedAgreement, sig::Purpose};
-use accord_proto::v1;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
@@ -232,7 +232,7 @@ impl Room {
     // Agreements
 
     /// Registers a signed agreement (see the `Agreements.Submit` contract).
-    pub async fn submit(&self, text: &str) -> Result<v1::SubmitAgreementResponse> {
+    pub async fn submit(&self, text: &str) -> Result<Submitted> {
         if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
             return Err(RoomError::InvalidArgument(
                 "the manifest is larger than 256 KiB".into(),
@@ -268,13 +268,13 @@ impl Room {
                 )));
             }
             if let Some(slot) = reg.by_fingerprint.get(&fp) {
-                return Ok(v1::SubmitAgreementResponse {
+                return Ok(Submitted {
                     agreement_id: id,
                     version,
                     fingerprint: fp.to_string(),
                     already_registered: true,
                     superseded: String::new(),
-                    head: Some(lock(&slot.audit).signed_head(&self.inner.key)),
+                    head: lock(&slot.audit).signed_head(&self.inner.key),
                 });
             }
             // Which agreement in force with this id, if any, this one replaces: only one that
@@ -376,13 +376,13 @@ impl Room {
             superseded = old_fp.to_string();
         }
         tracing::info!(agreement = %id, version, %fp, "agreement registered");
-        Ok(v1::SubmitAgreementResponse {
+        Ok(Submitted {
             agreement_id: id,
             version,
             fingerprint: fp.to_string(),
             already_registered: false,
             superseded,
-            head: Some(self.head(&slot)),
+            head: self.head(&slot),
         })
     }
 
@@ -424,7 +424,7 @@ impl Room {
     }
 
     /// Revokes an agreement with a revocation statement signed by one of its parties.
-    pub async fn revoke(&self, text: &str) -> Result<v1::RevokeResponse> {
+    pub async fn revoke(&self, text: &str) -> Result<Revoked> {
         if text.len() > accord_proto::limits::MAX_MANIFEST_BYTES {
             return Err(RoomError::InvalidArgument(
                 "the revocation statement is larger than 256 KiB".into(),
@@ -464,7 +464,7 @@ impl Room {
             revoked_unix_ms,
             &revocation.party,
         );
-        Ok(v1::RevokeResponse {
+        Ok(Revoked {
             agreement_id: slot.agreement.id().to_owned(),
             fingerprint: fp.to_string(),
             revoked_unix_ms,
@@ -472,9 +472,8 @@ impl Room {
                 .inner
                 .key
                 .sign(Purpose::RevocationReceipt, &receipt)
-                .to_bytes()
-                .to_vec(),
-            head: Some(self.head(&slot)),
+                .to_bytes(),
+            head: self.head(&slot),
         })
     }
 

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use crate::api::{AuthenticateRequest, Authenticated, Challenge, ChallengeRequest, Principal};
 use accord_agreement::{Fingerprint, PublicKey, sig::Purpose};
-use accord_proto::v1;
 use sha2::{Digest, Sha256};
 
 use super::{Room, Slot, lock, nonce, not_authorized, signature};
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Head};
 use crate::auth::Role;
 use crate::error::{Result, RoomError};
 
@@ -51,9 +51,9 @@ struct AuthAsk {
 const MAX_SELECTOR_LEN: usize = 256;
 
 impl AuthAsk {
-    fn from_proto(
+    fn from_request(
         agreement: &str,
-        principal: Option<&v1::Principal>,
+        principal: Option<&Principal>,
         public_key: &[u8],
     ) -> Result<Self> {
         let agreement = agreement.trim();
@@ -69,19 +69,19 @@ impl AuthAsk {
                 RoomError::InvalidArgument(format!("{field} is not an Ed25519 public key: {e}"))
             })
         };
-        let (role, key) = match principal.and_then(|p| p.kind.as_ref()) {
-            Some(v1::principal::Kind::Party(n)) => {
+        let (role, key) = match principal {
+            Some(Principal::Party(n)) => {
                 (Role::Party(n.clone()), parse_key("public_key", public_key)?)
             }
-            Some(v1::principal::Kind::Analyst(n)) => (
+            Some(Principal::Analyst(n)) => (
                 Role::Analyst(n.clone()),
                 parse_key("public_key", public_key)?,
             ),
-            Some(v1::principal::Kind::Auditor(n)) => (
+            Some(Principal::Auditor(n)) => (
                 Role::Auditor(n.clone()),
                 parse_key("public_key", public_key)?,
             ),
-            Some(v1::principal::Kind::AnalystKey(k)) => {
+            Some(Principal::AnalystKey(k)) => {
                 let key = parse_key("analyst_key", k)?;
                 if !public_key.is_empty() && public_key != k.as_slice() {
                     return Err(RoomError::InvalidArgument(
@@ -137,14 +137,14 @@ impl AuthAsk {
 impl Room {
     /// Issues a challenge. Nothing is looked up: the answer is the same whether or not the
     /// agreement exists or names the key (issue 11, §5).
-    pub fn challenge(&self, req: v1::ChallengeRequest) -> Result<v1::ChallengeResponse> {
-        let ask = AuthAsk::from_proto(&req.agreement, req.principal.as_ref(), &req.public_key)?;
+    pub fn challenge(&self, req: ChallengeRequest) -> Result<Challenge> {
+        let ask = AuthAsk::from_request(&req.agreement, req.principal.as_ref(), &req.public_key)?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
         let room_nonce =
             lock(&self.inner.auth).issue_challenge(ask.scope(), ask.role.clone(), client_nonce)?;
-        Ok(v1::ChallengeResponse {
-            room_nonce: room_nonce.to_vec(),
-            room_public_key: self.inner.public_key.to_bytes().to_vec(),
+        Ok(Challenge {
+            room_nonce,
+            room_public_key: self.inner.public_key.to_bytes(),
             protocol_version: accord_proto::PROTOCOL_VERSION,
             tls_binding_signature: lock(&self.inner.tls_binding)
                 .as_ref()
@@ -155,8 +155,8 @@ impl Room {
 
     /// Checks a signed challenge, then (only then) resolves the agreement among those that
     /// name the proven key, and starts a session.
-    pub fn authenticate(&self, req: v1::AuthenticateRequest) -> Result<v1::AuthenticateResponse> {
-        let ask = AuthAsk::from_proto(&req.agreement, req.principal.as_ref(), &req.public_key)?;
+    pub fn authenticate(&self, req: AuthenticateRequest) -> Result<Authenticated> {
+        let ask = AuthAsk::from_request(&req.agreement, req.principal.as_ref(), &req.public_key)?;
         let room_nonce = nonce("room_nonce", &req.room_nonce)?;
         let client_nonce = nonce("client_nonce", &req.client_nonce)?;
         // One HMAC before the signature check; the nonce is consumed (single use, per-principal
@@ -184,10 +184,10 @@ impl Room {
             auth.start_session(resolved.fingerprint, resolved.role.clone())?
         };
         tracing::info!(agreement = %resolved.agreement_id, principal = %resolved.role.name(), kind = resolved.role.kind(), "session started");
-        Ok(v1::AuthenticateResponse {
+        Ok(Authenticated {
             session_token: token,
             expires_unix_ms: session.expires_unix_ms,
-            head: Some(resolved.head),
+            head: resolved.head,
             fingerprint: resolved.fingerprint.to_string(),
             principal_name: resolved.role.name().to_owned(),
             agreement_id: resolved.agreement_id,
@@ -279,7 +279,7 @@ struct Resolved {
     fingerprint: Fingerprint,
     role: Role,
     agreement_id: String,
-    head: v1::SignedHead,
+    head: Head,
     /// The signed manifest text (the client checks its fingerprint and `[room]` key).
     manifest_toml: String,
 }

@@ -18,11 +18,10 @@ use std::sync::{Arc, Mutex};
 use accord_agreement::{Fingerprint, PublicKey, SecretKey, Signature, VerifiedAgreement};
 use accord_engine::Engine;
 use accord_proto::limits::NONCE_LEN;
-use accord_proto::v1;
 use chrono::Utc;
 use tokio::sync::RwLock;
 
-use crate::audit::{Actor, AuditLog, Event};
+use crate::audit::{Actor, AuditLog, Event, Head};
 use crate::auth::{AuthState, Role, Session};
 use crate::decoded::DecodedInputs;
 use crate::error::{Result, RoomError};
@@ -171,7 +170,7 @@ impl Room {
     }
 
     /// The current signed head of an agreement's audit log.
-    pub(crate) fn head(&self, slot: &Slot) -> v1::SignedHead {
+    pub(crate) fn head(&self, slot: &Slot) -> Head {
         lock(&slot.audit).signed_head(&self.inner.key)
     }
 

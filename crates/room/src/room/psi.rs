@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::api::{
+    AgreementState, BlindedBatch, ColumnValues, Erased, KeyCommitment, Status, UploadBatch,
+    UploadColumn, UploadComplete, WorkBatch, WorkRefusal,
+};
 use accord_agreement::{Signature, sig::Purpose};
 use accord_proto::limits::POINT_LEN;
-use accord_proto::v1;
 use chrono::Utc;
 
 use super::seal::build_engine;
@@ -16,21 +19,15 @@ use crate::checks::{self, Admission, Column, Values};
 use crate::error::{Result, RoomError};
 use crate::store::{AgreementStore, BatchInfo, BatchState, Completion, PendingBatch};
 
-/// A batch's proto columns as the plain shape the checks take.
-fn columns(columns: &[v1::Column]) -> Vec<Column<'_>> {
+/// A batch's columns as the borrowed shape the checks take.
+fn columns(columns: &[UploadColumn]) -> Vec<Column<'_>> {
     columns
         .iter()
         .map(|c| Column {
             name: &c.name,
             values: match &c.values {
-                Some(v1::column::Values::Text(t)) => Values::Text {
-                    values: &t.values,
-                    present: &t.present,
-                },
-                Some(v1::column::Values::Number(x)) => Values::Number {
-                    values: &x.values,
-                    present: &x.present,
-                },
+                Some(ColumnValues::Text(values, present)) => Values::Text { values, present },
+                Some(ColumnValues::Number(values, present)) => Values::Number { values, present },
                 None => Values::Missing,
             },
         })
@@ -43,7 +40,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        batch: v1::UploadBatch,
+        batch: UploadBatch,
     ) -> Result<bool> {
         let now = Utc::now();
         let m = slot.agreement.manifest();
@@ -55,15 +52,15 @@ impl Room {
         }
         let number = batch.batch_number;
         let n = checks::batch_rows(number, &batch.points, &batch.handles)?;
-        let salt = checks::salt(number, &batch.salt)?;
+        checks::salt(number, &batch.salt)?;
         let signature = signature(&batch.signature)?;
         let key = m.parties[party].public_key;
         let fp = slot.agreement.fingerprint();
         let owner = party.to_owned();
         // The signature check and the point checks (decoding every point) are CPU work: off
         // the async workers, before the agreement's lock is taken.
-        let (batch, rows_digest, digest, decoded) = tokio::task::spawn_blocking(move || {
-            let rows_digest = accord_proto::rows_digest(&salt, &batch.handles, &batch.columns);
+        let (batch, digest, decoded) = tokio::task::spawn_blocking(move || {
+            let rows_digest = batch.rows_digest;
             let msg = accord_proto::signed::upload_batch(
                 fp.as_bytes(),
                 &owner,
@@ -82,13 +79,13 @@ impl Room {
             // Kept decoded for verifying the partner's blinding proof (`decoded.rs`).
             let decoded = accord_psi::check_and_decode(&batch.points)
                 .map_err(|e| RoomError::InvalidArgument(format!("batch {number}: {e}")))?;
-            let encoded_columns = prost::Message::encode_to_vec(&v1::UploadBatch {
-                columns: batch.columns.clone(),
-                ..Default::default()
-            });
-            let digest =
-                checks::batch_digest(number, &batch.handles, &batch.points, &encoded_columns);
-            Ok::<_, RoomError>((batch, rows_digest, digest, decoded))
+            let digest = checks::batch_digest(
+                number,
+                &batch.handles,
+                &batch.points,
+                &batch.encoded_columns,
+            );
+            Ok::<_, RoomError>((batch, digest, decoded))
         })
         .await
         .map_err(|e| RoomError::Internal(format!("batch check task failed: {e}")))??;
@@ -107,7 +104,7 @@ impl Room {
                     signature: batch.signature,
                     attributes,
                     digest,
-                    rows_digest,
+                    rows_digest: batch.rows_digest,
                 };
                 store.store_pending(&owner, number, &pending)
             })
@@ -123,7 +120,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        c: v1::UploadComplete,
+        c: UploadComplete,
     ) -> Result<()> {
         let fp = slot.agreement.fingerprint();
         let key = &slot.agreement.manifest().parties[party].public_key;
@@ -199,7 +196,7 @@ impl Room {
         slot: &Arc<Slot>,
         partner: &str,
         n: u64,
-    ) -> Result<Option<v1::WorkBatch>> {
+    ) -> Result<Option<WorkBatch>> {
         let partner = partner.to_owned();
         self.blocking_read(slot, move |live| {
             let store = live.store.as_ref().ok_or_else(ended)?;
@@ -212,7 +209,7 @@ impl Room {
                 return Ok(None);
             }
             let pending = store.read_pending_points(&partner, n)?;
-            Ok(Some(v1::WorkBatch {
+            Ok(Some(WorkBatch {
                 from_party: partner,
                 batch_number: n,
                 points: pending.points,
@@ -228,7 +225,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        b: v1::BlindedBatch,
+        b: BlindedBatch,
     ) -> Result<()> {
         let party = party.to_owned();
         // Reading the input, verifying the proof (two multi-scalar multiplications) and
@@ -244,7 +241,7 @@ impl Room {
         slot: &Slot,
         live: &mut Live,
         party: &str,
-        b: v1::BlindedBatch,
+        b: BlindedBatch,
     ) -> Result<()> {
         let store = live.store.as_mut().ok_or_else(ended)?;
         let (partner, info) = partner_batch(store, party, b.batch_number)?;
@@ -331,7 +328,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        c: v1::KeyCommitment,
+        c: KeyCommitment,
     ) -> Result<()> {
         let commitment: [u8; 32] = accord_proto::fixed("commitment", &c.commitment)
             .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
@@ -394,7 +391,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        r: v1::WorkRefusal,
+        r: WorkRefusal,
     ) -> Result<()> {
         let party = party.to_owned();
         self.blocking_write(slot, move |room, slot, live| {
@@ -419,21 +416,21 @@ impl Room {
     }
 
     /// A party's own progress.
-    pub(crate) async fn status(&self, slot: &Arc<Slot>, party: &str) -> Result<v1::StatusResponse> {
+    pub(crate) async fn status(&self, slot: &Arc<Slot>, party: &str) -> Result<Status> {
         let live = slot.live.read().await;
         let store = live.store.as_ref().ok_or_else(ended)?;
         let partner = store.partner_of(party).unwrap_or_default().to_owned();
         let me = store.progress(party)?;
         let them = store.progress(&partner)?;
         let sealed = store.seal_info()?.is_some();
-        Ok(v1::StatusResponse {
+        Ok(Status {
             agreement_id: slot.agreement.id().to_owned(),
             fingerprint: slot.agreement.fingerprint().to_string(),
             state: if sealed {
-                v1::AgreementState::Sealed
+                AgreementState::Sealed
             } else {
-                v1::AgreementState::Collecting
-            } as i32,
+                AgreementState::Collecting
+            },
             batches_uploaded: me.batches.len() as u64,
             rows_uploaded: me.rows(),
             upload_complete: me.complete.is_some(),
@@ -442,7 +439,7 @@ impl Room {
                 .batches
                 .iter()
                 .filter_map(|(n, b)| match &b.state {
-                    BatchState::Refused(reason) => Some(v1::WorkRefusal {
+                    BatchState::Refused(reason) => Some(WorkRefusal {
                         batch_number: *n,
                         reason: reason.clone(),
                     }),
@@ -458,7 +455,7 @@ impl Room {
                 .count() as u64,
             tokens_complete: me.tokens_complete() && them.tokens_complete(),
             partner_proof_failures: me.proof_failures,
-            head: Some(self.head(slot)),
+            head: self.head(slot),
         })
     }
 
@@ -468,7 +465,7 @@ impl Room {
         slot: &Arc<Slot>,
         party: &str,
         handles: &[u8],
-    ) -> Result<v1::EraseResponse> {
+    ) -> Result<Erased> {
         let wanted = checks::erase_handles(handles)?;
         let owner = party.to_owned();
         // Reading and rewriting the party's files (and the snapshot) with fsync: on the
@@ -502,15 +499,14 @@ impl Room {
         let erased = wanted.len() as u64;
         let fp = slot.agreement.fingerprint();
         let receipt = accord_proto::signed::erasure_receipt(fp.as_bytes(), party, erased, handles);
-        Ok(v1::EraseResponse {
+        Ok(Erased {
             erased,
             receipt_signature: self
                 .inner
                 .key
                 .sign(Purpose::ErasureReceipt, &receipt)
-                .to_bytes()
-                .to_vec(),
-            head: Some(self.head(slot)),
+                .to_bytes(),
+            head: self.head(slot),
         })
     }
 }

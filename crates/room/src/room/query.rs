@@ -3,21 +3,21 @@
 
 use std::sync::Arc;
 
+use crate::api::{AuditPage, AuditRequest, ColumnInfo, Description};
 use accord_agreement::PrivacyMode;
 use accord_proto::limits::MAX_AUDIT_PAGE_ENTRIES;
-use accord_proto::v1;
 use chrono::Utc;
 
 use super::seal::table_spec;
 use super::{Room, Slot, ended, lock, not_authorized};
-use crate::audit::{Actor, AuditLog, Decision, Event};
+use crate::audit::{Actor, AuditLog, Decision, Event, Head};
 use crate::auth::{Role, Session};
 use crate::error::{Result, RoomError};
 use crate::ledger::{Balance, Price, Spend};
 
 impl Room {
     /// The queryable columns.
-    pub(crate) async fn describe(&self, slot: &Arc<Slot>) -> Result<v1::DescribeResponse> {
+    pub(crate) async fn describe(&self, slot: &Arc<Slot>) -> Result<Description> {
         let live = slot.live.read().await;
         live.store.as_ref().ok_or_else(ended)?;
         let m = slot.agreement.manifest();
@@ -33,15 +33,15 @@ impl Room {
                 accord_engine::Role::Dimension => ("dimension", 0.0, 0.0),
                 accord_engine::Role::Metric { min, max } => ("metric", min, max),
             };
-            columns.push(v1::ColumnInfo {
+            columns.push(ColumnInfo {
                 name: c.name,
-                role: role.into(),
+                role,
                 min,
                 max,
                 withheld,
             });
         }
-        Ok(v1::DescribeResponse {
+        Ok(Description {
             agreement_id: m.id.clone(),
             fingerprint: slot.agreement.fingerprint().to_string(),
             sealed: live.engine.is_some(),
@@ -53,8 +53,7 @@ impl Room {
                 .map(|a| a.as_str().to_uppercase())
                 .collect(),
             columns,
-            head: Some(self.head(slot)),
-            budget: None,
+            head: self.head(slot),
         })
     }
 
@@ -307,11 +306,7 @@ impl Room {
 
     /// One page of the audit log of the session's agreement (also after its data was
     /// deleted). Only its parties and auditors may read it.
-    pub fn fetch_audit(
-        &self,
-        session: &Session,
-        req: &v1::FetchAuditRequest,
-    ) -> Result<v1::FetchAuditResponse> {
+    pub fn fetch_audit(&self, session: &Session, req: &AuditRequest) -> Result<AuditPage> {
         if let Role::Analyst(_) = session.role {
             return Err(RoomError::PermissionDenied(
                 "analysts may not read the audit log (it holds every query of every analyst): ask a party or an \
@@ -349,10 +344,10 @@ impl Room {
                 )
             }
         };
-        Ok(v1::FetchAuditResponse {
+        Ok(AuditPage {
             entries,
-            head: Some(head),
-            room_public_key: self.inner.public_key.to_bytes().to_vec(),
+            head,
+            room_public_key: self.inner.public_key.to_bytes(),
             start: req.start,
         })
     }
@@ -370,7 +365,7 @@ pub enum QueryResult<T> {
         /// With differential privacy, the party's budget after this query.
         budget: Option<Balance>,
         /// The audit head after logging.
-        head: v1::SignedHead,
+        head: Head,
     },
     /// Refused by the policy.
     Refused {
@@ -379,7 +374,7 @@ pub enum QueryResult<T> {
         /// The sentence for the analyst.
         message: String,
         /// The audit head after logging.
-        head: v1::SignedHead,
+        head: Head,
     },
 }
 
