@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -84,6 +85,18 @@ pub(super) fn read_parquet(path: &Path) -> Result<(Vec<RecordBatch>, BTreeMap<St
         batches.push(RecordBatch::new_empty(schema));
     }
     Ok((batches, meta))
+}
+
+/// Only the named columns of a Parquet file (no empty batch is added for an empty file).
+pub(super) fn read_parquet_columns(path: &Path, names: &[&str]) -> Result<Vec<RecordBatch>> {
+    let file = fs::File::open(path).map_err(|e| RoomError::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), names.iter().copied());
+    let mut batches = Vec::new();
+    for b in builder.with_projection(mask).build()? {
+        batches.push(b?);
+    }
+    Ok(batches)
 }
 
 pub(super) fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {

@@ -40,7 +40,7 @@ use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_ro
 use crate::error::{Result, RoomError};
 use files::{
     batch_file, list, load_point_tags, parquet_bytes, point_tag, read_handles, read_meta,
-    read_parquet, remove_temp_files, seen_file, write_handles,
+    read_parquet, read_parquet_columns, remove_temp_files, seen_file, write_handles,
 };
 
 const POINT: i32 = 32;
@@ -505,26 +505,39 @@ impl AgreementStore {
                 .get(&party)
                 .map(|p| p.discarded.clone())
                 .unwrap_or_default();
-            for (_, path) in list(&pdir.join("rows"), ".parquet")? {
+            // First the handles of every row that goes, written once (sorting the whole set
+            // once per batch file made sealing quadratic), and durably before any row goes.
+            let files = list(&pdir.join("rows"), ".parquet")?;
+            let before = discarded.len();
+            let mut to_rewrite = Vec::new();
+            for (_, path) in &files {
+                let mut unmatched = false;
+                for batch in read_parquet_columns(path, &["handle"])? {
+                    let h = column_fixed(&batch, "handle")?;
+                    for i in 0..batch.num_rows() {
+                        let handle = to16(h.value(i));
+                        if !matched.contains(&handle) {
+                            discarded.insert(handle);
+                            unmatched = true;
+                        }
+                    }
+                }
+                if unmatched {
+                    to_rewrite.push(path.clone());
+                }
+            }
+            if discarded.len() != before {
+                write_handles(&pdir.join("discarded.bin"), &discarded)?;
+            }
+            // Then each batch file that holds such rows is rewritten without them.
+            for path in to_rewrite {
                 let (batches, mut meta) = read_parquet(&path)?;
                 let rb = concat(&batches)?;
                 let h = column_fixed(&rb, "handle")?;
-                let mut keep = Vec::new();
-                let before = discarded.len();
-                for i in 0..rb.num_rows() {
-                    let handle = to16(h.value(i));
-                    if matched.contains(&handle) {
-                        keep.push(i as u32);
-                    } else {
-                        discarded.insert(handle);
-                    }
-                }
-                if keep.len() == rb.num_rows() {
-                    continue;
-                }
-                if discarded.len() != before {
-                    write_handles(&pdir.join("discarded.bin"), &discarded)?;
-                }
+                let keep: Vec<u32> = (0..rb.num_rows())
+                    .filter(|&i| matched.contains(&to16(h.value(i))))
+                    .map(|i| i as u32)
+                    .collect();
                 meta.entry(UPLOADED_ROWS_KEY.to_owned())
                     .or_insert_with(|| rb.num_rows().to_string());
                 let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
