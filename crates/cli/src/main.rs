@@ -42,8 +42,18 @@ impl std::error::Error for RoomUnreachable {}
     about = "Accord: a privacy-preserving data clean room"
 )]
 struct Cli {
+    /// How logs on stderr are written: `text` for people, `json` (one object per line) for
+    /// log pipelines. RUST_LOG sets the level.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,10 +92,13 @@ fn main() -> ExitCode {
             _ => "warn",
         })
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     let result = match cli.command {
         Command::Keygen(args) => keygen::run(args),
         Command::Agreement(cmd) => agreement::run(cmd),

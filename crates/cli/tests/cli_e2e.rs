@@ -491,3 +491,60 @@ fn the_demo_runs_end_to_end_and_shows_each_step() {
         .success()
     );
 }
+
+/// `--log-format json` writes one JSON object per line on stderr, for log pipelines; the
+/// default is text for people.
+#[test]
+fn logs_can_be_structured_json() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = accord()
+        .env("RUST_LOG", "info")
+        .args(["--log-format", "json", "room", "serve", "--data-dir"])
+        .arg(dir.path().join("room"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        assert!(
+            value["timestamp"].is_string() && value["level"].is_string(),
+            "{line}"
+        );
+        let message = value["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        seen.push(message.clone());
+        if message == "room listening" {
+            assert!(
+                value["fields"]["grpc_addr"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("127.0.0.1:")
+            );
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|m| m == "room listening"), "{seen:?}");
+    // An unknown format is refused by name.
+    let key = dir.path().join("never.key");
+    let out = run(accord()
+        .args(["--log-format", "xml", "keygen", "--out"])
+        .arg(&key));
+    assert!(!out.status.success());
+    assert!(!key.exists(), "nothing ran");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid value 'xml'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
