@@ -45,7 +45,7 @@ if [ -d "$root/target/debug" ]; then
 fi
 
 cd "$scratch/tree"
-CARGO_TARGET_DIR="$scratch/target" nice -n 10 cargo mutants --in-place --baseline skip \
+CARGO_TARGET_DIR="$scratch/target" nice -n 10 cargo mutants --in-place \
     --workspace --test-workspace true --timeout 300 -C=--lib \
     --output "$root/mutants.out/room-core" "${args[@]}" \
     -- -- checks:: join:: columns:: store:: || true
