@@ -55,6 +55,21 @@ pub(crate) fn analyst_call(
     room.analyst_call(&session(room, metadata)?)
 }
 
+/// The wire form of a party's privacy budget.
+pub(crate) fn budget_proto(b: &crate::ledger::Balance) -> v1::Budget {
+    v1::Budget {
+        party: b.party.clone(),
+        epsilon_per_query: b.epsilon_per_query,
+        delta_per_query: b.delta_per_query,
+        epsilon_budget: b.epsilon_budget,
+        epsilon_spent: b.epsilon_spent,
+        epsilon_remaining: b.epsilon_remaining,
+        queries_remaining: b.queries_remaining,
+        queries_answered: b.queries,
+        delta_spent: b.delta_spent,
+    }
+}
+
 /// The gRPC status for a room error. Internal details stay in the room's log.
 pub(crate) fn to_status(e: &RoomError) -> Status {
     match e {
@@ -234,7 +249,7 @@ impl query_server::Query for Room {
     async fn describe(&self, request: Request<v1::DescribeRequest>) -> R<v1::DescribeResponse> {
         let (slot, analyst) = analyst_call(self, request.metadata())?;
         let mut response = Room::describe(self, &slot).await?;
-        response.budget = self.budget(&slot, &analyst)?.map(|b| b.to_proto());
+        response.budget = self.budget(&slot, &analyst)?.map(|b| budget_proto(&b));
         Ok(Response::new(response))
     }
 
@@ -256,7 +271,7 @@ impl query_server::Query for Room {
                 outcome: Some(v1::run_query_response::Outcome::Answer(v1::QueryAnswer {
                     arrow_ipc_stream: value,
                     rows,
-                    budget: budget.map(|b| b.to_proto()),
+                    budget: budget.map(|b| budget_proto(&b)),
                 })),
                 head: Some(head),
             },

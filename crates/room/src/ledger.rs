@@ -63,23 +63,6 @@ pub struct Balance {
     pub queries: u64,
 }
 
-impl Balance {
-    /// The wire form.
-    pub fn to_proto(&self) -> accord_proto::v1::Budget {
-        accord_proto::v1::Budget {
-            party: self.party.clone(),
-            epsilon_per_query: self.epsilon_per_query,
-            delta_per_query: self.delta_per_query,
-            epsilon_budget: self.epsilon_budget,
-            epsilon_spent: self.epsilon_spent,
-            epsilon_remaining: self.epsilon_remaining,
-            queries_remaining: self.queries_remaining,
-            queries_answered: self.queries,
-            delta_spent: self.delta_spent,
-        }
-    }
-}
-
 /// The outcome of a spend attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Spend {
@@ -349,7 +332,7 @@ mod tests {
             stored.contains("\"lock-test\"") && stored.contains("\"drinks\""),
             "{stored}"
         );
-        let proto = b.to_proto();
+        let proto = crate::grpc::budget_proto(&b);
         assert_eq!(proto.party, "drinks");
         assert_eq!(proto.queries_answered, 1);
     }
