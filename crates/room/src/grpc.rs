@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Session;
 use crate::error::{Result as RoomResult, RoomError};
-use crate::room::{QueryResult, Room, Slot};
+use crate::room::{Blinded, KeyCommitment, QueryResult, Refusal, Room, Slot, UploadComplete};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -145,7 +145,16 @@ impl psi_server::Psi for Room {
                     self.upload_batch(&slot, &party, batch).await?;
                 }
                 Some(v1::upload_message::Kind::Complete(c)) => {
-                    self.upload_complete(&slot, &party, c).await?;
+                    self.upload_complete(
+                        &slot,
+                        &party,
+                        UploadComplete {
+                            batches: c.batches,
+                            rows: c.rows,
+                            signature: c.signature,
+                        },
+                    )
+                    .await?;
                 }
                 None => {
                     return Err(RoomError::InvalidArgument(
@@ -178,7 +187,14 @@ impl psi_server::Psi for Room {
             |(room, slot, partner, mut numbers)| async move {
                 for n in numbers.by_ref() {
                     match room.read_work(&slot, &partner, n).await {
-                        Ok(Some(batch)) => {
+                        Ok(Some(pending)) => {
+                            let batch = v1::WorkBatch {
+                                from_party: partner.clone(),
+                                batch_number: n,
+                                points: pending.points,
+                                signature: pending.signature,
+                                rows_digest: pending.rows_digest,
+                            };
                             return Some((Ok(batch), (room, slot, partner, numbers)));
                         }
                         Ok(None) => continue, // blinded or refused meanwhile
@@ -206,14 +222,39 @@ impl psi_server::Psi for Room {
         while let Some(message) = stream.message().await? {
             match message.kind {
                 Some(v1::return_work_message::Kind::Blinded(b)) => {
-                    self.return_blinded(&slot, &party, b).await?;
+                    self.return_blinded(
+                        &slot,
+                        &party,
+                        Blinded {
+                            batch_number: b.batch_number,
+                            points: b.points,
+                            proof: b.proof,
+                        },
+                    )
+                    .await?;
                     accepted += 1;
                 }
                 Some(v1::return_work_message::Kind::Commitment(c)) => {
-                    self.commit_key(&slot, &party, c).await?;
+                    self.commit_key(
+                        &slot,
+                        &party,
+                        KeyCommitment {
+                            commitment: c.commitment,
+                            signature: c.signature,
+                        },
+                    )
+                    .await?;
                 }
                 Some(v1::return_work_message::Kind::Refusal(r)) => {
-                    self.refuse_batch(&slot, &party, r).await?;
+                    self.refuse_batch(
+                        &slot,
+                        &party,
+                        Refusal {
+                            batch_number: r.batch_number,
+                            reason: r.reason,
+                        },
+                    )
+                    .await?;
                     refused += 1;
                 }
                 None => {

@@ -31,6 +31,7 @@ use crate::registration::Registration;
 use crate::store::AgreementStore;
 
 pub use lifecycle::{EndReason, Tombstone};
+pub(crate) use psi::{Blinded, KeyCommitment, Refusal, UploadComplete};
 pub use query::QueryResult;
 pub use seal::table_spec;
 

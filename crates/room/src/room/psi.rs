@@ -14,7 +14,50 @@ use super::{Live, Room, Slot, ended, signature};
 use crate::audit::{Actor, Event};
 use crate::checks::{self, Admission, Column, Values};
 use crate::error::{Result, RoomError};
-use crate::store::{AgreementStore, BatchInfo, BatchState, Completion, PendingBatch};
+use crate::store::{
+    AgreementStore, BatchInfo, BatchState, Completion, PendingBatch, PendingPoints,
+};
+
+/// A party's signed statement that its upload is complete.
+#[derive(Debug, Clone)]
+pub(crate) struct UploadComplete {
+    /// Batches uploaded.
+    pub(crate) batches: u64,
+    /// Rows uploaded.
+    pub(crate) rows: u64,
+    /// The party's `upload-complete` signature.
+    pub(crate) signature: Vec<u8>,
+}
+
+/// A party's blinding of one of its partner's batches, with the proof that it used the key
+/// it committed to.
+#[derive(Debug, Clone)]
+pub(crate) struct Blinded {
+    /// The partner's batch number.
+    pub(crate) batch_number: u64,
+    /// The blinded points, in the batch's order.
+    pub(crate) points: Vec<u8>,
+    /// The batch DLEQ proof.
+    pub(crate) proof: Vec<u8>,
+}
+
+/// A party's signed commitment to its PSI key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyCommitment {
+    /// `K = k·B`.
+    pub(crate) commitment: Vec<u8>,
+    /// The party's `psi-key-commitment` signature.
+    pub(crate) signature: Vec<u8>,
+}
+
+/// A party's refusal to blind one of its partner's batches.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    /// The partner's batch number.
+    pub(crate) batch_number: u64,
+    /// `"<code>: <detail>"`.
+    pub(crate) reason: String,
+}
 
 /// A batch's proto columns as the plain shape the checks take.
 fn columns(columns: &[v1::Column]) -> Vec<Column<'_>> {
@@ -117,7 +160,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        c: v1::UploadComplete,
+        c: UploadComplete,
     ) -> Result<()> {
         let fp = slot.agreement.fingerprint();
         let key = &slot.agreement.manifest().parties[party].public_key;
@@ -193,7 +236,7 @@ impl Room {
         slot: &Arc<Slot>,
         partner: &str,
         n: u64,
-    ) -> Result<Option<v1::WorkBatch>> {
+    ) -> Result<Option<PendingPoints>> {
         let partner = partner.to_owned();
         self.blocking_read(slot, move |live| {
             let store = live.store.as_ref().ok_or_else(ended)?;
@@ -205,14 +248,7 @@ impl Room {
             if !pending {
                 return Ok(None);
             }
-            let pending = store.read_pending_points(&partner, n)?;
-            Ok(Some(v1::WorkBatch {
-                from_party: partner,
-                batch_number: n,
-                points: pending.points,
-                signature: pending.signature,
-                rows_digest: pending.rows_digest,
-            }))
+            Ok(Some(store.read_pending_points(&partner, n)?))
         })
         .await
     }
@@ -222,7 +258,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        b: v1::BlindedBatch,
+        b: Blinded,
     ) -> Result<()> {
         let party = party.to_owned();
         // Reading the input, verifying the proof (two multi-scalar multiplications) and
@@ -233,13 +269,7 @@ impl Room {
         .await
     }
 
-    fn store_blinded(
-        &self,
-        slot: &Slot,
-        live: &mut Live,
-        party: &str,
-        b: v1::BlindedBatch,
-    ) -> Result<()> {
+    fn store_blinded(&self, slot: &Slot, live: &mut Live, party: &str, b: Blinded) -> Result<()> {
         let store = live.store.as_mut().ok_or_else(ended)?;
         let (partner, info) = partner_batch(store, party, b.batch_number)?;
         match info.state {
@@ -304,7 +334,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        c: v1::KeyCommitment,
+        c: KeyCommitment,
     ) -> Result<()> {
         let commitment: [u8; 32] = accord_proto::fixed("commitment", &c.commitment)
             .map_err(|e| RoomError::InvalidArgument(format!("key commitment: {e}")))?;
@@ -367,7 +397,7 @@ impl Room {
         &self,
         slot: &Arc<Slot>,
         party: &str,
-        r: v1::WorkRefusal,
+        r: Refusal,
     ) -> Result<()> {
         let party = party.to_owned();
         self.blocking_write(slot, move |room, slot, live| {
