@@ -167,16 +167,6 @@ impl AgreementStore {
         })
     }
 
-    /// The agreement directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The parties' column layouts.
-    pub fn parties(&self) -> &[PartyColumns] {
-        &self.parties
-    }
-
     /// A party's column layout.
     pub fn party(&self, name: &str) -> Option<&PartyColumns> {
         self.parties.iter().find(|p| p.party == name)

@@ -85,6 +85,11 @@ fn an_upload_is_on_disk_and_rebuilt_by_open() {
         s.store_pending("drinks", 1, &batch("drinks", &[3], 8))
             .unwrap()
     );
+    let p = s.progress("drinks").unwrap();
+    assert_eq!(
+        (p.batches[&0].rows, p.batches[&1].rows, p.rows()),
+        (2, 1, 3)
+    );
     drop(s);
     let s = AgreementStore::open(dir.path(), layouts()).unwrap();
     let p = s.progress("drinks").unwrap();
@@ -132,6 +137,45 @@ fn a_point_uploaded_before_is_refused_also_after_a_restart() {
         s.store_pending("snacks", 0, &batch("snacks", &[1, 2], 9))
             .unwrap()
     );
+}
+
+#[test]
+fn the_refusal_of_a_repeated_point_names_the_batch_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    s.store_pending("drinks", 1, &batch("drinks", &[2, 3], 2))
+        .unwrap();
+    let e = s
+        .store_pending("drinks", 2, &batch("drinks", &[4, 3], 3))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("its point at row 1 was already uploaded in batch 1 of"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_upload_cap_counts_every_stored_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2, 3, 4], 1))
+        .unwrap();
+    // 4 + 3 rows is past the cap of 6; 4 + 2 is at it.
+    let e = s
+        .store_pending("drinks", 1, &batch("drinks", &[5, 6, 7], 2))
+        .unwrap_err();
+    assert!(
+        matches!(&e, RoomError::FailedPrecondition(m) if m.contains("upload cap of 6 rows")),
+        "{e}"
+    );
+    assert!(
+        s.store_pending("drinks", 1, &batch("drinks", &[5, 6], 2))
+            .unwrap()
+    );
+    assert_eq!(s.progress("drinks").unwrap().rows(), 6);
 }
 
 #[test]
@@ -202,6 +246,41 @@ fn tokens_replace_points_and_the_seal_keeps_only_matched_rows() {
         !dir.path().join("parties/drinks/seen").exists(),
         "the point tags are deleted at sealing"
     );
+    // Erasing a discarded handle forgets it (a second request is "unknown"), and only it.
+    let mut s = s;
+    assert_eq!(
+        s.erase("drinks", &HashSet::from([[2u8; 16]])).unwrap(),
+        Some(snapshot)
+    );
+    assert!(s.progress("drinks").unwrap().discarded.is_empty());
+    assert!(!s.known_handles("drinks").unwrap().contains(&[2u8; 16]));
+    assert_eq!(
+        s.progress("snacks").unwrap().discarded,
+        HashSet::from([[11u8; 16]])
+    );
+    drop(s);
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert!(s.progress("drinks").unwrap().discarded.is_empty());
+}
+
+#[test]
+fn a_pending_batch_stored_without_its_tag_file_still_counts_its_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 7))
+        .unwrap();
+    drop(s);
+    // A batch stored by a build that kept no `seen/` files.
+    std::fs::remove_file(dir.path().join("parties/drinks/seen").join(seen_file(0))).unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    let e = s
+        .store_pending("drinks", 1, &batch("drinks", &[2], 8))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("its point at row 0 was already uploaded in"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -210,15 +289,78 @@ fn repeated_tokens_are_dropped_at_sealing_and_counted() {
     let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
     s.store_pending("drinks", 0, &batch("drinks", &[1, 2], 1))
         .unwrap();
-    s.store_pending("snacks", 0, &batch("snacks", &[11], 2))
+    s.store_pending("snacks", 0, &batch("snacks", &[11, 12, 13], 2))
         .unwrap();
-    // Two of drinks' rows blinded to the same token (one customer uploaded twice).
+    // Two of drinks' rows blinded to the same token (one customer uploaded twice), and two
+    // of snacks' rows.
     s.store_tokens("drinks", 0, &[[200u8; 32], [200; 32]].concat())
         .unwrap();
-    s.store_tokens("snacks", 0, &[200; 32]).unwrap();
+    s.store_tokens("snacks", 0, &[[201u8; 32], [200; 32], [201; 32]].concat())
+        .unwrap();
     let (snapshot, duplicates) = s.build_snapshot().unwrap();
-    assert_eq!(duplicates, 1);
+    assert_eq!(duplicates, 2);
     assert_eq!(handles(&snapshot, "drinks_handle"), vec![1]);
+    assert_eq!(handles(&snapshot, "snacks_handle"), vec![12]);
+}
+
+#[test]
+fn a_snapshot_without_its_seal_record_is_not_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    s.store_pending("snacks", 0, &batch("snacks", &[11], 2))
+        .unwrap();
+    s.store_tokens("drinks", 0, &[200; 32]).unwrap();
+    s.store_tokens("snacks", 0, &[200; 32]).unwrap();
+    let (snapshot, _) = s.build_snapshot().unwrap();
+    let info = SealInfo {
+        sealed_at: "now".into(),
+        withheld: Vec::new(),
+    };
+    s.write_snapshot(&snapshot, &info).unwrap();
+    // The room stopped between the two writes of `write_snapshot`: not sealed, sealed again.
+    std::fs::remove_file(dir.path().join("sealed.json")).unwrap();
+    assert_eq!(s.seal_info().unwrap(), None);
+    s.write_snapshot(&snapshot, &info).unwrap();
+    assert_eq!(s.seal_info().unwrap(), Some(info));
+}
+
+#[test]
+fn sealing_clears_the_attributes_of_refused_batches_and_fails_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    s.store_pending("drinks", 1, &batch("drinks", &[2], 2))
+        .unwrap();
+    s.store_pending("snacks", 0, &batch("snacks", &[11], 3))
+        .unwrap();
+    s.store_tokens("drinks", 0, &[200; 32]).unwrap();
+    s.store_tokens("snacks", 0, &[200; 32]).unwrap();
+    s.store_refusal("drinks", 1, "identity_point: row 0")
+        .unwrap();
+    let (snapshot, _) = s.build_snapshot().unwrap();
+    // A `seen` that cannot be removed is an error, not skipped.
+    let seen = dir.path().join("parties/snacks/seen");
+    std::fs::remove_dir_all(&seen).unwrap();
+    std::fs::write(&seen, b"not a directory").unwrap();
+    assert!(s.discard_unmatched(&snapshot).is_err());
+    std::fs::remove_file(&seen).unwrap();
+    assert_eq!(s.discard_unmatched(&snapshot).unwrap(), 0);
+    let pending = dir
+        .path()
+        .join("parties/drinks/pending")
+        .join(batch_file(1));
+    let (batches, _) = read_parquet(&pending).unwrap();
+    let rb = concat(&batches).unwrap();
+    let tier = rb.column(rb.schema().index_of("tier").unwrap());
+    assert_eq!(
+        tier.null_count(),
+        1,
+        "the refused batch's attributes are cleared"
+    );
+    assert_eq!(handles(&rb, "handle"), vec![2], "its handle and point stay");
 }
 
 #[test]
@@ -296,5 +438,73 @@ fn erasure_reaches_pending_rows_tokenized_rows_and_the_snapshot() {
     assert_eq!(
         s.known_handles("snacks").unwrap(),
         HashSet::from([[12u8; 16]])
+    );
+}
+
+#[test]
+fn a_damaged_directory_is_an_error_not_an_empty_store() {
+    // A handle file that cannot be read.
+    let dir = tempfile::tempdir().unwrap();
+    drop(AgreementStore::open(dir.path(), layouts()).unwrap());
+    std::fs::create_dir(dir.path().join("parties/drinks/erased.bin")).unwrap();
+    assert!(AgreementStore::open(dir.path(), layouts()).is_err());
+    // A directory of point tags that cannot be listed.
+    let dir = tempfile::tempdir().unwrap();
+    drop(AgreementStore::open(dir.path(), layouts()).unwrap());
+    std::fs::write(dir.path().join("parties/drinks/seen"), b"not a directory").unwrap();
+    assert!(AgreementStore::open(dir.path(), layouts()).is_err());
+}
+
+#[test]
+fn open_removes_what_an_interrupted_write_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    drop(s);
+    let pending = dir.path().join("parties/drinks/pending");
+    let temp = pending.join(".0000000001.parquet.tmp-123");
+    std::fs::write(&temp, b"half a file").unwrap();
+    let s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    assert!(!temp.exists(), "the temp file is removed");
+    assert!(
+        pending.join(batch_file(0)).exists(),
+        "the stored batch stays"
+    );
+    assert_eq!(s.progress("drinks").unwrap().batches.len(), 1);
+}
+
+/// A party's layout as plain data: name, columns, upload cap.
+type Layout = (String, Vec<(String, Role)>, u64);
+
+#[test]
+fn the_layout_follows_the_manifest() {
+    let text = crate::room::revocation_tests::agreement_text();
+    let manifest = accord_agreement::Manifest::parse(&text).unwrap();
+    let layouts = PartyColumns::from_manifest(&manifest);
+    let summary: Vec<Layout> = layouts
+        .into_iter()
+        .map(|p| (p.party, p.columns, p.max_rows))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "drinks".to_owned(),
+                vec![("tier".to_owned(), Role::Dimension)],
+                100
+            ),
+            (
+                "snacks".to_owned(),
+                vec![(
+                    "spend".to_owned(),
+                    Role::Metric {
+                        min: 0.0,
+                        max: 10.0
+                    }
+                )],
+                100
+            ),
+        ]
     );
 }
