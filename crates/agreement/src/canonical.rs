@@ -38,8 +38,7 @@ impl Writer {
         self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
     fn str(&mut self, s: &str) {
-        self.len(s.len());
-        self.0.extend_from_slice(s.as_bytes());
+        self.0.extend_from_slice(&accord_psi::encoding::str(s));
     }
     fn f64(&mut self, v: f64) {
         let v = if v == 0.0 { 0.0 } else { v };

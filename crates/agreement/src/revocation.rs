@@ -30,7 +30,7 @@ pub struct Revocation {
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&accord_psi::encoding::str_len(s));
     out.extend_from_slice(s.as_bytes());
 }
 

@@ -214,20 +214,9 @@ pub fn fixed<const N: usize>(field: &'static str, bytes: &[u8]) -> Result<[u8; N
 pub mod signed {
     use sha2::{Digest, Sha256};
 
-    /// The 4-byte big-endian length prefix of `s` in every signed or hashed protocol message.
-    /// Every string that reaches these layouts is bounded far below 4 GiB by
-    /// [`super::limits`] and the manifest's own limits; a longer one saturates at `u32::MAX`,
-    /// which can never match an honest signer's bytes.
-    pub fn str_len(s: &str) -> [u8; 4] {
-        u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes()
-    }
-
-    /// `str(s) = u32be(len(s)) ‖ s`, the one string encoding of the protocol.
-    pub fn str(s: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + s.len());
-        put_str(&mut out, s);
-        out
-    }
+    /// The protocol's one string encoding, `str(s) = u32be(len(s)) ‖ s`
+    /// (`accord_psi::encoding`, shared by every crate that signs or hashes).
+    pub use accord_psi::encoding::{str, str_len};
 
     fn put_str(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&str_len(s));

@@ -408,8 +408,7 @@ pub(crate) fn decode_all(input: &[u8]) -> Result<Vec<RistrettoPoint>, BlindError
 }
 
 fn put_str(hash: &mut Sha512, text: &str) {
-    let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-    hash.update(len.to_be_bytes());
+    hash.update(crate::encoding::str_len(text));
     hash.update(text.as_bytes());
 }
 

@@ -73,7 +73,7 @@ impl std::fmt::Debug for HashDomain {
 
 /// `u32be(len(s)) ‖ s`, the protocol's one string encoding (`docs/PROTOCOL.md`, notation).
 fn put_str(hash: &mut Sha512, s: &str) {
-    hash.update(u32::try_from(s.len()).unwrap_or(u32::MAX).to_be_bytes());
+    hash.update(crate::encoding::str_len(s));
     hash.update(s.as_bytes());
 }
 

@@ -16,6 +16,7 @@
 mod batch;
 pub mod bench;
 mod dleq;
+pub mod encoding;
 mod hash;
 mod keys;
 mod normalize;
