@@ -111,7 +111,7 @@ fn render_proofs(proofs: &ProofCosts, proved: &ProvedPipelineReport) -> String {
          \x20 verifying (room)       {verify:>10.0} ns   (inputs decoded when the room checked them at upload)\n\
          \x20 together               {sum:>10.0} ns = {overhead:.1} % of the bound's {per_record:.0} ns per record (measured between the proof rounds)\n\
          \x20 verifying from bytes   {from_bytes:>10.0} ns   (decoded inputs no longer cached: {overhead_bytes:.1} % with proving)\n\
-         pipeline with proofs {with} per party vs {without} without ({ratio:.2} of the rate without; {batches} batches verified)\n",
+         pipeline with proofs {with} per party vs {without} without ({ratio:.2} of the rate without; {batches} batches verified from their bytes, the room's work on the same two cores)\n",
         batch = proofs.batch,
         prove = proofs.prove_extra_ns,
         verify = proofs.verify_ns,
