@@ -36,6 +36,22 @@ pub enum FsError {
         /// The existing file.
         path: PathBuf,
     },
+    /// A data directory was written by a newer (or unknown) format than this build reads.
+    #[error(
+        "{path} holds {kind} format {found}, but this build of Accord reads format {supported} \
+         (and older): it was written by a newer Accord. Upgrade accord (docs/OPERATIONS.md), \
+         or point this command at another directory; nothing was changed"
+    )]
+    NewerFormat {
+        /// The directory.
+        path: PathBuf,
+        /// What kind of directory ("room data directory", "party state directory").
+        kind: &'static str,
+        /// The format it says it has.
+        found: String,
+        /// The newest format this build reads.
+        supported: u32,
+    },
     /// A secret file is readable or writable by other users.
     #[error(
         "{path} has permissions {mode:o}: a secret must be readable only by its owner (run `chmod 600 {path}`)"
@@ -187,6 +203,43 @@ fn create_new(path: &Path, access: Access) -> Result<File, FsError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_data_directory_names_its_format_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let check = |d: &Path| check_format(d, "accord-test-data", "test data directory", 1);
+        assert_eq!(check(&data).unwrap(), FormatCheck::Created);
+        assert_eq!(
+            fs::read_to_string(data.join(FORMAT_FILE)).unwrap(),
+            "accord-test-data 1\n"
+        );
+        assert_eq!(check(&data).unwrap(), FormatCheck::Current);
+        // Data from before format files: marked as format 1, nothing else touched.
+        let legacy = dir.path().join("legacy");
+        fs::create_dir_all(legacy.join("agreements")).unwrap();
+        assert_eq!(check(&legacy).unwrap(), FormatCheck::Marked);
+        assert!(legacy.join("agreements").is_dir());
+        // A newer format is refused by name, and the file is left as it was.
+        fs::write(data.join(FORMAT_FILE), "accord-test-data 2\n").unwrap();
+        let e = check(&data).unwrap_err().to_string();
+        assert!(
+            e.contains("test data directory format 2")
+                && e.contains("reads format 1")
+                && e.contains("newer Accord")
+                && e.contains("nothing was changed"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(data.join(FORMAT_FILE)).unwrap(),
+            "accord-test-data 2\n"
+        );
+        // Another kind's file, or garbage, is not silently accepted.
+        fs::write(data.join(FORMAT_FILE), "accord-other 1\n").unwrap();
+        let e = check(&data).unwrap_err().to_string();
+        assert!(e.contains("not a test data directory format"), "{e}");
+    }
+
     use super::*;
 
     #[test]
@@ -230,5 +283,69 @@ mod tests {
         create_dir_all(&sub.join("deeper"), Access::OwnerOnly).unwrap();
         remove_dir_all_durable(&sub).unwrap();
         assert!(!sub.exists());
+    }
+}
+
+/// The file in a data directory that names its format: `<kind-tag> <version>\n`.
+pub const FORMAT_FILE: &str = "FORMAT";
+
+/// What [`check_format`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatCheck {
+    /// The directory already had this build's format.
+    Current,
+    /// The directory was new (empty or absent): the format file was written.
+    Created,
+    /// The directory held data from before format files existed (format 1 without the
+    /// file): the file was written, nothing else changed.
+    Marked,
+}
+
+/// Checks (creating if needed) the format file of data directory `dir`, whose files this
+/// build writes in format `current`. `tag` names the kind in the file (`accord-room-data`),
+/// `kind` in messages. A directory of a newer or unreadable format is refused, naming both
+/// versions, and left untouched. Data written before format files existed is format 1.
+pub fn check_format(
+    dir: &Path,
+    tag: &str,
+    kind: &'static str,
+    current: u32,
+) -> Result<FormatCheck, FsError> {
+    let path = dir.join(FORMAT_FILE);
+    let newer = |found: String| FsError::NewerFormat {
+        path: dir.to_path_buf(),
+        kind,
+        found,
+        supported: current,
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let found = text.trim();
+            let version = found
+                .strip_prefix(tag)
+                .map(str::trim)
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    newer(format!("{found:?} (not a {kind} format this build knows)"))
+                })?;
+            if version > current {
+                return Err(newer(version.to_string()));
+            }
+            // Older formats would be migrated here; format 1 is the first.
+            Ok(FormatCheck::Current)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let had_data = fs::read_dir(dir)
+                .map(|mut entries| entries.next().is_some())
+                .unwrap_or(false);
+            create_dir_all(dir, Access::OwnerOnly)?;
+            write_atomic(&path, format!("{tag} {current}\n").as_bytes())?;
+            Ok(if had_data {
+                FormatCheck::Marked
+            } else {
+                FormatCheck::Created
+            })
+        }
+        Err(e) => Err(io_err("read", &path)(e)),
     }
 }

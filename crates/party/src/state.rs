@@ -26,6 +26,11 @@ use crate::error::PartyError;
 
 const MAGIC: &[u8] = b"accord-party-secrets-v1\n";
 
+/// The format of a party's state root (every agreement's secrets, records and receipts, and
+/// the erasure memory), in its `FORMAT` file. A newer format is refused.
+pub const PARTY_FORMAT: u32 = 1;
+const PARTY_FORMAT_TAG: &str = "accord-party-state";
+
 /// The default state root: `$ACCORD_STATE`, else `$XDG_DATA_HOME/accord/party`, else
 /// `~/.local/share/accord/party`.
 pub fn default_root() -> PathBuf {
@@ -73,6 +78,13 @@ impl State {
         agreement_id: &str,
         fingerprint: Fingerprint,
     ) -> Result<Self, PartyError> {
+        accord_fs::check_format(
+            root,
+            PARTY_FORMAT_TAG,
+            "party state directory",
+            PARTY_FORMAT,
+        )
+        .map_err(|e| PartyError::State(e.to_string()))?;
         let dir = root.join(agreement_id).join(fingerprint.to_string());
         accord_fs::create_dir_all(&dir, accord_fs::Access::OwnerOnly)
             .map_err(|e| PartyError::State(e.to_string()))?;
@@ -317,6 +329,24 @@ fn handles_of(bytes: &[u8]) -> impl Iterator<Item = [u8; HANDLE_LEN]> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_root_of_a_newer_format_is_refused_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp: Fingerprint = "cd".repeat(32).parse().unwrap();
+        drop(State::open(dir.path(), "a-1", fp).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("FORMAT")).unwrap(),
+            format!("accord-party-state {PARTY_FORMAT}\n")
+        );
+        std::fs::write(dir.path().join("FORMAT"), "accord-party-state 7\n").unwrap();
+        let e = State::open(dir.path(), "a-2", fp).unwrap_err().to_string();
+        assert!(
+            e.contains("party state directory format 7") && e.contains("reads format 1"),
+            "{e}"
+        );
+        assert!(!dir.path().join("a-2").exists(), "nothing was created");
+    }
 
     #[test]
     fn secrets_persist_and_blinded_log_survives_torn_lines() {

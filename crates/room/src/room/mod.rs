@@ -97,6 +97,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The format of the room's data directory (agreements, audit logs, ledgers, tombstones,
+/// the room key), in its `FORMAT` file. A newer format is refused at start-up.
+pub const ROOM_FORMAT: u32 = 1;
+const ROOM_FORMAT_TAG: &str = "accord-room-data";
+
 impl Room {
     /// Opens the room's data directory (creating it), loads or creates the room key, and
     /// recovers every agreement. Agreements that expired while the room was down are deleted.
@@ -109,6 +114,18 @@ impl Room {
     pub fn open_with(data_dir: &Path, limits: Limits, registration: Registration) -> Result<Self> {
         limits.check()?;
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
+        match accord_fs::check_format(
+            data_dir,
+            ROOM_FORMAT_TAG,
+            "room data directory",
+            ROOM_FORMAT,
+        )? {
+            accord_fs::FormatCheck::Marked => tracing::info!(
+                data_dir = %data_dir.display(),
+                "marked the data directory as format {ROOM_FORMAT} (written by an earlier Accord; nothing else changed)"
+            ),
+            accord_fs::FormatCheck::Created | accord_fs::FormatCheck::Current => {}
+        }
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
         let key = crate::identity::load_or_create(data_dir)?;

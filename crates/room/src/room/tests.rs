@@ -120,3 +120,33 @@ async fn a_revocation_waits_for_queries_in_flight_and_none_start_after_it() {
         "the revoked agreement is no longer in force"
     );
 }
+
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("room");
+    drop(Room::open(&data).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        format!("accord-room-data {ROOM_FORMAT}\n")
+    );
+    // A room directory from before format files opens and is marked.
+    std::fs::remove_file(data.join("FORMAT")).unwrap();
+    drop(Room::open(&data).unwrap());
+    assert!(data.join("FORMAT").is_file());
+    // One written by a newer Accord is refused by name, and nothing in it changes.
+    std::fs::write(data.join("FORMAT"), "accord-room-data 9\n").unwrap();
+    let key_before = std::fs::read(data.join("room.key")).unwrap();
+    let e = Room::open(&data).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        e.contains("room data directory format 9")
+            && e.contains(&format!("reads format {ROOM_FORMAT}"))
+            && e.contains("Upgrade accord"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(data.join("room.key")).unwrap(), key_before);
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "accord-room-data 9\n"
+    );
+}
