@@ -16,6 +16,8 @@ const CONTRIBUTION_KEYS: &[&str] = &[
     "special_category",
     "legal_basis",
 ];
+
+/// One `[parties.<name>]` table.
 pub(super) fn walk_party(cx: &mut Cx<'_>, v: &Value<'_>, path: &str) -> Option<Party> {
     let t = cx.table(v, path)?;
     cx.deny_unknown(t, path, PARTY_KEYS);

@@ -14,6 +14,8 @@ const DP_KEYS: &[&str] = &["epsilon_per_query", "budget", "delta"];
 /// customer is shown. One in a thousand keeps that a rare event even for the largest
 /// budgets; the defaults (20 answers × 1e-6) stay far below it.
 pub const MAX_TOTAL_DELTA: f64 = 1e-3;
+
+/// `[privacy]`, with its `differential_privacy` table.
 pub(super) fn walk_privacy(cx: &mut Cx<'_>, v: &Value<'_>) -> Option<Privacy> {
     let t = cx.table(v, "privacy")?;
     cx.deny_unknown(t, "privacy", PRIVACY_KEYS);

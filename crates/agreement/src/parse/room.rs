@@ -11,6 +11,7 @@ use crate::{PublicKey, Signature};
 
 const AUDITOR_KEYS: &[&str] = &["name", "public_key"];
 const ROOM_KEYS: &[&str] = &["operator", "public_key"];
+
 /// How to get the room's key, said wherever it is missing or malformed.
 const ROOM_KEY_FIX: &str = "ask the room's operator for the output of `accord room key --data-dir DIR` \
      (run on the room's machine) and paste it as `public_key = \"ed25519:…\"` under [room]";
