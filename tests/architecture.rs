@@ -176,7 +176,8 @@ fn the_rooms_core_knows_nothing_of_grpc() {
     }
 }
 
-/// The modules a crate's files name through `crate::…`: `crate::m::x` and `use crate::{m::x}`
+/// The modules a crate's files name through `crate::…` (a module's submodule files count as
+/// the module): `crate::m::x` and `use crate::{m::x}`
 /// are an edge to `m`; `crate::X` and `use crate::{X}` are an edge to the module `lib.rs`
 /// re-exports `X` from. Comments and everything from the first `#[cfg(test)]` on are ignored
 /// (tests may reach anywhere); `lib.rs` itself is the crate's root, not a node.
@@ -232,7 +233,27 @@ fn module_imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     };
     let mut graph = BTreeMap::new();
     for module in &modules {
-        let text = code(&std::fs::read_to_string(src.join(format!("{module}.rs"))).unwrap());
+        // A module is its file and, when it has submodules, every file under its directory
+        // (`parse.rs` and `parse/*.rs` are one node: their imports are the module's).
+        let mut text = String::new();
+        let file = src.join(format!("{module}.rs"));
+        if file.exists() {
+            text.push_str(&code(&std::fs::read_to_string(&file).unwrap()));
+        }
+        let dir = src.join(module);
+        if dir.is_dir() {
+            let mut inner = Vec::new();
+            rust_files(&dir, &dir, &mut inner);
+            for (_, t) in &inner {
+                text.push('\n');
+                text.push_str(&code(t));
+            }
+        }
+        assert!(
+            !text.is_empty(),
+            "{}: no source for module {module}",
+            src.display()
+        );
         let mut targets = BTreeSet::new();
         let mut add = |segment: &str| {
             let segment = segment.trim();
@@ -339,4 +360,42 @@ fn module_imports_inside_agreement_and_engine_point_one_way() {
         }
         assert_eq!(cycle(&graph), None, "{krate}: module imports in a loop");
     }
+}
+
+/// Issue 10: no production file over 800 lines, in any crate, so each reads at once. Test
+/// files (names ending in `tests.rs`) are exempt; a module that grows past the bound is split
+/// by responsibility into submodules (as `agreement/src/parse/` and `party/src/protocol/`).
+#[test]
+fn every_production_file_reads_at_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let crates = root.join("crates");
+    let mut checked = 0;
+    let mut too_long = Vec::new();
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        rust_files(root, &src, &mut files);
+        for (name, text) in files {
+            if name.ends_with("tests.rs") {
+                continue;
+            }
+            checked += 1;
+            let lines = text.lines().count();
+            if lines > 800 {
+                too_long.push(format!(
+                    "{name} has {lines} lines: split it by responsibility into modules of at \
+                     most 800 lines (tests may move to a sibling *_tests.rs file)"
+                ));
+            }
+        }
+    }
+    // The scan must see the crates' files, or it proves nothing.
+    assert!(
+        checked > 50,
+        "only {checked} production files found under crates/*/src"
+    );
+    assert!(too_long.is_empty(), "{}", too_long.join("\n"));
 }

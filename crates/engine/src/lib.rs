@@ -24,6 +24,7 @@
 //! plan then runs over noisy values only, and nothing exact is reported.
 
 mod ast;
+#[cfg(any(test, feature = "corpus"))]
 pub mod corpus;
 mod dp;
 mod error;

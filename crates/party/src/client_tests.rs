@@ -2,6 +2,7 @@
 //! room key pinned at authentication, name this agreement, and never shrink.
 
 use super::*;
+use tonic::transport::Endpoint;
 
 fn fp() -> Fingerprint {
     hex::encode([0x33; 32]).parse().unwrap()

@@ -3,7 +3,10 @@
 //! is reached, nothing is blinded and the blind-once log is unchanged.
 
 use super::*;
+use accord_agreement::sig::Purpose;
+use accord_psi::HashDomain;
 use accord_psi::PsiSecret;
+use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 
 const PARTNER: &str = "snacks";

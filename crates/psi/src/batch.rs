@@ -19,10 +19,12 @@ use crate::{HashDomain, POINT_LEN, PsiSecret};
 pub(crate) const CHUNK: usize = 512;
 
 /// How a chunk of multiplied points is encoded; `Batched` is what the public API uses, the
-/// other exists so `bench` can measure the difference.
+/// other exists only so `bench` (feature `bench`) and the tests can measure and check the
+/// difference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Compression {
     /// `compress()` per point: one inverse square root each.
+    #[cfg(any(test, feature = "bench"))]
     PerPoint,
     /// Multiply by `k/2`, then `double_and_compress_batch`: one inversion per chunk.
     Batched,
@@ -130,6 +132,7 @@ where
                                 .map(|id| domain.hash(id.as_ref()) * secret.half()),
                         );
                     }
+                    #[cfg(any(test, feature = "bench"))]
                     Compression::PerPoint => {
                         scratch.extend(
                             ids.iter()
@@ -152,6 +155,7 @@ fn encode_chunk(points: &[RistrettoPoint], out: &mut [u8], compression: Compress
                 slot.copy_from_slice(point.as_bytes());
             }
         }
+        #[cfg(any(test, feature = "bench"))]
         Compression::PerPoint => {
             for (slot, point) in out.chunks_exact_mut(POINT_LEN).zip(points) {
                 slot.copy_from_slice(point.compress().as_bytes());
@@ -223,6 +227,7 @@ pub(crate) fn blind_into(
     });
     let scalar = match compression {
         Compression::Batched => secret.half(),
+        #[cfg(any(test, feature = "bench"))]
         Compression::PerPoint => secret.scalar(),
     };
     let bytes_per_chunk = POINT_LEN * CHUNK;

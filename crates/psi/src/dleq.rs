@@ -194,6 +194,7 @@ fn prove(
 
 /// Steps 1–4 alone, for `accord bench psi`: what [`blind_and_prove`] does beyond blinding
 /// (the blinding itself is the same decode, multiply and encode as `blind_concatenated`).
+#[cfg(feature = "bench")]
 pub(crate) fn prove_blinded(
     secret: &PsiSecret,
     context: &DleqContext<'_>,

@@ -10,10 +10,12 @@
 //! The crate is sans-IO: no files, no network, no async runtime. Secrets are converted to and
 //! from bytes; the party stores them. Batch operations use every rayon thread and return their
 //! results in input order. Every byte of the construction is specified, with test vectors, in
-//! `docs/PROTOCOL.md`; speed is measured by [`bench`] and reported in `docs/PERFORMANCE.md`.
+//! `docs/PROTOCOL.md`; speed is measured by the `bench` module (cargo feature `bench`, enabled
+//! only by `accord-cli` for `accord bench psi`) and reported in `docs/PERFORMANCE.md`.
 #![forbid(unsafe_code)]
 
 mod batch;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod dleq;
 pub mod encoding;
@@ -99,6 +101,7 @@ pub enum PsiError {
     #[error(transparent)]
     Dleq(#[from] DleqError),
     /// The benchmark could not run (it measures, it never asserts a speed).
+    #[cfg(feature = "bench")]
     #[error("the benchmark could not run: {reason}")]
     Benchmark {
         /// What went wrong.

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use accord_psi::HANDLE_LEN;
 use arrow::array::{Array, RecordBatch};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
@@ -17,11 +18,14 @@ use super::{BatchState, DIGEST_KEY, PartyProgress, SEEN_DIR, UPLOADED_ROWS_KEY};
 use crate::columns::{column_fixed, to16};
 use crate::error::{Result, RoomError};
 
+/// Bytes of a point tag (the `seen/` files hold them concatenated).
+pub(super) const TAG_LEN: usize = 16;
+
 /// The tag kept for an uploaded point: the first 16 bytes of SHA-256(point). Equal points
 /// have equal tags (encodings are canonical), so no repeat is missed; two different points
 /// sharing a tag (probability about 2⁻¹²⁸ per pair, and only the owner chooses its points)
 /// would refuse the owner's own batch, nothing else. Hashing keeps no part of the point.
-pub(super) fn point_tag(point: &[u8]) -> [u8; 16] {
+pub(super) fn point_tag(point: &[u8]) -> [u8; TAG_LEN] {
     to16(&Sha256::digest(point))
 }
 
@@ -38,13 +42,16 @@ pub(super) fn seen_file(n: u64) -> String {
 /// no points left and is not covered; sealing still drops repeated tokens). Tag files of
 /// batches that are not stored (a crash between the two writes of
 /// [`AgreementStore::store_pending`]) are ignored.
-pub(super) fn load_point_tags(pdir: &Path, progress: &PartyProgress) -> Result<HashSet<[u8; 16]>> {
+pub(super) fn load_point_tags(
+    pdir: &Path,
+    progress: &PartyProgress,
+) -> Result<HashSet<[u8; TAG_LEN]>> {
     let mut tags = HashSet::with_capacity(progress.rows() as usize);
     let files: BTreeMap<u64, PathBuf> = list(&pdir.join(SEEN_DIR), ".bin")?.into_iter().collect();
     for (n, info) in &progress.batches {
         if let Some(path) = files.get(n) {
             let bytes = fs::read(path).map_err(|e| RoomError::io("read", path, e))?;
-            tags.extend(bytes.chunks_exact(16).map(to16));
+            tags.extend(bytes.chunks_exact(TAG_LEN).map(to16));
         } else if info.state == BatchState::Pending {
             let path = pdir.join("pending").join(batch_file(*n));
             for rb in read_parquet(&path)?.0 {
@@ -109,18 +116,18 @@ pub(super) fn kv(meta: Option<&Vec<KeyValue>>) -> BTreeMap<String, String> {
 }
 
 /// Reads a file of concatenated 16-byte handles (absent: none).
-pub(super) fn read_handles(path: &Path) -> Result<HashSet<[u8; 16]>> {
+pub(super) fn read_handles(path: &Path) -> Result<HashSet<[u8; HANDLE_LEN]>> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
         Err(e) => return Err(RoomError::io("read", path, e)),
     };
-    Ok(bytes.chunks_exact(16).map(to16).collect())
+    Ok(bytes.chunks_exact(HANDLE_LEN).map(to16).collect())
 }
 
 /// Writes a set of handles atomically, sorted so the file does not depend on hashing.
-pub(super) fn write_handles(path: &Path, handles: &HashSet<[u8; 16]>) -> Result<()> {
-    let mut sorted: Vec<&[u8; 16]> = handles.iter().collect();
+pub(super) fn write_handles(path: &Path, handles: &HashSet<[u8; HANDLE_LEN]>) -> Result<()> {
+    let mut sorted: Vec<&[u8; HANDLE_LEN]> = handles.iter().collect();
     sorted.sort();
     let bytes: Vec<u8> = sorted.into_iter().flatten().copied().collect();
     accord_fs::write_atomic(path, &bytes)?;

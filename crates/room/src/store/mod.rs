@@ -32,6 +32,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use accord_psi::{HANDLE_LEN, POINT_LEN};
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::file::metadata::KeyValue;
@@ -39,12 +40,13 @@ use parquet::file::metadata::KeyValue;
 use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_rows, to16};
 use crate::error::{Result, RoomError};
 use files::{
-    batch_file, list, load_point_tags, parquet_bytes, point_tag, read_handles, read_meta,
+    TAG_LEN, batch_file, list, load_point_tags, parquet_bytes, point_tag, read_handles, read_meta,
     read_parquet, read_parquet_columns, remove_temp_files, seen_file, write_handles,
 };
 
-const POINT: i32 = 32;
-const HANDLE: i32 = 16;
+/// Arrow's `FixedSizeBinary` widths of the point/token and handle columns.
+const POINT: i32 = POINT_LEN as i32;
+const HANDLE: i32 = HANDLE_LEN as i32;
 pub(super) const DIGEST_KEY: &str = "accord.batch_digest";
 /// Rows the party uploaded in a batch, kept when sealing deletes the unmatched ones.
 pub(super) const UPLOADED_ROWS_KEY: &str = "accord.uploaded_rows";
@@ -69,7 +71,7 @@ pub struct AgreementStore {
     /// 40 MiB per million rows). `max_rows` is agreed and signed by both parties in the
     /// manifest the room accepted. The set is freed when the party completes its upload
     /// (no batch can be added after that) and its files are deleted at sealing.
-    point_tags: BTreeMap<String, HashSet<[u8; 16]>>,
+    point_tags: BTreeMap<String, HashSet<[u8; TAG_LEN]>>,
 }
 
 impl AgreementStore {
@@ -133,7 +135,9 @@ impl AgreementStore {
             if commitment.exists() {
                 let bytes =
                     fs::read(&commitment).map_err(|e| RoomError::io("read", &commitment, e))?;
-                let k = bytes.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok());
+                let k = bytes
+                    .get(..POINT_LEN)
+                    .and_then(|k| <[u8; POINT_LEN]>::try_from(k).ok());
                 pr.commitment = Some(k.filter(|_| bytes.len() == 96).ok_or_else(|| {
                     RoomError::Internal(format!(
                         "{} is {} bytes, not 96: the data directory is damaged",
@@ -202,7 +206,7 @@ impl AgreementStore {
             .party(party)
             .cloned()
             .ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
-        let rows = (batch.handles.len() / 16) as u64;
+        let rows = (batch.handles.len() / HANDLE_LEN) as u64;
         let progress = self.progress.get(party).cloned().unwrap_or_default();
         let admission = crate::checks::admit_batch(
             &progress,
@@ -216,7 +220,11 @@ impl AgreementStore {
             return Ok(false);
         }
         // Cross-batch repeats (repeats inside the batch were refused by the point checks).
-        let tags: Vec<[u8; 16]> = batch.points.chunks_exact(32).map(point_tag).collect();
+        let tags: Vec<[u8; TAG_LEN]> = batch
+            .points
+            .chunks_exact(POINT_LEN)
+            .map(point_tag)
+            .collect();
         let seen = self.point_tags.entry(party.to_owned()).or_default();
         if let Some(row) = tags.iter().position(|t| seen.contains(t)) {
             let earlier = match self.batch_holding(party, &tags[row])? {
@@ -278,14 +286,14 @@ impl AgreementStore {
 
     /// Which stored batch of `party` holds a point with this tag (reads the tag files: only
     /// on the error path).
-    fn batch_holding(&self, party: &str, tag: &[u8; 16]) -> Result<Option<u64>> {
+    fn batch_holding(&self, party: &str, tag: &[u8; TAG_LEN]) -> Result<Option<u64>> {
         let progress = self.progress(party)?;
         for (n, path) in list(&self.party_dir(party).join(SEEN_DIR), ".bin")? {
             if !progress.batches.contains_key(&n) {
                 continue;
             }
             let bytes = fs::read(&path).map_err(|e| RoomError::io("read", &path, e))?;
-            if bytes.chunks_exact(16).any(|t| t == tag) {
+            if bytes.chunks_exact(TAG_LEN).any(|t| t == tag) {
                 return Ok(Some(n));
             }
         }
@@ -375,7 +383,7 @@ impl AgreementStore {
     pub fn store_commitment(
         &mut self,
         party: &str,
-        commitment: &[u8; 32],
+        commitment: &[u8; POINT_LEN],
         signature: &[u8; 64],
     ) -> Result<()> {
         let mut bytes = commitment.to_vec();
@@ -486,7 +494,7 @@ impl AgreementStore {
         let names: Vec<String> = self.parties.iter().map(|p| p.party.clone()).collect();
         for party in names {
             let matched_col = column_fixed(snapshot, &format!("{party}_handle"))?;
-            let matched: HashSet<[u8; 16]> = (0..matched_col.len())
+            let matched: HashSet<[u8; HANDLE_LEN]> = (0..matched_col.len())
                 .map(|i| to16(matched_col.value(i)))
                 .collect();
             let pdir = self.party_dir(&party);
@@ -579,7 +587,7 @@ impl AgreementStore {
     }
 
     /// Which of `handles` are stored for `party` (pending or tokenized, not yet erased).
-    pub fn known_handles(&self, party: &str) -> Result<HashSet<[u8; 16]>> {
+    pub fn known_handles(&self, party: &str) -> Result<HashSet<[u8; HANDLE_LEN]>> {
         let mut known = HashSet::new();
         for sub in ["pending", "rows"] {
             for (_, path) in list(&self.party_dir(party).join(sub), ".parquet")? {
@@ -608,7 +616,7 @@ impl AgreementStore {
     pub fn erase(
         &mut self,
         party: &str,
-        handles: &HashSet<[u8; 16]>,
+        handles: &HashSet<[u8; HANDLE_LEN]>,
     ) -> Result<Option<RecordBatch>> {
         let pdir = self.party_dir(party);
         for (_, path) in list(&pdir.join("rows"), ".parquet")? {

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use accord_agreement::{ColumnRole, Manifest};
 use accord_engine::Role;
+use accord_psi::{HANDLE_LEN, POINT_LEN};
 use arrow::array::ArrayRef;
 use arrow::datatypes::{DataType, Field};
 use serde::{Deserialize, Serialize};
@@ -134,12 +135,12 @@ pub struct PartyProgress {
     /// The completion statement, once stored.
     pub complete: Option<Completion>,
     /// Handles erased while their batch was pending.
-    pub erased_pending: HashSet<[u8; 16]>,
+    pub erased_pending: HashSet<[u8; HANDLE_LEN]>,
     /// Handles of rows deleted at sealing because they matched nobody (data minimization);
     /// an erasure request may still name them.
-    pub discarded: HashSet<[u8; 16]>,
+    pub discarded: HashSet<[u8; HANDLE_LEN]>,
     /// The party's verified PSI key commitment `K = k·B`, once received.
-    pub commitment: Option<[u8; 32]>,
+    pub commitment: Option<[u8; POINT_LEN]>,
     /// Blinded batches of this party's upload returned by the partner with a failing proof.
     pub proof_failures: u64,
 }

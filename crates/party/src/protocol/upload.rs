@@ -1,0 +1,445 @@
+//! `party upload`: read and normalize the export, hash and blind it, and stream it to the
+//! room in batches (resuming an interrupted upload of the same data).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use accord_agreement::{SecretKey, sig::Purpose};
+use accord_proto::v1::{self, psi_client::PsiClient};
+use accord_psi::{HANDLE_LEN, HashDomain};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use tokio_stream::StreamExt as _;
+
+use super::sync::{batch_salt, check_partner_proofs, sync};
+use super::{PartyContext, status};
+use crate::error::PartyError;
+use crate::input::{self, InputOptions, InputReport, PreparedRow, Value};
+use crate::state::State;
+
+/// How to upload.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// The CSV or Parquet file.
+    pub input: PathBuf,
+    /// Reading options.
+    pub read: InputOptions,
+    /// Rows per batch.
+    pub batch_rows: usize,
+    /// Keep blinding partner work until both sides' tokens are complete.
+    pub wait: bool,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone)]
+pub struct UploadOutcome {
+    /// What each input rule did.
+    pub report: InputReport,
+    /// Rows held back because this party erased that customer before (and no renewal of
+    /// consent was recorded since).
+    pub held_back_erased: u64,
+    /// Batches in the upload.
+    pub batches: u64,
+    /// Rows uploaded.
+    pub rows: u64,
+    /// Batches the room already had (an interrupted upload resumed).
+    pub already_stored: u64,
+    /// Partner batches this party blinded while waiting.
+    pub blinded: u64,
+    /// The final status, when waiting.
+    pub status: Option<v1::StatusResponse>,
+}
+
+struct Prepared {
+    handles: Vec<[u8; HANDLE_LEN]>,
+    rows: Vec<PreparedRow>,
+}
+
+/// Reads, filters, shuffles and uploads the party's data, resuming an interrupted upload.
+pub async fn upload(
+    ctx: &PartyContext,
+    options: &UploadOptions,
+) -> Result<UploadOutcome, PartyError> {
+    let m = ctx.agreement.manifest();
+    let now = chrono::Utc::now();
+    if !m.is_in_window(now) {
+        return Err(PartyError::Refused(format!(
+            "agreement {} is not in force now (valid {} to {})",
+            m.id, m.valid_from, m.valid_until
+        )));
+    }
+    let batch_rows = options
+        .batch_rows
+        .clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
+    let (rows, report) = {
+        let path = options.input.clone();
+        let manifest = m.clone();
+        let party = ctx.party.clone();
+        let read = options.read.clone();
+        tokio::task::spawn_blocking(move || input::read(&path, &manifest, &party, &read))
+            .await
+            .map_err(|e| PartyError::Internal(e.to_string()))??
+    };
+    // A customer this party erased before (under any agreement) stays erased, even when the
+    // export still says "consent: true"; only a recorded renewal lifts it (rights.rs).
+    let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
+    let kind = ctx.identifier_kind();
+    let read_rows = rows.len();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| memory.held_back(kind, &r.identifier).is_none())
+        .collect();
+    let held_back_erased = (read_rows - rows.len()) as u64;
+    drop(memory);
+    let max_rows = m.parties[&ctx.party].max_rows;
+    if rows.len() as u64 > max_rows {
+        return Err(PartyError::Refused(format!(
+            "{} rows are ready to upload but the agreement caps {} at {max_rows} rows (max_rows): the upload would be \
+             refused; ask legal for a new agreement version with a higher cap",
+            rows.len(),
+            ctx.party
+        )));
+    }
+    if rows.is_empty() {
+        return Err(PartyError::Refused(format!(
+            "no row of {} can be uploaded (see the report):\n{report}",
+            options.input.display()
+        )));
+    }
+    let state = ctx.state()?;
+    let secrets = state.secrets()?;
+    let agreement_id = ctx.agreement.id().to_owned();
+    let mut prepared = Prepared {
+        handles: rows
+            .iter()
+            .map(|r| {
+                secrets
+                    .handle_key
+                    .handle(&agreement_id, r.identifier.as_bytes())
+            })
+            .collect(),
+        rows,
+    };
+    // A fixed per-agreement seed: a resumed upload shuffles identically and sends the same batches.
+    let mut rng = rand::rngs::StdRng::from_seed(*secrets.shuffle_seed);
+    let mut order: Vec<usize> = (0..prepared.rows.len()).collect();
+    order.shuffle(&mut rng);
+    prepared = Prepared {
+        handles: order.iter().map(|&i| prepared.handles[i]).collect(),
+        rows: order.iter().map(|&i| prepared.rows[i].clone()).collect(),
+    };
+    let all_handles: Vec<u8> = prepared.handles.iter().flatten().copied().collect();
+    drop(secrets);
+    check_same_upload(ctx, &state, &all_handles).await?;
+    state.remember_agreement(ctx.agreement.text())?;
+    state.begin_upload(&all_handles)?;
+
+    let total_rows = prepared.rows.len() as u64;
+    let total_batches = prepared.rows.len().div_ceil(batch_rows) as u64;
+    let prepared = std::sync::Arc::new(prepared);
+    let mut already_stored = None;
+    let mut attempt = 0;
+    let mut restarts = 0;
+    let status = loop {
+        attempt += 1;
+        let result = upload_attempt(
+            ctx,
+            &state,
+            &prepared,
+            batch_rows,
+            total_batches,
+            total_rows,
+        )
+        .await;
+        match result {
+            Ok((status, first_stored)) => {
+                already_stored.get_or_insert(first_stored);
+                break status;
+            }
+            Err(PartyError::SessionEnded { reason, .. })
+                if restarts < crate::client::MAX_SESSION_RESTARTS =>
+            {
+                restarts += 1;
+                attempt -= 1; // not a failure of the room: authenticate again and resume
+                tracing::info!(%reason, "upload: the session ended; authenticating again");
+            }
+            Err(e) if e.is_transient() && attempt < 6 => {
+                tracing::warn!(error = %e, "upload interrupted; resuming");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    // The room acknowledged the completion: only now does the record say "uploaded".
+    state.finish_upload(&all_handles)?;
+    if !state
+        .history()?
+        .iter()
+        .any(|e| matches!(e, crate::rights::Event::Uploaded { .. }))
+    {
+        state.log_event(&crate::rights::Event::Uploaded {
+            at: chrono::Utc::now(),
+            rows: total_rows,
+        })?;
+    }
+    if !status.refused_batches.is_empty() {
+        let r = &status.refused_batches[0];
+        return Err(PartyError::Refused(format!(
+            "{} refused to blind batch {} of this upload: {}. {}",
+            status.partner,
+            r.batch_number,
+            crate::display::work_refusal(&r.reason),
+            crate::display::refusal_next_step(&r.reason)
+        )));
+    }
+    check_partner_proofs(&status)?;
+    let mut outcome = UploadOutcome {
+        held_back_erased,
+        report,
+        batches: total_batches,
+        rows: total_rows,
+        already_stored: already_stored.unwrap_or(0),
+        blinded: 0,
+        status: Some(status),
+    };
+    if options.wait {
+        let (blinded, status) = sync(ctx, true).await?;
+        outcome.blinded = blinded;
+        outcome.status = Some(status);
+    }
+    Ok(outcome)
+}
+
+/// An agreement version accepts one upload per party. Refuses, before anything is sent or
+/// recorded, an input whose rows differ from the upload this state directory recorded, and an
+/// upload when the room holds rows this state directory has no record of.
+async fn check_same_upload(
+    ctx: &PartyContext,
+    state: &State,
+    handles: &[u8],
+) -> Result<(), PartyError> {
+    let record = state.upload_record()?;
+    let rows = |b: &[u8]| b.len() / accord_proto::limits::HANDLE_LEN;
+    if let Some(done) = &record.done {
+        if done.as_slice() == handles {
+            return Ok(()); // the same input again: resume or confirm
+        }
+        return Err(PartyError::Refused(format!(
+            "{} already completed its upload to agreement {} ({} rows) from a different input ({} rows now): an \
+             agreement version accepts one upload and nothing was sent. To change the data, agree a new agreement \
+             version (a higher version number, signed again by both parties) and upload to it; to remove customers, \
+             use `accord party erase`",
+            ctx.party,
+            ctx.agreement.id(),
+            rows(done),
+            rows(handles)
+        )));
+    }
+    if record.pending.as_deref() == Some(handles) {
+        return Ok(()); // resuming an interrupted upload of the same input
+    }
+    // No record, or an interrupted upload of another input: only safe if the room holds nothing.
+    let status = status(ctx).await?;
+    if status.batches_uploaded > 0 || status.upload_complete {
+        let why = if record.pending.is_some() {
+            "an interrupted upload of a different input from this state directory"
+        } else {
+            "an upload this state directory has no record of (was it made with another --state directory?)"
+        };
+        return Err(PartyError::Refused(format!(
+            "the room already holds {} batches ({} rows) of {} for agreement {}: {why}. Nothing was sent. Resume \
+             with the original input and --state directory; to change the data, agree a new agreement version",
+            status.batches_uploaded,
+            status.rows_uploaded,
+            ctx.party,
+            ctx.agreement.id()
+        )));
+    }
+    Ok(())
+}
+
+/// One pass: ask where the room stands, then stream the missing batches and the completion.
+async fn upload_attempt(
+    ctx: &PartyContext,
+    state: &State,
+    prepared: &std::sync::Arc<Prepared>,
+    batch_rows: usize,
+    total_batches: u64,
+    total_rows: u64,
+) -> Result<(v1::StatusResponse, u64), PartyError> {
+    let mut conn = ctx.connect(state).await?;
+    let mut psi = PsiClient::new(conn.channel())
+        .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
+    let status = conn.psi_status().await?;
+    let stored = status.batches_uploaded;
+    if status.upload_complete {
+        if stored != total_batches || status.rows_uploaded != total_rows {
+            return Err(PartyError::Refused(format!(
+                "the room holds a completed upload of {stored} batches ({} rows) from {}, but this input makes \
+                 {total_batches} batches ({total_rows} rows): the input or --batch-rows changed; an agreement version \
+                 accepts one upload",
+                status.rows_uploaded, ctx.party
+            )));
+        }
+        return Ok((status, stored));
+    }
+    if stored > total_batches {
+        return Err(PartyError::Refused(format!(
+            "the room holds {stored} batches for {} but this input makes only {total_batches}: the input changed since \
+             the first upload; an agreement version accepts one upload (later changes are erasures)",
+            ctx.party
+        )));
+    }
+    // Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::UploadMessage, PartyError>>(4);
+    let secrets = state.secrets()?;
+    let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind());
+    let fp = ctx.fingerprint();
+    let party = ctx.party.clone();
+    let key_bytes = ctx.key.to_key_file();
+    let manifest = ctx.agreement.manifest().clone();
+    let prepared = prepared.clone();
+    let bar = ctx.bar(total_batches - stored, "upload batches");
+    let producer_bar = bar.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let key = match SecretKey::from_key_file(key_bytes.as_bytes()) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(PartyError::Internal(e.to_string())));
+                return;
+            }
+        };
+        for n in stored..total_batches {
+            let start = n as usize * batch_rows;
+            let end = (start + batch_rows).min(prepared.rows.len());
+            let rows = &prepared.rows[start..end];
+            let ids: Vec<&[u8]> = rows.iter().map(|r| r.identifier.as_bytes()).collect();
+            let points: Vec<u8> = accord_psi::hash_and_blind(&secrets.psi, &domain, &ids)
+                .into_iter()
+                .flatten()
+                .collect();
+            let handles: Vec<u8> = prepared.handles[start..end]
+                .iter()
+                .flatten()
+                .copied()
+                .collect();
+            let columns = proto_columns(&manifest, &party, rows);
+            let salt = batch_salt(&secrets.shuffle_seed, fp.as_bytes(), n);
+            let rows_digest = accord_proto::rows_digest(&salt, &handles, &columns);
+            let message =
+                accord_proto::signed::upload_batch(fp.as_bytes(), &party, n, &points, &rows_digest);
+            let signature = key.sign(Purpose::UploadBatch, &message).to_bytes().to_vec();
+            let batch = v1::UploadBatch {
+                batch_number: n,
+                handles,
+                points,
+                columns,
+                signature,
+                salt: salt.to_vec(),
+            };
+            if tx
+                .blocking_send(Ok(v1::UploadMessage {
+                    kind: Some(v1::upload_message::Kind::Batch(batch)),
+                }))
+                .is_err()
+            {
+                return;
+            }
+            producer_bar.inc(1);
+        }
+        let message =
+            accord_proto::signed::upload_complete(fp.as_bytes(), &party, total_batches, total_rows);
+        let complete = v1::UploadComplete {
+            batches: total_batches,
+            rows: total_rows,
+            signature: key
+                .sign(Purpose::UploadComplete, &message)
+                .to_bytes()
+                .to_vec(),
+        };
+        let _ = tx.blocking_send(Ok(v1::UploadMessage {
+            kind: Some(v1::upload_message::Kind::Complete(complete)),
+        }));
+    });
+    let (err_tx, mut err_rx) = tokio::sync::oneshot::channel::<PartyError>();
+    let mut err_tx = Some(err_tx);
+    let stream =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map_while(move |item| match item {
+            Ok(m) => Some(m),
+            Err(e) => {
+                if let Some(tx) = err_tx.take() {
+                    let _ = tx.send(e);
+                }
+                None
+            }
+        });
+    let response = psi.upload(conn.request(stream)).await;
+    producer.abort();
+    bar.finish_and_clear();
+    if let Ok(e) = err_rx.try_recv() {
+        return Err(e);
+    }
+    let response = response.map_err(|s| conn.error(s))?.into_inner();
+    conn.check_head(response.head.as_ref())?;
+    let status = conn.psi_status().await?;
+    if !status.upload_complete {
+        return Err(PartyError::Unreachable {
+            url: ctx.room_url.clone(),
+            reason: "the upload stream ended before the room stored the completion".into(),
+            gave_up: false,
+        });
+    }
+    Ok((status, stored))
+}
+
+fn proto_columns(
+    manifest: &accord_agreement::Manifest,
+    party: &str,
+    rows: &[PreparedRow],
+) -> Vec<v1::Column> {
+    let Some(p) = manifest.parties.get(party) else {
+        return Vec::new();
+    };
+    p.contributes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let values = match c.role {
+                accord_agreement::ColumnRole::Dimension => {
+                    let mut t = v1::TextValues::default();
+                    for r in rows {
+                        let v = match &r.values[i] {
+                            Value::Text(v) => v.clone(),
+                            Value::Number(_) => None,
+                        };
+                        t.present.push(v.is_some());
+                        t.values.push(v.unwrap_or_default());
+                    }
+                    if t.present.iter().all(|p| *p) {
+                        t.present.clear();
+                    }
+                    v1::column::Values::Text(t)
+                }
+                accord_agreement::ColumnRole::Metric { .. } => {
+                    let mut x = v1::NumberValues::default();
+                    for r in rows {
+                        let v = match &r.values[i] {
+                            Value::Number(v) => *v,
+                            Value::Text(_) => None,
+                        };
+                        x.present.push(v.is_some());
+                        x.values.push(v.unwrap_or_default());
+                    }
+                    if x.present.iter().all(|p| *p) {
+                        x.present.clear();
+                    }
+                    v1::column::Values::Number(x)
+                }
+            };
+            v1::Column {
+                name: c.column.clone(),
+                values: Some(values),
+            }
+        })
+        .collect()
+}
