@@ -39,7 +39,7 @@ run agreement -p accord-agreement \
     -- --lib
 # The partner's checks before blinding, and the party's check of the room's signed audit head.
 run party -p accord-party \
-    --file crates/party/src/protocol.rs --file crates/party/src/client.rs \
+    --file crates/party/src/protocol/sync.rs --file crates/party/src/client.rs \
     -F 'blind_one|check_head' \
     -- --lib
 if [ "${1:-}" = room ]; then
