@@ -31,6 +31,7 @@ mod ledger;
 pub mod limits;
 pub mod registration;
 mod room;
+pub mod status;
 pub mod store;
 pub mod tls;
 mod wire;

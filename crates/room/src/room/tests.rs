@@ -150,3 +150,69 @@ fn a_data_directory_of_a_newer_format_is_refused_and_left_alone() {
         "accord-room-data 9\n"
     );
 }
+
+#[tokio::test]
+async fn the_status_report_reads_without_changing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::identity::install(dir.path(), &key(6)).unwrap();
+    let room = Room::open(dir.path()).unwrap();
+    let text = agreement_text();
+    let submitted = room.submit(&text).await.unwrap();
+    let fp = submitted.fingerprint.clone();
+    let s = crate::status::read_status(dir.path()).unwrap();
+    assert_eq!((s.format, s.build_format), (ROOM_FORMAT, ROOM_FORMAT));
+    assert_eq!(s.room_public_key, Some(key(6).public_key().to_string()));
+    assert_eq!(s.agreements.len(), 1);
+    let a = &s.agreements[0];
+    assert_eq!(
+        (a.id.as_str(), a.version, a.state),
+        ("lock-test", 1, "collecting")
+    );
+    assert_eq!(a.fingerprint, fp);
+    // The head the room signs is the head the report shows.
+    assert_eq!(a.audit_entries, submitted.head.entries);
+    assert_eq!(a.audit_head, hex::encode(submitted.head.hash));
+    assert!(s.ended.is_empty());
+    assert!(s.disk_bytes > 0);
+
+    // A half-written last line (a crash mid-append) is not counted, and not repaired: the
+    // report changes nothing on disk.
+    let log = dir.path().join("audit").join(format!("{fp}.jsonl"));
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(b"{\"seq\":2,\"prev\":");
+    std::fs::write(&log, &bytes).unwrap();
+    let again = crate::status::read_status(dir.path()).unwrap();
+    assert_eq!(again.agreements[0].audit_entries, a.audit_entries);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        bytes,
+        "the log was not touched"
+    );
+    bytes.truncate(bytes.len() - b"{\"seq\":2,\"prev\":".len());
+    std::fs::write(&log, &bytes).unwrap();
+
+    // An ended agreement is listed with why, and its log (which outlives the data) counted.
+    let agreement = accord_agreement::verify(&text, Utc::now()).unwrap();
+    let revocation = Revocation::sign(&agreement, "drinks", "stop", Utc::now(), &key(1)).unwrap();
+    let revoked = room.revoke(&revocation.to_toml()).await.unwrap();
+    let s = crate::status::read_status(dir.path()).unwrap();
+    assert!(s.agreements.is_empty());
+    assert_eq!(s.ended.len(), 1);
+    assert_eq!(s.ended[0].reason, "revoked");
+    assert_eq!(s.ended[0].audit_entries, revoked.head.entries);
+
+    // A directory of a newer format is refused by name.
+    std::fs::write(dir.path().join("FORMAT"), "accord-room-data 5\n").unwrap();
+    let e = crate::status::read_status(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"accord-room-data 5\"") && e.contains("reads format 1"),
+        "{e}"
+    );
+    // And a path that is no room at all is said so.
+    let e = crate::status::read_status(&dir.path().join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a room data directory"), "{e}");
+}
