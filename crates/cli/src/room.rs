@@ -163,15 +163,36 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         println!("room public key {}", running.room.public_key());
         println!("data directory {}", data_dir.display());
         let stop = running.stopper();
+        // Ctrl-C, or SIGTERM (what systemd, Docker and Kubernetes send): stop accepting,
+        // finish the calls in service, exit 0. Every write the room acknowledged is already
+        // on disk either way.
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopping the room (Ctrl-C)");
+            let which = tokio::select! {
+                r = tokio::signal::ctrl_c() => r.map(|()| "Ctrl-C"),
+                r = terminate() => r.map(|()| "SIGTERM"),
+            };
+            if let Ok(which) = which {
+                eprintln!("stopping the room ({which}): finishing the calls in service");
                 let _ = stop.send(true);
             }
         });
         running.wait().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Resolves when the process receives SIGTERM (never on platforms without it).
+async fn terminate() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        term.recv().await;
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::future::pending::<std::io::Result<()>>().await
+    }
 }
 
 fn status_text(s: &accord_room::status::RoomStatus) -> String {

@@ -548,3 +548,39 @@ fn logs_can_be_structured_json() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// SIGTERM (what systemd, Docker and Kubernetes send) stops the room cleanly: it says so and
+/// exits 0, and the data directory opens again.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_room_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("room");
+    let port = free_port();
+    let child = accord()
+        .args(["room", "serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the room did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("stopping the room (SIGTERM)"), "{stderr}");
+    ok(accord().args(["room", "status", "--data-dir"]).arg(&data));
+}
