@@ -38,12 +38,17 @@ fn free_port() -> u16 {
 }
 
 fn spawn_room(data: &Path, port: u16) -> Child {
+    spawn_room_with(data, port, Stdio::null())
+}
+
+/// Starts `accord room serve` and waits until it listens; `stderr` is where its logs go.
+fn spawn_room_with(data: &Path, port: u16, stderr: Stdio) -> Child {
     let child = accord()
         .args(["room", "serve", "--data-dir"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -556,23 +561,7 @@ fn logs_can_be_structured_json() {
 fn sigterm_stops_the_room_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("room");
-    let port = free_port();
-    let child = accord()
-        .args(["room", "serve", "--data-dir"])
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the room did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_room_with(&data, free_port(), Stdio::piped());
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
