@@ -225,27 +225,50 @@ pub fn sign_head(
 
 /// Checks a head's signature against the room's public key.
 pub fn verify_head(room_key: &PublicKey, head: &SignedHead) -> Result<Fingerprint, String> {
-    let fingerprint: Fingerprint = head.fingerprint.parse().map_err(|_| {
-        format!(
-            "the head names an invalid fingerprint {:?}",
-            head.fingerprint
-        )
-    })?;
-    let hash: [u8; 32] = head
-        .hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| "the audit head hash is not 32 bytes".to_owned())?;
-    let sig: [u8; 64] = head
-        .signature
-        .as_slice()
-        .try_into()
-        .map_err(|_| "the audit head signature is not 64 bytes".to_owned())?;
-    let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), head.entries, &hash);
-    room_key
-        .verify(Purpose::AuditHead, &message, &Signature::from_bytes(&sig))
-        .map_err(|_| "the room's signature on its audit head does not verify".to_owned())?;
-    Ok(fingerprint)
+    Head::check(
+        room_key,
+        &head.fingerprint,
+        head.entries,
+        &head.hash,
+        &head.signature,
+    )
+    .map(|h| h.fingerprint)
+}
+
+impl Head {
+    /// A head given as its parts (as a client presents it), checked against the room's
+    /// public key: well-formed, and signed by that key for that fingerprint and count.
+    pub fn check(
+        room_key: &PublicKey,
+        fingerprint: &str,
+        entries: u64,
+        hash: &[u8],
+        signature: &[u8],
+    ) -> Result<Head, String> {
+        let fingerprint: Fingerprint = fingerprint
+            .parse()
+            .map_err(|_| format!("the head names an invalid fingerprint {fingerprint:?}"))?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| "the audit head hash is not 32 bytes".to_owned())?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| "the audit head signature is not 64 bytes".to_owned())?;
+        let message = accord_proto::signed::audit_head(fingerprint.as_bytes(), entries, &hash);
+        room_key
+            .verify(
+                Purpose::AuditHead,
+                &message,
+                &Signature::from_bytes(&signature),
+            )
+            .map_err(|_| "the room's signature on its audit head does not verify".to_owned())?;
+        Ok(Head {
+            fingerprint,
+            entries,
+            hash,
+            signature,
+        })
+    }
 }
 
 /// Checks that `text` is entry `expected_seq` chaining to `prev`; returns its hash.

@@ -159,6 +159,85 @@ pub enum PartyCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Take a consistent backup of this party's state directory (the only keys that can
+    /// erase a customer from the room again): waits for running party commands to finish.
+    /// Store the result encrypted: it holds secrets.
+    Backup {
+        /// The state directory (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// The new backup directory (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Check a state backup (every file's checksum) and restore it into a new state
+    /// directory.
+    Restore {
+        /// The backup directory (written by `accord party backup`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The state directory to create (must not exist, or be empty).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Only check the backup; restore nothing.
+        #[arg(long)]
+        check_only: bool,
+    },
+}
+
+/// The state directory a command writes, if any (held for the command's whole run, so a
+/// backup never sees it in the middle of one).
+fn state_of(cmd: &PartyCommand) -> Option<PathBuf> {
+    let root = |s: &Option<PathBuf>| {
+        Some(s.clone().unwrap_or_else(accord_party::state::default_root))
+    };
+    match cmd {
+        PartyCommand::Upload { common, .. }
+        | PartyCommand::Sync { common, .. }
+        | PartyCommand::Status { common } => root(&common.state),
+        PartyCommand::Erase { state, .. }
+        | PartyCommand::RenewConsent { state, .. }
+        | PartyCommand::Forget { state, .. }
+        | PartyCommand::Receipt { state, .. } => root(state),
+        PartyCommand::Backup { .. } | PartyCommand::Restore { .. } => None,
+    }
+}
+
+fn backup_command(cmd: PartyCommand) -> Result<ExitCode> {
+    let (m, what) = match cmd {
+        PartyCommand::Backup { state, to } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let m = accord_party::state::backup(&root, &to).map_err(party_error)?;
+            let what = format!(
+                "Backed up the party state {} to {}. It holds this party's secrets: store it encrypted, \
+                 like the key file.",
+                root.display(),
+                to.display()
+            );
+            (m, what)
+        }
+        PartyCommand::Restore {
+            from,
+            state,
+            check_only,
+        } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let m = accord_party::state::restore(&from, &root, check_only).map_err(party_error)?;
+            let what = if check_only {
+                format!("{} is a whole party state backup (every checksum verified).", from.display())
+            } else {
+                format!("Restored the party state backup {} into {}.", from.display(), root.display())
+            };
+            (m, what)
+        }
+        _ => unreachable!("only backup and restore come here"),
+    };
+    println!(
+        "{what} {} files, {}.",
+        m.files.len(),
+        crate::common::human_bytes(m.bytes())
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Formats of `party receipt`.
@@ -186,8 +265,13 @@ fn context(args: &PartyArgs) -> Result<PartyContext> {
 }
 
 pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
+    let _held = match state_of(&cmd) {
+        Some(root) => Some(accord_party::state::hold(&root).map_err(party_error)?),
+        None => None,
+    };
     let rt = runtime()?;
     match cmd {
+        c @ (PartyCommand::Backup { .. } | PartyCommand::Restore { .. }) => backup_command(c),
         PartyCommand::Upload {
             common,
             input,

@@ -33,6 +33,32 @@ pub enum RoomCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take a consistent backup of the room's data directory into a new directory, while
+    /// the room runs (calls wait while files are linked and the audit logs copied). Copy
+    /// the result to other storage afterwards: files the room never changes in place are
+    /// hard links when the backup is on the same filesystem.
+    Backup {
+        /// The room's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The new backup directory (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Check a backup (every file's checksum, every audit chain) and restore it into a new
+    /// data directory. Start the room on it afterwards; a party that saw a later audit head
+    /// than the backup holds is detected (docs/OPERATIONS.md, "Backups").
+    Restore {
+        /// The backup directory (written by `accord room backup`).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The data directory to create (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Only check the backup; restore nothing.
+        #[arg(long)]
+        check_only: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +113,53 @@ pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status_text(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RoomCommand::Backup { data_dir, to } => {
+            let m = accord_room::backup::backup(&data_dir, &to)?;
+            println!(
+                "Backed up {} to {}: {} files, {}, checksums in {}. Copy it to other storage; \
+                 `accord room restore --from {} --data-dir NEW` checks and restores it.",
+                data_dir.display(),
+                to.display(),
+                m.files.len(),
+                crate::common::human_bytes(m.bytes()),
+                to.join(accord_fs::snapshot::BACKUP_FILE).display(),
+                to.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RoomCommand::Restore {
+            from,
+            data_dir,
+            check_only,
+        } => {
+            let m = if check_only {
+                accord_room::backup::verify(&from)?
+            } else {
+                accord_room::backup::restore(&from, &data_dir)?
+            };
+            let taken = chrono::DateTime::from_timestamp(m.taken_unix as i64, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| m.taken_unix.to_string());
+            if check_only {
+                println!(
+                    "{} is a whole room backup taken {taken}: {} files, {}, every checksum and audit chain verified.",
+                    from.display(),
+                    m.files.len(),
+                    crate::common::human_bytes(m.bytes())
+                );
+            } else {
+                println!(
+                    "Restored the room backup taken {taken} into {} ({} files, {}; checksums and audit chains \
+                     verified). Start the room with --data-dir {}: everything after {taken} is lost, and a \
+                     party that saw a later audit head will be told so (docs/OPERATIONS.md, \"Backups\").",
+                    data_dir.display(),
+                    m.files.len(),
+                    crate::common::human_bytes(m.bytes()),
+                    data_dir.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -7,6 +7,8 @@
 //! secret, or log file contents.
 #![forbid(unsafe_code)]
 
+pub mod snapshot;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -51,6 +53,14 @@ pub enum FsError {
         found: String,
         /// The newest format this build reads.
         supported: u32,
+    },
+    /// A backup that cannot be taken, verified or restored.
+    #[error("backup {path}: {problem}")]
+    BadBackup {
+        /// The backup (or the directory concerned).
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        problem: String,
     },
     /// A secret file is readable or writable by other users.
     #[error(
@@ -179,6 +189,16 @@ pub fn remove_dir_all_durable(dir: &Path) -> Result<(), FsError> {
         Err(e) => return Err(io_err("remove", dir)(e)),
     }
     sync_dir(&parent_dir(dir))
+}
+
+/// Removes a file if it exists and syncs its directory.
+pub fn remove_file_durable(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("remove", path)(e)),
+    }
+    sync_dir(&parent_dir(path))
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

@@ -31,6 +31,38 @@ const MAGIC: &[u8] = b"accord-party-secrets-v1\n";
 pub const PARTY_FORMAT: u32 = 1;
 const PARTY_FORMAT_TAG: &str = "accord-party-state";
 
+/// Takes a consistent backup of the party state directory `root` into the new directory
+/// `dest`. Party commands hold the directory's shared lock while they run
+/// ([`hold`]), so the backup waits for a running upload or erasure to finish. Every file
+/// is copied (the state is small, and some of it is appended in place); modes are kept.
+pub fn backup(root: &Path, dest: &Path) -> Result<accord_fs::snapshot::BackupManifest, PartyError> {
+    accord_fs::snapshot::backup(root, dest, PARTY_FORMAT_TAG, &|_| false)
+        .map_err(|e| PartyError::State(e.to_string()))
+}
+
+/// Checks a party state backup (every file's checksum) and, unless `check_only`, restores
+/// it into `root` (new or empty).
+pub fn restore(
+    backup: &Path,
+    root: &Path,
+    check_only: bool,
+) -> Result<accord_fs::snapshot::BackupManifest, PartyError> {
+    let result = if check_only {
+        accord_fs::snapshot::verify(backup, PARTY_FORMAT_TAG)
+    } else {
+        accord_fs::snapshot::restore(backup, root, PARTY_FORMAT_TAG, &|_| Ok(()))
+    };
+    result.map_err(|e| PartyError::State(e.to_string()))
+}
+
+/// Holds the state directory `root` (creating it) for one party command: a backup waits
+/// until the guard is dropped.
+pub fn hold(root: &Path) -> Result<accord_fs::snapshot::SharedGuard, PartyError> {
+    accord_fs::create_dir_all(root, accord_fs::Access::OwnerOnly)
+        .and_then(|()| accord_fs::snapshot::DirLock::new(root).shared_blocking())
+        .map_err(|e| PartyError::State(e.to_string()))
+}
+
 /// The default state root: `$ACCORD_STATE`, else `$XDG_DATA_HOME/accord/party`, else
 /// `~/.local/share/accord/party`.
 pub fn default_root() -> PathBuf {

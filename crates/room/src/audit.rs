@@ -12,6 +12,7 @@ pub use accord_audit::{
     Actor, Decision, Event, Head, LogSummary, check_line, sign_head, verify_head, verify_log,
 };
 use chrono::{DateTime, Utc};
+use sha2::Digest;
 
 use crate::error::RoomError;
 
@@ -23,6 +24,72 @@ pub struct AuditLog {
     fingerprint: Fingerprint,
     entries: u64,
     last_hash: [u8; 32],
+    /// Set once a participant presented a head this room signed that the log does not hold
+    /// (the room went back in time): the log then refuses every append.
+    behind: Option<Behind>,
+}
+
+/// The evidence that an audit log went back in time: a head this room signed, presented by a
+/// participant, that the log on disk does not hold. Kept beside the log
+/// (`audit/<fingerprint>.behind.json`) until the log holds that head again (a newer backup
+/// restored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Behind {
+    /// Entries of the presented head.
+    pub seen_entries: u64,
+    /// Its hash, hex.
+    pub seen_hash: String,
+    /// The room's signature on it, hex (anyone can check it with the room's public key).
+    pub seen_signature: String,
+    /// Entries the log held when it was presented.
+    pub log_entries: u64,
+    /// Who presented it (`party drinks`, `analyst ana@…`).
+    pub presented_by: String,
+    /// When (RFC 3339, UTC).
+    pub detected_at: String,
+}
+
+impl Behind {
+    /// What the room answers every call bound to this agreement, and logs.
+    pub fn explain(&self, fingerprint: Fingerprint) -> String {
+        let how = if self.seen_entries > self.log_entries {
+            format!(
+                "it holds {} entries, but {} presented a head this room signed for {} entries",
+                self.log_entries, self.presented_by, self.seen_entries
+            )
+        } else {
+            format!(
+                "{} presented a head this room signed for entry {}, and the log's entry {} is another one (the log was \
+                 rewritten)",
+                self.presented_by, self.seen_entries, self.seen_entries
+            )
+        };
+        format!(
+            "the room's audit log of agreement {fingerprint} went back in time: {how} (detected {}). The room was \
+             restored from an older backup or lost part of its data; it refuses every call for this agreement \
+             rather than fork its log. Operator: restore a backup that holds that head (docs/OPERATIONS.md, \
+             \"A room that went back in time\"); `accord room status` shows the evidence",
+            self.detected_at
+        )
+    }
+}
+
+/// The marker file of a log at `path` (`<fingerprint>.jsonl` → `<fingerprint>.behind.json`).
+pub fn behind_path(log: &Path) -> PathBuf {
+    log.with_extension("behind.json")
+}
+
+/// Reads the marker of the log at `path`, if any.
+pub fn read_behind(log: &Path) -> Result<Option<Behind>, RoomError> {
+    let path = behind_path(log);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| RoomError::Internal(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RoomError::io("read", &path, e)),
+    }
 }
 
 impl AuditLog {
@@ -69,13 +136,92 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| RoomError::io("open", path, e))?;
-        Ok(Self {
+        let mut log = Self {
             path: path.to_path_buf(),
             file,
             fingerprint,
             entries,
             last_hash,
-        })
+            behind: read_behind(path)?,
+        };
+        if let Some(b) = &log.behind
+            && log.holds(b.seen_entries, &b.seen_hash)?
+        {
+            // A newer backup was restored over the log: it holds the head again.
+            accord_fs::remove_file_durable(&behind_path(path))?;
+            tracing::info!(log = %path.display(), entries = log.entries, "the audit log holds the head it was behind again; serving the agreement");
+            log.behind = None;
+        }
+        Ok(log)
+    }
+
+    /// Whether entry `n` of this log hashes to `hash_hex` (n = 0: the empty log).
+    fn holds(&self, n: u64, hash_hex: &str) -> Result<bool, RoomError> {
+        if n > self.entries {
+            return Ok(false);
+        }
+        let hash = if n == self.entries {
+            self.last_hash
+        } else if n == 0 {
+            [0u8; 32]
+        } else {
+            let line = self.read_page(n - 1, 1)?;
+            let Some(line) = line.first() else {
+                return Ok(false);
+            };
+            sha2::Sha256::digest(line.as_bytes()).into()
+        };
+        Ok(hex::encode(hash) == hash_hex)
+    }
+
+    /// The evidence that this log went back in time, if a participant presented it.
+    pub fn behind(&self) -> Option<&Behind> {
+        self.behind.as_ref()
+    }
+
+    /// Compares a head this room signed for this log (checked by the caller), presented by
+    /// `who`, with the log. A head the log holds is fine; one it does not hold (more entries,
+    /// or another entry at that count) means the room went back in time: the evidence is
+    /// written beside the log, which refuses appends from then on, and the explanation is
+    /// returned.
+    pub fn compare_presented(&mut self, head: &Head, who: &str) -> Result<(), RoomError> {
+        debug_assert_eq!(head.fingerprint, self.fingerprint);
+        let hash = hex::encode(head.hash);
+        if self.behind.is_none() && self.holds(head.entries, &hash)? {
+            return Ok(());
+        }
+        if self.behind.is_none() {
+            let behind = Behind {
+                seen_entries: head.entries,
+                seen_hash: hash,
+                seen_signature: hex::encode(head.signature),
+                log_entries: self.entries,
+                presented_by: who.to_owned(),
+                detected_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            };
+            let bytes = serde_json::to_vec_pretty(&behind)
+                .map_err(|e| RoomError::Internal(format!("behind marker: {e}")))?;
+            accord_fs::write_atomic(&behind_path(&self.path), &bytes)?;
+            tracing::error!(log = %self.path.display(), "{}", behind.explain(self.fingerprint));
+            self.behind = Some(behind);
+        }
+        Err(self.refusal())
+    }
+
+    /// The refusal of every call while the log is behind.
+    fn refusal(&self) -> RoomError {
+        match &self.behind {
+            Some(b) => RoomError::FailedPrecondition(b.explain(self.fingerprint)),
+            None => RoomError::Internal("refusal of a log that is not behind".into()),
+        }
+    }
+
+    /// Refuses when the log went back in time (see [`AuditLog::compare_presented`]).
+    pub fn check_not_behind(&self) -> Result<(), RoomError> {
+        match self.behind {
+            Some(_) => Err(self.refusal()),
+            None => Ok(()),
+        }
     }
 
     /// Appends an entry and syncs it to disk before returning.
@@ -85,6 +231,8 @@ impl AuditLog {
         event: Event,
         at: DateTime<Utc>,
     ) -> Result<(), RoomError> {
+        // Appending to a log that went back in time would fork it.
+        self.check_not_behind()?;
         let (mut text, hash) =
             accord_audit::entry(self.entries + 1, &self.last_hash, at, actor, event)
                 .map_err(|e| RoomError::Internal(format!("audit entry: {e}")))?;

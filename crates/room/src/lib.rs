@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod auth;
 mod checks;
 mod columns;
@@ -245,7 +246,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         (None, Some(path)) => Some(tls::leaf_sha256(path)?),
         _ => None,
     };
+    // Opening recovers (finishes deletions, drops torn tails): not while a backup copies.
+    accord_fs::create_dir_all(&config.data_dir, accord_fs::Access::OwnerOnly)?;
+    let opening = accord_fs::snapshot::DirLock::new(&config.data_dir).shared_blocking()?;
     let room = Room::open_with(&config.data_dir, config.limits.clone(), registration)?;
+    drop(opening);
     // Clients check this signature against the certificate they observe in the handshake.
     if let Some(tls) = &config.tls {
         room.bind_tls_certificate(&tls.certificate_sha256());
@@ -261,7 +266,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
 
     let r = room.clone();
     let mut s = stopped.clone();
+    // Every call holds the data directory's shared lock: a backup sees it between calls.
     let grpc = server_builder(&config)?
+        .layer(backup::HoldDataDir::new(&config.data_dir))
         .add_service(versioned(
             auth_server::AuthServer::new(r.clone())
                 .max_decoding_message_size(limits::AUTH_MESSAGE_BYTES),
@@ -297,6 +304,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
         );
         let mut s = stopped.clone();
         let server = server_builder(&config)?
+            .layer(backup::HoldDataDir::new(&config.data_dir))
             .add_service(flight::service(room.clone())?)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = s.wait_for(|v| *v).await;
@@ -307,11 +315,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let r = room.clone();
     let mut s = stopped;
     let every = config.expiry_check;
+    let hold = backup::HoldDataDir::new(&config.data_dir);
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {
-                    if let Err(e) = r.expire_due().await {
+                    let held = hold.hold().await;
+                    if let Err(e) = held {
+                        tracing::error!(error = %e, "expiry check skipped: the data directory's lock");
+                    } else if let Err(e) = r.expire_due().await {
                         tracing::error!(error = %e, "expiry check failed");
                     }
                 }

@@ -1,0 +1,164 @@
+//! Backups of a running room (`accord room backup`, `accord room restore`).
+//!
+//! Every call the room serves, and its expiry sweep, holds the data directory's shared lock
+//! ([`accord_fs::snapshot::DirLock`]) while it runs ([`HoldDataDir`], a layer on both
+//! servers); a backup holds it exclusively while it links and copies, so it sees the
+//! directory between two calls: crash-consistent, the state a clean stop would leave. Files
+//! the room only ever replaces by an atomic rename (everything but the audit logs) are
+//! hard-linked, so the calls wait only as long as listing and linking takes plus copying the
+//! audit logs; checksums are computed afterwards. A restore verifies every checksum, then
+//! every audit chain, before the directory is renamed into place.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use accord_fs::snapshot::{self, BackupManifest, DirLock};
+
+use crate::error::RoomError;
+
+/// The `FORMAT` tag of a room data directory (and the `kind` of its backups).
+pub const KIND: &str = "accord-room-data";
+
+/// Files the room replaces only by an atomic rename, never changes in place: everything but
+/// the append-only audit logs (`audit/*.jsonl`).
+fn linkable(rel: &str) -> bool {
+    !rel.ends_with(".jsonl")
+}
+
+/// Takes a consistent backup of the room data directory `data_dir` into the new directory
+/// `dest`, whether the room is running or not.
+pub fn backup(data_dir: &Path, dest: &Path) -> Result<BackupManifest, RoomError> {
+    Ok(snapshot::backup(data_dir, dest, KIND, &linkable)?)
+}
+
+/// Checks a room backup without restoring it: checksums, then every audit chain.
+pub fn verify(backup: &Path) -> Result<BackupManifest, RoomError> {
+    let manifest = snapshot::verify(backup, KIND)?;
+    check_audit_chains(backup).map_err(|problem| accord_fs::FsError::BadBackup {
+        path: backup.to_path_buf(),
+        problem,
+    })?;
+    Ok(manifest)
+}
+
+/// Restores a room backup into `data_dir` (new or empty), after checking it whole.
+pub fn restore(backup: &Path, data_dir: &Path) -> Result<BackupManifest, RoomError> {
+    Ok(snapshot::restore(
+        backup,
+        data_dir,
+        KIND,
+        &check_audit_chains,
+    )?)
+}
+
+/// Every audit log in `dir/audit` is a whole hash chain (a backup holds complete lines only:
+/// a torn last line, which a crash can leave and the room drops, is refused here).
+fn check_audit_chains(dir: &Path) -> Result<(), String> {
+    let audit = dir.join("audit");
+    let Ok(entries) = std::fs::read_dir(&audit) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut prev = [0u8; 32];
+        for (i, line) in text.lines().enumerate() {
+            prev = accord_audit::check_line(line, i as u64 + 1, &prev).map_err(|e| {
+                format!(
+                    "the audit log {} is broken ({e}): this backup cannot be trusted",
+                    path.display()
+                )
+            })?;
+        }
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err(format!(
+                "the audit log {} ends with a torn line: this backup cannot be trusted",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A layer holding the data directory's shared lock for the whole of every call.
+#[derive(Debug, Clone)]
+pub(crate) struct HoldDataDir {
+    lock: Arc<DirLock>,
+}
+
+impl HoldDataDir {
+    pub(crate) fn new(data_dir: &Path) -> Self {
+        Self {
+            lock: Arc::new(DirLock::new(data_dir)),
+        }
+    }
+
+    /// Waits (on the runtime's timer) for the shared lock.
+    pub(crate) async fn hold(&self) -> Result<snapshot::SharedGuard, RoomError> {
+        let mut waited = false;
+        loop {
+            if let Some(g) = self.lock.try_shared()? {
+                if waited {
+                    tracing::debug!("a backup of the data directory ended; calls resume");
+                }
+                return Ok(g);
+            }
+            waited = true;
+            tokio::time::sleep(snapshot::RETRY).await;
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for HoldDataDir {
+    type Service = Held<S>;
+    fn layer(&self, inner: S) -> Held<S> {
+        Held {
+            inner,
+            hold: self.clone(),
+        }
+    }
+}
+
+/// A service whose calls hold the data directory's shared lock.
+#[derive(Debug, Clone)]
+pub(crate) struct Held<S> {
+    inner: S,
+    hold: HoldDataDir,
+}
+
+impl<S, R> tower_service::Service<R> for Held<S>
+where
+    S: tower_service::Service<R> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        // The clone is ready only if polled; the ready one serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let hold = self.hold.clone();
+        Box::pin(async move {
+            // Only a broken disk fails here (the lock file cannot be opened).
+            let _guard = hold.hold().await.map_err(|e| -> BoxError { Box::new(e) })?;
+            inner.call(request).await.map_err(Into::into)
+        })
+    }
+}
