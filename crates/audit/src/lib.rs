@@ -137,6 +137,22 @@ pub enum Event {
     },
     /// The agreement's data was deleted from the room's disk.
     DataDeleted,
+    /// The log had gone back in time: a participant presented a head this room signed that
+    /// the log did not hold (the room was restored from an older backup, or lost data). The
+    /// entries that head vouched for after `log_entries` are lost; the log continues from
+    /// here, saying so, instead of forking silently.
+    WentBack {
+        /// Entries of the presented head.
+        seen_entries: u64,
+        /// Its hash, hex.
+        seen_hash: String,
+        /// The room's signature on it, hex (anyone can check it with the room's key).
+        seen_signature: String,
+        /// Entries the log held when the head was presented.
+        log_entries: u64,
+        /// Who presented it (`party drinks`, `analyst ana@…`).
+        presented_by: String,
+    },
 }
 
 /// One line of the log as written.
@@ -359,7 +375,30 @@ fn event_name(event: &Event) -> &'static str {
         Event::Expired => "expired",
         Event::Superseded { .. } => "superseded",
         Event::DataDeleted => "data_deleted",
+        Event::WentBack { .. } => "went_back",
     }
+}
+
+/// The head a `went_back` entry declares lost: `(seen_entries, seen_hash hex)`; an error for
+/// any other line.
+pub fn declared_head(text: &str) -> Result<(u64, String), String> {
+    match read_entry(text)? {
+        (
+            _,
+            Event::WentBack {
+                seen_entries,
+                seen_hash,
+                ..
+            },
+        ) => Ok((seen_entries, seen_hash)),
+        (_, other) => Err(format!("a {} entry, not went_back", event_name(&other))),
+    }
+}
+
+/// The sequence number and event of one entry's line (its chaining is not checked here).
+pub fn read_entry(text: &str) -> Result<(u64, Event), String> {
+    let line: Line = serde_json::from_str(text).map_err(|e| format!("not an audit entry: {e}"))?;
+    Ok((line.seq, line.event))
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn run(cmd: AuditCommand) -> Result<ExitCode> {
             Connection::open_checked(&room, &tls, &selector, principal, &secret, named_room.as_ref())
                 .await
             .map_err(party_error)?;
-        crate::common::check_pins(&pins_path, &room, &selector, &conn)?;
+        crate::common::check_pins_and_heads(&pins_path, &room, &selector, &mut conn).await?;
         let fingerprint = conn.fingerprint().to_string();
         let (entries, head) = conn.audit_log().await.map_err(party_error)?;
         let presented = *conn.room_key();

@@ -73,6 +73,30 @@ pub fn check_pins(
         .map_err(party_error)
 }
 
+/// [`check_pins`], then the audit heads this client saw at this room, remembered beside the
+/// pins file with its extension replaced (`key.pins` → `key.heads`): a room that
+/// went back in time is refused (docs/OPERATIONS.md, "Backups").
+pub async fn check_pins_and_heads(
+    pins_path: &Path,
+    room: &str,
+    asked: &str,
+    conn: &mut accord_party::Connection,
+) -> Result<()> {
+    check_pins(pins_path, room, asked, conn)?;
+    let declared = conn
+        .remember_heads(&pins_path.with_extension("heads"))
+        .await
+        .map_err(party_error)?;
+    if let Some(entry) = declared {
+        eprintln!(
+            "warning: the room {room} went back in time (restored from an older backup, or data lost) and says so \
+             in its audit log: {}. What happened after its backup is not in the room.",
+            accord_agreement::text::escape(&entry, 400)
+        );
+    }
+    Ok(())
+}
+
 /// Converts a party-side error, keeping "room unreachable" recognizable for exit code 3.
 pub fn party_error(e: accord_party::PartyError) -> anyhow::Error {
     match e {

@@ -188,9 +188,8 @@ pub enum PartyCommand {
 /// The state directory a command writes, if any (held for the command's whole run, so a
 /// backup never sees it in the middle of one).
 fn state_of(cmd: &PartyCommand) -> Option<PathBuf> {
-    let root = |s: &Option<PathBuf>| {
-        Some(s.clone().unwrap_or_else(accord_party::state::default_root))
-    };
+    let root =
+        |s: &Option<PathBuf>| Some(s.clone().unwrap_or_else(accord_party::state::default_root));
     match cmd {
         PartyCommand::Upload { common, .. }
         | PartyCommand::Sync { common, .. }
@@ -224,9 +223,16 @@ fn backup_command(cmd: PartyCommand) -> Result<ExitCode> {
             let root = state.unwrap_or_else(accord_party::state::default_root);
             let m = accord_party::state::restore(&from, &root, check_only).map_err(party_error)?;
             let what = if check_only {
-                format!("{} is a whole party state backup (every checksum verified).", from.display())
+                format!(
+                    "{} is a whole party state backup (every checksum verified).",
+                    from.display()
+                )
             } else {
-                format!("Restored the party state backup {} into {}.", from.display(), root.display())
+                format!(
+                    "Restored the party state backup {} into {}.",
+                    from.display(),
+                    root.display()
+                )
             };
             (m, what)
         }

@@ -101,12 +101,13 @@ pub fn run(args: QueryArgs) -> Result<ExitCode> {
         )
         .await
         .map_err(party_error)?;
-        crate::common::check_pins(
+        crate::common::check_pins_and_heads(
             &pins_path(args.pins.as_ref(), &args.key),
             &args.room,
             &agreement,
-            &conn,
-        )?;
+            &mut conn,
+        )
+        .await?;
         if args.print_token {
             println!("{}", conn.token());
             return Ok(ExitCode::SUCCESS);

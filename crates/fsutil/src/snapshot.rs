@@ -169,7 +169,9 @@ impl BackupManifest {
             Some((_, l)) if l.starts_with("accord-backup ") => {
                 return Err(bad(
                     1,
-                    &format!("{l:?} is a backup format this build does not read (it reads {BACKUP_TAG:?})"),
+                    &format!(
+                        "{l:?} is a backup format this build does not read (it reads {BACKUP_TAG:?})"
+                    ),
                 ));
             }
             _ => return Err(bad(1, "not an Accord backup manifest")),
@@ -182,17 +184,24 @@ impl BackupManifest {
             if let Some(k) = line.strip_prefix("kind ") {
                 kind = Some(k.trim().to_owned());
             } else if let Some(t) = line.strip_prefix("taken_unix ") {
-                taken = Some(t.trim().parse().map_err(|_| bad(n, "taken_unix is not a number"))?);
+                taken = Some(
+                    t.trim()
+                        .parse()
+                        .map_err(|_| bad(n, "taken_unix is not a number"))?,
+                );
             } else if let Some(rest) = line.strip_prefix("file ") {
                 let mut parts = rest.splitn(3, ' ');
-                let (Some(sha), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next())
+                let (Some(sha), Some(size), Some(path)) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     return Err(bad(n, "expected `file <sha256> <size> <path>`"));
                 };
                 if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(bad(n, "the checksum is not 64 hex digits"));
                 }
-                let size = size.parse().map_err(|_| bad(n, "the size is not a number"))?;
+                let size = size
+                    .parse()
+                    .map_err(|_| bad(n, "the size is not a number"))?;
                 check_relative(path).map_err(|what| bad(n, &what))?;
                 files.insert(
                     path.to_owned(),
@@ -239,12 +248,13 @@ fn list_files(dir: &Path) -> Result<Vec<String>, FsError> {
                 walk(root, &path, out)?;
             } else if kind.is_file() {
                 let top = dir == root;
-                let skipped = (top && (name == LOCK_FILE || name == GATE_FILE || name == BACKUP_FILE))
+                let skipped = (top
+                    && (name == LOCK_FILE || name == GATE_FILE || name == BACKUP_FILE))
                     || (name.starts_with('.') && name.contains(".tmp-"));
                 if !skipped {
-                    let rel = path
-                        .strip_prefix(root)
-                        .map_err(|_| io_err("relate", &path)(io::Error::other("outside the root")))?;
+                    let rel = path.strip_prefix(root).map_err(|_| {
+                        io_err("relate", &path)(io::Error::other("outside the root"))
+                    })?;
                     let parts: Vec<String> = rel
                         .components()
                         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -294,7 +304,11 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), FsError> {
 }
 
 /// Creates each parent directory of `rel` under `root` (mode 0700), once.
-fn make_parents(root: &Path, rel: &str, made: &mut std::collections::BTreeSet<PathBuf>) -> Result<PathBuf, FsError> {
+fn make_parents(
+    root: &Path,
+    rel: &str,
+    made: &mut std::collections::BTreeSet<PathBuf>,
+) -> Result<PathBuf, FsError> {
     let to = root.join(rel);
     if let Some(parent) = to.parent()
         && made.insert(parent.to_path_buf())
@@ -324,7 +338,9 @@ fn refuse_existing(path: &Path, what: &str) -> Result<(), FsError> {
             if entries.next().is_some() {
                 return Err(FsError::BadBackup {
                     path: path.to_path_buf(),
-                    problem: format!("the {what} exists and is not empty: choose a new directory (nothing was changed)"),
+                    problem: format!(
+                        "the {what} exists and is not empty: choose a new directory (nothing was changed)"
+                    ),
                 });
             }
             Ok(())
@@ -372,7 +388,10 @@ pub fn backup(
     if format.split_whitespace().next() != Some(kind) {
         return Err(FsError::BadBackup {
             path: src.to_path_buf(),
-            problem: format!("this is not a {kind} directory (its FORMAT file says {:?})", format.trim()),
+            problem: format!(
+                "this is not a {kind} directory (its FORMAT file says {:?})",
+                format.trim()
+            ),
         });
     }
     refuse_existing(dest, "backup directory")?;
@@ -439,7 +458,9 @@ pub fn verify(backup: &Path, kind: &str) -> Result<BackupManifest, FsError> {
     let present = list_files(backup)?;
     for rel in &present {
         if !manifest.files.contains_key(rel) {
-            return Err(bad(format!("{rel} is not listed in {BACKUP_FILE}: something was added after the backup")));
+            return Err(bad(format!(
+                "{rel} is not listed in {BACKUP_FILE}: something was added after the backup"
+            )));
         }
     }
     for (rel, expected) in &manifest.files {
@@ -503,6 +524,7 @@ pub fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn data_dir(root: &Path) -> PathBuf {
         let d = root.join("data");
@@ -542,12 +564,19 @@ mod tests {
         let restored = root.path().join("restored");
         restore(&dest, &restored, "accord-test", &|_| Ok(())).unwrap();
         assert_eq!(fs::read(restored.join("log.jsonl")).unwrap(), b"line 1\n");
-        assert_eq!(fs::read(restored.join("sub/batch.parquet")).unwrap(), b"immutable");
+        assert_eq!(
+            fs::read(restored.join("sub/batch.parquet")).unwrap(),
+            b"immutable"
+        );
         assert!(!restored.join(BACKUP_FILE).exists());
         // Into a directory that is not empty: refused, nothing changed.
-        let err = restore(&dest, &restored, "accord-test", &|_| Ok(())).unwrap_err().to_string();
+        let err = restore(&dest, &restored, "accord-test", &|_| Ok(()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not empty"), "{err}");
-        let err = backup(&src, &dest, "accord-test", &linkable).unwrap_err().to_string();
+        let err = backup(&src, &dest, "accord-test", &linkable)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not empty"), "{err}");
     }
 
@@ -560,20 +589,47 @@ mod tests {
             backup(&src, &b, "accord-test", &linkable).unwrap();
             b
         };
-        let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
-            ("changed", Box::new(|b: &Path| fs::write(b.join("log.jsonl"), b"line X\n").unwrap()), "changed since the backup"),
-            ("missing", Box::new(|b: &Path| fs::remove_file(b.join("FORMAT")).unwrap()), "missing"),
-            ("added", Box::new(|b: &Path| fs::write(b.join("sub/extra"), b"x").unwrap()), "not listed"),
-            ("manifest", Box::new(|b: &Path| fs::write(b.join(BACKUP_FILE), "accord-backup 9\n").unwrap()), "does not read"),
-            ("kind", Box::new(|b: &Path| {
-                let t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap().replace("kind accord-test", "kind accord-other");
-                fs::write(b.join(BACKUP_FILE), t).unwrap()
-            }), "not of a accord-test directory"),
-            ("escape", Box::new(|b: &Path| {
-                let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
-                t.push_str(&format!("file {} 1 ../outside\n", "0".repeat(64)));
-                fs::write(b.join(BACKUP_FILE), t).unwrap()
-            }), "not a plain relative path"),
+        type Spoil = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Spoil, &str)> = vec![
+            (
+                "changed",
+                Box::new(|b: &Path| fs::write(b.join("log.jsonl"), b"line X\n").unwrap()),
+                "changed since the backup",
+            ),
+            (
+                "missing",
+                Box::new(|b: &Path| fs::remove_file(b.join("FORMAT")).unwrap()),
+                "missing",
+            ),
+            (
+                "added",
+                Box::new(|b: &Path| fs::write(b.join("sub/extra"), b"x").unwrap()),
+                "not listed",
+            ),
+            (
+                "manifest",
+                Box::new(|b: &Path| fs::write(b.join(BACKUP_FILE), "accord-backup 9\n").unwrap()),
+                "does not read",
+            ),
+            (
+                "kind",
+                Box::new(|b: &Path| {
+                    let t = fs::read_to_string(b.join(BACKUP_FILE))
+                        .unwrap()
+                        .replace("kind accord-test", "kind accord-other");
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "not of a accord-test directory",
+            ),
+            (
+                "escape",
+                Box::new(|b: &Path| {
+                    let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
+                    t.push_str(&format!("file {} 1 ../outside\n", "0".repeat(64)));
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "not a plain relative path",
+            ),
         ];
         for (name, spoil, expected) in cases {
             let b = fresh(name);
@@ -587,12 +643,20 @@ mod tests {
         // The caller's own check refuses too, and nothing is left behind.
         let b = fresh("checked");
         let target = root.path().join("r-checked");
-        let err = restore(&b, &target, "accord-test", &|_| Err("audit chain broken".into()))
-            .unwrap_err()
-            .to_string();
+        let err = restore(&b, &target, "accord-test", &|_| {
+            Err("audit chain broken".into())
+        })
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("audit chain broken"), "{err}");
         assert!(!target.exists());
-        assert!(fs::read_dir(root.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("partial")));
+        assert!(
+            fs::read_dir(root.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial"))
+        );
     }
 
     #[test]
@@ -633,6 +697,9 @@ mod tests {
         let m = t.join().unwrap();
         rx.recv().unwrap();
         assert!(m.files.contains_key("sub/late.parquet"));
-        assert!(lock.try_shared().unwrap().is_some(), "free again after the backup");
+        assert!(
+            lock.try_shared().unwrap().is_some(),
+            "free again after the backup"
+        );
     }
 }

@@ -107,6 +107,10 @@ pub struct Connection {
     agreement_id: String,
     principal_name: String,
     last_entries: u64,
+    /// The newest head seen in this session.
+    last_head: Option<v1::SignedHead>,
+    /// Heads remembered across sessions ([`Connection::remember_heads`]).
+    memory: Option<std::sync::Arc<std::sync::Mutex<crate::heads::HeadMemory>>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -280,6 +284,8 @@ impl Connection {
             agreement_id: session.agreement_id,
             principal_name: name,
             last_entries: 0,
+            last_head: None,
+            memory: None,
         };
         conn.check_head(session.head.as_ref())?;
         Ok(conn)
@@ -387,7 +393,99 @@ impl Connection {
             )));
         }
         self.last_entries = entries;
+        if let Some(head) = head {
+            self.last_head = Some(head.clone());
+            if let Some(memory) = &self.memory {
+                memory
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(&self.room_key, head)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Remembers this room's heads for this agreement across sessions in the file at
+    /// `path` (see [`crate::heads`]), after comparing the session's head with the one
+    /// remembered there. When the log is not at the remembered head, the head is presented
+    /// to the room, which checks that its log still holds it. A room whose log went back in
+    /// time (restored from an older backup, or data lost) must say so in its log (a
+    /// `went_back` entry naming the remembered head); a room that does not is refused. The
+    /// entry, when there is one, is returned (and logged as a warning): whatever this client
+    /// did after the backup must be done again (an upload resumes by itself).
+    pub async fn remember_heads(
+        &mut self,
+        path: &std::path::Path,
+    ) -> Result<Option<String>, PartyError> {
+        use crate::heads::{HeadMemory, Seen};
+        let mut memory = HeadMemory::load(path)?;
+        let current = self.last_head.clone().ok_or_else(|| {
+            PartyError::Refused("the room's session carries no signed audit head".into())
+        })?;
+        let (seen, behind) = match memory.compare(&self.room_key, &current) {
+            Seen::Nothing | Seen::Same => (None, false),
+            Seen::Grew(seen) => (Some(seen), false),
+            Seen::Behind(seen) => (Some(seen), true),
+        };
+        let mut declared = None;
+        if let Some(seen) = seen {
+            let went_back = self.present_head(seen.clone()).await?;
+            match went_back {
+                None if behind => {
+                    // The room claims to hold a head its own log is behind: refused.
+                    return Err(crate::heads::went_back(
+                        &self.url,
+                        self.fingerprint,
+                        &seen,
+                        &current,
+                        "the room did not record it in its log",
+                    ));
+                }
+                None => {}
+                Some(line) => {
+                    crate::heads::check_declared(&line, &seen).map_err(|why| {
+                        crate::heads::went_back(&self.url, self.fingerprint, &seen, &current, &why)
+                    })?;
+                    tracing::warn!(
+                        room = %self.url,
+                        agreement = %self.fingerprint,
+                        seen_entries = seen.entries,
+                        "the room went back in time (restored from an older backup, or data lost) and recorded it \
+                         in its audit log; what this client did after its backup is not in the room and must be \
+                         done again (an upload resumes by itself): {line}"
+                    );
+                    declared = Some(line);
+                }
+            }
+        }
+        let now = self.last_head.clone().unwrap_or(current);
+        memory.record(&self.room_key, &now)?;
+        if declared.is_some() {
+            // The remembered head was declared lost: remember the room's head from now on.
+            memory.replace(&self.room_key, &now)?;
+        }
+        self.memory = Some(std::sync::Arc::new(std::sync::Mutex::new(memory)));
+        Ok(declared)
+    }
+
+    /// Presents a remembered head; returns the room's `went_back` entry, if it made one.
+    async fn present_head(&mut self, head: v1::SignedHead) -> Result<Option<String>, PartyError> {
+        let mut client = accord_proto::v1::audit_client::AuditClient::new(self.channel());
+        let response = client
+            .present(self.request(v1::PresentHeadRequest { head: Some(head) }))
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        // The log may now be shorter than in this session: a went_back entry follows what the
+        // room holds. Check the signature, then take it as this session's head.
+        crate::client::verify_head(&self.room_key, self.fingerprint, response.head.as_ref())?;
+        if let Some(h) = &response.head
+            && h.entries >= self.last_entries
+        {
+            self.last_entries = h.entries;
+            self.last_head = Some(h.clone());
+        }
+        Ok(Some(response.went_back_entry).filter(|l| !l.is_empty()))
     }
 }
 

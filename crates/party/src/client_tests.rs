@@ -43,6 +43,8 @@ fn connection() -> Connection {
         agreement_id: "agr".into(),
         principal_name: "drinks".into(),
         last_entries: 0,
+        last_head: None,
+        memory: None,
     }
 }
 

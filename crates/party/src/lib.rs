@@ -17,6 +17,7 @@ pub mod client;
 pub mod display;
 pub mod error;
 pub mod forget;
+pub mod heads;
 pub mod input;
 pub mod pins;
 pub mod protocol;

@@ -117,6 +117,14 @@ impl PartyContext {
         })
         .await?;
         state.pin_room_key(conn.room_key())?;
+        let mut conn = conn;
+        let went_back = conn
+            .remember_heads(&self.state_root.join(crate::state::SEEN_HEADS_FILE))
+            .await?;
+        if went_back.is_some() {
+            // The room was restored from a backup: the erasures made since are not in it.
+            erase::reapply(self, state, &mut conn).await?;
+        }
         Ok(conn)
     }
 

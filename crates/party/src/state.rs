@@ -31,6 +31,9 @@ const MAGIC: &[u8] = b"accord-party-secrets-v1\n";
 pub const PARTY_FORMAT: u32 = 1;
 const PARTY_FORMAT_TAG: &str = "accord-party-state";
 
+/// The audit heads this party saw, per room and agreement version ([`crate::heads`]).
+pub const SEEN_HEADS_FILE: &str = "seen-heads";
+
 /// Takes a consistent backup of the party state directory `root` into the new directory
 /// `dest`. Party commands hold the directory's shared lock while they run
 /// ([`hold`]), so the backup waits for a running upload or erasure to finish. Every file

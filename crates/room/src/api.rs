@@ -293,6 +293,19 @@ pub struct Description {
     pub head: Head,
 }
 
+/// A signed audit head a client presents (unchecked until the room checks it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedHead {
+    /// The fingerprint, as text.
+    pub fingerprint: String,
+    /// Entries it vouches for.
+    pub entries: u64,
+    /// SHA-256 of the last entry.
+    pub hash: Vec<u8>,
+    /// The room's signature.
+    pub signature: Vec<u8>,
+}
+
 /// Which page of the audit log a caller asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRequest {

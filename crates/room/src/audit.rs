@@ -24,72 +24,40 @@ pub struct AuditLog {
     fingerprint: Fingerprint,
     entries: u64,
     last_hash: [u8; 32],
-    /// Set once a participant presented a head this room signed that the log does not hold
-    /// (the room went back in time): the log then refuses every append.
-    behind: Option<Behind>,
 }
 
-/// The evidence that an audit log went back in time: a head this room signed, presented by a
-/// participant, that the log on disk does not hold. Kept beside the log
-/// (`audit/<fingerprint>.behind.json`) until the log holds that head again (a newer backup
-/// restored).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The heads a log already declared lost (`audit/<fingerprint>.went-back.json`): a head is
+/// declared once, however often it is presented again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Behind {
-    /// Entries of the presented head.
-    pub seen_entries: u64,
-    /// Its hash, hex.
-    pub seen_hash: String,
-    /// The room's signature on it, hex (anyone can check it with the room's public key).
-    pub seen_signature: String,
-    /// Entries the log held when it was presented.
-    pub log_entries: u64,
-    /// Who presented it (`party drinks`, `analyst ana@…`).
-    pub presented_by: String,
-    /// When (RFC 3339, UTC).
-    pub detected_at: String,
+struct Declared {
+    /// `(entries, hash hex, the went_back entry's line)` per declared head.
+    heads: Vec<(u64, String, String)>,
 }
 
-impl Behind {
-    /// What the room answers every call bound to this agreement, and logs.
-    pub fn explain(&self, fingerprint: Fingerprint) -> String {
-        let how = if self.seen_entries > self.log_entries {
-            format!(
-                "it holds {} entries, but {} presented a head this room signed for {} entries",
-                self.log_entries, self.presented_by, self.seen_entries
-            )
-        } else {
-            format!(
-                "{} presented a head this room signed for entry {}, and the log's entry {} is another one (the log was \
-                 rewritten)",
-                self.presented_by, self.seen_entries, self.seen_entries
-            )
-        };
-        format!(
-            "the room's audit log of agreement {fingerprint} went back in time: {how} (detected {}). The room was \
-             restored from an older backup or lost part of its data; it refuses every call for this agreement \
-             rather than fork its log. Operator: restore a backup that holds that head (docs/OPERATIONS.md, \
-             \"A room that went back in time\"); `accord room status` shows the evidence",
-            self.detected_at
-        )
-    }
+/// The file of declared heads beside the log at `log`.
+fn declared_path(log: &Path) -> PathBuf {
+    log.with_extension("went-back.json")
 }
 
-/// The marker file of a log at `path` (`<fingerprint>.jsonl` → `<fingerprint>.behind.json`).
-pub fn behind_path(log: &Path) -> PathBuf {
-    log.with_extension("behind.json")
-}
-
-/// Reads the marker of the log at `path`, if any.
-pub fn read_behind(log: &Path) -> Result<Option<Behind>, RoomError> {
-    let path = behind_path(log);
+fn read_declared(log: &Path) -> Result<Declared, RoomError> {
+    let path = declared_path(log);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
             .map_err(|e| RoomError::Internal(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Declared::default()),
         Err(e) => Err(RoomError::io("read", &path, e)),
     }
+}
+
+/// What the log made of a head presented to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// The log holds it.
+    Held,
+    /// The log did not hold it: it went back in time. The `went_back` entry saying so (its
+    /// line as stored), appended now or when the same head was presented before.
+    WentBack(String),
 }
 
 impl AuditLog {
@@ -136,23 +104,13 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| RoomError::io("open", path, e))?;
-        let mut log = Self {
+        Ok(Self {
             path: path.to_path_buf(),
             file,
             fingerprint,
             entries,
             last_hash,
-            behind: read_behind(path)?,
-        };
-        if let Some(b) = &log.behind
-            && log.holds(b.seen_entries, &b.seen_hash)?
-        {
-            // A newer backup was restored over the log: it holds the head again.
-            accord_fs::remove_file_durable(&behind_path(path))?;
-            tracing::info!(log = %path.display(), entries = log.entries, "the audit log holds the head it was behind again; serving the agreement");
-            log.behind = None;
-        }
-        Ok(log)
+        })
     }
 
     /// Whether entry `n` of this log hashes to `hash_hex` (n = 0: the empty log).
@@ -174,54 +132,54 @@ impl AuditLog {
         Ok(hex::encode(hash) == hash_hex)
     }
 
-    /// The evidence that this log went back in time, if a participant presented it.
-    pub fn behind(&self) -> Option<&Behind> {
-        self.behind.as_ref()
-    }
-
     /// Compares a head this room signed for this log (checked by the caller), presented by
-    /// `who`, with the log. A head the log holds is fine; one it does not hold (more entries,
-    /// or another entry at that count) means the room went back in time: the evidence is
-    /// written beside the log, which refuses appends from then on, and the explanation is
-    /// returned.
-    pub fn compare_presented(&mut self, head: &Head, who: &str) -> Result<(), RoomError> {
-        debug_assert_eq!(head.fingerprint, self.fingerprint);
+    /// `who`, with the log. A head the log does not hold (more entries, or another entry at
+    /// that count) means the room went back in time: the log says so in a `went_back` entry
+    /// (once per head) and continues from there.
+    pub fn compare_presented(&mut self, head: &Head, who: &str) -> Result<Presented, RoomError> {
         let hash = hex::encode(head.hash);
-        if self.behind.is_none() && self.holds(head.entries, &hash)? {
-            return Ok(());
+        if self.holds(head.entries, &hash)? {
+            return Ok(Presented::Held);
         }
-        if self.behind.is_none() {
-            let behind = Behind {
+        let mut declared = read_declared(&self.path)?;
+        if let Some((_, _, line)) = declared
+            .heads
+            .iter()
+            .find(|(n, h, _)| *n == head.entries && *h == hash)
+        {
+            return Ok(Presented::WentBack(line.clone()));
+        }
+        let log_entries = self.entries;
+        self.append(
+            Actor::Room,
+            Event::WentBack {
                 seen_entries: head.entries,
-                seen_hash: hash,
+                seen_hash: hash.clone(),
                 seen_signature: hex::encode(head.signature),
-                log_entries: self.entries,
+                log_entries,
                 presented_by: who.to_owned(),
-                detected_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            };
-            let bytes = serde_json::to_vec_pretty(&behind)
-                .map_err(|e| RoomError::Internal(format!("behind marker: {e}")))?;
-            accord_fs::write_atomic(&behind_path(&self.path), &bytes)?;
-            tracing::error!(log = %self.path.display(), "{}", behind.explain(self.fingerprint));
-            self.behind = Some(behind);
-        }
-        Err(self.refusal())
-    }
-
-    /// The refusal of every call while the log is behind.
-    fn refusal(&self) -> RoomError {
-        match &self.behind {
-            Some(b) => RoomError::FailedPrecondition(b.explain(self.fingerprint)),
-            None => RoomError::Internal("refusal of a log that is not behind".into()),
-        }
-    }
-
-    /// Refuses when the log went back in time (see [`AuditLog::compare_presented`]).
-    pub fn check_not_behind(&self) -> Result<(), RoomError> {
-        match self.behind {
-            Some(_) => Err(self.refusal()),
-            None => Ok(()),
-        }
+            },
+            Utc::now(),
+        )?;
+        let line = self
+            .read_page(self.entries - 1, 1)?
+            .pop()
+            .ok_or_else(|| RoomError::Internal("the entry just appended is missing".into()))?;
+        tracing::error!(
+            log = %self.path.display(),
+            presented_by = who,
+            seen_entries = head.entries,
+            log_entries,
+            "the audit log went back in time: a participant presented a head this room signed that the log does not \
+             hold (restored from an older backup, or data lost); recorded as entry {} and continuing",
+            self.entries
+        );
+        // After the entry: a crash in between declares the head once more, never not at all.
+        declared.heads.push((head.entries, hash, line.clone()));
+        let bytes = serde_json::to_vec_pretty(&declared)
+            .map_err(|e| RoomError::Internal(format!("declared heads: {e}")))?;
+        accord_fs::write_atomic(&declared_path(&self.path), &bytes)?;
+        Ok(Presented::WentBack(line))
     }
 
     /// Appends an entry and syncs it to disk before returning.
@@ -231,8 +189,6 @@ impl AuditLog {
         event: Event,
         at: DateTime<Utc>,
     ) -> Result<(), RoomError> {
-        // Appending to a log that went back in time would fork it.
-        self.check_not_behind()?;
         let (mut text, hash) =
             accord_audit::entry(self.entries + 1, &self.last_hash, at, actor, event)
                 .map_err(|e| RoomError::Internal(format!("audit entry: {e}")))?;

@@ -162,3 +162,75 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accord_agreement::Fingerprint;
+
+    /// A room data directory with one audit log of three entries.
+    fn room_dir(root: &Path) -> std::path::PathBuf {
+        let data = root.join("data");
+        let room = crate::Room::open(&data).unwrap();
+        drop(room);
+        let fp = Fingerprint::from_bytes([9; 32]);
+        let mut log =
+            crate::audit::AuditLog::open(&data.join("audit").join(format!("{fp}.jsonl")), fp)
+                .unwrap();
+        for rows in 1..=3 {
+            log.append(
+                crate::audit::Actor::Room,
+                crate::audit::Event::Erasure { rows },
+                chrono::Utc::now(),
+            )
+            .unwrap();
+        }
+        data
+    }
+
+    #[test]
+    fn a_room_backup_restores_whole_and_a_broken_audit_chain_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let data = room_dir(root.path());
+        let b = root.path().join("backup");
+        let m = backup(&data, &b).unwrap();
+        assert!(m.files.keys().any(|k| k == "room.key"));
+        assert!(m.files.keys().any(|k| k.starts_with("audit/")));
+        verify(&b).unwrap();
+        let restored = root.path().join("restored");
+        restore(&b, &restored).unwrap();
+        // The restored room opens, with the same key.
+        let a = crate::Room::open(&data).unwrap().public_key().to_string();
+        let r = crate::Room::open(&restored)
+            .unwrap()
+            .public_key()
+            .to_string();
+        assert_eq!(a, r);
+
+        // An audit log that was already broken on the room's disk when the backup was taken
+        // (the checksums match: they were taken of the broken file) is refused at restore.
+        let log = std::fs::read_dir(data.join("audit"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::write(&log, text.replacen("\"rows\":2", "\"rows\":20", 1)).unwrap();
+        let b2 = root.path().join("backup-2");
+        backup(&data, &b2).unwrap();
+        let err = verify(&b2).unwrap_err().to_string();
+        assert!(err.contains("is broken"), "{err}");
+        let target = root.path().join("restored-2");
+        let err = restore(&b2, &target).unwrap_err().to_string();
+        assert!(err.contains("is broken"), "{err}");
+        assert!(!target.exists(), "nothing restored");
+        // Not a room backup at all: refused by its kind.
+        let party = root.path().join("party");
+        std::fs::create_dir_all(&party).unwrap();
+        std::fs::write(party.join("FORMAT"), "accord-party-state 1\n").unwrap();
+        let err = backup(&party, &root.path().join("b3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a accord-room-data directory"), "{err}");
+    }
+}

@@ -297,6 +297,19 @@ impl audit_server::Audit for Room {
             &wire::audit_request(request.get_ref()),
         )?)))
     }
+
+    async fn present(
+        &self,
+        request: Request<v1::PresentHeadRequest>,
+    ) -> R<v1::PresentHeadResponse> {
+        let session = session(self, request.metadata())?;
+        let (head, went_back) =
+            self.present_head(&session, &wire::presented_head(request.get_ref()))?;
+        Ok(Response::new(v1::PresentHeadResponse {
+            head: wire::head(&head),
+            went_back_entry: went_back.unwrap_or_default(),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@
 
 pub mod api;
 pub mod audit;
-pub mod backup;
 pub mod auth;
+pub mod backup;
 mod checks;
 mod columns;
 pub mod config;

@@ -223,6 +223,16 @@ pub(crate) fn audit_request(r: &v1::FetchAuditRequest) -> api::AuditRequest {
     }
 }
 
+pub(crate) fn presented_head(r: &v1::PresentHeadRequest) -> api::PresentedHead {
+    let h = r.head.clone().unwrap_or_default();
+    api::PresentedHead {
+        fingerprint: h.fingerprint,
+        entries: h.entries,
+        hash: h.hash,
+        signature: h.signature,
+    }
+}
+
 pub(crate) fn audit_page(p: api::AuditPage) -> v1::FetchAuditResponse {
     v1::FetchAuditResponse {
         entries: p.entries,

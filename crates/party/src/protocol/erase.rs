@@ -134,7 +134,6 @@ pub async fn erase_from(
         return Ok(outcome);
     }
     let mut conn = ctx.connect(&state).await?;
-    let fp = ctx.fingerprint();
     for chunk in wanted.chunks(accord_proto::limits::MAX_ERASE_HANDLES) {
         let handles: Vec<u8> = chunk.iter().flatten().copied().collect();
         let mut session_retries = 0;
@@ -156,25 +155,7 @@ pub async fn erase_from(
                 Err(e) => return Err(e),
             }
         };
-        conn.check_head(response.head.as_ref())?;
-        let receipt = accord_proto::signed::erasure_receipt(
-            fp.as_bytes(),
-            &ctx.party,
-            response.erased,
-            &handles,
-        );
-        let sig = <[u8; 64]>::try_from(response.receipt_signature.as_slice()).map_err(|_| {
-            PartyError::Refused("the erasure receipt signature is not 64 bytes".into())
-        })?;
-        conn.room_key()
-            .verify(
-                Purpose::ErasureReceipt,
-                &receipt,
-                &accord_agreement::Signature::from_bytes(&sig),
-            )
-            .map_err(|_| {
-                PartyError::Refused("the room's erasure receipt does not verify".into())
-            })?;
+        check_receipt(&mut conn, ctx, &handles, &response)?;
         state.record_erased(&handles)?;
         state.log_event(&crate::rights::Event::Erased {
             at: chrono::Utc::now(),
@@ -183,4 +164,80 @@ pub async fn erase_from(
         outcome.erased += response.erased;
     }
     Ok(outcome)
+}
+
+/// Checks the room's signed receipt for erasing `handles` (and the head it came with).
+fn check_receipt(
+    conn: &mut crate::Connection,
+    ctx: &PartyContext,
+    handles: &[u8],
+    response: &v1::EraseResponse,
+) -> Result<(), PartyError> {
+    conn.check_head(response.head.as_ref())?;
+    let receipt = accord_proto::signed::erasure_receipt(
+        ctx.fingerprint().as_bytes(),
+        &ctx.party,
+        response.erased,
+        handles,
+    );
+    let sig = <[u8; 64]>::try_from(response.receipt_signature.as_slice())
+        .map_err(|_| PartyError::Refused("the erasure receipt signature is not 64 bytes".into()))?;
+    conn.room_key()
+        .verify(
+            Purpose::ErasureReceipt,
+            &receipt,
+            &accord_agreement::Signature::from_bytes(&sig),
+        )
+        .map_err(|_| PartyError::Refused("the room's erasure receipt does not verify".into()))
+}
+
+/// After the room declared that it went back in time (restored from an older backup), the
+/// erasures this party made after that backup are not in it: sends every handle this state
+/// erased again. Handles the room does not hold (erased before the backup, or uploaded after
+/// it and not sent again) are left out by halving a refused group until each is known or
+/// alone. Returns the rows the room erased again.
+pub(crate) async fn reapply(
+    ctx: &PartyContext,
+    state: &crate::state::State,
+    conn: &mut crate::Connection,
+) -> Result<u64, PartyError> {
+    let mut erased: Vec<[u8; HANDLE_LEN]> = state.erased_handles()?.into_iter().collect();
+    erased.sort_unstable();
+    let mut groups: Vec<Vec<[u8; HANDLE_LEN]>> = erased
+        .chunks(accord_proto::limits::MAX_ERASE_HANDLES)
+        .map(<[_]>::to_vec)
+        .collect();
+    let mut again = 0u64;
+    while let Some(group) = groups.pop() {
+        let handles: Vec<u8> = group.iter().flatten().copied().collect();
+        let mut psi = PsiClient::new(conn.channel());
+        match psi
+            .erase(conn.request(v1::EraseRequest {
+                handles: handles.clone(),
+            }))
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                check_receipt(conn, ctx, &handles, &r)?;
+                again += r.erased;
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                if group.len() > 1 {
+                    let (a, b) = group.split_at(group.len() / 2);
+                    groups.push(a.to_vec());
+                    groups.push(b.to_vec());
+                }
+            }
+            Err(status) => return Err(conn.error(status)),
+        }
+    }
+    if again > 0 {
+        tracing::warn!(
+            party = %ctx.party,
+            rows = again,
+            "the room went back in time: erased {again} rows again that its backup still held"
+        );
+    }
+    Ok(again)
 }

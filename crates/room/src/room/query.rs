@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use crate::api::{AuditPage, AuditRequest, ColumnInfo, Description};
+use crate::api::{AuditPage, AuditRequest, ColumnInfo, Description, PresentedHead};
 use accord_agreement::PrivacyMode;
 use accord_proto::limits::MAX_AUDIT_PAGE_ENTRIES;
 use chrono::Utc;
 
 use super::seal::table_spec;
 use super::{Room, Slot, ended, lock, not_authorized};
-use crate::audit::{Actor, AuditLog, Decision, Event, Head};
+use crate::audit::{Actor, AuditLog, Decision, Event, Head, Presented};
 use crate::auth::{Role, Session};
 use crate::error::{Result, RoomError};
 use crate::ledger::{Balance, Price, Spend};
@@ -350,6 +350,48 @@ impl Room {
             room_public_key: self.inner.public_key.to_bytes(),
             start: req.start,
         })
+    }
+
+    /// A head of the session's agreement this room signed, presented by a client that
+    /// remembers it, compared with the log (see [`AuditLog::compare_presented`]). Returns the
+    /// current head and, when the log went back in time, its `went_back` entry.
+    pub fn present_head(
+        &self,
+        session: &Session,
+        presented: &PresentedHead,
+    ) -> Result<(Head, Option<String>)> {
+        let head = Head::check(
+            &self.inner.public_key,
+            &presented.fingerprint,
+            presented.entries,
+            &presented.hash,
+            &presented.signature,
+        )
+        .map_err(|e| RoomError::InvalidArgument(format!("the presented audit head: {e}")))?;
+        if head.fingerprint != session.fingerprint {
+            return Err(RoomError::InvalidArgument(
+                "the presented audit head is of another agreement than the session's".into(),
+            ));
+        }
+        let who = format!("{} {}", session.role.kind(), session.role.name());
+        let slot = lock(&self.inner.registry)
+            .by_fingerprint
+            .get(&head.fingerprint)
+            .cloned();
+        let compare = |audit: &mut AuditLog| -> Result<(Head, Option<String>)> {
+            let went_back = match audit.compare_presented(&head, &who)? {
+                Presented::Held => None,
+                Presented::WentBack(line) => Some(line),
+            };
+            Ok((audit.signed_head(&self.inner.key), went_back))
+        };
+        match slot {
+            Some(slot) => compare(&mut lock(&slot.audit)),
+            None => compare(&mut AuditLog::open(
+                &self.audit_path(head.fingerprint),
+                head.fingerprint,
+            )?),
+        }
     }
 }
 
