@@ -573,3 +573,97 @@ fn sigterm_stops_the_room_cleanly() {
     assert!(stderr.contains("stopping the room (SIGTERM)"), "{stderr}");
     ok(accord().args(["room", "status", "--data-dir"]).arg(&data));
 }
+
+/// `accord room backup` of a running room, `restore --check-only`, `restore`; a damaged
+/// backup and a non-empty target are refused with exit code 1; `accord party backup` and
+/// `restore` keep a secret file's content and mode.
+#[cfg(unix)]
+#[test]
+fn backup_and_restore_commands_check_what_they_restore() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("room");
+    let mut room = spawn_room(&data, free_port());
+    let backup = dir.path().join("room-backup");
+    let out = ok(accord()
+        .args(["room", "backup", "--data-dir"])
+        .arg(&data)
+        .arg("--to")
+        .arg(&backup));
+    room.kill().unwrap();
+    room.wait().unwrap();
+    assert!(out.contains("Backed up") && out.contains("files"), "{out}");
+    let out = ok(accord()
+        .args(["room", "restore", "--check-only", "--from"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(dir.path().join("unused")));
+    assert!(
+        out.contains("every checksum and audit chain verified"),
+        "{out}"
+    );
+    assert!(!dir.path().join("unused").exists());
+    let restored = dir.path().join("restored");
+    ok(accord()
+        .args(["room", "restore", "--from"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(&restored));
+    let key = |d: &Path| ok(accord().args(["room", "key", "--data-dir"]).arg(d));
+    assert_eq!(key(&data), key(&restored), "the same room key");
+    // Into a directory that is not empty: refused, exit 1.
+    let out = run(accord()
+        .args(["room", "restore", "--from"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(&restored));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    // A damaged backup: refused, nothing restored.
+    std::fs::write(backup.join("FORMAT"), "accord-room-data 1\n\n").unwrap();
+    let out = run(accord()
+        .args(["room", "restore", "--from"])
+        .arg(&backup)
+        .arg("--data-dir")
+        .arg(dir.path().join("r2")));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FORMAT changed since the backup"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("r2").exists());
+
+    // A party's state: FORMAT and a secret (mode 0600).
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("deal/abc")).unwrap();
+    std::fs::write(state.join("FORMAT"), "accord-party-state 1\n").unwrap();
+    let secret = state.join("deal/abc/secrets.key");
+    std::fs::write(&secret, b"secret bytes").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pb = dir.path().join("party-backup");
+    ok(accord()
+        .args(["party", "backup", "--state"])
+        .arg(&state)
+        .arg("--to")
+        .arg(&pb));
+    let state2 = dir.path().join("state2");
+    ok(accord()
+        .args(["party", "restore", "--from"])
+        .arg(&pb)
+        .arg("--state")
+        .arg(&state2));
+    let copy = state2.join("deal/abc/secrets.key");
+    assert_eq!(std::fs::read(&copy).unwrap(), b"secret bytes");
+    assert_eq!(
+        std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A room backup is not a party backup.
+    let out = run(accord()
+        .args(["party", "restore", "--from"])
+        .arg(&backup)
+        .arg("--state")
+        .arg(dir.path().join("state3")));
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -3,10 +3,10 @@
 //! Every call the room serves, and its expiry sweep, holds the data directory's shared lock
 //! ([`accord_fs::snapshot::DirLock`]) while it runs ([`HoldDataDir`], a layer on both
 //! servers); a backup holds it exclusively while it links and copies, so it sees the
-//! directory between two calls: crash-consistent, the state a clean stop would leave. Files
-//! the room only ever replaces by an atomic rename (everything but the audit logs) are
-//! hard-linked, so the calls wait only as long as listing and linking takes plus copying the
-//! audit logs; checksums are computed afterwards. A restore verifies every checksum, then
+//! directory between two calls: crash-consistent, the state a clean stop would leave. The
+//! bulk data files, which the room only ever replaces by an atomic rename, are hard-linked,
+//! so the calls wait only as long as listing and linking takes plus copying the small files;
+//! checksums are computed afterwards. A restore verifies every checksum, then
 //! every audit chain, before the directory is renamed into place.
 
 use std::future::Future;
@@ -22,10 +22,13 @@ use crate::error::RoomError;
 /// The `FORMAT` tag of a room data directory (and the `kind` of its backups).
 pub const KIND: &str = "accord-room-data";
 
-/// Files the room replaces only by an atomic rename, never changes in place: everything but
-/// the append-only audit logs (`audit/*.jsonl`).
+/// Files that may be hard-linked into a backup: the bulk of the data (uploaded batches, the
+/// sealed snapshot, handle sets), which the room only ever replaces by an atomic rename and
+/// never changes in place. Everything else (the room key, audit logs, which are appended
+/// in place, manifests, ledgers) is small and copied, so that editing a backup can never
+/// change the live room's key or log.
 fn linkable(rel: &str) -> bool {
-    !rel.ends_with(".jsonl")
+    rel.ends_with(".parquet") || rel.ends_with(".bin")
 }
 
 /// Takes a consistent backup of the room data directory `data_dir` into the new directory
@@ -195,6 +198,16 @@ mod tests {
         let b = root.path().join("backup");
         let m = backup(&data, &b).unwrap();
         assert!(m.files.keys().any(|k| k == "room.key"));
+        // The room key is a copy, never a link to the live key.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(b.join("room.key")).unwrap().nlink(), 1);
+            assert_eq!(
+                std::fs::metadata(b.join("room.key")).unwrap().mode() & 0o777,
+                0o600
+            );
+        }
         assert!(m.files.keys().any(|k| k.starts_with("audit/")));
         verify(&b).unwrap();
         let restored = root.path().join("restored");
