@@ -207,7 +207,7 @@ async fn the_status_report_reads_without_changing_anything() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("\"accord-room-data 5\"") && e.contains("reads format 1"),
+        e.contains("\"accord-room-data 5\"") && e.contains(&format!("reads format {ROOM_FORMAT}")),
         "{e}"
     );
     // And a path that is no room at all is said so.
