@@ -183,3 +183,181 @@ async fn generate_room_format_1_fixture() {
     .unwrap();
     std::fs::write(out.join("revoked-agreement.toml"), &revoked).unwrap();
 }
+
+/// What the generator recorded.
+struct Expected {
+    sealed_id: String,
+    sealed_fp: String,
+    revoked_fp: String,
+    revoked_text: String,
+    answer: String,
+}
+
+fn expected() -> Expected {
+    let dir = fixture("room-format-1");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    assert_eq!(json["query"], QUERY, "the fixture recorded another query");
+    let s = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+    Expected {
+        sealed_id: s(&json["sealed"]["id"]),
+        sealed_fp: s(&json["sealed"]["fingerprint"]),
+        revoked_fp: s(&json["revoked"]["fingerprint"]),
+        revoked_text: std::fs::read_to_string(dir.join("revoked-agreement.toml")).unwrap(),
+        answer: s(&json["answer"]),
+    }
+}
+
+/// A copy of the fixture's format-1 data directory in `to`. Git does not keep file modes, so
+/// the room key is made owner-only again, as the room wrote it (the room refuses it otherwise).
+fn copy_fixture(to: &Path) {
+    copy_dir(&fixture("room-format-1").join("data"), to);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = accord_room::identity::key_path(to);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(to.join("FORMAT")).unwrap(),
+        "accord-room-data 1\n"
+    );
+    assert!(to.join("tombstones.json").is_file());
+}
+
+/// The tombstones the format-1 code wrote, by fingerprint.
+fn format_1_tombstones() -> std::collections::BTreeMap<String, accord_room::Tombstone> {
+    let path = fixture("room-format-1").join("data/tombstones.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Starts a room on the (copied) fixture in `data`, and checks everything the format-1 room
+/// could do is still done the same after the migration.
+async fn check_migrated_room(data: &Path) {
+    let e = expected();
+    let keys = Keys::new(SALT);
+    let room = start_room(data).await;
+    let url = url(&room);
+
+    // Format 2 on disk: one tombstone file, the same tombstone; no tombstones.json.
+    assert_eq!(
+        std::fs::read_to_string(data.join("FORMAT")).unwrap(),
+        "accord-room-data 2\n"
+    );
+    assert!(!data.join("tombstones.json").exists());
+    let names: Vec<String> = std::fs::read_dir(data.join("tombstones"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [format!("{}.json", e.revoked_fp)]);
+    let moved: accord_room::Tombstone =
+        serde_json::from_slice(&std::fs::read(data.join("tombstones").join(&names[0])).unwrap())
+            .unwrap();
+    assert_eq!(moved, format_1_tombstones()[&e.revoked_fp]);
+    assert_eq!(moved.reason, accord_room::EndReason::Revoked);
+    let leftovers: Vec<_> = files_under(data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The sealed agreement answers the analyst exactly as the format-1 room did.
+    let mut ana = analyst(&url, &e.sealed_id, &keys).await;
+    let answer = render(&grpc_query(&mut ana, QUERY).await.unwrap());
+    assert_eq!(answer, e.answer);
+
+    // The revoked agreement is still ended: it can never be registered again.
+    let refused = submit(&url, &e.revoked_text).await.unwrap_err();
+    assert!(
+        refused.message().contains("was revoked")
+            && refused.message().contains("never be registered again"),
+        "{}",
+        refused.message()
+    );
+
+    // Both audit logs verify against the room's signed heads and say what happened.
+    let (sealed_log, summary) = party_audit_log(&url, &e.sealed_fp, "drinks", &keys.drinks()).await;
+    assert_eq!(summary.entries as usize, sealed_log.len());
+    assert!(
+        sealed_log
+            .iter()
+            .any(|l| l.contains("\"agreement_registered\""))
+    );
+    let (revoked_log, _) = party_audit_log(&url, &e.revoked_fp, "snacks", &keys.snacks()).await;
+    let events: Vec<String> = revoked_log
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "\"agreement_registered\"",
+            "\"revoked\"",
+            "\"data_deleted\""
+        ]
+    );
+    room.shutdown().await;
+
+    // A second start finds format 2: nothing to migrate, the same answer.
+    let before = files_under(data).len();
+    let room = start_room(data).await;
+    let mut ana = analyst(&accord_tests::url(&room), &e.sealed_id, &keys).await;
+    assert_eq!(
+        render(&grpc_query(&mut ana, QUERY).await.unwrap()),
+        e.answer
+    );
+    room.shutdown().await;
+    assert_eq!(files_under(data).len(), before);
+}
+
+/// Issue 17, done when: data written by the previous format is migrated and queried correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_format_1_room_is_migrated_and_answers_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_fixture(&data);
+    check_migrated_room(&data).await;
+
+    // The same data from before format files existed (no FORMAT file) is format 1 too.
+    let legacy = dir.path().join("legacy");
+    copy_fixture(&legacy);
+    std::fs::remove_file(legacy.join("FORMAT")).unwrap();
+    check_migrated_room(&legacy).await;
+}
+
+/// The fixture as a `kill -9` during its migration leaves it, at the two points where the
+/// real data is half-way (see `crates/room/src/room/tombstones_tests.rs` for every point, and
+/// why building a state is the same as killing the room there): the tombstone file written
+/// but `tombstones.json` still there, beside the temporary file of a format-1 room stopped
+/// while rewriting it; and `tombstones.json` removed with `FORMAT` still 1, beside the
+/// temporary file of the `FORMAT` write. The next start finishes, and answers as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_format_1_room_killed_mid_migration_finishes_it_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = expected();
+    let tombstone = &format_1_tombstones()[&e.revoked_fp];
+    let mut bytes = serde_json::to_vec_pretty(tombstone).unwrap();
+    bytes.push(b'\n');
+    for (i, json_removed) in [false, true].into_iter().enumerate() {
+        let data = dir.path().join(format!("state-{i}"));
+        copy_fixture(&data);
+        std::fs::create_dir(data.join("tombstones")).unwrap();
+        std::fs::write(
+            data.join("tombstones")
+                .join(format!("{}.json", e.revoked_fp)),
+            &bytes,
+        )
+        .unwrap();
+        if json_removed {
+            std::fs::remove_file(data.join("tombstones.json")).unwrap();
+            std::fs::write(data.join(".FORMAT.tmp-000004d200000003"), "accord-room").unwrap();
+        } else {
+            std::fs::write(
+                data.join(".tombstones.json.tmp-000004d200000001"),
+                "{\n  \"5175",
+            )
+            .unwrap();
+        }
+        check_migrated_room(&data).await;
+    }
+}
