@@ -310,11 +310,14 @@ async fn tombstones_of_revoked_and_expired_agreements_survive_a_restart() {
         "the expired agreement's data is deleted at startup"
     );
     drop(room);
-    let tombstones: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("tombstones.json")).unwrap())
-            .unwrap();
-    assert_eq!(tombstones[fp.to_string()]["reason"], "revoked");
-    assert_eq!(tombstones[short_fp.to_string()]["reason"], "expired");
+    // One file per tombstone (data directory format 2).
+    let tombstone = |fp: accord_agreement::Fingerprint| -> serde_json::Value {
+        let path = dir.path().join("tombstones").join(format!("{fp}.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert_eq!(tombstone(fp)["reason"], "revoked");
+    assert_eq!(tombstone(short_fp)["reason"], "expired");
+    assert!(!dir.path().join("tombstones.json").exists());
     // And again after one more restart: nothing is forgotten.
     let room = accord_tests::open_room(dir.path());
     let err = room.submit(&text).await.unwrap_err();

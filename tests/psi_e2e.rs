@@ -1098,8 +1098,8 @@ async fn a_room_stopped_while_ending_or_superseding_finishes_the_job_on_restart(
     submit(&url(&room), &v1).await.unwrap();
     room.shutdown().await;
     std::fs::copy(
-        reference.join("tombstones.json"),
-        mid_end.join("tombstones.json"),
+        reference.join("tombstones").join(format!("{fp1}.json")),
+        mid_end.join("tombstones").join(format!("{fp1}.json")),
     )
     .unwrap();
     assert!(mid_end.join("agreements").join(&fp1).exists());

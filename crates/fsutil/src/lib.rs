@@ -258,6 +258,61 @@ mod tests {
         fs::write(data.join(FORMAT_FILE), "accord-other 1\n").unwrap();
         let e = check(&data).unwrap_err().to_string();
         assert!(e.contains("not a test data directory format"), "{e}");
+        fs::write(data.join(FORMAT_FILE), "accord-test-data 0\n").unwrap();
+        let e = check(&data).unwrap_err().to_string();
+        assert!(e.contains("not a test data directory format"), "{e}");
+    }
+
+    /// Issue 17: a build of format 2 reports older data (with a format file, or without one
+    /// and therefore format 1) and changes nothing, so that its caller migrates and writes
+    /// the format last; a format-1 build refuses a format-2 room directory naming both.
+    #[test]
+    fn an_older_format_is_reported_untouched_and_a_newer_one_names_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = |d: &Path| check_format(d, "accord-room-data", "room data directory", 2);
+        let v1 = |d: &Path| check_format(d, "accord-room-data", "room data directory", 1);
+        let old = dir.path().join("old");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join(FORMAT_FILE), "accord-room-data 1\n").unwrap();
+        assert_eq!(v2(&old).unwrap(), FormatCheck::Older(1));
+        assert_eq!(
+            fs::read_to_string(old.join(FORMAT_FILE)).unwrap(),
+            "accord-room-data 1\n"
+        );
+        // Data without a format file is format 1, and no file is written for it.
+        let legacy = dir.path().join("legacy");
+        fs::create_dir_all(legacy.join("agreements")).unwrap();
+        assert_eq!(v2(&legacy).unwrap(), FormatCheck::Older(1));
+        assert!(!legacy.join(FORMAT_FILE).exists());
+        // The caller migrates, then writes the format: from then on it is current.
+        write_format(&old, "accord-room-data", 2).unwrap();
+        assert_eq!(v2(&old).unwrap(), FormatCheck::Current);
+        // A new directory gets this build's format at once.
+        let new = dir.path().join("new");
+        assert_eq!(v2(&new).unwrap(), FormatCheck::Created);
+        assert_eq!(
+            fs::read_to_string(new.join(FORMAT_FILE)).unwrap(),
+            "accord-room-data 2\n"
+        );
+        // A format-1 build opening the migrated directory: refused, both versions named,
+        // nothing changed.
+        let e = v1(&old).unwrap_err().to_string();
+        assert!(
+            e.contains("room data directory format 2")
+                && e.contains("reads format 1 (and older)")
+                && e.contains("newer Accord")
+                && e.contains("nothing was changed"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read_to_string(old.join(FORMAT_FILE)).unwrap(),
+            "accord-room-data 2\n"
+        );
+        let names: Vec<_> = fs::read_dir(&old)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FORMAT_FILE], "no temporary file left: {names:?}");
     }
 
     use super::*;
@@ -317,14 +372,28 @@ pub enum FormatCheck {
     /// The directory was new (empty or absent): the format file was written.
     Created,
     /// The directory held data from before format files existed (format 1 without the
-    /// file): the file was written, nothing else changed.
+    /// file) and this build's format is 1: the file was written, nothing else changed.
     Marked,
+    /// The directory holds this older format (a `FORMAT` file naming it, or data without a
+    /// `FORMAT` file: format 1). Nothing was changed: the caller migrates the data forward,
+    /// then writes its format with [`write_format`], last.
+    Older(u32),
+}
+
+/// Writes the format file of data directory `dir` atomically: `<tag> <version>\n`. A
+/// migration calls it last, once every other file is in the new format.
+pub fn write_format(dir: &Path, tag: &str, version: u32) -> Result<(), FsError> {
+    write_atomic(
+        &dir.join(FORMAT_FILE),
+        format!("{tag} {version}\n").as_bytes(),
+    )
 }
 
 /// Checks (creating if needed) the format file of data directory `dir`, whose files this
 /// build writes in format `current`. `tag` names the kind in the file (`accord-room-data`),
 /// `kind` in messages. A directory of a newer or unreadable format is refused, naming both
-/// versions, and left untouched. Data written before format files existed is format 1.
+/// versions, and left untouched; an older one is reported ([`FormatCheck::Older`]), also
+/// untouched, for the caller to migrate. Data written before format files existed is format 1.
 pub fn check_format(
     dir: &Path,
     tag: &str,
@@ -345,21 +414,28 @@ pub fn check_format(
                 .strip_prefix(tag)
                 .map(str::trim)
                 .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v >= 1)
                 .ok_or_else(|| {
                     newer(format!("{found:?} (not a {kind} format this build knows)"))
                 })?;
             if version > current {
                 return Err(newer(version.to_string()));
             }
-            // Older formats would be migrated here; format 1 is the first.
-            Ok(FormatCheck::Current)
+            Ok(if version < current {
+                FormatCheck::Older(version)
+            } else {
+                FormatCheck::Current
+            })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let had_data = fs::read_dir(dir)
                 .map(|mut entries| entries.next().is_some())
                 .unwrap_or(false);
+            if had_data && current > 1 {
+                return Ok(FormatCheck::Older(1));
+            }
             create_dir_all(dir, Access::OwnerOnly)?;
-            write_atomic(&path, format!("{tag} {current}\n").as_bytes())?;
+            write_format(dir, tag, current)?;
             Ok(if had_data {
                 FormatCheck::Marked
             } else {

@@ -4,14 +4,13 @@
 //! Read only: nothing is created, repaired or truncated, so it is safe while the room runs (a
 //! half-written last audit line is simply not counted).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use accord_agreement::{Fingerprint, SecretKey};
 use serde::Serialize;
 
 use crate::error::{Result, RoomError};
-use crate::room::{ROOM_FORMAT, Tombstone};
+use crate::room::{ROOM_FORMAT, tombstones};
 
 /// An agreement version the room holds data for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -120,13 +119,13 @@ pub fn read_status(dir: &Path) -> Result<RoomStatus> {
             audit_head,
         });
     }
-    let tombstones: BTreeMap<String, Tombstone> = match std::fs::read(dir.join("tombstones.json")) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            RoomError::Internal(format!("{}: {e}", dir.join("tombstones.json").display()))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(RoomError::io("read", &dir.join("tombstones.json"), e)),
-    };
+    // Format 2 keeps one file per tombstone in tombstones/; format 1 kept them all in
+    // tombstones.json. A format-1 directory (not migrated yet: status changes nothing), or one
+    // whose migration was interrupted, may have both: every tombstone of either counts.
+    let mut tombstones = tombstones::read_all(dir)?;
+    for (fp, t) in tombstones::read_format_1(dir)?.unwrap_or_default() {
+        tombstones.entry(fp).or_insert(t);
+    }
     let mut ended = Vec::new();
     for (fp_text, t) in tombstones {
         let (audit_entries, audit_head) = match fp_text.parse::<Fingerprint>() {

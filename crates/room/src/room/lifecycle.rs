@@ -6,62 +6,14 @@ use std::sync::{Arc, Mutex};
 use crate::api::{Revoked, Submitted};
 use accord_agreement::{Fingerprint, PublicKey, Revocation, VerifiedAgreement, sig::Purpose};
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use super::seal::{build_engine, query_privacy};
+use super::tombstones::{self, EndReason, Tombstone};
 use super::{Live, Room, Slot, lock};
 use crate::audit::{Actor, AuditLog, Event};
 use crate::error::{Result, RoomError};
 use crate::store::{AgreementStore, PartyColumns};
-
-/// Why an agreement version ended. Stored in `tombstones.json` by these lower-case names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndReason {
-    /// A party revoked it.
-    Revoked,
-    /// Its validity window ended.
-    Expired,
-    /// A newer version signed by every one of its party keys replaced it.
-    Superseded,
-}
-
-impl EndReason {
-    /// The name stored and shown ("revoked", "expired", "superseded").
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::Expired => "expired",
-            Self::Superseded => "superseded",
-        }
-    }
-}
-
-impl std::fmt::Display for EndReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a fingerprint may never be registered again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Tombstone {
-    /// The agreement id.
-    pub agreement_id: String,
-    /// The agreement version that ended.
-    #[serde(default)]
-    pub version: u64,
-    /// Why it ended.
-    pub reason: EndReason,
-    /// When (RFC 3339).
-    pub at: String,
-    /// The party keys of the version that ended: a later version of the same lineage (signed
-    /// by one of them) must carry a higher version. Empty in tombstones written before this
-    /// field existed, which then count for every agreement with this id.
-    #[serde(default)]
-    pub party_keys: Vec<String>,
-}
 
 /// Whether every party key of `old` signed `new` (as a party key of `new`, or in its
 /// `[rotation_signatures]`): the only way `new` may supersede `old`.
@@ -73,13 +25,7 @@ fn endorsed_by_all(new: &accord_agreement::Manifest, old: &accord_agreement::Man
 
 impl Room {
     pub(super) fn recover(&self) -> Result<()> {
-        let tomb_path = self.tombstones_path();
-        if tomb_path.exists() {
-            let bytes =
-                std::fs::read(&tomb_path).map_err(|e| RoomError::io("read", &tomb_path, e))?;
-            lock(&self.inner.registry).tombstones = serde_json::from_slice(&bytes)
-                .map_err(|e| RoomError::Internal(format!("{}: {e}", tomb_path.display())))?;
-        }
+        lock(&self.inner.registry).tombstones = tombstones::load(&self.inner.data_dir)?;
         let dir = self.inner.data_dir.join("agreements");
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
             .map_err(|e| RoomError::io("list", &dir, e))?
@@ -207,24 +153,22 @@ impl Room {
         manifest: &accord_agreement::Manifest,
         reason: EndReason,
     ) -> Result<()> {
+        let tombstone = Tombstone {
+            agreement_id: manifest.id.clone(),
+            version: manifest.version,
+            reason,
+            at: Utc::now().to_rfc3339(),
+            party_keys: manifest
+                .parties
+                .values()
+                .map(|p| p.public_key.to_string())
+                .collect(),
+        };
+        // Written while holding the registry: the file and the map never disagree for a
+        // submission checking them.
         let mut reg = lock(&self.inner.registry);
-        reg.tombstones.insert(
-            fp.to_string(),
-            Tombstone {
-                agreement_id: manifest.id.clone(),
-                version: manifest.version,
-                reason,
-                at: Utc::now().to_rfc3339(),
-                party_keys: manifest
-                    .parties
-                    .values()
-                    .map(|p| p.public_key.to_string())
-                    .collect(),
-            },
-        );
-        let bytes = serde_json::to_vec_pretty(&reg.tombstones)
-            .map_err(|e| RoomError::Internal(e.to_string()))?;
-        accord_fs::write_atomic(&self.tombstones_path(), &bytes)?;
+        tombstones::write(&self.inner.data_dir, fp, &tombstone)?;
+        reg.tombstones.insert(fp.to_string(), tombstone);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ mod login;
 mod psi;
 mod query;
 mod seal;
+pub(crate) mod tombstones;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -30,9 +31,9 @@ use crate::limits::Limits;
 use crate::registration::Registration;
 use crate::store::AgreementStore;
 
-pub use lifecycle::{EndReason, Tombstone};
 pub use query::QueryResult;
 pub use seal::table_spec;
+pub use tombstones::{EndReason, Tombstone};
 
 /// Where an agreement stands.
 #[derive(Debug)]
@@ -98,13 +99,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The format of the room's data directory (agreements, audit logs, ledgers, tombstones,
-/// the room key), in its `FORMAT` file. A newer format is refused at start-up.
-pub const ROOM_FORMAT: u32 = 1;
+/// the room key), in its `FORMAT` file. A newer format is refused at start-up; an older one
+/// is migrated forward first. Format 2 keeps one file per tombstone in `tombstones/` where
+/// format 1 kept them all in `tombstones.json` ([`tombstones::migrate_1_to_2`]).
+pub const ROOM_FORMAT: u32 = 2;
 const ROOM_FORMAT_TAG: &str = "accord-room-data";
 
 impl Room {
-    /// Opens the room's data directory (creating it), loads or creates the room key, and
-    /// recovers every agreement. Agreements that expired while the room was down are deleted.
+    /// Opens the room's data directory (creating it), migrates it from an older format (or
+    /// refuses a newer one), loads or creates the room key, and recovers every agreement.
+    /// Agreements that expired while the room was down are deleted.
     pub fn open(data_dir: &Path) -> Result<Self> {
         Self::open_with(data_dir, Limits::default(), Registration::Open)
     }
@@ -114,20 +118,10 @@ impl Room {
     pub fn open_with(data_dir: &Path, limits: Limits, registration: Registration) -> Result<Self> {
         limits.check()?;
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
-        match accord_fs::check_format(
-            data_dir,
-            ROOM_FORMAT_TAG,
-            "room data directory",
-            ROOM_FORMAT,
-        )? {
-            accord_fs::FormatCheck::Marked => tracing::info!(
-                data_dir = %data_dir.display(),
-                "marked the data directory as format {ROOM_FORMAT} (written by an earlier Accord; nothing else changed)"
-            ),
-            accord_fs::FormatCheck::Created | accord_fs::FormatCheck::Current => {}
-        }
+        migrate(data_dir)?;
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
+        accord_fs::create_dir_all(&tombstones::dir(data_dir), accord_fs::Access::OwnerOnly)?;
         let key = crate::identity::load_or_create(data_dir)?;
         let public_key = key.public_key();
         let room = Room {
@@ -158,10 +152,6 @@ impl Room {
     pub fn bind_tls_certificate(&self, cert_sha256: &[u8; 32]) {
         let signature = crate::identity::tls_binding(&self.inner.key, cert_sha256);
         *lock(&self.inner.tls_binding) = Some(signature);
-    }
-
-    fn tombstones_path(&self) -> PathBuf {
-        self.inner.data_dir.join("tombstones.json")
     }
 
     fn agreement_dir(&self, fp: Fingerprint) -> PathBuf {
@@ -257,6 +247,49 @@ impl Room {
             ));
         };
         Ok((self.slot_of(session)?, name))
+    }
+}
+
+/// Checks the format of `data_dir` and migrates it forward to [`ROOM_FORMAT`], saying in the
+/// log what it did. Runs before anything else reads or writes the directory.
+fn migrate(data_dir: &Path) -> Result<()> {
+    let check = accord_fs::check_format(
+        data_dir,
+        ROOM_FORMAT_TAG,
+        "room data directory",
+        ROOM_FORMAT,
+    )?;
+    match check {
+        // `Marked` is for builds of format 1 only.
+        accord_fs::FormatCheck::Created
+        | accord_fs::FormatCheck::Current
+        | accord_fs::FormatCheck::Marked => Ok(()),
+        accord_fs::FormatCheck::Older(1) => {
+            let done = tombstones::migrate_1_to_2(data_dir, ROOM_FORMAT_TAG)?;
+            let dir = data_dir.display();
+            if done.had_format_1_file {
+                tracing::info!(
+                    data_dir = %dir,
+                    already_there = done.already_there,
+                    "migrated the data directory from format 1 to 2: {} tombstones moved to tombstones/ \
+                     (tombstones.json removed)",
+                    done.moved
+                );
+            } else {
+                tracing::info!(
+                    data_dir = %dir,
+                    "migrated the data directory from format 1 to 2: 0 tombstones moved to tombstones/ \
+                     (there was no tombstones.json: no agreement had ended, or an interrupted \
+                     migration had already moved them)"
+                );
+            }
+            Ok(())
+        }
+        accord_fs::FormatCheck::Older(v) => Err(RoomError::FailedPrecondition(format!(
+            "{} holds room data directory format {v}, which no Accord wrote: this build reads \
+             formats 1 to {ROOM_FORMAT}; nothing was changed",
+            data_dir.display()
+        ))),
     }
 }
 
