@@ -8,9 +8,12 @@
 //!
 //! The migration from format 1 is a sequence of steps each of which is atomic (a rename, an
 //! unlink, a mkdir) or idempotent (writing a file that may already be there with the same
-//! bytes), with the `FORMAT` file changed last: a room killed anywhere in it still says format
-//! 1, and the next start runs the migration again and finishes it (`tombstones_tests.rs`
-//! builds every such state).
+//! bytes). `FORMAT` changes to 2 once every tombstone has its file and before
+//! `tombstones.json` goes, so every state a kill can leave is safe for both builds: while
+//! `FORMAT` says 1, `tombstones.json` is whole (the previous build still reads it, and this
+//! one migrates again); once it says 2, the previous build refuses the directory, and this one
+//! finishes by removing the leftover `tombstones.json` (`tombstones_tests.rs` builds every such
+//! state).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -185,20 +188,32 @@ pub(crate) fn read_format_1(data_dir: &Path) -> Result<Option<Tombstones>> {
 }
 
 /// Loads the tombstones of a format-2 data directory at start-up, first removing the leftover
-/// temporary files of a write the room was stopped in. A `tombstones.json` here is refused: a
-/// format-1 file in a format-2 directory (a partial restore?) must not be ignored, since it may
-/// hold the only record that an agreement ended.
+/// temporary files of a write the room was stopped in. A `tombstones.json` here is what a
+/// migration stopped after writing `FORMAT` left (or a format-1 file copied in by hand): it is
+/// never ignored, since it may hold a record that an agreement ended. Each of its tombstones
+/// that has no file yet gets one (a tombstone only ever refuses more), then it is removed.
 pub(crate) fn load(data_dir: &Path) -> Result<Tombstones> {
-    let legacy = data_dir.join(FORMAT_1_TOMBSTONES);
-    if legacy.exists() {
-        return Err(RoomError::FailedPrecondition(format!(
-            "{} is a format-1 file in a format-2 data directory: the room refuses to start rather \
-             than ignore a record of ended agreements. If it came from a backup of a format-1 \
-             directory, restore the whole backup instead (the room migrates it at start-up)",
-            legacy.display()
-        )));
-    }
     remove_leftover_temps(&dir(data_dir), None)?;
+    if let Some(legacy) = read_format_1(data_dir)? {
+        remove_leftover_temps(data_dir, Some(FORMAT_1_TOMBSTONES))?;
+        accord_fs::create_dir_all(&dir(data_dir), accord_fs::Access::OwnerOnly)?;
+        let present = read_all(data_dir)?;
+        let mut added = 0;
+        for (fingerprint, t) in &legacy {
+            if !present.contains_key(fingerprint) {
+                accord_fs::write_atomic(&file_of(data_dir, fingerprint), &encode(t)?)?;
+                added += 1;
+            }
+        }
+        let path = data_dir.join(FORMAT_1_TOMBSTONES);
+        std::fs::remove_file(&path).map_err(|e| RoomError::io("remove", &path, e))?;
+        accord_fs::sync_dir(data_dir)?;
+        tracing::info!(
+            kept = legacy.len(),
+            added,
+            "removed the format-1 tombstones.json left in a format-2 data directory (every tombstone in it has its file)"
+        );
+    }
     read_all(data_dir)
 }
 
@@ -239,15 +254,16 @@ pub struct Migrated {
 }
 
 /// Migrates the data directory `data_dir` from format 1 to format 2, in steps a `kill -9`
-/// may interrupt anywhere (`FORMAT` still says 1 until the last one, so the next start runs
-/// this again):
+/// may interrupt anywhere:
 ///
 /// 1. create `tombstones/` (and sync the data directory);
 /// 2. write each tombstone of `tombstones.json` as `tombstones/<fingerprint>.json`, atomically;
 ///    one already there with the same content is kept, one that differs is rewritten
 ///    (`tombstones.json` is the record while the format is 1);
-/// 3. remove `tombstones.json` and sync the data directory;
-/// 4. write `FORMAT` = `accord-room-data 2` atomically.
+/// 3. write `FORMAT` = `accord-room-data 2` atomically (killed before: the next start
+///    migrates again; the previous build still reads the whole `tombstones.json`);
+/// 4. remove `tombstones.json` and sync the data directory (killed before: [`load`] finishes
+///    it; the previous build refuses format 2).
 ///
 /// Leftover temporary files of interrupted writes of these files are removed first.
 pub(crate) fn migrate_1_to_2(data_dir: &Path, tag: &str) -> Result<Migrated> {
@@ -275,11 +291,11 @@ pub(crate) fn migrate_1_to_2(data_dir: &Path, tag: &str) -> Result<Migrated> {
         }
         migrated.moved += 1;
     }
+    accord_fs::write_format(data_dir, tag, 2)?;
     if migrated.had_format_1_file {
         std::fs::remove_file(&legacy).map_err(|e| RoomError::io("remove", &legacy, e))?;
         accord_fs::sync_dir(data_dir)?;
     }
-    accord_fs::write_format(data_dir, tag, 2)?;
     Ok(migrated)
 }
 

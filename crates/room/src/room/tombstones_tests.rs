@@ -154,22 +154,12 @@ fn a_migration_killed_at_any_step_is_finished_at_the_next_start() {
             },
         ),
         (
-            "killed after every tombstone file, before removing tombstones.json",
+            "killed after every tombstone file, before writing FORMAT",
             |d, _| {
                 std::fs::create_dir(d.join(TOMBSTONES_DIR)).unwrap();
                 for n in 1..=3 {
                     write_tombstone_file(d, n);
                 }
-            },
-        ),
-        (
-            "killed after removing tombstones.json, before writing FORMAT",
-            |d, _| {
-                std::fs::create_dir(d.join(TOMBSTONES_DIR)).unwrap();
-                for n in 1..=3 {
-                    write_tombstone_file(d, n);
-                }
-                std::fs::remove_file(d.join(FORMAT_1_TOMBSTONES)).unwrap();
             },
         ),
         (
@@ -179,19 +169,43 @@ fn a_migration_killed_at_any_step_is_finished_at_the_next_start() {
                 for n in 1..=3 {
                     write_tombstone_file(d, n);
                 }
-                std::fs::remove_file(d.join(FORMAT_1_TOMBSTONES)).unwrap();
                 std::fs::write(d.join(tmp("FORMAT")), b"accord-room-da").unwrap();
+            },
+        ),
+        (
+            "killed after writing FORMAT 2, before removing tombstones.json",
+            |d, _| {
+                std::fs::create_dir(d.join(TOMBSTONES_DIR)).unwrap();
+                for n in 1..=3 {
+                    write_tombstone_file(d, n);
+                }
+                std::fs::write(d.join("FORMAT"), "accord-room-data 2\n").unwrap();
             },
         ),
     ];
     for (i, (what, build)) in states.iter().enumerate() {
         let dir = format_1_dir(root.path(), &format!("state-{i}"));
         build(&dir, &tmp);
-        assert_eq!(
-            std::fs::read_to_string(dir.join("FORMAT")).unwrap(),
-            "accord-room-data 1\n",
-            "{what}: every interrupted state still says format 1"
-        );
+        // While FORMAT says 1, tombstones.json is whole: the previous build (which knows
+        // only format 1) still reads every tombstone. Once it says 2, the previous build
+        // refuses the directory.
+        let format = std::fs::read_to_string(dir.join("FORMAT")).unwrap();
+        if format == "accord-room-data 1\n" {
+            assert_eq!(
+                crate::room::tombstones::read_format_1(&dir).unwrap(),
+                Some(format_1_tombstones()),
+                "{what}: tombstones.json is whole while the format is 1"
+            );
+        } else {
+            assert_eq!(format, "accord-room-data 2\n", "{what}");
+            let e = accord_fs::check_format(&dir, "accord-room-data", "room data directory", 1)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("format 2") && e.contains("format 1"),
+                "{what}: {e}"
+            );
+        }
         let room = Room::open(&dir).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(
             registry_tombstones(&room),
@@ -302,15 +316,26 @@ fn a_damaged_tombstone_names_itself_and_nothing_is_forgotten() {
     let e = Room::open(&dir).unwrap_err().to_string();
     assert!(e.contains(&stranger.display().to_string()), "{e}");
     std::fs::remove_file(&stranger).unwrap();
-    std::fs::write(dir.join(FORMAT_1_TOMBSTONES), b"{}").unwrap();
+    // A format-1 tombstones.json in a format-2 directory (a migration stopped after FORMAT,
+    // or a file copied in by hand) is never ignored: its tombstones join the files, then it
+    // goes. A damaged one stops the start, naming it.
+    std::fs::write(dir.join(FORMAT_1_TOMBSTONES), b"{\"0101").unwrap();
     let e = Room::open(&dir).unwrap_err().to_string();
-    assert!(
-        e.contains("tombstones.json") && e.contains("format-1 file in a format-2"),
-        "{e}"
-    );
-    std::fs::remove_file(dir.join(FORMAT_1_TOMBSTONES)).unwrap();
+    assert!(e.contains("tombstones.json"), "{e}");
+    let mut extra = Tombstones::new();
+    extra.insert(fp(3), tombstone(3, EndReason::Expired));
+    std::fs::write(
+        dir.join(FORMAT_1_TOMBSTONES),
+        serde_json::to_vec(&extra).unwrap(),
+    )
+    .unwrap();
     let room = Room::open(&dir).unwrap();
-    assert_eq!(registry_tombstones(&room).len(), 1);
+    assert_eq!(
+        registry_tombstones(&room).len(),
+        2,
+        "the file's tombstone joined"
+    );
+    assert!(!dir.join(FORMAT_1_TOMBSTONES).exists());
 
     // Format 1 with a damaged tombstones.json: refused by name before anything is written.
     let dir = format_1_dir(root.path(), "v1-damaged");
