@@ -117,6 +117,14 @@ async fn a_backup_taken_during_an_upload_restores_to_a_room_that_seals_the_same_
             "{e}"
         );
     }
+    // The operator's status report says so too.
+    let status = accord_room::status::read_status(&data_b).unwrap();
+    let a = status
+        .agreements
+        .iter()
+        .find(|a| a.fingerprint == fp)
+        .unwrap();
+    assert_eq!(a.audit_went_back, went_back.len() as u64);
     // Once declared, a head is not declared again: a new session adds no entry.
     let again = party_audit_log(&url_b, &fp, "snacks", &keys.snacks())
         .await

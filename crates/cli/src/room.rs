@@ -298,6 +298,7 @@ fn status_text(s: &accord_room::status::RoomStatus) -> String {
             a.audit_entries,
             a.audit_head
         );
+        went_back(&mut out, a.audit_went_back);
     }
     let _ = writeln!(out, "ended agreements: {}", s.ended.len());
     for e in &s.ended {
@@ -311,6 +312,19 @@ fn status_text(s: &accord_room::status::RoomStatus) -> String {
             e.audit_entries,
             e.audit_head
         );
+        went_back(&mut out, e.audit_went_back);
     }
     out
+}
+
+/// The line that makes a rollback visible to an operator reading the status.
+fn went_back(out: &mut String, times: u64) {
+    use std::fmt::Write as _;
+    if times > 0 {
+        let _ = writeln!(
+            out,
+            "    ALERT: this log went back in time {times} time(s): the room was restored from an older backup \
+             or lost data (see its went_back entries; docs/OPERATIONS.md, \"A room that went back in time\")"
+        );
+    }
 }

@@ -29,6 +29,9 @@ pub struct AgreementStatus {
     pub audit_entries: u64,
     /// Hex SHA-256 of its last audit entry (the hash the room's signed head carries).
     pub audit_head: String,
+    /// `went_back` entries in the log: times the room was found to have gone back in time
+    /// (restored from an older backup, data lost). Worth an alert.
+    pub audit_went_back: u64,
 }
 
 /// An agreement version that ended; its audit log stays.
@@ -46,6 +49,9 @@ pub struct EndedStatus {
     pub audit_entries: u64,
     /// Hex SHA-256 of its last audit entry.
     pub audit_head: String,
+    /// `went_back` entries in the log: times the room was found to have gone back in time
+    /// (restored from an older backup, data lost). Worth an alert.
+    pub audit_went_back: u64,
 }
 
 /// What `accord room status` reports.
@@ -102,7 +108,7 @@ pub fn read_status(dir: &Path) -> Result<RoomStatus> {
         let m = accord_agreement::Manifest::parse(&text)
             .map_err(|e| RoomError::Internal(format!("{}: {e}", manifest_path.display())))?;
         let fp = m.fingerprint();
-        let (audit_entries, audit_head) = audit_head(dir, fp)?;
+        let (audit_entries, audit_head, audit_went_back) = audit_head(dir, fp)?;
         agreements.push(AgreementStatus {
             id: m.id.clone(),
             version: m.version,
@@ -117,6 +123,7 @@ pub fn read_status(dir: &Path) -> Result<RoomStatus> {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             audit_entries,
             audit_head,
+            audit_went_back,
         });
     }
     // Format 2 keeps one file per tombstone in tombstones/; format 1 kept them all in
@@ -128,9 +135,9 @@ pub fn read_status(dir: &Path) -> Result<RoomStatus> {
     }
     let mut ended = Vec::new();
     for (fp_text, t) in tombstones {
-        let (audit_entries, audit_head) = match fp_text.parse::<Fingerprint>() {
+        let (audit_entries, audit_head, audit_went_back) = match fp_text.parse::<Fingerprint>() {
             Ok(fp) => audit_head(dir, fp)?,
-            Err(_) => (0, String::new()),
+            Err(_) => (0, String::new(), 0),
         };
         ended.push(EndedStatus {
             id: t.agreement_id,
@@ -139,6 +146,7 @@ pub fn read_status(dir: &Path) -> Result<RoomStatus> {
             at: t.at,
             audit_entries,
             audit_head,
+            audit_went_back,
         });
     }
     Ok(RoomStatus {
@@ -177,16 +185,20 @@ fn read_format(dir: &Path) -> Result<u32> {
     }
 }
 
-/// Entries and last hash of an agreement's audit log, counting only whole, chained lines.
-fn audit_head(dir: &Path, fp: Fingerprint) -> Result<(u64, String)> {
+/// Entries, last hash and `went_back` entries of an agreement's audit log, counting only
+/// whole, chained lines.
+fn audit_head(dir: &Path, fp: Fingerprint) -> Result<(u64, String, u64)> {
     let path = dir.join("audit").join(format!("{fp}.jsonl"));
     let text = match std::fs::read(&path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hex::encode([0; 32]))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((0, hex::encode([0; 32]), 0));
+        }
         Err(e) => return Err(RoomError::io("read", &path, e)),
     };
     let mut prev = [0u8; 32];
     let mut entries = 0u64;
+    let mut went_back = 0u64;
     // Only lines ended by a newline count: the room syncs each whole line before replying.
     let complete = match text.iter().rposition(|&b| b == b'\n') {
         Some(last) => &text[..last],
@@ -200,11 +212,14 @@ fn audit_head(dir: &Path, fp: Fingerprint) -> Result<(u64, String)> {
             Ok(hash) => {
                 prev = hash;
                 entries += 1;
+                if accord_audit::declared_head(line).is_ok() {
+                    went_back += 1;
+                }
             }
             Err(_) => break,
         }
     }
-    Ok((entries, hex::encode(prev)))
+    Ok((entries, hex::encode(prev), went_back))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
