@@ -21,6 +21,10 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000, value_parser = parse_rows)]
         rows: usize,
     },
+    /// The whole run as a data team feels it: the room and both parties as separate
+    /// processes on loopback (CSV in, PSI, sealing, queries), against the crypto bound
+    /// measured in the same run.
+    E2e(crate::bench_e2e::E2eArgs),
 }
 
 /// `--rows N` with N ≥ 1 (a usage error otherwise, exit 2).
@@ -34,6 +38,7 @@ fn parse_rows(s: &str) -> Result<usize, String> {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        BenchCommand::E2e(args) => crate::bench_e2e::run(args),
         BenchCommand::Psi { rows } => {
             eprintln!("measuring primitives ({PRIMITIVE_SAMPLES} samples each, one core)…");
             let costs = measure_primitives(PRIMITIVE_SAMPLES);

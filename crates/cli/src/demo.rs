@@ -94,14 +94,14 @@ fn messy(rng: &mut StdRng, email: &str) -> String {
     s
 }
 
-struct Generated {
-    drinks_rows: usize,
-    snacks_rows: usize,
+pub(crate) struct Generated {
+    pub(crate) drinks_rows: usize,
+    pub(crate) snacks_rows: usize,
 }
 
 /// Writes the two companies' customer files. Customers 0..n are drinks', n·2/3..n·5/3 are
 /// snacks': about a third overlap.
-fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
+pub(crate) fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
     let mut rng = StdRng::seed_from_u64(seed);
     let email = |i: usize| {
         format!(
@@ -175,7 +175,7 @@ fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
     })
 }
 
-fn manifest(
+pub(crate) fn manifest(
     id: &str,
     drinks: PublicKey,
     snacks: PublicKey,
@@ -228,28 +228,37 @@ fn manifest(
     .to_toml()
 }
 
-fn prepare_dir(dir: &Path) -> Result<()> {
+/// Empties `dir` for a new run: only if a previous run (its `marker` file) made it, or it is
+/// empty; `what` names the command in messages.
+pub(crate) fn prepare_dir(dir: &Path, marker: &str, what: &str) -> Result<()> {
     if dir.exists() {
-        if !dir.join(MARKER).exists() {
+        if !dir.join(marker).exists() {
             let empty = std::fs::read_dir(dir)
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(false);
             if !empty {
                 bail!(
-                    "{} exists and was not made by `accord demo`: choose another --dir",
+                    "{} exists and was not made by `{what}`: choose another --dir",
                     dir.display()
                 );
             }
         }
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("could not clear the previous demo in {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| {
+            format!(
+                "could not clear the previous run of `{what}` in {}",
+                dir.display()
+            )
+        })?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), b"made by accord demo; safe to delete\n")?;
+    std::fs::write(
+        dir.join(marker),
+        format!("made by {what}; safe to delete\n"),
+    )?;
     Ok(())
 }
 
-fn keygen(dir: &Path, name: &str) -> Result<SecretKey> {
+pub(crate) fn keygen(dir: &Path, name: &str) -> Result<SecretKey> {
     let key = SecretKey::generate()?;
     accord_fs::write_new_secret(
         &dir.join(format!("{name}.key")),
@@ -268,7 +277,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let started = Instant::now();
     let dir = args.dir.clone();
-    prepare_dir(&dir)?;
+    prepare_dir(&dir, MARKER, "accord demo")?;
     let dir = dir.canonicalize()?;
 
     step(

@@ -11,6 +11,7 @@ mod agreement;
 mod agreement_room;
 mod audit;
 mod bench;
+mod bench_e2e;
 mod common;
 mod demo;
 mod devcerts;

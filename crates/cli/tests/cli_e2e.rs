@@ -667,3 +667,33 @@ fn backup_and_restore_commands_check_what_they_restore() {
         .arg(dir.path().join("state3")));
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// `accord bench e2e` runs the room and both parties as processes and reports every number
+/// it promises (on a tiny input: this checks the report, not the speed).
+#[test]
+fn bench_e2e_reports_wall_time_bound_stages_memory_and_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(accord()
+        .args(["bench", "e2e", "--rows", "1000", "--dir"])
+        .arg(dir.path().join("bench")));
+    for needle in [
+        "PSI wall time",
+        "records/s",
+        "own records",
+        "partner records",
+        "room verifies",
+        "bound",
+        "ratio",
+        "drinks  read_and_normalize",
+        "snacks  hash_blind_upload",
+        "drinks  blind_partner",
+        "room    room_upload_check",
+        "room    room_verify_blinding",
+        "room    seal",
+        "peak resident memory",
+        "bytes per uploaded customer",
+        "SELECT COUNT(*) FROM overlap",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}

@@ -56,14 +56,38 @@ async fn sync_once(
     let mut blinded_total = 0u64;
     let bar = ctx.bar(0, &format!("blind {partner}'s batches"));
     let mut idle = Duration::from_millis(50);
+    // Where the time goes (logged at the end for `accord bench e2e`).
+    let (mut blinding, mut relaying, mut waiting) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let timings = |blinding: Duration, relaying: Duration, waiting: Duration, batches: u64| {
+        tracing::info!(
+            stage = "blind_partner",
+            seconds = blinding.as_secs_f64(),
+            batches,
+            "blinded the partner's batches"
+        );
+        tracing::info!(
+            stage = "relay_partner",
+            seconds = relaying.as_secs_f64(),
+            "fetched and returned the partner's batches"
+        );
+        tracing::info!(
+            stage = "wait_partner",
+            seconds = waiting.as_secs_f64(),
+            "waited for the partner"
+        );
+    };
     loop {
+        let fetch_started = std::time::Instant::now();
         let work = fetch_work(&mut psi, &conn).await?;
+        relaying += fetch_started.elapsed();
         if !work.is_empty() {
             idle = Duration::from_millis(50);
             bar.inc_length(work.len() as u64);
             let mut log = state.blinded(&partner)?;
             let mut replies = Vec::with_capacity(work.len() + 1);
             replies.push(commitment.clone());
+            let blind_started = std::time::Instant::now();
             for batch in work {
                 let reply = blind_one(
                     &state,
@@ -82,12 +106,15 @@ async fn sync_once(
                 replies.push(reply);
                 bar.inc(1);
             }
+            blinding += blind_started.elapsed();
+            let return_started = std::time::Instant::now();
             let response = psi
                 .return_work(conn.request(futures::stream::iter(replies)))
                 .await
                 .map_err(|s| conn.error(s))?
                 .into_inner();
             conn.check_head(response.head.as_ref())?;
+            relaying += return_started.elapsed();
             continue;
         }
         let status = conn.psi_status().await?;
@@ -108,9 +135,12 @@ async fn sync_once(
         }
         if !wait || status.tokens_complete {
             bar.finish_and_clear();
+            timings(blinding, relaying, waiting, blinded_total);
             return Ok((blinded_total, status));
         }
+        let wait_started = std::time::Instant::now();
         tokio::time::sleep(idle).await;
+        waiting += wait_started.elapsed();
         idle = (idle * 2).min(Duration::from_millis(500));
     }
 }

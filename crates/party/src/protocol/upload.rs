@@ -71,6 +71,7 @@ pub async fn upload(
     let batch_rows = options
         .batch_rows
         .clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
+    let read_started = std::time::Instant::now();
     let (rows, report) = {
         let path = options.input.clone();
         let manifest = m.clone();
@@ -91,6 +92,12 @@ pub async fn upload(
         .collect();
     let held_back_erased = (read_rows - rows.len()) as u64;
     drop(memory);
+    tracing::info!(
+        stage = "read_and_normalize",
+        seconds = read_started.elapsed().as_secs_f64(),
+        rows = rows.len(),
+        "read and normalized the input"
+    );
     let max_rows = m.parties[&ctx.party].max_rows;
     if rows.len() as u64 > max_rows {
         return Err(PartyError::Refused(format!(
@@ -138,6 +145,7 @@ pub async fn upload(
     let total_batches = prepared.rows.len().div_ceil(batch_rows) as u64;
     let prepared = std::sync::Arc::new(prepared);
     let mut already_stored = None;
+    let upload_started = std::time::Instant::now();
     let mut attempt = 0;
     let mut restarts = 0;
     let status = loop {
@@ -170,6 +178,12 @@ pub async fn upload(
             Err(e) => return Err(e),
         }
     };
+    tracing::info!(
+        stage = "hash_blind_upload",
+        seconds = upload_started.elapsed().as_secs_f64(),
+        batches = total_batches,
+        "hashed, blinded and uploaded every batch"
+    );
     // The room acknowledged the completion: only now does the record say "uploaded".
     state.finish_upload(&all_handles)?;
     if !state

@@ -59,6 +59,7 @@ impl Room {
         let owner = party.to_owned();
         // The signature check and the point checks (decoding every point) are CPU work: off
         // the async workers, before the agreement's lock is taken.
+        let check_started = std::time::Instant::now();
         let (batch, digest, decoded) = tokio::task::spawn_blocking(move || {
             let rows_digest = batch.rows_digest;
             let msg = accord_proto::signed::upload_batch(
@@ -89,6 +90,13 @@ impl Room {
         })
         .await
         .map_err(|e| RoomError::Internal(format!("batch check task failed: {e}")))??;
+        tracing::debug!(
+            stage = "room_upload_check",
+            seconds = check_started.elapsed().as_secs_f64(),
+            batch = number,
+            rows = n,
+            "checked an uploaded batch"
+        );
         let owner = party.to_owned();
         let stored = self
             .blocking_write(slot, move |_, _, live| {
@@ -279,6 +287,7 @@ impl Room {
         };
         // The inputs decoded when they were checked at upload, when still kept; the verdict
         // is the same either way (`decoded.rs`).
+        let verify_started = std::time::Instant::now();
         let verdict =
             match self
                 .inner
@@ -297,6 +306,12 @@ impl Room {
                     accord_psi::verify_blinding(&commitment, &context, &input, &b.points, &b.proof)
                 }
             };
+        tracing::debug!(
+            stage = "room_verify_blinding",
+            seconds = verify_started.elapsed().as_secs_f64(),
+            batch = batch_number,
+            "verified a blinding proof"
+        );
         if let Err(e) = verdict {
             let reason = format!("blinding proof of batch {batch_number} refused: {e}");
             store.record_proof_failure(&partner)?;

@@ -51,6 +51,7 @@ impl Room {
         if !store.ready_to_seal() || store.seal_info()?.is_some() {
             return Ok(());
         }
+        let seal_started = std::time::Instant::now();
         let (snapshot, duplicates) = store.build_snapshot()?;
         // With exact results, a dimension with more distinct values among the matched
         // customers than groups of k could cover is withheld: it identifies customers. The
@@ -74,6 +75,12 @@ impl Room {
         };
         store.write_snapshot(&snapshot, &info)?;
         store.discard_unmatched(&snapshot)?;
+        tracing::info!(
+            stage = "seal",
+            seconds = seal_started.elapsed().as_secs_f64(),
+            matched = snapshot.num_rows(),
+            "sealed the overlap and deleted the unmatched rows"
+        );
         live.engine = Some(Arc::new(build_engine(
             &slot.agreement,
             &withheld,
