@@ -9,7 +9,7 @@ use accord_proto::v1::{self, psi_client::PsiClient};
 use sha2::{Digest, Sha256};
 
 use super::PartyContext;
-use crate::client::{Connection, with_retries};
+use crate::client::with_retries;
 use crate::error::PartyError;
 use crate::state::State;
 
@@ -78,43 +78,66 @@ async fn sync_once(
         );
     };
     loop {
+        // Fetching, blinding and returning overlap: each batch is blinded as it arrives and
+        // its reply streamed back at once, so the room checks and stores batch i while this
+        // party blinds batch i + 1 (the relay's latency no longer adds to the blinding).
         let fetch_started = std::time::Instant::now();
-        let work = fetch_work(&mut psi, &conn).await?;
+        let mut fetched = psi
+            .fetch_work(conn.request(v1::FetchWorkRequest {
+                max_batches: FETCH_BATCHES,
+            }))
+            .await
+            .map_err(|s| conn.error(s))?
+            .into_inner();
+        let first = fetched.message().await.map_err(|s| conn.error(s))?;
         relaying += fetch_started.elapsed();
-        if !work.is_empty() {
+        if let Some(first) = first {
             idle = Duration::from_millis(50);
-            bar.inc_length(work.len() as u64);
             let mut log = state.blinded(&partner)?;
-            let mut replies = Vec::with_capacity(work.len() + 1);
-            replies.push(commitment.clone());
-            let blind_started = std::time::Instant::now();
-            for batch in work {
-                let reply = blind_one(
-                    &state,
-                    &ctx.party,
-                    &partner,
-                    &partner_key,
-                    partner_cap,
-                    fp,
-                    &mut log,
-                    batch,
-                )
-                .await?;
-                if matches!(reply.kind, Some(v1::return_work_message::Kind::Blinded(_))) {
-                    blinded_total += 1;
+            let (tx, rx) = tokio::sync::mpsc::channel::<v1::ReturnWorkMessage>(4);
+            let mut returner = psi.clone();
+            let returned =
+                returner.return_work(conn.request(tokio_stream::wrappers::ReceiverStream::new(rx)));
+            let work = async {
+                tx.send(commitment.clone())
+                    .await
+                    .map_err(|_| returning_closed())?;
+                let (mut blinded, mut spent) = (0u64, Duration::ZERO);
+                let mut next = Some(first);
+                while let Some(batch) = next {
+                    bar.inc_length(1);
+                    let started = std::time::Instant::now();
+                    let reply = blind_one(
+                        &state,
+                        &ctx.party,
+                        &partner,
+                        &partner_key,
+                        partner_cap,
+                        fp,
+                        &mut log,
+                        batch,
+                    )
+                    .await?;
+                    spent += started.elapsed();
+                    if matches!(reply.kind, Some(v1::return_work_message::Kind::Blinded(_))) {
+                        blinded += 1;
+                    }
+                    tx.send(reply).await.map_err(|_| returning_closed())?;
+                    bar.inc(1);
+                    next = fetched.message().await.map_err(|s| conn.error(s))?;
                 }
-                replies.push(reply);
-                bar.inc(1);
-            }
-            blinding += blind_started.elapsed();
-            let return_started = std::time::Instant::now();
-            let response = psi
-                .return_work(conn.request(futures::stream::iter(replies)))
-                .await
-                .map_err(|s| conn.error(s))?
-                .into_inner();
+                drop(tx);
+                Ok::<_, PartyError>((blinded, spent, std::time::Instant::now()))
+            };
+            let (returned, work) = tokio::join!(returned, work);
+            // The room's refusal explains more than "the stream closed": it comes first.
+            let response = returned.map_err(|s| conn.error(s))?.into_inner();
+            let (blinded, spent, blinding_done) = work?;
             conn.check_head(response.head.as_ref())?;
-            relaying += return_started.elapsed();
+            blinded_total += blinded;
+            blinding += spent;
+            // The relay's part: what was left to wait for once the last batch was blinded.
+            relaying += blinding_done.elapsed();
             continue;
         }
         let status = conn.psi_status().await?;
@@ -145,20 +168,11 @@ async fn sync_once(
     }
 }
 
-async fn fetch_work(
-    psi: &mut PsiClient<tonic::transport::Channel>,
-    conn: &Connection,
-) -> Result<Vec<v1::WorkBatch>, PartyError> {
-    let mut stream = psi
-        .fetch_work(conn.request(v1::FetchWorkRequest { max_batches: 16 }))
-        .await
-        .map_err(|s| conn.error(s))?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(b) = stream.message().await.map_err(|s| conn.error(s))? {
-        out.push(b);
-    }
-    Ok(out)
+/// Partner batches asked for per FetchWork call.
+const FETCH_BATCHES: u32 = 16;
+
+fn returning_closed() -> PartyError {
+    PartyError::Room("the room closed the stream of blinded batches".into())
 }
 
 /// The salt of batch `n`: `SHA-256("accord/v2/batch-salt" ‖ 0x00 ‖ shuffle_seed ‖
