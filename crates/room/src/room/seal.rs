@@ -53,6 +53,11 @@ impl Room {
         }
         let seal_started = std::time::Instant::now();
         let (snapshot, duplicates) = store.build_snapshot()?;
+        tracing::debug!(
+            stage = "seal_join",
+            seconds = seal_started.elapsed().as_secs_f64(),
+            "read both parties' tokens and joined them"
+        );
         // With exact results, a dimension with more distinct values among the matched
         // customers than groups of k could cover is withheld: it identifies customers. The
         // decision compares two exact counts derived from the overlap, so with differential
@@ -73,8 +78,20 @@ impl Room {
             sealed_at: Utc::now().to_rfc3339(),
             withheld: withheld.clone(),
         };
+        let write_started = std::time::Instant::now();
         store.write_snapshot(&snapshot, &info)?;
+        tracing::debug!(
+            stage = "seal_write",
+            seconds = write_started.elapsed().as_secs_f64(),
+            "wrote the snapshot"
+        );
+        let minimize_started = std::time::Instant::now();
         store.discard_unmatched(&snapshot)?;
+        tracing::debug!(
+            stage = "seal_minimize",
+            seconds = minimize_started.elapsed().as_secs_f64(),
+            "deleted the unmatched rows"
+        );
         tracing::info!(
             stage = "seal",
             seconds = seal_started.elapsed().as_secs_f64(),

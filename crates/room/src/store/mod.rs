@@ -527,21 +527,9 @@ impl AgreementStore {
             if discarded.len() != before {
                 write_handles(&pdir.join("discarded.bin"), &discarded)?;
             }
-            // Then each batch file that holds such rows is rewritten without them.
-            for path in to_rewrite {
-                let (batches, mut meta) = read_parquet(&path)?;
-                let rb = concat(&batches)?;
-                let h = column_fixed(&rb, "handle")?;
-                let keep: Vec<u32> = (0..rb.num_rows())
-                    .filter(|&i| matched.contains(&to16(h.value(i))))
-                    .map(|i| i as u32)
-                    .collect();
-                meta.entry(UPLOADED_ROWS_KEY.to_owned())
-                    .or_insert_with(|| rb.num_rows().to_string());
-                let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
-                accord_fs::write_atomic(&path, &parquet_bytes(&take_rows(&rb, &keep)?, meta)?)?;
-                deleted += (rb.num_rows() - keep.len()) as u64;
-            }
+            // Then each batch file that holds such rows is rewritten without them: files are
+            // independent (each write atomic, the whole step idempotent), so on every core.
+            deleted += rewrite_in_parallel(&to_rewrite, &matched)?;
             for (_, path) in list(&pdir.join("pending"), ".parquet")? {
                 let (batches, meta) = read_parquet(&path)?;
                 let rb = concat(&batches)?;
@@ -677,6 +665,44 @@ impl AgreementStore {
         }
         Ok(None)
     }
+}
+
+/// Rewrites each file of `paths` keeping only the rows whose handle is in `matched`, on all
+/// cores; returns the rows deleted.
+fn rewrite_in_parallel(paths: &[PathBuf], matched: &HashSet<[u8; HANDLE_LEN]>) -> Result<u64> {
+    let rewrite = |path: &PathBuf| -> Result<u64> {
+        let (batches, mut meta) = read_parquet(path)?;
+        let rb = concat(&batches)?;
+        let h = column_fixed(&rb, "handle")?;
+        let keep: Vec<u32> = (0..rb.num_rows())
+            .filter(|&i| matched.contains(&to16(h.value(i))))
+            .map(|i| i as u32)
+            .collect();
+        meta.entry(UPLOADED_ROWS_KEY.to_owned())
+            .or_insert_with(|| rb.num_rows().to_string());
+        let meta = meta.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+        accord_fs::write_atomic(path, &parquet_bytes(&take_rows(&rb, &keep)?, meta)?)?;
+        Ok((rb.num_rows() - keep.len()) as u64)
+    };
+    let threads = std::thread::available_parallelism()
+        .map(std::num::NonZero::get)
+        .unwrap_or(1)
+        .min(paths.len().max(1));
+    let chunk = paths.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|files| scope.spawn(move || files.iter().map(rewrite).sum::<Result<u64>>()))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(RoomError::Internal("a rewrite thread panicked".into()))
+                })
+            })
+            .sum()
+    })
 }
 
 #[cfg(test)]
