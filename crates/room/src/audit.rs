@@ -353,4 +353,74 @@ mod tests {
         assert_eq!(entries.len(), 2);
         verify_log(&entries, &log.signed_head(&k).to_proto(), &k.public_key()).unwrap();
     }
+
+    /// What the room makes of heads presented to it: its own heads of this log, at the end
+    /// or earlier, are held; one it does not hold (more entries, another entry at a count) is
+    /// declared once in a `went_back` entry naming it, also across a reopen.
+    #[test]
+    fn presented_heads_are_held_or_declared_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let fp: Fingerprint = "11".repeat(32).parse().unwrap();
+        let k = key();
+        let mut log = AuditLog::open(&path, fp).unwrap();
+        let empty = log.signed_head(&k);
+        let mut heads = Vec::new();
+        for rows in 1..=3 {
+            log.append(Actor::Room, Event::Erasure { rows }, Utc::now())
+                .unwrap();
+            heads.push(log.signed_head(&k));
+        }
+        for h in heads.iter().chain([&empty]) {
+            assert_eq!(
+                log.compare_presented(h, "party drinks").unwrap(),
+                Presented::Held
+            );
+        }
+        assert_eq!(log.entries(), 3, "holding a head appends nothing");
+        // A head for more entries than the log holds (a restored room).
+        let ahead = Head::sign(&k, fp, 5, [5; 32]);
+        let Presented::WentBack(line) = log.compare_presented(&ahead, "party drinks").unwrap()
+        else {
+            panic!("a head ahead of the log must be declared");
+        };
+        assert_eq!(log.entries(), 4);
+        assert_eq!(
+            accord_audit::declared_head(&line).unwrap(),
+            (5, hex::encode([5u8; 32]))
+        );
+        assert!(
+            line.contains("\"log_entries\":3") && line.contains("party drinks"),
+            "{line}"
+        );
+        assert!(line.contains(&hex::encode(ahead.signature)), "{line}");
+        // Declared once: presented again (also after a reopen), the same line, no new entry.
+        assert_eq!(
+            log.compare_presented(&ahead, "party snacks").unwrap(),
+            Presented::WentBack(line.clone())
+        );
+        drop(log);
+        let mut log = AuditLog::open(&path, fp).unwrap();
+        assert_eq!(
+            log.compare_presented(&ahead, "party snacks").unwrap(),
+            Presented::WentBack(line.clone())
+        );
+        assert_eq!(log.entries(), 4);
+        // Another entry at a count the log has (a rewritten log): declared too.
+        let rewritten = Head::sign(&k, fp, 2, [9; 32]);
+        let Presented::WentBack(second) = log.compare_presented(&rewritten, "analyst ana").unwrap()
+        else {
+            panic!("another entry at a held count must be declared");
+        };
+        assert_ne!(second, line);
+        assert_eq!(log.entries(), 5);
+        // The chain stays whole, and the declared heads now include the log's own new ones.
+        let entries = log.read_all().unwrap();
+        verify_log(&entries, &log.signed_head(&k).to_proto(), &k.public_key()).unwrap();
+        assert_eq!(
+            log.compare_presented(&log.signed_head(&k), "party drinks")
+                .unwrap(),
+            Presented::Held
+        );
+    }
 }
