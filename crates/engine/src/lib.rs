@@ -673,6 +673,51 @@ mod tests {
         assert_eq!(suppressed, 1);
     }
 
+    /// Constructs the syntax check lets through and the plan check alone judges: the
+    /// optimizer's `Boolean(NULL)` (from `IN (..., NULL)`) and `HAVING NOT` are answered;
+    /// boolean literals, a metric as a condition and a string compared with an aggregate are
+    /// refused under their own rules.
+    #[tokio::test]
+    async fn the_plan_check_judges_what_the_syntax_check_lets_through() {
+        let engine = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        for (sql, rows) in [
+            (
+                "SELECT a_tier, COUNT(*) AS n FROM overlap WHERE a_tier IN ('big', NULL) GROUP BY a_tier",
+                vec![vec!["big".to_string(), "25".into()]],
+            ),
+            (
+                "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier HAVING NOT COUNT(*) > 20",
+                vec![vec!["mid".to_string(), "12".into()]],
+            ),
+        ] {
+            let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+                panic!("refused: {sql}");
+            };
+            assert_eq!(corpus::render_rows(&answer.batches), rows, "{sql}");
+        }
+        for (sql, rule) in [
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap WHERE TRUE GROUP BY a_tier",
+                Rule::Predicate,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap WHERE a_tier = 'big' AND a_spend GROUP BY a_tier",
+                Rule::MetricColumn,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap GROUP BY a_tier HAVING COUNT(*) > 5 OR TRUE",
+                Rule::Having,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap GROUP BY a_tier HAVING COUNT(*) = 'x'",
+                Rule::LiteralType,
+            ),
+        ] {
+            let refusal = engine.prepare(sql).await.unwrap().unwrap_err();
+            assert_eq!(refusal.rule, rule, "{sql}: {refusal}");
+        }
+    }
+
     #[test]
     fn new_refuses_bad_batches() {
         assert!(matches!(
