@@ -372,3 +372,37 @@ fn aggregate_arguments_may_be_qualified_or_parenthesized_metrics() {
         assert_eq!(r.construct, "SUM(drinks_region) over a dimension", "{sql}");
     }
 }
+
+/// The expression-depth backstop, attacked on its own: `check_text` keeps every text it
+/// admits below this depth, so the statement is parsed here without it (on a thread with a
+/// large stack, as the engine's planner threads have).
+#[test]
+fn the_depth_backstop_refuses_one_level_past_the_limit() {
+    use datafusion::sql::sqlparser::parser::Parser;
+    let check_depth = |nots: usize| {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024 * 1024)
+            .spawn(move || {
+                // Expression depth: the NOTs, IS NULL, the column.
+                let sql = format!(
+                    "SELECT count(*) FROM overlap WHERE {}drinks_region IS NULL",
+                    "NOT ".repeat(nots)
+                );
+                let statement = Parser::new(&GenericDialect {})
+                    .with_recursion_limit(10 * MAX_NESTING)
+                    .try_with_sql(&sql)
+                    .and_then(|mut p| p.parse_statement())
+                    .unwrap();
+                let Statement::Query(query) = statement else {
+                    panic!("not a query: {sql}");
+                };
+                check_query(&query, ALL, &columns()).err().map(|r| r.rule)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert_eq!(check_depth(MAX_NESTING - 2), None);
+    assert_eq!(check_depth(MAX_NESTING - 1), Some(Rule::TooComplex));
+    assert_eq!(check_depth(3 * MAX_NESTING), Some(Rule::TooComplex));
+}
