@@ -5,6 +5,7 @@
 #
 #   tests/mutants.sh            # the scoped set below
 #   tests/mutants.sh room       # also the room's sessions, audit log, budget ledger and allow-list
+#   tests/mutants.sh engine     # also the engine's query policy (syntax check, plan check, k rewrite)
 #
 # It works on a scratch copy of the tree (with a copy of target/ for a warm start), so the
 # working tree stays usable; results land in mutants.out/ at the top of the repository.
@@ -51,6 +52,16 @@ if [ "${1:-}" = room ]; then
         --file crates/room/src/ledger.rs --file crates/room/src/registration.rs \
         -F 'check_challenge|consume|AuthState::session |AuthState::session$|bearer|start_session|AuthState::mac|issue_challenge|expires|end_sessions_for|audit.rs|ledger.rs|registration.rs' \
         -- --lib
+fi
+if [ "${1:-}" = engine ]; then
+    # The query policy: the syntax check, the plan check and the k rewrite, and the entry
+    # points that chain them. `-p accord-engine` builds DataFusion once more with the
+    # engine's own feature set. First pass with the unit tests only; the second re-judges
+    # the survivors with every engine test (the policy corpus, the attack and nesting tests).
+    engine_files=(--file crates/engine/src/plan.rs --file crates/engine/src/plan/rewrite.rs
+        --file crates/engine/src/ast.rs --file crates/engine/src/lib.rs)
+    run engine -p accord-engine "${engine_files[@]}" -- --lib
+    run engine -p accord-engine "${engine_files[@]}" --iterate
 fi
 for d in "$root"/mutants.out/*/; do
     echo "== $(basename "$d")"

@@ -236,3 +236,173 @@ fn aggregates_follow_the_agreement() {
     assert_eq!(r.err().map(|r| r.rule), Some(Rule::AggregateFunction));
     assert!(parse_and_check("SELECT count(*) FROM overlap", &only_count, &columns()).is_ok());
 }
+
+fn refusal(sql: &str) -> Refusal {
+    parse_and_check(sql, ALL, &columns())
+        .err()
+        .unwrap_or_else(|| panic!("the syntax check let through {sql}"))
+}
+
+/// The `(...)` of a refusal construct that starts with `prefix (`.
+fn inside<'a>(r: &'a Refusal, prefix: &str) -> &'a str {
+    r.construct
+        .strip_prefix(prefix)
+        .and_then(|c| c.strip_prefix(" ("))
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{r}"))
+}
+
+#[test]
+fn statements_are_named_by_their_leading_keywords() {
+    for (sql, construct) in [
+        ("DROP TABLE overlap", "statement DROP TABLE"),
+        ("create table t (a int)", "statement CREATE TABLE"),
+        ("SHOW TABLES", "statement SHOW TABLES"),
+        ("INSERT INTO overlap VALUES ('a')", "statement INSERT"),
+        ("SET datafusion.execution.batch_size = 1", "statement SET"),
+    ] {
+        let r = refusal(sql);
+        assert_eq!(r.rule, Rule::Statement, "{sql}: {r}");
+        assert_eq!(r.construct, construct, "{sql}");
+    }
+}
+
+#[test]
+fn syntax_refusals_quote_the_parser_without_its_prefixes_and_at_most_200_characters() {
+    let r = refusal("SELEC count(*) FROM overlap");
+    assert_eq!(r.rule, Rule::Syntax, "{r}");
+    let detail = inside(&r, "the SQL");
+    assert!(detail.contains("SELEC"), "{r}");
+    assert!(
+        !detail.contains("SQL error") && !detail.contains("ParserError"),
+        "{r}"
+    );
+    // The parser quotes the offending token: a long one is cut.
+    let r = refusal(&"z".repeat(300));
+    let detail = inside(&r, "the SQL");
+    assert!(detail.contains("zzz") && detail.ends_with('…'), "{r}");
+    assert_eq!(detail.chars().count(), 201, "{r}");
+    // At the limit exactly.
+    let parser_error = |message: String| {
+        datafusion::error::DataFusionError::SQL(
+            Box::new(datafusion::sql::sqlparser::parser::ParserError::ParserError(message)),
+            None,
+        )
+    };
+    for n in [1, 199, 200] {
+        assert_eq!(syntax_detail(&parser_error("x".repeat(n))), "x".repeat(n));
+    }
+    assert_eq!(
+        syntax_detail(&parser_error("x".repeat(201))),
+        format!("{}…", "x".repeat(200))
+    );
+}
+
+#[test]
+fn refusals_quote_at_most_60_characters_of_the_query() {
+    for n in [1, 59, 60] {
+        assert_eq!(snippet(&"é".repeat(n)), "é".repeat(n));
+    }
+    assert_eq!(snippet(&"é".repeat(61)), format!("{}…", "é".repeat(60)));
+    let table = format!("t{}", "x".repeat(100));
+    let r = refusal(&format!("SELECT count(*) FROM {table}"));
+    assert_eq!(r.rule, Rule::UnknownTable, "{r}");
+    assert_eq!(r.construct, format!("table {}…", &table[..60]));
+}
+
+#[test]
+fn refuses_each_clause_and_from_item_under_its_own_rule() {
+    for (sql, expected) in [
+        ("SELECT count(*)", "plan_shape"),
+        (
+            "SELECT count(*) FROM overlap CLUSTER BY drinks_region",
+            "clause",
+        ),
+        (
+            "SELECT count(*) FROM overlap DISTRIBUTE BY drinks_region",
+            "clause",
+        ),
+        (
+            "SELECT count(*) FROM overlap SORT BY drinks_region",
+            "clause",
+        ),
+        (
+            "SELECT drinks_region, count(*) FROM overlap GROUP BY drinks_region WITH ROLLUP",
+            "grouping_sets",
+        ),
+        ("SELECT count(*) AS (a, b) FROM overlap", "clause"),
+        ("SELECT o.* FROM overlap o", "row_level"),
+        (
+            "SELECT count(*) FROM TABLE(generate_series(1, 3))",
+            "table_function",
+        ),
+        ("SELECT count(*) FROM UNNEST([1, 2])", "unnest"),
+        (
+            "SELECT count(*) FROM (overlap a JOIN overlap b ON true)",
+            "join",
+        ),
+        ("SELECT count(*) FROM \"/etc/passwd\"", "file_table"),
+        ("SELECT count(*) FROM \"data.csv\"", "file_table"),
+        (
+            "SELECT count(*) FROM overlap WHERE -drinks_region = 'x'",
+            "expression",
+        ),
+        ("SELECT sum() FROM overlap", "aggregate_argument"),
+    ] {
+        assert_eq!(rule(sql), Some(expected), "{sql}");
+    }
+}
+
+#[test]
+fn aggregate_arguments_may_be_qualified_or_parenthesized_metrics() {
+    for sql in [
+        "SELECT o.drinks_region, sum(o.drinks_monthly_spend) FROM overlap o GROUP BY o.drinks_region",
+        "SELECT drinks_region, sum((drinks_monthly_spend)) FROM overlap GROUP BY drinks_region",
+        "SELECT count() FROM overlap",
+    ] {
+        assert_eq!(rule(sql), None, "{sql}");
+    }
+    // A qualified or parenthesized dimension is still a dimension.
+    for sql in [
+        "SELECT sum(o.drinks_region) FROM overlap o",
+        "SELECT sum((drinks_region)) FROM overlap",
+    ] {
+        let r = refusal(sql);
+        assert_eq!(r.rule, Rule::AggregateArgument, "{sql}: {r}");
+        assert_eq!(r.construct, "SUM(drinks_region) over a dimension", "{sql}");
+    }
+}
+
+/// The expression-depth backstop, attacked on its own: `check_text` keeps every text it
+/// admits below this depth, so the statement is parsed here without it (on a thread with a
+/// large stack, as the engine's planner threads have).
+#[test]
+fn the_depth_backstop_refuses_one_level_past_the_limit() {
+    use datafusion::sql::sqlparser::parser::Parser;
+    let check_depth = |nots: usize| {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024 * 1024)
+            .spawn(move || {
+                // Expression depth: the NOTs, IS NULL, the column.
+                let sql = format!(
+                    "SELECT count(*) FROM overlap WHERE {}drinks_region IS NULL",
+                    "NOT ".repeat(nots)
+                );
+                let statement = Parser::new(&GenericDialect {})
+                    .with_recursion_limit(10 * MAX_NESTING)
+                    .try_with_sql(&sql)
+                    .and_then(|mut p| p.parse_statement())
+                    .unwrap();
+                let Statement::Query(query) = statement else {
+                    panic!("not a query: {sql}");
+                };
+                check_query(&query, ALL, &columns()).err().map(|r| r.rule)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    assert_eq!(check_depth(MAX_NESTING - 2), None);
+    assert_eq!(check_depth(MAX_NESTING - 1), Some(Rule::TooComplex));
+    assert_eq!(check_depth(3 * MAX_NESTING), Some(Rule::TooComplex));
+}

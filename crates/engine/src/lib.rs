@@ -673,6 +673,171 @@ mod tests {
         assert_eq!(suppressed, 1);
     }
 
+    /// Constructs the syntax check lets through and the plan check alone judges: the
+    /// optimizer's `Boolean(NULL)` (from `IN (..., NULL)`) and `HAVING NOT` are answered;
+    /// boolean literals, a metric as a condition and a string compared with an aggregate are
+    /// refused under their own rules.
+    #[tokio::test]
+    async fn the_plan_check_judges_what_the_syntax_check_lets_through() {
+        let engine = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        for (sql, rows) in [
+            (
+                "SELECT a_tier, COUNT(*) AS n FROM overlap WHERE a_tier IN ('big', NULL) GROUP BY a_tier",
+                vec![vec!["big".to_string(), "25".into()]],
+            ),
+            (
+                "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier HAVING NOT COUNT(*) > 20",
+                vec![vec!["mid".to_string(), "12".into()]],
+            ),
+        ] {
+            let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+                panic!("refused: {sql}");
+            };
+            assert_eq!(corpus::render_rows(&answer.batches), rows, "{sql}");
+        }
+        for (sql, rule) in [
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap WHERE TRUE GROUP BY a_tier",
+                Rule::Predicate,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap WHERE a_tier = 'big' AND a_spend GROUP BY a_tier",
+                Rule::MetricColumn,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap GROUP BY a_tier HAVING COUNT(*) > 5 OR TRUE",
+                Rule::Having,
+            ),
+            (
+                "SELECT a_tier, COUNT(*) FROM overlap GROUP BY a_tier HAVING COUNT(*) = 'x'",
+                Rule::LiteralType,
+            ),
+        ] {
+            let refusal = engine.prepare(sql).await.unwrap().unwrap_err();
+            assert_eq!(refusal.rule, rule, "{sql}: {refusal}");
+        }
+    }
+
+    /// The audit log's count of suppressed groups: a group of exactly k customers is
+    /// released, and not counted.
+    #[tokio::test]
+    async fn a_group_of_exactly_k_is_released_and_not_counted_as_suppressed() {
+        let tiers: Vec<&str> = std::iter::repeat_n("big", 25)
+            .chain(std::iter::repeat_n("small", 3))
+            .chain(std::iter::repeat_n("edge", 10))
+            .collect();
+        let n = tiers.len();
+        let b = RecordBatch::try_new(
+            spec().arrow_schema(),
+            vec![
+                Arc::new(StringArray::from(tiers)),
+                Arc::new(Float64Array::from(vec![1.0; n])),
+            ],
+        )
+        .unwrap();
+        let engine = Engine::new(spec(), vec![b]).unwrap();
+        for (sql, rows) in [
+            (
+                "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier ORDER BY a_tier",
+                vec![
+                    vec!["big".to_string(), "25".into()],
+                    vec!["edge".into(), "10".into()],
+                ],
+            ),
+            (
+                "SELECT a_tier, SUM(a_spend) AS s FROM overlap GROUP BY a_tier ORDER BY a_tier",
+                vec![
+                    vec!["big".to_string(), "25.0000".into()],
+                    vec!["edge".into(), "10.0000".into()],
+                ],
+            ),
+        ] {
+            let Outcome::Answered(answer) = engine.query(sql).await.unwrap() else {
+                panic!("refused: {sql}");
+            };
+            assert_eq!(corpus::render_rows(&answer.batches), rows, "{sql}");
+            assert_eq!(answer.groups_suppressed, 1, "only small: {sql}");
+        }
+    }
+
+    /// The room charges the analyst's budget from `privacy_cost` before it runs a query:
+    /// with differential privacy every prepared query reports its cost.
+    #[tokio::test]
+    async fn differential_privacy_reports_what_each_query_spends() {
+        let sql = "SELECT a_tier, COUNT(*) AS n FROM overlap GROUP BY a_tier";
+        let exact = Engine::new(spec(), vec![batch(1.0)]).unwrap();
+        assert_eq!(exact.privacy(), None);
+        let prepared = exact.prepare(sql).await.unwrap().unwrap();
+        assert_eq!(prepared.privacy_cost(), None);
+        assert_eq!(prepared.execute().await.unwrap().privacy_spent, None);
+        let privacy = QueryPrivacy::new(0.5, 1e-6, 10).unwrap();
+        let noisy = Engine::new(spec(), vec![batch(1.0)])
+            .unwrap()
+            .with_differential_privacy(privacy, NoiseSource::from_seed(7));
+        assert_eq!(noisy.privacy(), Some(privacy));
+        let prepared = noisy.prepare(sql).await.unwrap().unwrap();
+        assert_eq!(prepared.privacy_cost(), Some(privacy));
+        assert_eq!(
+            prepared.execute().await.unwrap().privacy_spent,
+            Some(privacy)
+        );
+    }
+
+    #[test]
+    fn debug_shows_the_spec_and_session_never_the_data() {
+        let engine = Engine::new(spec(), vec![batch(7.5)]).unwrap();
+        let shown = format!("{engine:?}");
+        assert!(shown.starts_with("Engine {"), "{shown}");
+        assert!(
+            shown.contains("a_spend") && shown.contains("session_id"),
+            "{shown}"
+        );
+        assert!(!shown.contains("big") && !shown.contains("7.5"), "{shown}");
+    }
+
+    /// DataFusion's own planning errors, classified: the syntax check keeps most of them
+    /// from happening, so they are produced here on a plain session.
+    #[tokio::test]
+    async fn planning_errors_become_refusals_under_their_rule() {
+        let ctx = SessionContext::new();
+        let error = |sql: &'static str| {
+            let state = ctx.state();
+            async move { state.create_logical_plan(sql).await.unwrap_err() }
+        };
+        let r = planning_refusal(&error("SELECT COUNT(*) FROM nowhere").await);
+        assert_eq!(r.rule, Rule::UnknownTable, "{r}");
+        assert!(r.construct.contains("nowhere"), "{r}");
+        let r = planning_refusal(&error("SELECT no_such_function(1)").await);
+        assert_eq!(r.rule, Rule::Function, "{r}");
+        assert!(
+            r.construct
+                .starts_with("the query (Invalid function 'no_such_function'"),
+            "{r}"
+        );
+        // A planning error that names a table or says "not found", but not both.
+        for message in ["the table is empty", "a key was not found"] {
+            let r = planning_refusal(&DataFusionError::Plan(message.into()));
+            assert_eq!(r.rule, Rule::InvalidQuery, "{r}");
+        }
+        let r = planning_refusal(&DataFusionError::Plan(
+            "Invalid function 'f'.\nDid you mean 'g'?".into(),
+        ));
+        assert_eq!(r.construct, "the query (Invalid function 'f'.)");
+    }
+
+    #[test]
+    fn first_line_keeps_one_line_of_at_most_200_characters() {
+        assert_eq!(first_line(""), "");
+        assert_eq!(first_line("one\ntwo"), "one");
+        for n in [1, 199, 200] {
+            assert_eq!(first_line(&"é".repeat(n)), "é".repeat(n));
+        }
+        assert_eq!(
+            first_line(&format!("{}\nmore", "é".repeat(201))),
+            format!("{}…", "é".repeat(200))
+        );
+    }
+
     #[test]
     fn new_refuses_bad_batches() {
         assert!(matches!(
