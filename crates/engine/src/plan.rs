@@ -185,8 +185,11 @@ impl Checker<'_> {
                         "a query without GROUP BY or an aggregate",
                     ));
                 }
+                // Only the session's one table: `overlap` in the default catalog's `public`
+                // schema, however it was spelled.
                 if scan.table_name.table() != crate::ast::TABLE_NAME
                     || scan.table_name.schema().is_some_and(|s| s != "public")
+                    || scan.table_name.catalog().is_some_and(|c| c != "datafusion")
                 {
                     return Err(refusal(
                         Rule::UnknownTable,

@@ -298,6 +298,10 @@ async fn session_with_decoys() -> SessionContext {
     ctx.register_table("other", table()).unwrap();
     ctx.sql("CREATE SCHEMA s2").await.unwrap();
     ctx.register_table("s2.overlap", table()).unwrap();
+    // Another catalog with a `public.overlap` of its own.
+    ctx.sql("CREATE DATABASE c2").await.unwrap();
+    ctx.sql("CREATE SCHEMA c2.public").await.unwrap();
+    ctx.register_table("c2.public.overlap", table()).unwrap();
     ctx
 }
 
@@ -311,6 +315,8 @@ async fn the_plan_check_reads_only_overlap_in_the_public_schema() {
         ("other", false),
         ("public.other", false),
         ("s2.overlap", false),
+        ("datafusion.public.overlap", true),
+        ("c2.public.overlap", false),
     ] {
         let sql = format!("SELECT a_tier, COUNT(*) FROM {from} GROUP BY a_tier");
         let plan = ctx.state().create_logical_plan(&sql).await.unwrap();
