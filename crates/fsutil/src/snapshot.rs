@@ -225,8 +225,8 @@ impl BackupManifest {
 /// A path in a manifest must stay inside the backup.
 fn check_relative(path: &str) -> Result<(), String> {
     let p = Path::new(path);
+    // `/x` starts with a root component and `a/../b` holds a parent one: only plain names.
     if path.is_empty()
-        || p.is_absolute()
         || p.components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
@@ -533,6 +533,7 @@ mod tests {
         fs::write(d.join("sub/batch.parquet"), b"immutable").unwrap();
         fs::write(d.join("log.jsonl"), b"line 1\n").unwrap();
         fs::write(d.join(".x.tmp-0001"), b"torn").unwrap();
+        fs::write(d.join("sub/.keep"), b"dot").unwrap();
         d
     }
 
@@ -550,8 +551,16 @@ mod tests {
         let m = backup(&src, &dest, "accord-test", &linkable).unwrap();
         assert_eq!(
             m.files.keys().cloned().collect::<Vec<_>>(),
-            vec!["FORMAT", "log.jsonl", "sub/batch.parquet"],
-            "lock files and temporary files are left out"
+            vec!["FORMAT", "log.jsonl", "sub/.keep", "sub/batch.parquet"],
+            "lock files and temporary files are left out, other dot files kept"
+        );
+        assert_eq!(m.files["log.jsonl"].size, 7);
+        assert_eq!(m.bytes(), 14 + 7 + 3 + 9);
+        let now = now_unix();
+        assert!(
+            m.taken_unix <= now && m.taken_unix + 600 > now,
+            "{}",
+            m.taken_unix
         );
         // The append-only log is a copy: appending to the live one does not change the backup.
         OpenOptions::new()
