@@ -579,14 +579,28 @@ mod tests {
         );
         assert!(!restored.join(BACKUP_FILE).exists());
         // Into a directory that is not empty: refused, nothing changed.
+        fs::write(restored.join("mine"), b"keep me").unwrap();
         let err = restore(&dest, &restored, "accord-test", &|_| Ok(()))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not empty"), "{err}");
+        assert!(err.contains("exists and is not empty"), "{err}");
+        assert_eq!(fs::read(restored.join("mine")).unwrap(), b"keep me");
         let err = backup(&src, &dest, "accord-test", &linkable)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("not empty"), "{err}");
+        assert!(err.contains("exists and is not empty"), "{err}");
+        // Onto a file: refused by name, the file untouched.
+        let file = root.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        let err = restore(&dest, &file, "accord-test", &|_| Ok(()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a file"), "{err}");
+        assert_eq!(fs::read(&file).unwrap(), b"x");
+        // Into a directory that does not exist yet, or is empty: fine.
+        let empty = root.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        restore(&dest, &empty, "accord-test", &|_| Ok(())).unwrap();
     }
 
     #[test]
@@ -635,6 +649,48 @@ mod tests {
                 Box::new(|b: &Path| {
                     let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
                     t.push_str(&format!("file {} 1 ../outside\n", "0".repeat(64)));
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "not a plain relative path",
+            ),
+            (
+                "not a manifest",
+                Box::new(|b: &Path| fs::write(b.join(BACKUP_FILE), "hello\n").unwrap()),
+                "not an Accord backup manifest",
+            ),
+            (
+                "unknown line",
+                Box::new(|b: &Path| {
+                    let t = fs::read_to_string(b.join(BACKUP_FILE))
+                        .unwrap()
+                        .replacen("kind ", "sort ", 1);
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "line 2 of BACKUP: unknown line",
+            ),
+            (
+                "short checksum",
+                Box::new(|b: &Path| {
+                    let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
+                    t.push_str(&format!("file {} 1 extra\n", "0".repeat(63)));
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "line 8 of BACKUP: the checksum is not 64 hex digits",
+            ),
+            (
+                "not hex",
+                Box::new(|b: &Path| {
+                    let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
+                    t.push_str(&format!("file {} 1 extra\n", "g".repeat(64)));
+                    fs::write(b.join(BACKUP_FILE), t).unwrap()
+                }),
+                "not 64 hex digits",
+            ),
+            (
+                "absolute",
+                Box::new(|b: &Path| {
+                    let mut t = fs::read_to_string(b.join(BACKUP_FILE)).unwrap();
+                    t.push_str(&format!("file {} 1 /etc/passwd\n", "0".repeat(64)));
                     fs::write(b.join(BACKUP_FILE), t).unwrap()
                 }),
                 "not a plain relative path",
