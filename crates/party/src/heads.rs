@@ -52,6 +52,7 @@ impl HeadMemory {
         match std::fs::read_to_string(path) {
             Ok(text) => {
                 for (i, line) in text.lines().enumerate() {
+                    let n = i + 1;
                     let line = line.trim();
                     if line.is_empty() || line.starts_with('#') {
                         continue;
@@ -59,23 +60,23 @@ impl HeadMemory {
                     let parts: Vec<&str> = line.split_whitespace().collect();
                     let [room, fp, entries, hash, sig] = parts.as_slice() else {
                         return Err(bad(
-                            i + 1,
+                            n,
                             "expected `<room key> <fingerprint> <entries> <hash> <signature>`",
                         ));
                     };
                     let room_key: PublicKey = room
                         .parse()
-                        .map_err(|_| bad(i + 1, "the room key does not parse"))?;
+                        .map_err(|_| bad(n, "the room key does not parse"))?;
                     let head = SignedHead {
                         fingerprint: (*fp).to_owned(),
                         entries: entries
                             .parse()
-                            .map_err(|_| bad(i + 1, "the entry count is not a number"))?,
-                        hash: hex::decode(hash).map_err(|_| bad(i + 1, "the hash is not hex"))?,
+                            .map_err(|_| bad(n, "the entry count is not a number"))?,
+                        hash: hex::decode(hash).map_err(|_| bad(n, "the hash is not hex"))?,
                         signature: hex::decode(sig)
-                            .map_err(|_| bad(i + 1, "the signature is not hex"))?,
+                            .map_err(|_| bad(n, "the signature is not hex"))?,
                     };
-                    accord_audit::verify_head(&room_key, &head).map_err(|e| bad(i + 1, &e))?;
+                    accord_audit::verify_head(&room_key, &head).map_err(|e| bad(n, &e))?;
                     heads.insert(((*room).to_owned(), (*fp).to_owned()), head);
                 }
             }
@@ -300,5 +301,74 @@ mod tests {
             let err = check_declared(&l, &seen).unwrap_err();
             assert!(err.contains("does not declare"), "{err}");
         }
+    }
+
+    /// Every damaged line is named with its number and what is wrong with it; a memory that
+    /// cannot be read is an error, not an empty memory.
+    #[test]
+    fn damaged_memory_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = SecretKey::from_seed(&[1; 32]);
+        let path = dir.path().join("new").join("heads");
+        let mut m = HeadMemory::load(&path).unwrap();
+        m.record(&room.public_key(), &head(&room, 5, 5)).unwrap();
+        let good = std::fs::read_to_string(&path).unwrap();
+        let line = good.lines().last().unwrap().to_owned();
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let with = |i: usize, v: &str| {
+            let mut p = parts.clone();
+            p[i] = v;
+            p.join(" ")
+        };
+        for (bad, expected) in [
+            (parts[..4].join(" "), "expected `<room key>"),
+            (with(0, "nonsense"), "the room key does not parse"),
+            (with(2, "five"), "the entry count is not a number"),
+            (with(3, "zz"), "the hash is not hex"),
+            (with(4, "zz"), "the signature is not hex"),
+        ] {
+            std::fs::write(&path, format!("# comment\n\n{bad}\n")).unwrap();
+            let err = HeadMemory::load(&path).unwrap_err().to_string();
+            assert!(err.contains("line 3") && err.contains(expected), "{err}");
+        }
+        let err = HeadMemory::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    /// After the room declared a head lost, the older head replaces it.
+    #[test]
+    fn a_declared_loss_replaces_the_remembered_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heads");
+        let room = SecretKey::from_seed(&[1; 32]);
+        let rk = room.public_key();
+        let mut m = HeadMemory::load(&path).unwrap();
+        m.record(&rk, &head(&room, 9, 9)).unwrap();
+        m.replace(&rk, &head(&room, 4, 4)).unwrap();
+        let m = HeadMemory::load(&path).unwrap();
+        assert_eq!(m.compare(&rk, &head(&room, 4, 4)), Seen::Same);
+    }
+
+    #[test]
+    fn the_message_says_how_the_room_went_back() {
+        let room = SecretKey::from_seed(&[1; 32]);
+        let fp = Fingerprint::from_bytes([7; 32]);
+        let fewer =
+            went_back("http://r", fp, &head(&room, 6, 6), &head(&room, 3, 3), "").to_string();
+        assert!(
+            fewer.contains("now has 3 entries") && fewer.contains("for 6"),
+            "{fewer}"
+        );
+        assert!(!fewer.contains("the room says"), "{fewer}");
+        let rewritten =
+            went_back("http://r", fp, &head(&room, 6, 6), &head(&room, 6, 9), "no").to_string();
+        assert!(
+            rewritten.contains("no longer holds the entry 6")
+                && rewritten.contains("the room says: no"),
+            "{rewritten}"
+        );
+        let more =
+            went_back("http://r", fp, &head(&room, 6, 6), &head(&room, 8, 9), "").to_string();
+        assert!(more.contains("no longer holds the entry 6"), "{more}");
     }
 }
