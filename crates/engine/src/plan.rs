@@ -94,11 +94,28 @@ fn refusal(rule: Rule, construct: impl Into<String>) -> Refusal {
 
 /// A short rendering of an expression for a refusal (it holds only the query's own text).
 fn show(expr: &Expr) -> String {
-    let text = expr.human_display().to_string();
+    let text = without_optimizer_names(&expr.human_display().to_string());
     let mut out: String = text.chars().take(80).collect();
     if text.chars().count() > 80 {
         out.push('…');
     }
+    out
+}
+
+/// The optimizer names an expression it factored out `__common_expr_<n>`: an analyst never
+/// wrote that, so a refusal says what it is instead.
+fn without_optimizer_names(text: &str) -> String {
+    const NAME: &str = "__common_expr_";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(NAME) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + NAME.len()..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        out.push_str("(an expression your query repeats)");
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
     out
 }
 

@@ -276,6 +276,19 @@ fn refusals_quote_at_most_80_characters_of_an_expression() {
     );
 }
 
+#[test]
+fn refusals_never_show_the_optimizers_internal_names() {
+    let e = Expr::Column(Column::from_name("__common_expr_12"))
+        .gt(Expr::Column(Column::from_name("__common_expr_3")));
+    let text = show(&e);
+    assert!(!text.contains("__common_expr"), "{text}");
+    assert_eq!(
+        text,
+        "(an expression your query repeats) > (an expression your query repeats)"
+    );
+    assert_eq!(show(&Expr::Column(Column::from_name("a_tier"))), "a_tier");
+}
+
 #[tokio::test]
 async fn a_refusal_names_the_refused_select_item() {
     let tail = "z".repeat(100);
