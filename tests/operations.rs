@@ -256,3 +256,44 @@ async fn erasures_made_after_a_backup_are_made_again_once_the_restored_room_says
     );
     room_b.shutdown().await;
 }
+
+/// An upload is one long client stream: a backup must not wait for all of it (nor hold every
+/// other call back meanwhile). Upload and ReturnWork take the data directory's lock per
+/// message, so a backup taken while an upload stream is open completes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_does_not_wait_for_an_open_upload_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(63);
+    let data = dir.path().join("room");
+    let room = start_room(&data).await;
+    let url = url(&room);
+    let text = agreement_text("long-upload", 1, &keys, 10, 1_000);
+    submit(&url, &text).await.unwrap();
+    let fp = verified(&text).fingerprint().to_string();
+    let conn = accord_party::Connection::open(
+        &url,
+        &fp,
+        accord_party::Principal::Party("drinks"),
+        &keys.drinks(),
+    )
+    .await
+    .unwrap();
+    // The stream is open and nothing is sent yet: a party still reading its next batch.
+    let (tx, rx) = tokio::sync::mpsc::channel::<accord_proto::v1::UploadMessage>(1);
+    let mut psi = accord_proto::v1::psi_client::PsiClient::new(conn.channel());
+    let request = conn.request(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let upload = tokio::spawn(async move { psi.upload(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!upload.is_finished());
+    let (from, to) = (data.clone(), dir.path().join("backup"));
+    let backup = tokio::task::spawn_blocking(move || accord_room::backup::backup(&from, &to));
+    tokio::time::timeout(Duration::from_secs(10), backup)
+        .await
+        .expect("the backup waited for the open upload stream")
+        .unwrap()
+        .unwrap();
+    drop(tx);
+    let response = upload.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.batches_stored, 0);
+    room.shutdown().await;
+}

@@ -138,12 +138,18 @@ pub(crate) struct Held<S> {
     hold: HoldDataDir,
 }
 
-impl<S, R> tower_service::Service<R> for Held<S>
+/// Client-streaming calls that may run for as long as an upload: they take the lock for each
+/// message they process (in `grpc.rs`) instead of for the whole call, so a backup waits for
+/// one batch, not for a whole upload, and the calls it holds back do not wait that long.
+pub(crate) const HELD_PER_MESSAGE: [&str; 2] =
+    ["/accord.v1.Psi/Upload", "/accord.v1.Psi/ReturnWork"];
+
+impl<S, B> tower_service::Service<tonic::codegen::http::Request<B>> for Held<S>
 where
-    S: tower_service::Service<R> + Clone + Send + 'static,
+    S: tower_service::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    R: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -153,14 +159,19 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
         // The clone is ready only if polled; the ready one serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let hold = self.hold.clone();
+        let per_message = HELD_PER_MESSAGE.contains(&request.uri().path());
         Box::pin(async move {
             // Only a broken disk fails here (the lock file cannot be opened).
-            let _guard = hold.hold().await.map_err(|e| -> BoxError { Box::new(e) })?;
+            let _guard = if per_message {
+                None
+            } else {
+                Some(hold.hold().await.map_err(|e| -> BoxError { Box::new(e) })?)
+            };
             inner.call(request).await.map_err(Into::into)
         })
     }

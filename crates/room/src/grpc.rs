@@ -128,7 +128,10 @@ impl psi_server::Psi for Room {
     ) -> R<v1::UploadResponse> {
         let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
+        // The data directory's lock, per message (`backup::HELD_PER_MESSAGE`).
+        let hold = crate::backup::HoldDataDir::new(self.data_dir());
         while let Some(message) = stream.message().await? {
+            let _held = hold.hold().await?;
             match message.kind {
                 Some(v1::upload_message::Kind::Batch(batch)) => {
                     self.upload_batch(&slot, &party, wire::upload_batch(batch))
@@ -146,7 +149,10 @@ impl psi_server::Psi for Room {
                 }
             }
         }
-        let status = self.status(&slot, &party).await?;
+        let status = {
+            let _held = hold.hold().await?;
+            self.status(&slot, &party).await?
+        };
         Ok(Response::new(v1::UploadResponse {
             batches_stored: status.batches_uploaded,
             rows_stored: status.rows_uploaded,
@@ -197,7 +203,10 @@ impl psi_server::Psi for Room {
         let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
         let (mut accepted, mut refused) = (0, 0);
+        // The data directory's lock, per message (`backup::HELD_PER_MESSAGE`).
+        let hold = crate::backup::HoldDataDir::new(self.data_dir());
         while let Some(message) = stream.message().await? {
+            let _held = hold.hold().await?;
             match message.kind {
                 Some(v1::return_work_message::Kind::Blinded(b)) => {
                     self.return_blinded(&slot, &party, wire::blinded(b)).await?;
@@ -220,10 +229,14 @@ impl psi_server::Psi for Room {
                 }
             }
         }
+        let head = {
+            let _held = hold.hold().await?;
+            self.head(&slot)
+        };
         Ok(Response::new(v1::ReturnWorkResponse {
             accepted,
             refused,
-            head: wire::head(&self.head(&slot)),
+            head: wire::head(&head),
         }))
     }
 

@@ -142,6 +142,11 @@ impl Room {
         Ok(room)
     }
 
+    /// The room's data directory.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
     /// The room's public key (signs audit heads and receipts).
     pub fn public_key(&self) -> &PublicKey {
         &self.inner.public_key
