@@ -68,6 +68,18 @@ pub struct Session {
     pub expires: Instant,
     /// The same, as wall-clock milliseconds since the epoch (for the client).
     pub expires_unix_ms: i64,
+    /// Whether the session already presented an audit head (`Audit.Present`): checking one
+    /// may read the log up to that entry, so each session may ask it once.
+    pub presented_head: bool,
+}
+
+/// The key of a session in the table: SHA-256 of the token's bytes (tokens are hex of 32
+/// bytes; the decoded bytes are hashed so both spellings agree).
+fn session_key(token: &str) -> [u8; 32] {
+    match hex::decode(token.trim()) {
+        Ok(raw) => Sha256::digest(&raw).into(),
+        Err(_) => Sha256::digest(token.trim().as_bytes()).into(),
+    }
 }
 
 /// A room nonce whose MAC and expiry checked out; [`AuthState::consume`] makes it used.
@@ -274,6 +286,7 @@ impl AuthState {
             role,
             expires: now + ttl,
             expires_unix_ms,
+            presented_head: false,
         };
         self.sessions
             .insert(Sha256::digest(token).into(), session.clone());
@@ -282,13 +295,7 @@ impl AuthState {
 
     /// The live session for a bearer token.
     pub fn session(&self, token: &str) -> Result<Session> {
-        let key: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        // Tokens are hex of 32 bytes; hash the decoded bytes so both spellings agree.
-        let key = match hex::decode(token.trim()) {
-            Ok(raw) => Sha256::digest(&raw).into(),
-            Err(_) => key,
-        };
-        match self.sessions.get(&key) {
+        match self.sessions.get(&session_key(token)) {
             Some(s) if s.expires > Instant::now() => Ok(s.clone()),
             Some(_) => Err(RoomError::Unauthenticated(
                 "the session expired: authenticate again".into(),
@@ -297,6 +304,26 @@ impl AuthState {
                 "no valid session (it ended, or the room restarted): authenticate with the key the agreement \
                  names for you"
                     .into(),
+            )),
+        }
+    }
+
+    /// Lets the session of `token` present one audit head; a second one is refused (checking
+    /// a head may read the log up to it: one per session bounds what a principal can make
+    /// the room read by its login bound).
+    pub fn claim_head_presentation(&mut self, token: &str) -> Result<()> {
+        match self.sessions.get_mut(&session_key(token)) {
+            Some(s) if s.presented_head => Err(RoomError::FailedPrecondition(
+                "this session already presented an audit head: a session presents one (authenticate again \
+                 to present another)"
+                    .into(),
+            )),
+            Some(s) => {
+                s.presented_head = true;
+                Ok(())
+            }
+            None => Err(RoomError::Unauthenticated(
+                "no valid session: authenticate first".into(),
             )),
         }
     }

@@ -92,3 +92,20 @@ fn the_reported_expiry_is_now_plus_the_session_lifetime() {
         after + ttl
     );
 }
+
+/// Checking a presented audit head may read the log up to it: each session may present one,
+/// and a second is refused (the login bound then bounds what a principal can make the room
+/// read). Another session of the same principal may present again.
+#[test]
+fn a_session_presents_one_audit_head() {
+    let mut a = state();
+    let role = Role::Party("drinks".into());
+    let (t1, _) = a.start_session(fp(1), role.clone()).unwrap();
+    a.claim_head_presentation(&t1).unwrap();
+    let err = a.claim_head_presentation(&t1).unwrap_err();
+    assert!(err.to_string().contains("already presented"), "{err}");
+    let (t2, _) = a.start_session(fp(1), role).unwrap();
+    a.claim_head_presentation(&t2).unwrap();
+    let err = a.claim_head_presentation("00").unwrap_err();
+    assert!(matches!(err, RoomError::Unauthenticated(_)), "{err}");
+}

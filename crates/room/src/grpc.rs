@@ -315,7 +315,9 @@ impl audit_server::Audit for Room {
         &self,
         request: Request<v1::PresentHeadRequest>,
     ) -> R<v1::PresentHeadResponse> {
-        let session = session(self, request.metadata())?;
+        let token = bearer(request.metadata())?;
+        let session = self.session(&token)?;
+        self.claim_head_presentation(&token)?;
         let (head, went_back) =
             self.present_head(&session, &wire::presented_head(request.get_ref()))?;
         Ok(Response::new(v1::PresentHeadResponse {

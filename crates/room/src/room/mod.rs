@@ -232,6 +232,11 @@ impl Room {
         lock(&self.inner.auth).session(token)
     }
 
+    /// See [`crate::auth::AuthState::claim_head_presentation`].
+    pub fn claim_head_presentation(&self, token: &str) -> Result<()> {
+        lock(&self.inner.auth).claim_head_presentation(token)
+    }
+
     /// The agreement in force and the party name of a party's session; any other role is
     /// refused.
     pub(crate) fn party_call(&self, session: &Session) -> Result<(Arc<Slot>, String)> {
