@@ -9,11 +9,8 @@
 //! checksums are computed afterwards. A restore verifies every checksum, then
 //! every audit chain, before the directory is renamed into place.
 
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use accord_fs::snapshot::{self, BackupManifest, DirLock};
 
@@ -90,9 +87,8 @@ fn check_audit_chains(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A layer holding the data directory's shared lock for the whole of every call.
+/// The data directory's shared lock, as every call takes it (the server's layer in `lib.rs`,
+/// and per message in the long client streams).
 #[derive(Debug, Clone)]
 pub(crate) struct HoldDataDir {
     lock: Arc<DirLock>,
@@ -118,62 +114,6 @@ impl HoldDataDir {
             waited = true;
             tokio::time::sleep(snapshot::RETRY).await;
         }
-    }
-}
-
-impl<S> tower_layer::Layer<S> for HoldDataDir {
-    type Service = Held<S>;
-    fn layer(&self, inner: S) -> Held<S> {
-        Held {
-            inner,
-            hold: self.clone(),
-        }
-    }
-}
-
-/// A service whose calls hold the data directory's shared lock.
-#[derive(Debug, Clone)]
-pub(crate) struct Held<S> {
-    inner: S,
-    hold: HoldDataDir,
-}
-
-/// Client-streaming calls that may run for as long as an upload: they take the lock for each
-/// message they process (in `grpc.rs`) instead of for the whole call, so a backup waits for
-/// one batch, not for a whole upload, and the calls it holds back do not wait that long.
-pub(crate) const HELD_PER_MESSAGE: [&str; 2] =
-    ["/accord.v1.Psi/Upload", "/accord.v1.Psi/ReturnWork"];
-
-impl<S, B> tower_service::Service<tonic::codegen::http::Request<B>> for Held<S>
-where
-    S: tower_service::Service<tonic::codegen::http::Request<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
-        // The clone is ready only if polled; the ready one serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let hold = self.hold.clone();
-        let per_message = HELD_PER_MESSAGE.contains(&request.uri().path());
-        Box::pin(async move {
-            // Only a broken disk fails here (the lock file cannot be opened).
-            let _guard = if per_message {
-                None
-            } else {
-                Some(hold.hold().await.map_err(|e| -> BoxError { Box::new(e) })?)
-            };
-            inner.call(request).await.map_err(Into::into)
-        })
     }
 }
 

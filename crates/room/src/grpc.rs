@@ -128,7 +128,7 @@ impl psi_server::Psi for Room {
     ) -> R<v1::UploadResponse> {
         let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
-        // The data directory's lock, per message (`backup::HELD_PER_MESSAGE`).
+        // The data directory's lock, per message (`hold_layer::HELD_PER_MESSAGE` in lib.rs).
         let hold = crate::backup::HoldDataDir::new(self.data_dir());
         while let Some(message) = stream.message().await? {
             let _held = hold.hold().await?;
@@ -203,7 +203,7 @@ impl psi_server::Psi for Room {
         let (slot, party) = party_call(self, request.metadata())?;
         let mut stream = request.into_inner();
         let (mut accepted, mut refused) = (0, 0);
-        // The data directory's lock, per message (`backup::HELD_PER_MESSAGE`).
+        // The data directory's lock, per message (`hold_layer::HELD_PER_MESSAGE` in lib.rs).
         let hold = crate::backup::HoldDataDir::new(self.data_dir());
         while let Some(message) = stream.message().await? {
             let _held = hold.hold().await?;
