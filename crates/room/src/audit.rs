@@ -406,6 +406,17 @@ mod tests {
             Presented::WentBack(line.clone())
         );
         assert_eq!(log.entries(), 4);
+        // The same count with another hash is another head: declared on its own.
+        let sibling = Head::sign(&k, fp, 5, [6; 32]);
+        let Presented::WentBack(own) = log.compare_presented(&sibling, "party snacks").unwrap()
+        else {
+            panic!("another head at the same count must be declared");
+        };
+        assert_eq!(
+            accord_audit::declared_head(&own).unwrap(),
+            (5, hex::encode([6u8; 32]))
+        );
+        assert_eq!(log.entries(), 5);
         // Another entry at a count the log has (a rewritten log): declared too.
         let rewritten = Head::sign(&k, fp, 2, [9; 32]);
         let Presented::WentBack(second) = log.compare_presented(&rewritten, "analyst ana").unwrap()
@@ -413,7 +424,7 @@ mod tests {
             panic!("another entry at a held count must be declared");
         };
         assert_ne!(second, line);
-        assert_eq!(log.entries(), 5);
+        assert_eq!(log.entries(), 6);
         // The chain stays whole, and the declared heads now include the log's own new ones.
         let entries = log.read_all().unwrap();
         verify_log(&entries, &log.signed_head(&k).to_proto(), &k.public_key()).unwrap();
@@ -422,5 +433,22 @@ mod tests {
                 .unwrap(),
             Presented::Held
         );
+    }
+
+    /// A record of declared heads that cannot be read is an error, never an empty record
+    /// (which would declare the same head again and again).
+    #[test]
+    fn an_unreadable_record_of_declared_heads_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let fp: Fingerprint = "22".repeat(32).parse().unwrap();
+        let k = key();
+        let mut log = AuditLog::open(&path, fp).unwrap();
+        log.append(Actor::Room, Event::Erasure { rows: 1 }, Utc::now())
+            .unwrap();
+        std::fs::create_dir(declared_path(&path)).unwrap();
+        let ahead = Head::sign(&k, fp, 5, [5; 32]);
+        assert!(log.compare_presented(&ahead, "party drinks").is_err());
+        assert_eq!(log.entries(), 1, "nothing declared");
     }
 }
