@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use accord_tests::*;
 
-fn customers(range: std::ops::Range<usize>, party: &str) -> Vec<Customer> {
-    range
-        .map(|i| Customer {
-            email: format!("c{i}@example.org"),
-            consent: true,
-            cells: if party == "drinks" {
-                vec!["gold".into(), "north".into(), "10".into()]
-            } else {
-                vec!["nuts".into(), "5".into()]
-            },
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_taken_during_an_upload_restores_to_a_room_that_seals_the_same_overlap_and_says_it_went_back()
  {
@@ -36,12 +22,12 @@ async fn a_backup_taken_during_an_upload_restores_to_a_room_that_seals_the_same_
     write_csv(
         &dir.path().join("drinks.csv"),
         "drinks",
-        &customers(0..600, "drinks"),
+        &uniform_customers(0..600, "drinks"),
     );
     write_csv(
         &dir.path().join("snacks.csv"),
         "snacks",
-        &customers(400..1000, "snacks"),
+        &uniform_customers(400..1000, "snacks"),
     );
 
     // Both parties upload in small batches while backups are taken one after another.
@@ -190,12 +176,12 @@ async fn erasures_made_after_a_backup_are_made_again_once_the_restored_room_says
     write_csv(
         &dir.path().join("drinks.csv"),
         "drinks",
-        &customers(0..300, "drinks"),
+        &uniform_customers(0..300, "drinks"),
     );
     write_csv(
         &dir.path().join("snacks.csv"),
         "snacks",
-        &customers(200..500, "snacks"),
+        &uniform_customers(200..500, "snacks"),
     );
     run_psi(&agreement, &keys, dir.path(), &url_a, 100).await;
     assert_eq!(overlap_count(&url_a, "erase-again", &keys).await, 100);

@@ -9,20 +9,6 @@ use accord_party::PartyError;
 use accord_proto::v1::{self, agreements_client::AgreementsClient};
 use accord_tests::*;
 
-fn customers(range: std::ops::Range<usize>, party: &str) -> Vec<Customer> {
-    range
-        .map(|i| Customer {
-            email: format!("c{i}@example.org"),
-            consent: true,
-            cells: if party == "drinks" {
-                vec!["gold".into(), "north".into(), "10".into()]
-            } else {
-                vec!["nuts".into(), "5".into()]
-            },
-        })
-        .collect()
-}
-
 fn handles_file(state: &Path) -> Vec<std::path::PathBuf> {
     files_under(state)
         .into_iter()
@@ -46,17 +32,17 @@ async fn a_different_input_after_a_completed_upload_is_refused_and_erasure_still
     write_csv(
         &dir.path().join("a.csv"),
         "drinks",
-        &customers(0..60, "drinks"),
+        &uniform_customers(0..60, "drinks"),
     );
     write_csv(
         &dir.path().join("b.csv"),
         "drinks",
-        &customers(100..130, "drinks"),
+        &uniform_customers(100..130, "drinks"),
     );
     write_csv(
         &dir.path().join("snacks.csv"),
         "snacks",
-        &customers(0..80, "snacks"),
+        &uniform_customers(0..80, "snacks"),
     );
     let state = dir.path().join("drinks-state");
     let drinks = party(&agreement, "drinks", &keys, &state, &url);
@@ -153,7 +139,7 @@ async fn forget_refuses_while_in_force_and_deletes_after_revocation() {
     write_csv(
         &dir.path().join("a.csv"),
         "drinks",
-        &customers(0..20, "drinks"),
+        &uniform_customers(0..20, "drinks"),
     );
     let root = dir.path().join("drinks-state");
     let drinks = party(&agreement, "drinks", &keys, &root, &url);
@@ -227,12 +213,12 @@ async fn an_expired_session_authenticates_again() {
     write_csv(
         &dir.path().join("drinks.csv"),
         "drinks",
-        &customers(0..40, "drinks"),
+        &uniform_customers(0..40, "drinks"),
     );
     write_csv(
         &dir.path().join("snacks.csv"),
         "snacks",
-        &customers(0..40, "snacks"),
+        &uniform_customers(0..40, "snacks"),
     );
     let drinks = party(&agreement, "drinks", &keys, &dir.path().join("d"), &url);
     let snacks = party(&agreement, "snacks", &keys, &dir.path().join("s"), &url);
@@ -273,12 +259,12 @@ async fn a_room_restart_between_calls_authenticates_again() {
     write_csv(
         &dir.path().join("drinks.csv"),
         "drinks",
-        &customers(0..40, "drinks"),
+        &uniform_customers(0..40, "drinks"),
     );
     write_csv(
         &dir.path().join("snacks.csv"),
         "snacks",
-        &customers(0..40, "snacks"),
+        &uniform_customers(0..40, "snacks"),
     );
     let drinks = party(&agreement, "drinks", &keys, &dir.path().join("d"), &url);
     let snacks = party(&agreement, "snacks", &keys, &dir.path().join("s"), &url);

@@ -124,6 +124,22 @@ pub struct Customer {
     pub cells: Vec<String>,
 }
 
+/// Customers `c<i>@example.org` for `i` in `range`, all consenting, every one with the same
+/// attributes (drinks: gold, north, 10; snacks: nuts, 5).
+pub fn uniform_customers(range: std::ops::Range<usize>, party: &str) -> Vec<Customer> {
+    range
+        .map(|i| Customer {
+            email: format!("c{i}@example.org"),
+            consent: true,
+            cells: if party == "drinks" {
+                vec!["gold".into(), "north".into(), "10".into()]
+            } else {
+                vec!["nuts".into(), "5".into()]
+            },
+        })
+        .collect()
+}
+
 pub fn write_csv(path: &Path, party: &str, customers: &[Customer]) {
     let header = match party {
         "drinks" => "email,consent,loyalty_tier,region,monthly_spend",

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use accord_party::{Connection, Principal, QueryOutcome};
 use accord_psi::bench::{PrimitiveCosts, ProofCosts, measure_primitives, measure_proofs};
 use anyhow::{Context, Result, bail, ensure};
-use chrono::Utc;
 
 use crate::common::{human_bytes, party_error, runtime};
 
@@ -200,25 +199,13 @@ pub fn run(args: E2eArgs) -> Result<ExitCode> {
     let dir = args.dir.canonicalize()?;
     eprintln!("generating {} customers per company…", args.rows);
     let generated = crate::demo::generate(&dir, args.rows, 2027)?;
-    let drinks = crate::demo::keygen(&dir, "drinks")?;
-    let snacks = crate::demo::keygen(&dir, "snacks")?;
-    let analyst = crate::demo::keygen(&dir, "analyst")?;
+    let crate::demo::Signed {
+        analyst,
+        agreement,
+        agreement_path,
+        ..
+    } = crate::demo::keys_and_agreement(&dir, "bench-e2e", args.rows)?;
     let room_data = dir.join("room-data");
-    let room_key = accord_room::identity::load_or_create(&room_data)?;
-    let text = crate::demo::manifest(
-        "bench-e2e",
-        drinks.public_key(),
-        snacks.public_key(),
-        analyst.public_key(),
-        room_key.public_key(),
-        args.rows,
-    );
-    let text = accord_agreement::sign_text(&text, "drinks", &drinks)?;
-    let text = accord_agreement::sign_text(&text, "snacks", &snacks)?;
-    let agreement_path = dir.join("agreement.toml");
-    accord_fs::write_atomic(&agreement_path, text.as_bytes())?;
-    let agreement = accord_agreement::verify(&text, Utc::now())
-        .map_err(|e| anyhow::anyhow!("the bench agreement does not verify:\n{e}"))?;
 
     eprintln!("measuring the bound's primitives ({PRIMITIVE_SAMPLES} samples each, one core)…");
     let costs = measure_primitives(PRIMITIVE_SAMPLES);

@@ -175,7 +175,7 @@ pub(crate) fn generate(dir: &Path, n: usize, seed: u64) -> Result<Generated> {
     })
 }
 
-pub(crate) fn manifest(
+fn manifest(
     id: &str,
     drinks: PublicKey,
     snacks: PublicKey,
@@ -258,7 +258,48 @@ pub(crate) fn prepare_dir(dir: &Path, marker: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn keygen(dir: &Path, name: &str) -> Result<SecretKey> {
+/// The keys and the signed agreement of a generated run (`demo`, `bench e2e`).
+pub(crate) struct Signed {
+    pub(crate) drinks: SecretKey,
+    pub(crate) snacks: SecretKey,
+    pub(crate) analyst: SecretKey,
+    pub(crate) agreement: accord_agreement::VerifiedAgreement,
+    /// `agreement.toml` in the run's directory.
+    pub(crate) agreement_path: PathBuf,
+}
+
+/// Writes the parties' and the analyst's keys, creates the room's key in `dir/room-data`
+/// (the agreement names the room that serves it), and writes the agreement `id` signed by
+/// both parties.
+pub(crate) fn keys_and_agreement(dir: &Path, id: &str, rows: usize) -> Result<Signed> {
+    let drinks = keygen(dir, "drinks")?;
+    let snacks = keygen(dir, "snacks")?;
+    let analyst = keygen(dir, "analyst")?;
+    let room_key = accord_room::identity::load_or_create(&dir.join("room-data"))?;
+    let text = manifest(
+        id,
+        drinks.public_key(),
+        snacks.public_key(),
+        analyst.public_key(),
+        room_key.public_key(),
+        rows,
+    );
+    let text = accord_agreement::sign_text(&text, "drinks", &drinks)?;
+    let text = accord_agreement::sign_text(&text, "snacks", &snacks)?;
+    let agreement_path = dir.join("agreement.toml");
+    accord_fs::write_atomic(&agreement_path, text.as_bytes())?;
+    let agreement = accord_agreement::verify(&text, Utc::now())
+        .map_err(|e| anyhow!("the generated agreement does not verify:\n{e}"))?;
+    Ok(Signed {
+        drinks,
+        snacks,
+        analyst,
+        agreement,
+        agreement_path,
+    })
+}
+
+fn keygen(dir: &Path, name: &str) -> Result<SecretKey> {
     let key = SecretKey::generate()?;
     accord_fs::write_new_secret(
         &dir.join(format!("{name}.key")),
@@ -295,26 +336,13 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
 
     step(2, "Keys and a signed sharing agreement");
-    let drinks = keygen(&dir, "drinks")?;
-    let snacks = keygen(&dir, "snacks")?;
-    let analyst = keygen(&dir, "analyst")?;
-    // The room's key first: the agreement names the room that serves it.
-    let room_key = accord_room::identity::load_or_create(&dir.join("room-data"))?;
-    let id = "drinks-snacks-demo";
-    let text = manifest(
-        id,
-        drinks.public_key(),
-        snacks.public_key(),
-        analyst.public_key(),
-        room_key.public_key(),
-        args.rows,
-    );
-    let text = accord_agreement::sign_text(&text, "drinks", &drinks)?;
-    let text = accord_agreement::sign_text(&text, "snacks", &snacks)?;
-    let agreement_path = dir.join("agreement.toml");
-    accord_fs::write_atomic(&agreement_path, text.as_bytes())?;
-    let agreement = accord_agreement::verify(&text, Utc::now())
-        .map_err(|e| anyhow!("the demo agreement does not verify:\n{e}"))?;
+    let Signed {
+        drinks,
+        snacks,
+        analyst,
+        agreement,
+        ..
+    } = keys_and_agreement(&dir, "drinks-snacks-demo", args.rows)?;
     println!(
         "  agreement.toml signed by drinks and snacks; fingerprint {}",
         agreement.fingerprint()
