@@ -18,6 +18,7 @@ pub(crate) fn to16(b: &[u8]) -> [u8; 16] {
     a
 }
 
+#[cfg(test)]
 pub(crate) fn to32(b: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
     a.copy_from_slice(&b[..32]);

@@ -47,6 +47,9 @@ pub enum RoomError {
     /// An Arrow operation on stored columns failed.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// The sealing join (DataFusion over the parties' Parquet files) failed.
+    #[error("sealing join: {0}")]
+    Sealing(#[from] datafusion::error::DataFusionError),
     /// A bug or an unexpected failure inside the room.
     #[error("internal error: {0}")]
     Internal(String),

@@ -64,6 +64,12 @@ pub const DECODED_INPUTS_BYTES: usize = 64 * 1024 * 1024;
 /// time as the stream is consumed, so this bounds the call's duration, not its memory.
 pub const MAX_FETCH_WORK_BATCHES: u32 = 1024;
 
+/// Operator memory of the sealing join (`join.rs`): DataFusion's sorts and merge join share
+/// this pool and spill to disk beyond it, so sealing 10 million customers per party takes
+/// this much besides one batch per reader and writer, not the parties' rows. 256 MiB keeps
+/// the sorts of a million-row party in memory (no spill at the sizes most agreements have).
+pub const SEAL_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+
 /// The limits an operator may tune. [`Default`] is what `accord room serve` uses when the
 /// configuration says nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -52,11 +52,12 @@ impl Room {
             return Ok(());
         }
         let seal_started = std::time::Instant::now();
-        let (snapshot, duplicates) = store.build_snapshot()?;
+        let (_, duplicates) = store.build_snapshot()?;
+        let snapshot = store.read_snapshot()?;
         tracing::debug!(
             stage = "seal_join",
             seconds = seal_started.elapsed().as_secs_f64(),
-            "read both parties' tokens and joined them"
+            "joined both parties' tokens into the snapshot"
         );
         // With exact results, a dimension with more distinct values among the matched
         // customers than groups of k could cover is withheld: it identifies customers. The
@@ -79,11 +80,11 @@ impl Room {
             withheld: withheld.clone(),
         };
         let write_started = std::time::Instant::now();
-        store.write_snapshot(&snapshot, &info)?;
+        store.write_seal_info(&info)?;
         tracing::debug!(
             stage = "seal_write",
             seconds = write_started.elapsed().as_secs_f64(),
-            "wrote the snapshot"
+            "recorded the seal"
         );
         let minimize_started = std::time::Instant::now();
         store.discard_unmatched(&snapshot)?;

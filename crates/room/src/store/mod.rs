@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use accord_psi::{HANDLE_LEN, POINT_LEN};
 use arrow::array::{Array, ArrayRef, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema};
 use parquet::file::metadata::KeyValue;
 
 use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_rows, to16};
@@ -54,6 +54,8 @@ const SIGNATURE_KEY: &str = "accord.signature";
 const ROWS_DIGEST_KEY: &str = "accord.rows_digest";
 const COMMITMENT_FILE: &str = "commitment.bin";
 pub(super) const SEEN_DIR: &str = "seen";
+/// Where the sealing join spills; removed after the join and at every start.
+const SEAL_SCRATCH_DIR: &str = "seal-scratch";
 const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
 
 /// One agreement's directory.
@@ -163,6 +165,8 @@ impl AgreementStore {
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
+        // What a sealing join stopped by a crash spilled (tokens and attributes) goes.
+        remove_scratch(&dir.join(SEAL_SCRATCH_DIR))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             parties,
@@ -456,28 +460,45 @@ impl AgreementStore {
         })?))
     }
 
-    /// Joins both parties' token tables, keeping only matched rows (no tokens), and writes
-    /// the snapshot. Returns the snapshot and the number of duplicate tokens dropped.
-    pub fn build_snapshot(&self) -> Result<(RecordBatch, u64)> {
-        if self.parties.len() != 2 {
+    /// Joins both parties' token tables into `snapshot.parquet` (matched rows only, no
+    /// tokens) with the spilling join of `join.rs`, in at most `limits::SEAL_MEMORY_BYTES`
+    /// of operator memory; what spills goes to a scratch directory removed afterwards. The
+    /// snapshot counts only once [`AgreementStore::write_seal_info`] has written `sealed.json`.
+    /// Returns the rows matched and the duplicate tokens dropped.
+    pub fn build_snapshot(&self) -> Result<(u64, u64)> {
+        let [a, b] = self.parties.as_slice() else {
             return Err(RoomError::Internal(
                 "sealing needs exactly two parties".into(),
             ));
-        }
-        let a = &self.parties[0];
-        let b = &self.parties[1];
-        let (rows_a, dup_a) = self.read_party_rows(a)?;
-        let (rows_b, dup_b) = self.read_party_rows(b)?;
-        let snapshot = crate::join::join(a, &rows_a, b, &rows_b)?;
-        Ok((snapshot, dup_a + dup_b))
+        };
+        let side = |p: &PartyColumns| -> Result<crate::join::Side> {
+            Ok(crate::join::Side {
+                party: p.clone(),
+                files: list(&self.party_dir(&p.party).join("rows"), ".parquet")?,
+            })
+        };
+        let scratch = self.dir.join(SEAL_SCRATCH_DIR);
+        remove_scratch(&scratch)?;
+        accord_fs::create_dir_all(&scratch, accord_fs::Access::OwnerOnly)?;
+        let joined = crate::join::seal_join(
+            &side(a)?,
+            &side(b)?,
+            &self.dir.join("snapshot.parquet"),
+            &scratch,
+            crate::limits::SEAL_MEMORY_BYTES,
+        );
+        remove_scratch(&scratch)?;
+        let joined = joined?;
+        tracing::debug!(
+            matched = joined.matched,
+            spilled_bytes = joined.spilled_bytes,
+            "sealing join"
+        );
+        Ok((joined.matched, joined.duplicates))
     }
 
-    /// Writes the sealed snapshot and its information atomically.
-    pub fn write_snapshot(&self, snapshot: &RecordBatch, info: &SealInfo) -> Result<()> {
-        accord_fs::write_atomic(
-            &self.dir.join("snapshot.parquet"),
-            &parquet_bytes(snapshot, Vec::new())?,
-        )?;
+    /// Writes `sealed.json` after the snapshot: from then on the agreement is sealed.
+    pub fn write_seal_info(&self, info: &SealInfo) -> Result<()> {
         let bytes =
             serde_json::to_vec_pretty(info).map_err(|e| RoomError::Internal(e.to_string()))?;
         accord_fs::write_atomic(&self.dir.join("sealed.json"), &bytes)?;
@@ -555,23 +576,6 @@ impl AgreementStore {
     pub fn read_snapshot(&self) -> Result<RecordBatch> {
         let (batches, _) = read_parquet(&self.dir.join("snapshot.parquet"))?;
         concat(&batches)
-    }
-
-    /// Reads a party's tokenized rows, dropping duplicate tokens (first in batch order wins).
-    fn read_party_rows(&self, party: &PartyColumns) -> Result<(RecordBatch, u64)> {
-        let mut fields = vec![
-            Field::new("token", DataType::FixedSizeBinary(POINT), false),
-            Field::new("handle", DataType::FixedSizeBinary(HANDLE), false),
-        ];
-        fields.extend(party.attribute_fields(false));
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
-        let mut all = Vec::new();
-        for (_, path) in list(&self.party_dir(&party.party).join("rows"), ".parquet")? {
-            let (batches, _) = read_parquet(&path)?;
-            all.extend(batches);
-        }
-        let rows = arrow::compute::concat_batches(&schema, &all)?;
-        crate::join::distinct_tokens(&rows)
     }
 
     /// Which of `handles` are stored for `party` (pending or tokenized, not yet erased).
@@ -664,6 +668,15 @@ impl AgreementStore {
             return Ok(Some(new));
         }
         Ok(None)
+    }
+}
+
+/// Removes the sealing join's scratch directory, if any.
+fn remove_scratch(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RoomError::io("remove", dir, e)),
     }
 }
 

@@ -214,7 +214,7 @@ fn tokens_replace_points_and_the_seal_keeps_only_matched_rows() {
     }
     assert!(s.ready_to_seal());
     assert_eq!(s.seal_info().unwrap(), None);
-    let (snapshot, duplicates) = s.build_snapshot().unwrap();
+    let (snapshot, duplicates) = sealed(&s);
     assert_eq!(duplicates, 0);
     assert_eq!(handles(&snapshot, "drinks_handle"), vec![1, 3]);
     assert_eq!(handles(&snapshot, "snacks_handle"), vec![12, 13]);
@@ -222,7 +222,7 @@ fn tokens_replace_points_and_the_seal_keeps_only_matched_rows() {
         sealed_at: "2026-12-06T00:00:00Z".into(),
         withheld: vec![("drinks_tier".into(), "too many values".into())],
     };
-    s.write_snapshot(&snapshot, &info).unwrap();
+    s.write_seal_info(&info).unwrap();
     assert_eq!(s.seal_info().unwrap(), Some(info.clone()));
     // Minimization: drinks 2 and snacks 11 matched nobody and are deleted, their handles kept.
     assert_eq!(s.discard_unmatched(&snapshot).unwrap(), 2);
@@ -297,7 +297,7 @@ fn repeated_tokens_are_dropped_at_sealing_and_counted() {
         .unwrap();
     s.store_tokens("snacks", 0, &[[201u8; 32], [200; 32], [201; 32]].concat())
         .unwrap();
-    let (snapshot, duplicates) = s.build_snapshot().unwrap();
+    let (snapshot, duplicates) = sealed(&s);
     assert_eq!(duplicates, 2);
     assert_eq!(handles(&snapshot, "drinks_handle"), vec![1]);
     assert_eq!(handles(&snapshot, "snacks_handle"), vec![12]);
@@ -313,16 +313,16 @@ fn a_snapshot_without_its_seal_record_is_not_sealed() {
         .unwrap();
     s.store_tokens("drinks", 0, &[200; 32]).unwrap();
     s.store_tokens("snacks", 0, &[200; 32]).unwrap();
-    let (snapshot, _) = s.build_snapshot().unwrap();
+    sealed(&s);
     let info = SealInfo {
         sealed_at: "now".into(),
         withheld: Vec::new(),
     };
-    s.write_snapshot(&snapshot, &info).unwrap();
-    // The room stopped between the two writes of `write_snapshot`: not sealed, sealed again.
+    s.write_seal_info(&info).unwrap();
+    // The room stopped between the snapshot and its seal record: not sealed, sealed again.
     std::fs::remove_file(dir.path().join("sealed.json")).unwrap();
     assert_eq!(s.seal_info().unwrap(), None);
-    s.write_snapshot(&snapshot, &info).unwrap();
+    s.write_seal_info(&info).unwrap();
     assert_eq!(s.seal_info().unwrap(), Some(info));
 }
 
@@ -340,7 +340,7 @@ fn sealing_clears_the_attributes_of_refused_batches_and_fails_loudly() {
     s.store_tokens("snacks", 0, &[200; 32]).unwrap();
     s.store_refusal("drinks", 1, "identity_point: row 0")
         .unwrap();
-    let (snapshot, _) = s.build_snapshot().unwrap();
+    let (snapshot, _) = sealed(&s);
     // A `seen` that cannot be removed is an error, not skipped.
     let seen = dir.path().join("parties/snacks/seen");
     std::fs::remove_dir_all(&seen).unwrap();
@@ -412,19 +412,16 @@ fn erasure_reaches_pending_rows_tokenized_rows_and_the_snapshot() {
         .unwrap();
     s.store_tokens("snacks", 0, &[[200u8; 32], [201; 32]].concat())
         .unwrap();
-    let (snapshot, _) = s.build_snapshot().unwrap();
+    let (snapshot, _) = sealed(&s);
     assert_eq!(
         handles(&snapshot, "drinks_handle"),
         vec![1],
         "row 2 is gone"
     );
-    s.write_snapshot(
-        &snapshot,
-        &SealInfo {
-            sealed_at: "now".into(),
-            withheld: Vec::new(),
-        },
-    )
+    s.write_seal_info(&SealInfo {
+        sealed_at: "now".into(),
+        withheld: Vec::new(),
+    })
     .unwrap();
     // Erased after sealing: the snapshot is rewritten without the row.
     let new = s
@@ -507,4 +504,12 @@ fn the_layout_follows_the_manifest() {
             ),
         ]
     );
+}
+
+/// Seals `s` the way the room does: the join writes the snapshot, which is then read back.
+fn sealed(s: &AgreementStore) -> (RecordBatch, u64) {
+    let (matched, duplicates) = s.build_snapshot().unwrap();
+    let snapshot = s.read_snapshot().unwrap();
+    assert_eq!(snapshot.num_rows() as u64, matched);
+    (snapshot, duplicates)
 }
