@@ -248,6 +248,17 @@ pub struct Status {
     pub partner_proof_failures: u64,
 }
 
+/// A worker's request for batch numbers of its party's upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The upload's number of batches, as the worker computed it.
+    pub total_batches: u64,
+    /// At most this many (0: the default).
+    pub max_batches: u32,
+    /// A label for the room's log.
+    pub worker: String,
+}
+
 /// What an erasure did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Erased {

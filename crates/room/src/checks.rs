@@ -205,8 +205,9 @@ pub(crate) enum Admission {
 
 /// Where batch `batch_number` of `rows` rows with `digest` stands in `party`'s upload:
 /// a retry of a stored batch is admitted (different content is refused), a new batch must
-/// be the next number, the upload must still be open, and the party must stay within its
-/// agreed `max_rows`.
+/// be the next number — or, when the party's workers lease batch numbers (`leased_total`,
+/// the upload's number of batches), any number below the total — the upload must still be
+/// open, and the party must stay within its agreed `max_rows`.
 pub(crate) fn admit_batch(
     progress: &PartyProgress,
     party: &str,
@@ -214,6 +215,7 @@ pub(crate) fn admit_batch(
     digest: &[u8; 32],
     rows: u64,
     max_rows: u64,
+    leased_total: Option<u64>,
 ) -> Result<Admission> {
     if let Some(existing) = progress.batches.get(&batch_number) {
         if existing.digest == *digest {
@@ -226,7 +228,13 @@ pub(crate) fn admit_batch(
         )));
     }
     let next = progress.batches.len() as u64;
-    if batch_number != next {
+    if let Some(total) = leased_total {
+        if batch_number >= total {
+            return Err(RoomError::InvalidArgument(format!(
+                "batch {batch_number} of {party} is beyond its upload of {total} batches (leased by its workers)"
+            )));
+        }
+    } else if batch_number != next {
         return Err(RoomError::InvalidArgument(format!(
             "batch {batch_number} of {party} is out of order: the room expects batch {next} next"
         )));
@@ -260,7 +268,9 @@ pub(crate) fn admit_completion(
             "{party} already completed its upload with other totals"
         )));
     }
-    if progress.batches.len() as u64 != batches || progress.rows() != rows {
+    // With leased workers batches arrive in any order: the numbers held must be 0..batches.
+    let last = progress.batches.keys().next_back().map_or(0, |n| n + 1);
+    if progress.batches.len() as u64 != batches || last != batches || progress.rows() != rows {
         return Err(RoomError::FailedPrecondition(format!(
             "{party} says it uploaded {batches} batches and {rows} rows, but the room holds {} batches and {} rows: \
              resume the upload (run the same `accord party upload` again)",

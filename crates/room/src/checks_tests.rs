@@ -239,35 +239,63 @@ fn progress(batches: &[(u64, [u8; 32])], complete: Option<(u64, u64)>) -> PartyP
 fn a_batch_is_admitted_in_order_once_within_the_cap() {
     let p = progress(&[(0, [1; 32]), (1, [2; 32])], None); // 6 rows of 10
     assert_eq!(
-        admit_batch(&p, "d", 2, &[3; 32], 4, 10).unwrap(),
+        admit_batch(&p, "d", 2, &[3; 32], 4, 10, None).unwrap(),
         Admission::New
     );
     assert_eq!(
-        admit_batch(&p, "d", 1, &[2; 32], 3, 10).unwrap(),
+        admit_batch(&p, "d", 1, &[2; 32], 3, 10, None).unwrap(),
         Admission::Retry
     );
     assert!(matches!(
-        admit_batch(&p, "d", 1, &[9; 32], 3, 10),
+        admit_batch(&p, "d", 1, &[9; 32], 3, 10, None),
         Err(RoomError::AlreadyExists(m)) if m.contains("batch 1 of d is already stored with different content")
     ));
     for out_of_order in [3, 5] {
-        let m = err(admit_batch(&p, "d", out_of_order, &[3; 32], 1, 10));
+        let m = err(admit_batch(&p, "d", out_of_order, &[3; 32], 1, 10, None));
         assert!(m.contains("the room expects batch 2 next"), "{m}");
     }
     assert!(matches!(
-        admit_batch(&p, "d", 2, &[3; 32], 5, 10),
+        admit_batch(&p, "d", 2, &[3; 32], 5, 10, None),
         Err(RoomError::FailedPrecondition(m)) if m.contains("past its agreed upload cap of 10 rows")
     ));
     let done = progress(&[(0, [1; 32])], Some((1, 3)));
     assert!(matches!(
-        admit_batch(&done, "d", 1, &[3; 32], 1, 10),
+        admit_batch(&done, "d", 1, &[3; 32], 1, 10, None),
         Err(RoomError::FailedPrecondition(m)) if m.contains("already completed its upload")
     ));
     // A retry is still recognized after completion.
     assert_eq!(
-        admit_batch(&done, "d", 0, &[1; 32], 3, 10).unwrap(),
+        admit_batch(&done, "d", 0, &[1; 32], 3, 10, None).unwrap(),
         Admission::Retry
     );
+}
+
+#[test]
+fn workers_with_leases_may_send_batches_out_of_order_but_never_beyond_the_upload() {
+    let p = progress(&[(0, [1; 32]), (3, [2; 32])], None); // 6 rows of 10, batches 1 and 2 leased
+    assert_eq!(
+        admit_batch(&p, "d", 2, &[3; 32], 1, 10, Some(5)).unwrap(),
+        Admission::New
+    );
+    assert_eq!(
+        admit_batch(&p, "d", 3, &[2; 32], 3, 10, Some(5)).unwrap(),
+        Admission::Retry,
+        "the same batch from a second worker is one batch"
+    );
+    let m = err(admit_batch(&p, "d", 5, &[3; 32], 1, 10, Some(5)));
+    assert!(m.contains("beyond its upload of 5 batches"), "{m}");
+    assert!(matches!(
+        admit_batch(&p, "d", 4, &[3; 32], 5, 10, Some(5)),
+        Err(RoomError::FailedPrecondition(m)) if m.contains("past its agreed upload cap of 10 rows")
+    ));
+    // Without leases the order rule stands.
+    let m = err(admit_batch(&p, "d", 4, &[3; 32], 1, 10, None));
+    assert!(m.contains("the room expects batch 2 next"), "{m}");
+    // A completion must cover 0..batches: two batches held, but not batches 0 and 1.
+    assert!(matches!(
+        admit_completion(&p, "d", 2, 6),
+        Err(RoomError::FailedPrecondition(m)) if m.contains("says it uploaded 2 batches")
+    ));
 }
 
 #[test]

@@ -27,6 +27,7 @@
 //! request_timeout_secs = 1800
 //! stream_idle_timeout_secs = 60
 //! fetch_work_batches = 64
+//! lease_ttl_secs = 60
 //!
 //! [registration]                     # who may register agreements (deploy/README.md)
 //! allow = "/etc/accord/registration-allow.txt"   # only these party keys
@@ -86,6 +87,7 @@ pub struct LimitsFile {
     request_timeout_secs: Option<u64>,
     stream_idle_timeout_secs: Option<u64>,
     fetch_work_batches: Option<u32>,
+    lease_ttl_secs: Option<u64>,
 }
 
 impl LimitsFile {
@@ -119,6 +121,9 @@ impl LimitsFile {
         }
         if let Some(v) = self.fetch_work_batches {
             l.fetch_work_batches = v;
+        }
+        if let Some(v) = self.lease_ttl_secs {
+            l.lease_ttl = secs(v);
         }
         l
     }

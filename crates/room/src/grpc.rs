@@ -253,6 +253,14 @@ impl psi_server::Psi for Room {
             Room::erase(self, &slot, &party, &request.get_ref().handles).await?,
         )))
     }
+
+    async fn lease(&self, request: Request<v1::LeaseRequest>) -> R<v1::LeaseResponse> {
+        let (slot, party) = party_call(self, request.metadata())?;
+        let ask = wire::lease_request(request.into_inner());
+        Ok(Response::new(wire::lease_granted(
+            Room::lease(self, &slot, &party, &ask).await?,
+        )))
+    }
 }
 
 #[tonic::async_trait]

@@ -28,6 +28,7 @@ mod grpc;
 pub mod identity;
 pub mod ipc;
 mod join;
+mod leases;
 mod ledger;
 pub mod limits;
 pub mod registration;

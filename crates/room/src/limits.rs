@@ -64,6 +64,15 @@ pub const DECODED_INPUTS_BYTES: usize = 64 * 1024 * 1024;
 /// time as the stream is consumed, so this bounds the call's duration, not its memory.
 pub const MAX_FETCH_WORK_BATCHES: u32 = 1024;
 
+/// Most batch numbers one `Lease` call grants (a worker asks for a few at a time, so a lost
+/// worker strands few batches until its lease runs out).
+pub const MAX_LEASE_BATCHES: u32 = 64;
+
+/// Most batch numbers leased and not yet stored, per party of an agreement. Leases live in
+/// the room's memory (about 40 bytes each); a party's workers, whatever they ask for, cannot
+/// make the table hold more. 1 024 batches of 4 096 rows keep hundreds of workers busy.
+pub const MAX_OUTSTANDING_LEASES: usize = 1024;
+
 /// Operator memory of the sealing join (`join.rs`): DataFusion's sorts and merge join share
 /// this pool and spill to disk beyond it, so sealing 10 million customers per party takes
 /// this much besides one batch per reader and writer, not the parties' rows. 256 MiB keeps
@@ -103,6 +112,10 @@ pub struct Limits {
     pub stream_idle_timeout: Duration,
     /// Batches one `FetchWork` call returns when the caller asks for 0 (the default).
     pub fetch_work_batches: u32,
+    /// How long a batch-number lease (`Lease`, a party's upload split across workers) holds
+    /// before the batch is granted to another worker: a lost worker's batches are taken over
+    /// after this long. Long enough to blind and upload a lease's batches on a slow core.
+    pub lease_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -117,6 +130,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(1800),
             stream_idle_timeout: Duration::from_secs(60),
             fetch_work_batches: 64,
+            lease_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -201,6 +215,9 @@ impl Limits {
                 "1 to 1024",
                 self.fetch_work_batches.to_string(),
             );
+        }
+        if self.lease_ttl < Duration::from_secs(1) || self.lease_ttl > Duration::from_secs(3600) {
+            return bad("lease_ttl", "between 1 s and 1 h", secs(self.lease_ttl));
         }
         Ok(())
     }

@@ -184,6 +184,24 @@ pub(crate) fn status(s: api::Status) -> v1::StatusResponse {
     }
 }
 
+pub(crate) fn lease_request(r: v1::LeaseRequest) -> api::LeaseRequest {
+    api::LeaseRequest {
+        total_batches: r.total_batches,
+        max_batches: r.max_batches,
+        worker: r.worker,
+    }
+}
+
+pub(crate) fn lease_granted(g: crate::leases::Grant) -> v1::LeaseResponse {
+    v1::LeaseResponse {
+        batch_numbers: g.batch_numbers,
+        expires_in_ms: u64::try_from(g.expires_in.as_millis()).unwrap_or(u64::MAX),
+        batches_stored: g.stored,
+        batches_leased: g.leased,
+        all_stored: g.all_stored,
+    }
+}
+
 pub(crate) fn erased(e: api::Erased) -> v1::EraseResponse {
     v1::EraseResponse {
         erased: e.erased,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::api::{
+use crate::api::{LeaseRequest, 
     AgreementState, BlindedBatch, ColumnValues, Erased, KeyCommitment, Status, UploadBatch,
     UploadColumn, UploadComplete, WorkBatch, WorkRefusal,
 };
@@ -17,6 +17,11 @@ use super::{Live, Room, Slot, ended, signature};
 use crate::audit::{Actor, Event};
 use crate::checks::{self, Admission, Column, Values};
 use crate::error::{Result, RoomError};
+use crate::leases::Grant;
+
+/// Batch numbers a `Lease` call that asks for 0 gets.
+const DEFAULT_LEASE_BATCHES: u32 = 8;
+use crate::limits::MAX_LEASE_BATCHES;
 use crate::store::{AgreementStore, BatchInfo, BatchState, Completion, PendingBatch};
 
 /// A batch's columns as the borrowed shape the checks take.
@@ -428,6 +433,48 @@ impl Room {
             )
         })
         .await
+    }
+
+    /// Leases batch numbers of `party`'s upload to one of its workers (`leases.rs`).
+    pub(crate) async fn lease(
+        &self,
+        slot: &Arc<Slot>,
+        party: &str,
+        request: &LeaseRequest,
+    ) -> Result<Grant> {
+        let want = match request.max_batches {
+            0 => DEFAULT_LEASE_BATCHES,
+            n if n <= MAX_LEASE_BATCHES => n,
+            n => {
+                return Err(RoomError::InvalidArgument(format!(
+                    "a lease of {n} batches: ask for 1 to {MAX_LEASE_BATCHES} (0 means {DEFAULT_LEASE_BATCHES})"
+                )));
+            }
+        };
+        let worker = &request.worker;
+        if worker.len() > 64 || !worker.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(RoomError::InvalidArgument(
+                "a worker label is at most 64 printable ASCII characters".into(),
+            ));
+        }
+        let mut live = slot.live.write().await;
+        let store = live.store.as_mut().ok_or_else(ended)?;
+        let grant = store.lease(
+            party,
+            request.total_batches,
+            want as usize,
+            self.inner.limits.lease_ttl,
+            std::time::Instant::now(),
+        )?;
+        tracing::info!(
+            agreement = %slot.agreement.id(),
+            party,
+            worker = %worker,
+            granted = ?grant.batch_numbers,
+            stored = grant.stored,
+            "leased batch numbers to a worker"
+        );
+        Ok(grant)
     }
 
     /// A party's own progress.

@@ -39,6 +39,7 @@ use parquet::file::metadata::KeyValue;
 
 use crate::columns::{column_fixed, concat, fixed_array, null_attributes, take_rows, to16};
 use crate::error::{Result, RoomError};
+use crate::leases::{Grant, Leases};
 use files::{
     TAG_LEN, batch_file, list, load_point_tags, parquet_bytes, point_tag, read_handles, read_meta,
     read_parquet, read_parquet_columns, remove_temp_files, seen_file, write_handles,
@@ -74,6 +75,9 @@ pub struct AgreementStore {
     /// manifest the room accepted. The set is freed when the party completes its upload
     /// (no batch can be added after that) and its files are deleted at sealing.
     point_tags: BTreeMap<String, HashSet<[u8; TAG_LEN]>>,
+    /// Per party whose workers lease batch numbers: the leases (in memory only; bounded by
+    /// `MAX_OUTSTANDING_LEASES` each).
+    leases: BTreeMap<String, Leases>,
 }
 
 impl AgreementStore {
@@ -172,6 +176,7 @@ impl AgreementStore {
             parties,
             progress,
             point_tags,
+            leases: BTreeMap::new(),
         })
     }
 
@@ -219,6 +224,7 @@ impl AgreementStore {
             &batch.digest,
             rows,
             layout.max_rows,
+            self.leases.get(party).map(Leases::total),
         )?;
         if admission == crate::checks::Admission::Retry {
             return Ok(false);
@@ -441,6 +447,62 @@ impl AgreementStore {
         // No batch can be added any more: the duplicate check's memory is freed.
         self.point_tags.remove(party);
         Ok(())
+    }
+
+    /// Leases up to `want` unstored batch numbers of `party`'s upload of `total` batches to
+    /// one of its workers for `ttl` (`leases.rs`). The first lease fixes the total: a worker
+    /// that disagrees (another input or batch size) is refused, as is a total the stored
+    /// batches or the party's `max_rows` rule out.
+    pub(crate) fn lease(
+        &mut self,
+        party: &str,
+        total: u64,
+        want: usize,
+        ttl: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Result<Grant> {
+        let layout = self
+            .party(party)
+            .ok_or_else(|| RoomError::NotFound(format!("unknown party {party:?}")))?;
+        if total == 0 || total > layout.max_rows {
+            return Err(RoomError::InvalidArgument(format!(
+                "an upload of {total} batches: it must be 1 to {} (max_rows of {party}: a batch holds at least one row)",
+                layout.max_rows
+            )));
+        }
+        let progress = self.progress.get(party).cloned().unwrap_or_default();
+        if progress.complete.is_some() {
+            return Ok(Grant {
+                batch_numbers: Vec::new(),
+                expires_in: ttl,
+                stored: progress.batches.len() as u64,
+                leased: 0,
+                all_stored: true,
+            });
+        }
+        if let Some(last) = progress.batches.keys().next_back()
+            && *last >= total
+        {
+            return Err(RoomError::FailedPrecondition(format!(
+                "the room holds batch {last} of {party}, but this worker's upload has {total} batches: every worker \
+                 must read the same input with the same --batch-rows as the upload so far"
+            )));
+        }
+        let leases = self
+            .leases
+            .entry(party.to_owned())
+            .or_insert_with(|| Leases::new(total));
+        if leases.total() != total {
+            return Err(RoomError::FailedPrecondition(format!(
+                "another worker of {party} leased batches of an upload of {} batches; this one has {total}: every \
+                 worker must read the same input with the same --batch-rows",
+                leases.total()
+            )));
+        }
+        let stored = progress.batches.len() as u64;
+        Ok(leases.grant(want, now, ttl, stored, |n| {
+            progress.batches.contains_key(&n)
+        }))
     }
 
     /// True when both parties are complete and every batch is tokenized.
