@@ -195,6 +195,25 @@ impl Connection {
         self.check_head(status.head.as_ref())?;
         Ok(status)
     }
+
+    /// Leases batch numbers of this party's upload of `total_batches` batches for the worker
+    /// `worker` (PROTOCOL.md, "Workers").
+    pub async fn lease(
+        &mut self,
+        total_batches: u64,
+        max_batches: u32,
+        worker: &str,
+    ) -> Result<v1::LeaseResponse, PartyError> {
+        PsiClient::new(self.channel())
+            .lease(self.request(v1::LeaseRequest {
+                total_batches,
+                max_batches,
+                worker: worker.to_owned(),
+            }))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| self.error(status))
+    }
 }
 
 /// Maps the status of a call made without a session (before or instead of authenticating):
