@@ -788,4 +788,4 @@ fn consent_column(
 
 #[cfg(test)]
 #[path = "input_tests.rs"]
-mod tests;
+pub(crate) mod tests;
