@@ -308,7 +308,7 @@ pub fn shuffle(
         let order_seed = keyed(seed, b"accord/v2/shuffle-order", &(b as u64).to_be_bytes());
         rows.shuffle(&mut rand::rngs::StdRng::from_seed(order_seed));
         for row in &rows {
-            if emitted % batch_rows as u64 == 0 {
+            if emitted.is_multiple_of(batch_rows as u64) {
                 offsets.push(out.written);
             }
             emitted += 1;

@@ -73,15 +73,26 @@ fn run_with(
         batches.push((n, rows, handles.to_vec()));
     }
     assert_eq!(batches.len() as u64, shuffled.batches());
-    assert_eq!(shuffled.handles(), batches.iter().flat_map(|b| b.2.clone()).collect::<Vec<_>>());
+    assert_eq!(
+        shuffled.handles(),
+        batches.iter().flat_map(|b| b.2.clone()).collect::<Vec<_>>()
+    );
     // A resumed upload reads from any batch number: the same batches as the full read.
-    for first in [1.min(shuffled.batches()), shuffled.batches() / 2, shuffled.batches()] {
+    for first in [
+        1.min(shuffled.batches()),
+        shuffled.batches() / 2,
+        shuffled.batches(),
+    ] {
         let mut reader = shuffled.batches_from(first).unwrap();
         let mut tail = Vec::new();
         while let Some((n, rows, handles)) = reader.next_batch().unwrap() {
             tail.push((n, rows, handles.to_vec()));
         }
-        assert_eq!(tail, batches[first as usize..], "resuming from batch {first}");
+        assert_eq!(
+            tail,
+            batches[first as usize..],
+            "resuming from batch {first}"
+        );
     }
     Run {
         batches,
@@ -130,7 +141,11 @@ fn memory_holds_one_bucket_and_the_order_ignores_the_file_order() {
     let mut reversed_lines = lines.clone();
     reversed_lines.reverse();
     let mut reversed = reversed_lines.clone();
-    reversed.extend(reversed_lines.iter().map(|l| l.replace(",false,", ",true,")));
+    reversed.extend(
+        reversed_lines
+            .iter()
+            .map(|l| l.replace(",false,", ",true,")),
+    );
     let reversed = format!("{HEADER}{}\n", reversed.join("\n"));
 
     let a = run(&csv, 100, 64);
@@ -230,11 +245,18 @@ fn scratch_files_are_private_wiped_before_and_removed_after() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(left, ["shuffled.rows"], "the spill and bucket files are gone");
+    assert_eq!(
+        left,
+        ["shuffled.rows"],
+        "the spill and bucket files are gone"
+    );
     assert_eq!(mode(&scratch.dir().join("shuffled.rows")), 0o600);
     drop(s);
     drop(scratch);
-    assert!(!stale.exists(), "the scratch directory is removed at the end");
+    assert!(
+        !stale.exists(),
+        "the scratch directory is removed at the end"
+    );
 }
 
 /// The rules of input.rs, written plainly over (identifier, consent, tier, spend) records.
@@ -273,7 +295,11 @@ fn record() -> impl Strategy<Value = (String, bool, String, Option<i32>)> {
             1 => Just("no-at-sign".to_owned()),
         ],
         any::<bool>(),
-        prop_oneof![Just(String::new()), Just("gold".to_owned()), Just("tin".to_owned())],
+        prop_oneof![
+            Just(String::new()),
+            Just("gold".to_owned()),
+            Just("tin".to_owned())
+        ],
         proptest::option::of(-10..200i32),
     )
 }

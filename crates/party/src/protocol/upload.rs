@@ -84,11 +84,8 @@ pub async fn upload(
         .await
         .map_err(|e| PartyError::Internal(e.to_string()))??
     };
-    let (spilled, report, held_back_erased) = (
-        prepared.spilled,
-        prepared.report,
-        prepared.held_back_erased,
-    );
+    let (spilled, report, held_back_erased) =
+        (prepared.spilled, prepared.report, prepared.held_back_erased);
     tracing::info!(
         stage = "read_and_normalize",
         seconds = read_started.elapsed().as_secs_f64(),
@@ -142,14 +139,7 @@ pub async fn upload(
     let mut restarts = 0;
     let status = loop {
         attempt += 1;
-        let result = upload_attempt(
-            ctx,
-            &state,
-            &shuffled,
-            total_batches,
-            total_rows,
-        )
-        .await;
+        let result = upload_attempt(ctx, &state, &shuffled, total_batches, total_rows).await;
         match result {
             Ok((status, first_stored)) => {
                 already_stored.get_or_insert(first_stored);
