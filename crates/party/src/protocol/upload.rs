@@ -218,7 +218,7 @@ async fn check_same_upload(
     let record = state.upload_record()?;
     let rows = |b: &[u8]| b.len() / accord_proto::limits::HANDLE_LEN;
     if let Some(done) = &record.done {
-        if done.as_slice() == handles {
+        if crate::state::same_rows(done, handles) {
             return Ok(()); // the same input again: resume or confirm
         }
         return Err(PartyError::Refused(format!(
