@@ -109,6 +109,7 @@ pub async fn upload(
     }
     // The order is a secret function of the set of rows and the per-agreement seed: a resumed
     // upload (or the same rows in another file order) sends the same batches.
+    let shuffle_started = std::time::Instant::now();
     let shuffled = {
         let secrets = state.secrets()?;
         let dir = scratch.dir().to_owned();
@@ -126,6 +127,12 @@ pub async fn upload(
         .await
         .map_err(|e| PartyError::Internal(e.to_string()))??
     };
+    tracing::info!(
+        stage = "shuffle",
+        seconds = shuffle_started.elapsed().as_secs_f64(),
+        buckets_peak_rows = shuffled.peak_rows_in_memory(),
+        "shuffled the rows through scratch files and computed their handles"
+    );
     check_same_upload(ctx, &state, shuffled.handles()).await?;
     state.remember_agreement(ctx.agreement.text())?;
     state.begin_upload(shuffled.handles())?;
