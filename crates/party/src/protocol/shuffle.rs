@@ -3,12 +3,12 @@
 //!
 //! 1. [`prepare`] streams the file through the input rules ([`crate::input::read_each`]),
 //!    holds back customers this party erased, and spills the remaining rows in file order
-//!    to the scratch file `input.rows`.
+//!    to a scratch file.
 //! 2. [`shuffle`] spreads them over B = ⌈n / bucket_rows⌉ bucket files by a keyed PRF of the
 //!    normalized identifier (key derived from the party's secret shuffle seed), then reads
 //!    one bucket at a time into memory, sorts it by identifier (forgetting the file order),
 //!    shuffles it with an RNG seeded from (shuffle seed, bucket number), computes the
-//!    handles and appends it to `shuffled.rows`, noting where every batch starts.
+//!    handles and appends it to one file in upload order, noting where every batch starts.
 //! 3. [`Shuffled::batches_from`] reads batches back lazily from any batch number (a resumed
 //!    upload skips what the room stored).
 //!
@@ -41,11 +41,16 @@ use crate::rights::ErasureMemory;
 pub const BUCKET_ROWS: usize = 65_536;
 
 /// Bucket files written at once (each with its own write buffer): more buckets take more
-/// passes over `input.rows`, keeping open files well under the usual limit of 1024.
+/// passes over the spilled rows, keeping open files well under the usual limit of 1024.
 const MAX_OPEN_BUCKETS: usize = 256;
 
 /// The scratch directory's name inside the agreement's state directory.
 pub const SCRATCH_DIR: &str = "upload.scratch";
+
+/// The scratch files (`.NAME.tmp-…`, the pattern of an interrupted atomic write, so that a
+/// backup taken after a crash never copies them): the rows in file order, and in upload order.
+const INPUT_FILE: &str = ".input.tmp-rows";
+const SHUFFLED_FILE: &str = ".shuffled.tmp-rows";
 
 /// The upload's scratch directory: wiped when created, removed when dropped.
 #[derive(Debug)]
@@ -120,7 +125,7 @@ pub fn prepare(
     memory: &ErasureMemory,
     kind: IdentifierKind,
 ) -> Result<PreparedInput, PartyError> {
-    let path = scratch.join("input.rows");
+    let path = scratch.join(INPUT_FILE);
     let mut out = create(&path)?;
     let mut rows = 0u64;
     let mut held_back_erased = 0u64;
@@ -246,7 +251,7 @@ fn bucket_of(seed: &[u8; 32], identifier: &str, buckets: u64) -> u64 {
 }
 
 /// Puts the spilled rows in upload order (see the module comment) and computes their handles.
-/// Removes `input.rows` and the bucket files as it goes.
+/// Removes the spill and the bucket files as it goes.
 pub fn shuffle(
     scratch: &Path,
     spilled: Spilled,
@@ -257,9 +262,9 @@ pub fn shuffle(
 ) -> Result<Shuffled, PartyError> {
     let n = spilled.rows;
     let buckets = n.div_ceil(bucket_rows.max(1) as u64).max(1);
-    let bucket_path = |b: u64| scratch.join(format!("bucket-{b}.rows"));
+    let bucket_path = |b: u64| scratch.join(format!(".bucket-{b}.tmp-rows"));
     let mut counts = vec![0u64; buckets as usize];
-    // Spread the rows over the buckets, MAX_OPEN_BUCKETS files per pass over input.rows.
+    // Spread the rows over the buckets, MAX_OPEN_BUCKETS files per pass over the spill.
     let mut lo = 0u64;
     while lo < buckets {
         let hi = (lo + MAX_OPEN_BUCKETS as u64).min(buckets);
@@ -282,8 +287,8 @@ pub fn shuffle(
         lo = hi;
     }
     accord_fs::remove_file_durable(&spilled.path).map_err(|e| scratch_err(&spilled.path, e))?;
-    // Shuffle each bucket in memory and append it to shuffled.rows.
-    let path = scratch.join("shuffled.rows");
+    // Shuffle each bucket in memory and append it to the file in upload order.
+    let path = scratch.join(SHUFFLED_FILE);
     let mut out = Counting {
         inner: create(&path)?,
         written: 0,

@@ -220,7 +220,7 @@ fn scratch_files_are_private_wiped_before_and_removed_after() {
     let state = tempfile::tempdir().unwrap();
     let stale = state.path().join(SCRATCH_DIR);
     std::fs::create_dir_all(&stale).unwrap();
-    std::fs::write(stale.join("bucket-3.rows"), b"left by a crash").unwrap();
+    std::fs::write(stale.join(".bucket-3.tmp-rows"), b"left by a crash").unwrap();
     let scratch = Scratch::create(state.path()).unwrap();
     assert_eq!(std::fs::read_dir(scratch.dir()).unwrap().count(), 0);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -239,18 +239,14 @@ fn scratch_files_are_private_wiped_before_and_removed_after() {
         m.identifier,
     )
     .unwrap();
-    assert_eq!(mode(&scratch.dir().join("input.rows")), 0o600);
+    assert_eq!(mode(&scratch.dir().join(INPUT_FILE)), 0o600);
     let s = shuffle(scratch.dir(), p.spilled, &[1; 32], 4, 3, &handle).unwrap();
     let left: Vec<_> = std::fs::read_dir(scratch.dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(
-        left,
-        ["shuffled.rows"],
-        "the spill and bucket files are gone"
-    );
-    assert_eq!(mode(&scratch.dir().join("shuffled.rows")), 0o600);
+    assert_eq!(left, [SHUFFLED_FILE], "the spill and bucket files are gone");
+    assert_eq!(mode(&scratch.dir().join(SHUFFLED_FILE)), 0o600);
     drop(s);
     drop(scratch);
     assert!(
@@ -357,4 +353,52 @@ proptest! {
         let b = run(&csv, bucket_rows, batch_rows);
         prop_assert_eq!(b.batches, a.batches);
     }
+}
+
+#[test]
+fn a_backup_after_a_crash_never_copies_scratch_rows() {
+    let root = tempfile::tempdir().unwrap();
+    let fp: accord_agreement::Fingerprint = "ab".repeat(32).parse().unwrap();
+    let state = crate::state::State::open(root.path(), "t-1", fp).unwrap();
+    let scratch = Scratch::create(state.dir()).unwrap();
+    let input = root.path().join("in.csv");
+    std::fs::write(&input, format!("{HEADER}{}\n", customers(30).join("\n"))).unwrap();
+    let memory = ErasureMemory::open(root.path()).unwrap();
+    let m = manifest();
+    let p = prepare(
+        scratch.dir(),
+        &input,
+        &m,
+        "drinks",
+        &options(),
+        &memory,
+        m.identifier,
+    )
+    .unwrap();
+    let s = shuffle(scratch.dir(), p.spilled, &[1; 32], 4, 3, &handle).unwrap();
+    assert!(scratch.dir().join(SHUFFLED_FILE).exists());
+    // As a kill -9 leaves them: the scratch directory outlives the process.
+    std::mem::forget(scratch);
+    drop(s);
+    let dest = tempfile::tempdir().unwrap().path().join("backup");
+    crate::state::backup(root.path(), &dest).unwrap();
+    let mut copied = Vec::new();
+    let mut dirs = vec![dest.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else {
+                copied.push(std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    assert!(!copied.is_empty());
+    assert!(
+        !copied.iter().any(|b| b
+            .windows(b"c3@example.com".len())
+            .any(|w| w == b"c3@example.com")),
+        "no backed-up file holds a customer's identifier"
+    );
 }
