@@ -361,7 +361,8 @@ fn a_backup_after_a_crash_never_copies_scratch_rows() {
     let fp: accord_agreement::Fingerprint = "ab".repeat(32).parse().unwrap();
     let state = crate::state::State::open(root.path(), "t-1", fp).unwrap();
     let scratch = Scratch::create(state.dir()).unwrap();
-    let input = root.path().join("in.csv");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let input = elsewhere.path().join("in.csv");
     std::fs::write(&input, format!("{HEADER}{}\n", customers(30).join("\n"))).unwrap();
     let memory = ErasureMemory::open(root.path()).unwrap();
     let m = manifest();
