@@ -1,4 +1,4 @@
-//! The upload's bounded-memory pipeline from the customer file to batches (DESIGN §3 step 2):
+//! The upload's bounded-memory pipeline from the customer file to batches (DESIGN §3, item 3):
 //! read → prepare → shuffle → batches, never holding the file's rows in memory.
 //!
 //! 1. [`prepare`] streams the file through the input rules ([`crate::input::read_each`]),
@@ -16,12 +16,14 @@
 //! files with the same rows in another order, or a resumed run, give byte-identical batches,
 //! and a row's position says nothing about its place in the file (nor, without the seed,
 //! about its identifier). Memory: about `bucket_rows` rows, one record batch of the reader,
-//! and per customer the duplicate rule's 16-byte hash (while reading) and the 16-byte handle
+//! up to [`MAX_OPEN_BUCKETS`] write buffers of 64 KiB (16 MiB) while spreading, and per customer the duplicate rule's 16-byte hash (while reading) and the 16-byte handle
 //! the state records (afterwards).
 //!
 //! Scratch files hold what the input file holds (normalized identifiers and values): they
 //! live in the agreement's state directory (`upload.scratch/`, mode 0700, files 0600),
-//! never leave the machine, are wiped before a run and removed when it ends, however it ends.
+//! never leave the machine, and are removed when the upload ends, whether it succeeds or
+//! fails. Only a crash (kill -9, power loss) leaves them, until the next upload wipes them;
+//! their names follow the pattern of interrupted atomic writes, which backups skip.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
