@@ -16,8 +16,9 @@
 //! files with the same rows in another order, or a resumed run, give byte-identical batches,
 //! and a row's position says nothing about its place in the file (nor, without the seed,
 //! about its identifier). Memory: about `bucket_rows` rows, one record batch of the reader,
-//! up to `MAX_OPEN_BUCKETS` write buffers of 64 KiB (16 MiB) while spreading, and per customer the duplicate rule's 16-byte hash (while reading) and the 16-byte handle
-//! the state records (afterwards).
+//! up to `MAX_OPEN_BUCKETS` write buffers of 64 KiB (16 MiB) while spreading, and per
+//! customer the duplicate rule's 16-byte hash (while reading) and the 16-byte handle the
+//! state records (afterwards).
 //!
 //! Scratch files hold what the input file holds (normalized identifiers and values): they
 //! live in the agreement's state directory (`upload.scratch/`, mode 0700, files 0600),
