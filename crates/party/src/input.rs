@@ -14,6 +14,11 @@
 //!
 //! Consent is `true` (any letter case) or a Parquet boolean `true`; anything else — `false`,
 //! empty, `yes`, `1` — is not consent.
+//!
+//! The file is streamed: CSV one record at a time, Parquet in record batches of
+//! [`READ_BATCH_ROWS`] rows. Each prepared row goes to the caller as soon as the rules are
+//! done with it ([`read_each`]); what stays in memory per customer is the duplicate rule's
+//! [`DEDUP_KEY_LEN`]-byte keyed hash of the normalized identifier, never the identifier.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -25,6 +30,15 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 
 use crate::error::PartyError;
+
+/// Rows of one Parquet record batch: with the one CSV record being parsed, all of the file's
+/// rows the reader ever holds at once (the file is never read whole).
+pub const READ_BATCH_ROWS: usize = 8192;
+
+/// Bytes of the keyed hash the duplicate rule remembers per customer: 128 bits, so that two
+/// distinct customers of one file collide with probability about n²/2¹²⁹ (< 10⁻²⁴ at 10⁸
+/// rows) — far below any other failure.
+pub const DEDUP_KEY_LEN: usize = 16;
 
 /// Longest dimension value accepted, in bytes (the room refuses longer ones).
 pub const MAX_TEXT_VALUE_LEN: usize = accord_proto::limits::MAX_TEXT_VALUE_LEN;
@@ -182,19 +196,56 @@ enum Cell<'a> {
     Number(Option<f64>),
 }
 
+/// The normalized identifiers already seen, as keyed hashes (SHA-256 under a key drawn for
+/// this read only, cut to [`DEDUP_KEY_LEN`] bytes): the duplicate rule's memory, 16 bytes of
+/// key plus the hash table's slack per customer instead of the identifier itself.
+struct Seen {
+    key: [u8; 32],
+    set: HashSet<[u8; DEDUP_KEY_LEN]>,
+}
+
+impl Seen {
+    fn new() -> Result<Self, PartyError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| PartyError::Internal(format!("OS randomness: {e}")))?;
+        Ok(Self {
+            key,
+            set: HashSet::new(),
+        })
+    }
+
+    /// True the first time `normalized` is seen.
+    fn insert(&mut self, normalized: &str) -> bool {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"accord/v2/dedup")
+            .chain_update([0u8])
+            .chain_update(self.key)
+            .chain_update(normalized.as_bytes())
+            .finalize();
+        let mut tag = [0u8; DEDUP_KEY_LEN];
+        tag.copy_from_slice(&digest[..DEDUP_KEY_LEN]);
+        self.set.insert(tag)
+    }
+}
+
+/// Where each prepared row goes as soon as the rules are done with it.
+pub type RowSink<'a> = dyn FnMut(PreparedRow) -> Result<(), PartyError> + 'a;
+
 /// Applies the rules row by row.
-struct Rules<'a> {
+struct Rules<'a, 's> {
     layout: &'a Layout,
     file: String,
     skip_bad_rows: bool,
-    seen: HashSet<String>,
+    seen: Seen,
     report: InputReport,
-    rows: Vec<PreparedRow>,
-    /// (line, normalized identifier) of winning rows without consent.
-    withdrawn: Vec<(u64, String)>,
+    sink: &'a mut RowSink<'s>,
+    /// (line, normalized identifier) of winning rows without consent, when asked for.
+    withdrawn: Option<Vec<(u64, String)>>,
 }
 
-impl Rules<'_> {
+impl Rules<'_, '_> {
     fn bad(&mut self, line: u64, column: &str, message: String) -> Result<(), PartyError> {
         if self.skip_bad_rows {
             self.report.bad_rows_skipped += 1;
@@ -268,7 +319,7 @@ impl Rules<'_> {
                 return Ok(());
             }
         };
-        if !self.seen.insert(normalized.clone()) {
+        if !self.seen.insert(&normalized) {
             self.report.duplicates += 1;
             return Ok(());
         }
@@ -276,18 +327,19 @@ impl Rules<'_> {
         // if the first record consents (a later "yes" never overrides an earlier "no").
         if !row.consent {
             self.report.not_consented += 1;
-            self.withdrawn.push((row.line, normalized));
+            if let Some(w) = &mut self.withdrawn {
+                w.push((row.line, normalized));
+            }
             return Ok(());
         }
         for c in clamped {
             *self.report.clamped.entry(c).or_default() += 1;
         }
         self.report.prepared += 1;
-        self.rows.push(PreparedRow {
+        (self.sink)(PreparedRow {
             identifier: normalized,
             values,
-        });
-        Ok(())
+        })
     }
 }
 
@@ -316,14 +368,34 @@ fn is_true(text: &str) -> bool {
 }
 
 /// Reads `path` (CSV, or Parquet when the name ends in `.parquet`/`.pq`) as `party`'s data
-/// for `manifest`, applying every rule. Nothing is uploaded here.
+/// for `manifest`, applying every rule, into memory. Nothing is uploaded here. The upload
+/// streams instead ([`read_each`]); this is for small files and tests.
 pub fn read(
     path: &Path,
     manifest: &Manifest,
     party: &str,
     options: &InputOptions,
 ) -> Result<(Vec<PreparedRow>, InputReport), PartyError> {
-    read_all(path, manifest, party, options).map(|(rows, _, report)| (rows, report))
+    let mut rows = Vec::new();
+    let report = read_each(path, manifest, party, options, &mut |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok((rows, report))
+}
+
+/// Streams `path` through the rules of [`read`], handing each prepared row to `sink` in file
+/// order as soon as it is ready; an error of `sink` stops the read. Holds at most
+/// [`READ_BATCH_ROWS`] of the file's rows at once, plus the duplicate rule's
+/// [`DEDUP_KEY_LEN`]-byte hash per distinct customer.
+pub fn read_each(
+    path: &Path,
+    manifest: &Manifest,
+    party: &str,
+    options: &InputOptions,
+    sink: &mut RowSink<'_>,
+) -> Result<InputReport, PartyError> {
+    read_with(path, manifest, party, options, sink, None)
 }
 
 /// Reads `path` with the same rules as [`read`] and returns the customers whose winning
@@ -335,26 +407,35 @@ pub fn withdrawn(
     party: &str,
     options: &InputOptions,
 ) -> Result<Vec<(u64, String)>, PartyError> {
-    read_all(path, manifest, party, options).map(|(_, withdrawn, _)| withdrawn)
+    let mut withdrawn = Vec::new();
+    read_with(
+        path,
+        manifest,
+        party,
+        options,
+        &mut |_| Ok(()),
+        Some(&mut withdrawn),
+    )?;
+    Ok(withdrawn)
 }
 
-type ReadAll = (Vec<PreparedRow>, Vec<(u64, String)>, InputReport);
-
-fn read_all(
+fn read_with(
     path: &Path,
     manifest: &Manifest,
     party: &str,
     options: &InputOptions,
-) -> Result<ReadAll, PartyError> {
+    sink: &mut RowSink<'_>,
+    withdrawn: Option<&mut Vec<(u64, String)>>,
+) -> Result<InputReport, PartyError> {
     let layout = Layout::new(manifest, party, options)?;
     let mut rules = Rules {
         layout: &layout,
         file: path.display().to_string(),
         skip_bad_rows: options.skip_bad_rows,
-        seen: HashSet::new(),
+        seen: Seen::new()?,
         report: InputReport::default(),
-        rows: Vec::new(),
-        withdrawn: Vec::new(),
+        sink,
+        withdrawn: withdrawn.is_some().then(Vec::new),
     };
     let ext = path
         .extension()
@@ -366,7 +447,10 @@ fn read_all(
     } else {
         read_csv(path, &layout, &mut rules)?;
     }
-    Ok((rules.rows, rules.withdrawn, rules.report))
+    if let (Some(out), Some(w)) = (withdrawn, rules.withdrawn) {
+        *out = w;
+    }
+    Ok(rules.report)
 }
 
 fn column_index(
@@ -433,7 +517,7 @@ fn locate(
     Ok((id, consent, columns))
 }
 
-fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
+fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_, '_>) -> Result<(), PartyError> {
     let file = File::open(path)
         .map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
     let mut reader = csv::ReaderBuilder::new()
@@ -512,7 +596,7 @@ fn read_csv(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), P
     Ok(())
 }
 
-fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(), PartyError> {
+fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_, '_>) -> Result<(), PartyError> {
     let file = File::open(path)
         .map_err(|e| PartyError::BadInput(format!("could not open {}: {e}", path.display())))?;
     let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -530,7 +614,7 @@ fn read_parquet(path: &Path, layout: &Layout, rules: &mut Rules<'_>) -> Result<(
         .collect();
     let (id_idx, consent_idx, col_idx) = locate(&headers, layout, path)?;
     let reader = builder
-        .with_batch_size(8192)
+        .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| PartyError::BadInput(format!("{}: {e}", path.display())))?;
     let mut row_number = 0u64;
@@ -704,4 +788,4 @@ fn consent_column(
 
 #[cfg(test)]
 #[path = "input_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -13,6 +13,7 @@ use crate::error::PartyError;
 use crate::state::State;
 
 mod erase;
+pub mod shuffle;
 mod sync;
 mod upload;
 

@@ -201,7 +201,7 @@ impl State {
     pub fn begin_upload(&self, handles: &[u8]) -> Result<(), PartyError> {
         let record = self.upload_record()?;
         if let Some(done) = record.done {
-            if done == handles {
+            if same_rows(&done, handles) {
                 return Ok(());
             }
             return Err(PartyError::Refused(format!(
@@ -221,7 +221,7 @@ impl State {
     pub fn finish_upload(&self, handles: &[u8]) -> Result<(), PartyError> {
         let done_path = self.dir.join(UPLOADED);
         match read_optional(&done_path)? {
-            Some(done) if done == handles => {}
+            Some(done) if same_rows(&done, handles) => {}
             Some(_) => {
                 return Err(PartyError::Refused(format!(
                     "{} records a completed upload with different rows; it is never replaced",
@@ -352,6 +352,24 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, PartyError> {
     }
 }
 
+/// Whether a completed upload's record holds the same rows as `handles`: the same bytes, or
+/// the same handles in another order (an upload completed by a version whose shuffle
+/// depended on the file order; sorting happens only then).
+pub fn same_rows(done: &[u8], handles: &[u8]) -> bool {
+    if done == handles {
+        return true;
+    }
+    if done.len() != handles.len() {
+        return false;
+    }
+    let sorted = |b: &[u8]| {
+        let mut v: Vec<[u8; HANDLE_LEN]> = handles_of(b).collect();
+        v.sort_unstable();
+        v
+    };
+    sorted(done) == sorted(handles)
+}
+
 fn handles_of(bytes: &[u8]) -> impl Iterator<Item = [u8; HANDLE_LEN]> + '_ {
     // A torn last record (crash mid-append) is shorter than a handle and ignored.
     bytes.chunks_exact(HANDLE_LEN).map(|c| {
@@ -439,6 +457,12 @@ mod record_tests {
         let s = State::open(dir.path(), "a-1", fp).unwrap();
         assert!(s.uploaded_handles().is_err(), "no record yet");
         s.begin_upload(&[1; 32]).unwrap();
+        // A completed upload is the same one in another row order (an older shuffle).
+        let ab = [[1u8; 16], [2; 16]].concat();
+        let ba = [[2u8; 16], [1; 16]].concat();
+        assert!(same_rows(&ab, &ba) && same_rows(&ab, &ab));
+        assert!(!same_rows(&ab, &[[1u8; 16], [3; 16]].concat()));
+        assert!(!same_rows(&ab, &[1; 16]));
         assert_eq!(s.uploaded_handles().unwrap().len(), 1, "pending counts");
         s.begin_upload(&[2; 32]).unwrap(); // the caller checked the room holds none of it
         s.finish_upload(&[2; 32]).unwrap();

@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use accord_agreement::{SecretKey, sig::Purpose};
 use accord_proto::v1::{self, psi_client::PsiClient};
-use accord_psi::{HANDLE_LEN, HashDomain};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
+use accord_psi::HashDomain;
 use tokio_stream::StreamExt as _;
 
+use super::shuffle::{self, Scratch, Shuffled};
 use super::sync::{batch_salt, check_partner_proofs, sync};
 use super::{PartyContext, status};
 use crate::error::PartyError;
-use crate::input::{self, InputOptions, InputReport, PreparedRow, Value};
+use crate::input::{InputOptions, InputReport, PreparedRow, Value};
 use crate::state::State;
 
 /// How to upload.
@@ -50,11 +49,6 @@ pub struct UploadOutcome {
     pub status: Option<v1::StatusResponse>,
 }
 
-struct Prepared {
-    handles: Vec<[u8; HANDLE_LEN]>,
-    rows: Vec<PreparedRow>,
-}
-
 /// Reads, filters, shuffles and uploads the party's data, resuming an interrupted upload.
 pub async fn upload(
     ctx: &PartyContext,
@@ -71,101 +65,88 @@ pub async fn upload(
     let batch_rows = options
         .batch_rows
         .clamp(1, accord_proto::limits::MAX_BATCH_ROWS);
+    // Read, prepare and shuffle through scratch files in the state directory: memory is
+    // bounded by a bucket of rows plus 16 bytes per customer (shuffle.rs).
+    let state = ctx.state()?;
+    let scratch = Scratch::create(state.dir())?;
     let read_started = std::time::Instant::now();
-    let (rows, report) = {
+    let prepared = {
+        let dir = scratch.dir().to_owned();
         let path = options.input.clone();
         let manifest = m.clone();
         let party = ctx.party.clone();
         let read = options.read.clone();
-        tokio::task::spawn_blocking(move || input::read(&path, &manifest, &party, &read))
-            .await
-            .map_err(|e| PartyError::Internal(e.to_string()))??
+        let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
+        let kind = ctx.identifier_kind();
+        tokio::task::spawn_blocking(move || {
+            shuffle::prepare(&dir, &path, &manifest, &party, &read, &memory, kind)
+        })
+        .await
+        .map_err(|e| PartyError::Internal(e.to_string()))??
     };
-    // A customer this party erased before (under any agreement) stays erased, even when the
-    // export still says "consent: true"; only a recorded renewal lifts it (rights.rs).
-    let memory = crate::rights::ErasureMemory::open(&ctx.state_root)?;
-    let kind = ctx.identifier_kind();
-    let read_rows = rows.len();
-    let rows: Vec<_> = rows
-        .into_iter()
-        .filter(|r| memory.held_back(kind, &r.identifier).is_none())
-        .collect();
-    let held_back_erased = (read_rows - rows.len()) as u64;
-    drop(memory);
+    let (spilled, report, held_back_erased) =
+        (prepared.spilled, prepared.report, prepared.held_back_erased);
     tracing::info!(
         stage = "read_and_normalize",
         seconds = read_started.elapsed().as_secs_f64(),
-        rows = rows.len(),
+        rows = spilled.rows(),
         "read and normalized the input"
     );
     let max_rows = m.parties[&ctx.party].max_rows;
-    if rows.len() as u64 > max_rows {
+    if spilled.rows() > max_rows {
         return Err(PartyError::Refused(format!(
             "{} rows are ready to upload but the agreement caps {} at {max_rows} rows (max_rows): the upload would be \
              refused; ask legal for a new agreement version with a higher cap",
-            rows.len(),
+            spilled.rows(),
             ctx.party
         )));
     }
-    if rows.is_empty() {
+    if spilled.rows() == 0 {
         return Err(PartyError::Refused(format!(
             "no row of {} can be uploaded (see the report):\n{report}",
             options.input.display()
         )));
     }
-    let state = ctx.state()?;
-    let secrets = state.secrets()?;
-    let agreement_id = ctx.agreement.id().to_owned();
-    let mut prepared = Prepared {
-        handles: rows
-            .iter()
-            .map(|r| {
-                secrets
-                    .handle_key
-                    .handle(&agreement_id, r.identifier.as_bytes())
-            })
-            .collect(),
-        rows,
+    // The order is a secret function of the set of rows and the per-agreement seed: a resumed
+    // upload (or the same rows in another file order) sends the same batches.
+    let shuffle_started = std::time::Instant::now();
+    let shuffled = {
+        let secrets = state.secrets()?;
+        let dir = scratch.dir().to_owned();
+        let agreement_id = ctx.agreement.id().to_owned();
+        tokio::task::spawn_blocking(move || {
+            shuffle::shuffle(
+                &dir,
+                spilled,
+                &secrets.shuffle_seed,
+                shuffle::BUCKET_ROWS,
+                batch_rows,
+                &|id| secrets.handle_key.handle(&agreement_id, id.as_bytes()),
+            )
+        })
+        .await
+        .map_err(|e| PartyError::Internal(e.to_string()))??
     };
-    // A fixed per-agreement seed: a resumed upload shuffles identically and sends the same batches.
-    let mut rng = rand::rngs::StdRng::from_seed(*secrets.shuffle_seed);
-    let mut order: Vec<usize> = (0..prepared.rows.len()).collect();
-    order.shuffle(&mut rng);
-    // The rows move into their new order (no copy of the input is ever made: at 10M rows a
-    // copy was gigabytes).
-    let mut slots: Vec<Option<PreparedRow>> = prepared.rows.into_iter().map(Some).collect();
-    prepared = Prepared {
-        handles: order.iter().map(|&i| prepared.handles[i]).collect(),
-        rows: order
-            .iter()
-            .map(|&i| slots[i].take().expect("a permutation names each row once"))
-            .collect(),
-    };
-    drop(slots);
-    let all_handles: Vec<u8> = prepared.handles.iter().flatten().copied().collect();
-    drop(secrets);
-    check_same_upload(ctx, &state, &all_handles).await?;
+    tracing::info!(
+        stage = "shuffle",
+        seconds = shuffle_started.elapsed().as_secs_f64(),
+        buckets_peak_rows = shuffled.peak_rows_in_memory(),
+        "shuffled the rows through scratch files and computed their handles"
+    );
+    check_same_upload(ctx, &state, shuffled.handles()).await?;
     state.remember_agreement(ctx.agreement.text())?;
-    state.begin_upload(&all_handles)?;
+    state.begin_upload(shuffled.handles())?;
 
-    let total_rows = prepared.rows.len() as u64;
-    let total_batches = prepared.rows.len().div_ceil(batch_rows) as u64;
-    let prepared = std::sync::Arc::new(prepared);
+    let total_rows = shuffled.rows();
+    let total_batches = shuffled.batches();
+    let shuffled = std::sync::Arc::new(shuffled);
     let mut already_stored = None;
     let upload_started = std::time::Instant::now();
     let mut attempt = 0;
     let mut restarts = 0;
     let status = loop {
         attempt += 1;
-        let result = upload_attempt(
-            ctx,
-            &state,
-            &prepared,
-            batch_rows,
-            total_batches,
-            total_rows,
-        )
-        .await;
+        let result = upload_attempt(ctx, &state, &shuffled, total_batches, total_rows).await;
         match result {
             Ok((status, first_stored)) => {
                 already_stored.get_or_insert(first_stored);
@@ -191,8 +172,10 @@ pub async fn upload(
         batches = total_batches,
         "hashed, blinded and uploaded every batch"
     );
+    // The rows are on their way or stored: the scratch copy goes (the handles stay in memory).
+    drop(scratch);
     // The room acknowledged the completion: only now does the record say "uploaded".
-    state.finish_upload(&all_handles)?;
+    state.finish_upload(shuffled.handles())?;
     if !state
         .history()?
         .iter()
@@ -242,7 +225,7 @@ async fn check_same_upload(
     let record = state.upload_record()?;
     let rows = |b: &[u8]| b.len() / accord_proto::limits::HANDLE_LEN;
     if let Some(done) = &record.done {
-        if done.as_slice() == handles {
+        if crate::state::same_rows(done, handles) {
             return Ok(()); // the same input again: resume or confirm
         }
         return Err(PartyError::Refused(format!(
@@ -283,8 +266,7 @@ async fn check_same_upload(
 async fn upload_attempt(
     ctx: &PartyContext,
     state: &State,
-    prepared: &std::sync::Arc<Prepared>,
-    batch_rows: usize,
+    shuffled: &std::sync::Arc<Shuffled>,
     total_batches: u64,
     total_rows: u64,
 ) -> Result<(v1::StatusResponse, u64), PartyError> {
@@ -319,7 +301,7 @@ async fn upload_attempt(
     let party = ctx.party.clone();
     let key_bytes = ctx.key.to_key_file();
     let manifest = ctx.agreement.manifest().clone();
-    let prepared = prepared.clone();
+    let shuffled = shuffled.clone();
     let bar = ctx.bar(total_batches - stored, "upload batches");
     let producer_bar = bar.clone();
     let producer = tokio::task::spawn_blocking(move || {
@@ -330,19 +312,28 @@ async fn upload_attempt(
                 return;
             }
         };
-        for n in stored..total_batches {
-            let start = n as usize * batch_rows;
-            let end = (start + batch_rows).min(prepared.rows.len());
-            let rows = &prepared.rows[start..end];
+        let mut batches = match shuffled.batches_from(stored) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let (n, rows, handles) = match batches.next_batch() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            let rows = rows.as_slice();
+            let handles = handles.to_vec();
             let ids: Vec<&[u8]> = rows.iter().map(|r| r.identifier.as_bytes()).collect();
             let points: Vec<u8> = accord_psi::hash_and_blind(&secrets.psi, &domain, &ids)
                 .into_iter()
                 .flatten()
-                .collect();
-            let handles: Vec<u8> = prepared.handles[start..end]
-                .iter()
-                .flatten()
-                .copied()
                 .collect();
             let columns = proto_columns(&manifest, &party, rows);
             let salt = batch_salt(&secrets.shuffle_seed, fp.as_bytes(), n);
