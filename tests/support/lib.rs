@@ -264,6 +264,7 @@ pub fn upload_options(input: PathBuf, batch_rows: usize, wait: bool) -> UploadOp
         },
         batch_rows,
         wait,
+        worker: None,
     }
 }
 

@@ -435,6 +435,7 @@ async fn drive(
         },
         batch_rows: accord_party::protocol::DEFAULT_BATCH_ROWS,
         wait: true,
+        worker: None,
     };
     let (drinks_options, snacks_options) = (options("drinks"), options("snacks"));
     let (a, b) = tokio::join!(

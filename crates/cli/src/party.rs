@@ -53,6 +53,28 @@ pub enum PartyCommand {
         /// Keep blinding the partner's work until both sides' tokens are complete.
         #[arg(long)]
         wait: bool,
+        /// Run as one of several workers of this party, named NAME in the room's log: upload
+        /// only the batches the room leases to this worker (each worker needs the party's key
+        /// and a copy of its state directory made with `party backup`/`party restore`; see
+        /// docs/PROTOCOL.md, "Workers").
+        #[arg(long, value_name = "NAME")]
+        worker: Option<String>,
+    },
+    /// Create this party's state and secrets for an agreement without uploading, so that
+    /// copies of the state can be given to workers (`upload --worker`).
+    Init {
+        /// The signed agreement file.
+        #[arg(long)]
+        agreement: PathBuf,
+        /// This party's name in the agreement.
+        #[arg(long)]
+        party: String,
+        /// This party's Ed25519 key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where this party's state lives (default: $ACCORD_STATE, else ~/.local/share/accord/party).
+        #[arg(long)]
+        state: Option<PathBuf>,
     },
     /// Blind the partner's batches waiting at the room.
     Sync {
@@ -197,7 +219,8 @@ fn state_of(cmd: &PartyCommand) -> Option<PathBuf> {
         PartyCommand::Erase { state, .. }
         | PartyCommand::RenewConsent { state, .. }
         | PartyCommand::Forget { state, .. }
-        | PartyCommand::Receipt { state, .. } => root(state),
+        | PartyCommand::Receipt { state, .. }
+        | PartyCommand::Init { state, .. } => root(state),
         PartyCommand::Backup { .. } | PartyCommand::Restore { .. } => None,
     }
 }
@@ -285,6 +308,7 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
             skip_bad_rows,
             batch_rows,
             wait,
+            worker,
         } => {
             let ctx = context(&common)?;
             let options = UploadOptions {
@@ -295,6 +319,7 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
                 },
                 batch_rows,
                 wait,
+                worker: worker.clone(),
             };
             let outcome = rt
                 .block_on(accord_party::upload(&ctx, &options))
@@ -537,6 +562,35 @@ pub fn run(cmd: PartyCommand) -> Result<ExitCode> {
             }
             println!(
                 "  customers of this agreement version can no longer be erased or re-identified from this machine"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PartyCommand::Init {
+            agreement,
+            party,
+            key,
+            state,
+        } => {
+            let root = state.unwrap_or_else(accord_party::state::default_root);
+            let ctx = PartyContext::new(
+                load_agreement(&agreement)?,
+                &party,
+                load_key(&key)?,
+                root.clone(),
+                "",
+            )
+            .map_err(party_error)?;
+            let dir = ctx.init_state().map_err(party_error)?;
+            println!(
+                "The state of {party} for agreement {} is ready in {} (its secrets are readable by you only).\n\
+                 To upload from several workers, copy it to each over your own secure channel:\n  \
+                 accord party backup --state {} --to BACKUP\n  \
+                 accord party restore --from BACKUP --state WORKER_STATE\n\
+                 then run `accord party upload --worker NAME --state WORKER_STATE ...` on each worker, with this \
+                 party's key file. Neither the secrets nor the key ever go to the room.",
+                ctx.agreement.id(),
+                dir.display(),
+                root.display()
             );
             Ok(ExitCode::SUCCESS)
         }

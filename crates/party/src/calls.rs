@@ -202,6 +202,7 @@ impl Connection {
         &mut self,
         total_batches: u64,
         max_batches: u32,
+        upload_digest: &[u8; 32],
         worker: &str,
     ) -> Result<v1::LeaseResponse, PartyError> {
         PsiClient::new(self.channel())
@@ -209,6 +210,7 @@ impl Connection {
                 total_batches,
                 max_batches,
                 worker: worker.to_owned(),
+                upload_digest: upload_digest.to_vec(),
             }))
             .await
             .map(tonic::Response::into_inner)

@@ -16,6 +16,7 @@ mod erase;
 pub mod shuffle;
 mod sync;
 mod upload;
+mod worker;
 
 pub(crate) use erase::source_lines;
 pub use erase::{EraseOutcome, EraseSource, erase, erase_from};
@@ -78,6 +79,16 @@ impl PartyContext {
             tls: ClientTls::default(),
             progress: None,
         })
+    }
+
+    /// Creates this party's state for the agreement (its secrets and the agreement text)
+    /// without contacting the room, so that copies can be given to workers
+    /// (`upload --worker`); returns the state directory. Idempotent.
+    pub fn init_state(&self) -> Result<PathBuf, PartyError> {
+        let state = self.state()?;
+        drop(state.secrets()?);
+        state.remember_agreement(self.agreement.text())?;
+        Ok(state.dir().to_path_buf())
     }
 
     fn partner(&self) -> Result<String, PartyError> {

@@ -131,6 +131,11 @@ impl State {
         &self.dir
     }
 
+    /// Whether this agreement's secrets exist yet.
+    pub fn has_secrets(&self) -> bool {
+        self.dir.join("secrets.key").exists()
+    }
+
     /// Loads the secrets, creating them (from OS randomness) on first use.
     pub fn secrets(&self) -> Result<Secrets, PartyError> {
         let path = self.dir.join("secrets.key");

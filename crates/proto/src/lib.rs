@@ -46,6 +46,20 @@ pub fn protocol_in_agent(agent: &str) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The upload digest a party's workers share (`Psi.Lease`, PROTOCOL.md "Workers"):
+/// `SHA-256("accord/v2/upload-handles" ‖ 0x00 ‖ u64be(rows per batch) ‖ handles)`, over every
+/// handle of the upload in upload order. Workers with another input, batch size or party state
+/// (other secrets give other handles and another order) compute another digest.
+pub fn upload_digest(batch_rows: u64, handles: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"accord/v2/upload-handles\0")
+        .chain_update(batch_rows.to_be_bytes())
+        .chain_update(handles)
+        .finalize()
+        .into()
+}
+
 /// Digest of everything in an upload batch besides its points (`docs/PROTOCOL.md`, "Upload
 /// batches"): `SHA-256("accord/v2/batch-rows" ‖ 0x00 ‖ salt(32) ‖ SHA-256(handles) ‖
 /// columns)` where each column contributes `str(name) ‖ kind ‖ values ‖ present`: `kind` is

@@ -257,6 +257,8 @@ pub struct LeaseRequest {
     pub max_batches: u32,
     /// A label for the room's log.
     pub worker: String,
+    /// The upload digest every worker of the party computes (PROTOCOL.md, "Workers").
+    pub upload_digest: Vec<u8>,
 }
 
 /// What an erasure did.

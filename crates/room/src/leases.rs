@@ -50,11 +50,6 @@ impl Leases {
         }
     }
 
-    /// The upload's number of batches.
-    pub(crate) fn total(&self) -> u64 {
-        self.total
-    }
-
     /// Grants up to `want` numbers below the total that are neither stored (`is_stored`) nor
     /// under a lease still running at `now`, for `ttl`; `stored` is how many batches the
     /// room holds. Never more than [`MAX_OUTSTANDING_LEASES`] are held at once.

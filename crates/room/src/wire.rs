@@ -189,6 +189,7 @@ pub(crate) fn lease_request(r: v1::LeaseRequest) -> api::LeaseRequest {
         total_batches: r.total_batches,
         max_batches: r.max_batches,
         worker: r.worker,
+        upload_digest: r.upload_digest,
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_stream::StreamExt as _;
 use super::shuffle::{self, Scratch, Shuffled};
 use super::sync::{batch_salt, check_partner_proofs, sync};
 use super::{PartyContext, status};
+use crate::client::Connection;
 use crate::error::PartyError;
 use crate::input::{InputOptions, InputReport, PreparedRow, Value};
 use crate::state::State;
@@ -27,6 +28,9 @@ pub struct UploadOptions {
     pub batch_rows: usize,
     /// Keep blinding partner work until both sides' tokens are complete.
     pub wait: bool,
+    /// Upload as one of several workers of this party, under this label: only the batches
+    /// the room leases to it (PROTOCOL.md, "Workers").
+    pub worker: Option<String>,
 }
 
 /// What an upload did.
@@ -68,6 +72,16 @@ pub async fn upload(
     // Read, prepare and shuffle through scratch files in the state directory: memory is
     // bounded by a bucket of rows plus 16 bytes per customer (shuffle.rs).
     let state = ctx.state()?;
+    if options.worker.is_some() && !state.has_secrets() {
+        // A worker that made its own secrets would blind another upload than its party's.
+        return Err(PartyError::Refused(format!(
+            "{} has no secrets for agreement {}: a worker uploads with a copy of its party's state. Create the \
+             state once with `accord party init` (or any earlier upload or sync of the party), copy it to each \
+             worker with `accord party backup` and `accord party restore`, then run the workers",
+            state.dir().display(),
+            ctx.agreement.id()
+        )));
+    }
     let scratch = Scratch::create(state.dir())?;
     let read_started = std::time::Instant::now();
     let prepared = {
@@ -133,7 +147,7 @@ pub async fn upload(
         buckets_peak_rows = shuffled.peak_rows_in_memory(),
         "shuffled the rows through scratch files and computed their handles"
     );
-    check_same_upload(ctx, &state, shuffled.handles()).await?;
+    check_same_upload(ctx, &state, shuffled.handles(), options.worker.is_some()).await?;
     state.remember_agreement(ctx.agreement.text())?;
     state.begin_upload(shuffled.handles())?;
 
@@ -145,6 +159,20 @@ pub async fn upload(
     let mut attempt = 0;
     let mut restarts = 0;
     let status = loop {
+        if let Some(worker) = &options.worker {
+            let digest = accord_proto::upload_digest(batch_rows as u64, shuffled.handles());
+            let (status, sent) = super::worker::work(
+                ctx,
+                &state,
+                &shuffled,
+                (total_batches, total_rows),
+                &digest,
+                worker,
+            )
+            .await?;
+            already_stored = Some(total_batches - sent.min(total_batches));
+            break status;
+        }
         attempt += 1;
         let result = upload_attempt(ctx, &state, &shuffled, total_batches, total_rows).await;
         match result {
@@ -221,6 +249,7 @@ async fn check_same_upload(
     ctx: &PartyContext,
     state: &State,
     handles: &[u8],
+    worker: bool,
 ) -> Result<(), PartyError> {
     let record = state.upload_record()?;
     let rows = |b: &[u8]| b.len() / accord_proto::limits::HANDLE_LEN;
@@ -241,6 +270,11 @@ async fn check_same_upload(
     }
     if record.pending.as_deref() == Some(handles) {
         return Ok(()); // resuming an interrupted upload of the same input
+    }
+    if worker {
+        // The other workers' batches are expected; the room's lease compares this worker's
+        // upload digest (input, batch size and secrets) with theirs.
+        return Ok(());
     }
     // No record, or an interrupted upload of another input: only safe if the room holds nothing.
     let status = status(ctx).await?;
@@ -271,8 +305,6 @@ async fn upload_attempt(
     total_rows: u64,
 ) -> Result<(v1::StatusResponse, u64), PartyError> {
     let mut conn = ctx.connect(state).await?;
-    let mut psi = PsiClient::new(conn.channel())
-        .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
     let status = conn.psi_status().await?;
     let stored = status.batches_uploaded;
     if status.upload_complete {
@@ -293,7 +325,37 @@ async fn upload_attempt(
             ctx.party
         )));
     }
-    // Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
+    send_batches(
+        ctx,
+        state,
+        &mut conn,
+        shuffled,
+        (stored..total_batches).collect(),
+        Some((total_batches, total_rows)),
+    )
+    .await?;
+    let status = conn.psi_status().await?;
+    if !status.upload_complete {
+        return Err(PartyError::Unreachable {
+            url: ctx.room_url.clone(),
+            reason: "the upload stream ended before the room stored the completion".into(),
+            gave_up: false,
+        });
+    }
+    Ok((status, stored))
+}
+
+/// Hashes, blinds, signs and streams the batches `numbers` (ascending) of `shuffled`, then
+/// the completion statement `complete` (batches, rows) if given; returns the room's answer.
+/// Hash-and-blind runs on all cores in a blocking thread, one batch ahead of the network.
+pub(super) async fn send_batches(
+    ctx: &PartyContext,
+    state: &State,
+    conn: &mut Connection,
+    shuffled: &std::sync::Arc<Shuffled>,
+    numbers: Vec<u64>,
+    complete: Option<(u64, u64)>,
+) -> Result<v1::UploadResponse, PartyError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::UploadMessage, PartyError>>(4);
     let secrets = state.secrets()?;
     let domain = HashDomain::new(ctx.agreement.id(), ctx.identifier_kind());
@@ -302,7 +364,7 @@ async fn upload_attempt(
     let key_bytes = ctx.key.to_key_file();
     let manifest = ctx.agreement.manifest().clone();
     let shuffled = shuffled.clone();
-    let bar = ctx.bar(total_batches - stored, "upload batches");
+    let bar = ctx.bar(numbers.len() as u64, "upload batches");
     let producer_bar = bar.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let key = match SecretKey::from_key_file(key_bytes.as_bytes()) {
@@ -312,17 +374,24 @@ async fn upload_attempt(
                 return;
             }
         };
-        let mut batches = match shuffled.batches_from(stored) {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        loop {
-            let (n, rows, handles) = match batches.next_batch() {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
+        let mut batches = None;
+        for want in numbers {
+            // One reader for each run of consecutive numbers (a lease may skip some).
+            let batch = (|| {
+                let reader = match &mut batches {
+                    Some((next, reader)) if *next == want => reader,
+                    _ => &mut batches.insert((want, shuffled.batches_from(want)?)).1,
+                };
+                let batch = reader.next_batch()?;
+                if let Some((next, _)) = &mut batches {
+                    *next = want + 1;
+                }
+                batch.ok_or_else(|| {
+                    PartyError::Internal(format!("batch {want} is beyond this upload"))
+                })
+            })();
+            let (n, rows, handles) = match batch {
+                Ok(b) => b,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
                     return;
@@ -359,6 +428,9 @@ async fn upload_attempt(
             }
             producer_bar.inc(1);
         }
+        let Some((total_batches, total_rows)) = complete else {
+            return;
+        };
         let message =
             accord_proto::signed::upload_complete(fp.as_bytes(), &party, total_batches, total_rows);
         let complete = v1::UploadComplete {
@@ -385,6 +457,8 @@ async fn upload_attempt(
                 None
             }
         });
+    let mut psi = PsiClient::new(conn.channel())
+        .max_decoding_message_size(accord_proto::limits::MAX_MESSAGE_BYTES);
     let response = psi.upload(conn.request(stream)).await;
     producer.abort();
     bar.finish_and_clear();
@@ -393,15 +467,7 @@ async fn upload_attempt(
     }
     let response = response.map_err(|s| conn.error(s))?.into_inner();
     conn.check_head(response.head.as_ref())?;
-    let status = conn.psi_status().await?;
-    if !status.upload_complete {
-        return Err(PartyError::Unreachable {
-            url: ctx.room_url.clone(),
-            reason: "the upload stream ended before the room stored the completion".into(),
-            gave_up: false,
-        });
-    }
-    Ok((status, stored))
+    Ok(response)
 }
 
 fn proto_columns(

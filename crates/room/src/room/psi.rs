@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::api::{LeaseRequest, 
-    AgreementState, BlindedBatch, ColumnValues, Erased, KeyCommitment, Status, UploadBatch,
-    UploadColumn, UploadComplete, WorkBatch, WorkRefusal,
+use crate::api::{
+    AgreementState, BlindedBatch, ColumnValues, Erased, KeyCommitment, LeaseRequest, Status,
+    UploadBatch, UploadColumn, UploadComplete, WorkBatch, WorkRefusal,
 };
 use accord_agreement::{Signature, sig::Purpose};
 use accord_proto::limits::POINT_LEN;
@@ -462,6 +462,7 @@ impl Room {
         let grant = store.lease(
             party,
             request.total_batches,
+            &request.upload_digest,
             want as usize,
             self.inner.limits.lease_ttl,
             std::time::Instant::now(),

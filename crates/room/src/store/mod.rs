@@ -57,6 +57,8 @@ const COMMITMENT_FILE: &str = "commitment.bin";
 pub(super) const SEEN_DIR: &str = "seen";
 /// Where the sealing join spills; removed after the join and at every start.
 const SEAL_SCRATCH_DIR: &str = "seal-scratch";
+/// The upload a party's workers share (total batches and upload digest).
+const WORKERS_FILE: &str = "workers.json";
 const PROOF_FAILURES_FILE: &str = "proof-failures.txt";
 
 /// One agreement's directory.
@@ -75,9 +77,19 @@ pub struct AgreementStore {
     /// manifest the room accepted. The set is freed when the party completes its upload
     /// (no batch can be added after that) and its files are deleted at sealing.
     point_tags: BTreeMap<String, HashSet<[u8; TAG_LEN]>>,
-    /// Per party whose workers lease batch numbers: the leases (in memory only; bounded by
-    /// `MAX_OUTSTANDING_LEASES` each).
+    /// Per party whose workers lease batch numbers: the upload they share (`workers.json`).
+    workers: BTreeMap<String, WorkerUpload>,
+    /// The leases of those parties (in memory only; bounded by `MAX_OUTSTANDING_LEASES` each).
     leases: BTreeMap<String, Leases>,
+}
+
+/// The upload a party's workers share, fixed by its first lease and kept in
+/// `parties/<party>/workers.json`, so batches keep arriving in any order after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct WorkerUpload {
+    total_batches: u64,
+    /// Hex of the 32-byte upload digest (PROTOCOL.md, "Workers").
+    upload_digest: String,
 }
 
 impl AgreementStore {
@@ -87,6 +99,7 @@ impl AgreementStore {
     pub fn open(dir: &Path, parties: Vec<PartyColumns>) -> Result<Self> {
         let mut progress = BTreeMap::new();
         let mut point_tags = BTreeMap::new();
+        let mut workers = BTreeMap::new();
         for p in &parties {
             let pdir = dir.join("parties").join(&p.party);
             for sub in ["pending", "rows", "refused"] {
@@ -166,6 +179,17 @@ impl AgreementStore {
             if pr.complete.is_none() {
                 point_tags.insert(p.party.clone(), load_point_tags(&pdir, &pr)?);
             }
+            let shared = pdir.join(WORKERS_FILE);
+            if shared.exists() {
+                let text = fs::read(&shared).map_err(|e| RoomError::io("read", &shared, e))?;
+                let w: WorkerUpload = serde_json::from_slice(&text).map_err(|e| {
+                    RoomError::Internal(format!(
+                        "{}: {e}: the data directory is damaged",
+                        shared.display()
+                    ))
+                })?;
+                workers.insert(p.party.clone(), w);
+            }
             progress.insert(p.party.clone(), pr);
         }
         remove_temp_files(dir)?;
@@ -176,6 +200,7 @@ impl AgreementStore {
             parties,
             progress,
             point_tags,
+            workers,
             leases: BTreeMap::new(),
         })
     }
@@ -224,7 +249,7 @@ impl AgreementStore {
             &batch.digest,
             rows,
             layout.max_rows,
-            self.leases.get(party).map(Leases::total),
+            self.workers.get(party).map(|w| w.total_batches),
         )?;
         if admission == crate::checks::Admission::Retry {
             return Ok(false);
@@ -449,14 +474,16 @@ impl AgreementStore {
         Ok(())
     }
 
-    /// Leases up to `want` unstored batch numbers of `party`'s upload of `total` batches to
-    /// one of its workers for `ttl` (`leases.rs`). The first lease fixes the total: a worker
-    /// that disagrees (another input or batch size) is refused, as is a total the stored
-    /// batches or the party's `max_rows` rule out.
+    /// Leases up to `want` unstored batch numbers of `party`'s upload of `total` batches with
+    /// upload digest `digest` to one of its workers for `ttl` (`leases.rs`). The first lease
+    /// fixes both (written to `workers.json` before any batch is leased): a worker that
+    /// disagrees (another input, batch size or party state) is refused, as is a first lease
+    /// when batches of an upload without workers are stored, and a total `max_rows` rules out.
     pub(crate) fn lease(
         &mut self,
         party: &str,
         total: u64,
+        digest: &[u8],
         want: usize,
         ttl: std::time::Duration,
         now: std::time::Instant,
@@ -471,6 +498,45 @@ impl AgreementStore {
             )));
         }
         let progress = self.progress.get(party).cloned().unwrap_or_default();
+        if digest.len() != 32 {
+            return Err(RoomError::InvalidArgument(format!(
+                "an upload digest is 32 bytes, this one {} (PROTOCOL.md, \"Workers\")",
+                digest.len()
+            )));
+        }
+        let asked = WorkerUpload {
+            total_batches: total,
+            upload_digest: hex::encode(digest),
+        };
+        match self.workers.get(party) {
+            Some(shared) if *shared == asked => {}
+            Some(shared) => {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "this worker's upload is not the one {party}'s workers are uploading ({} batches, digest {}…; \
+                     this worker: {total} batches, digest {}…): every worker must read the same input with the same \
+                     --batch-rows and a copy of the same party state (`accord party backup`, then `party restore`)",
+                    shared.total_batches,
+                    &shared.upload_digest[..16],
+                    &asked.upload_digest[..16]
+                )));
+            }
+            None if !progress.batches.is_empty() => {
+                return Err(RoomError::FailedPrecondition(format!(
+                    "the room holds {} batches of {party} from an upload without workers: finish it with \
+                     `accord party upload` (without --worker) from the state directory it started from",
+                    progress.batches.len()
+                )));
+            }
+            None => {
+                let path = self.party_dir(party).join(WORKERS_FILE);
+                let bytes = serde_json::to_vec_pretty(&asked)
+                    .map_err(|e| RoomError::Internal(e.to_string()))?;
+                accord_fs::write_atomic(&path, &bytes)?;
+                self.workers.insert(party.to_owned(), asked);
+            }
+        }
+        // A completed upload leases nothing, but a worker still learns, above, whether its
+        // upload is the one completed.
         if progress.complete.is_some() {
             return Ok(Grant {
                 batch_numbers: Vec::new(),
@@ -480,25 +546,10 @@ impl AgreementStore {
                 all_stored: true,
             });
         }
-        if let Some(last) = progress.batches.keys().next_back()
-            && *last >= total
-        {
-            return Err(RoomError::FailedPrecondition(format!(
-                "the room holds batch {last} of {party}, but this worker's upload has {total} batches: every worker \
-                 must read the same input with the same --batch-rows as the upload so far"
-            )));
-        }
         let leases = self
             .leases
             .entry(party.to_owned())
             .or_insert_with(|| Leases::new(total));
-        if leases.total() != total {
-            return Err(RoomError::FailedPrecondition(format!(
-                "another worker of {party} leased batches of an upload of {} batches; this one has {total}: every \
-                 worker must read the same input with the same --batch-rows",
-                leases.total()
-            )));
-        }
         let stored = progress.batches.len() as u64;
         Ok(leases.grant(want, now, ttl, stored, |n| {
             progress.batches.contains_key(&n)

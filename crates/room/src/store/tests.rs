@@ -506,6 +506,66 @@ fn the_layout_follows_the_manifest() {
     );
 }
 
+#[test]
+fn workers_share_one_upload_that_survives_a_restart_and_arrives_in_any_order() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    let (ttl, now) = (Duration::from_secs(60), Instant::now());
+    let digest = [7u8; 32];
+    let g = s.lease("drinks", 3, &digest, 2, ttl, now).unwrap();
+    assert_eq!(g.batch_numbers, vec![0, 1]);
+    // Another input, batch size or state: refused, naming the shared upload.
+    for (total, other) in [(3, [8u8; 32]), (4, digest)] {
+        let e = s.lease("drinks", total, &other, 2, ttl, now).unwrap_err();
+        assert!(
+            matches!(&e, RoomError::FailedPrecondition(m) if m.contains("is not the one drinks's workers are uploading")),
+            "{e}"
+        );
+    }
+    assert!(matches!(
+        s.lease("drinks", 3, &[7u8; 31], 2, ttl, now),
+        Err(RoomError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.lease("drinks", 7, &digest, 2, ttl, now),
+        Err(RoomError::InvalidArgument(m)) if m.contains("1 to 6 (max_rows of drinks")
+    ));
+    // Batch 1 arrives before batch 0, and still after a restart.
+    s.store_pending("drinks", 1, &batch("drinks", &[2], 2))
+        .unwrap();
+    drop(s);
+    let mut s = AgreementStore::open(dir.path(), layouts()).unwrap();
+    s.store_pending("drinks", 2, &batch("drinks", &[3], 3))
+        .unwrap();
+    let e = s
+        .store_pending("drinks", 3, &batch("drinks", &[4], 4))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("beyond its upload of 3 batches"),
+        "{e}"
+    );
+    // The leases were in memory: batch 0 is leased again, 1 and 2 are stored.
+    let g = s.lease("drinks", 3, &digest, 8, ttl, now).unwrap();
+    assert_eq!(g.batch_numbers, vec![0]);
+    assert_eq!(g.stored, 2);
+    s.store_pending("drinks", 0, &batch("drinks", &[1], 1))
+        .unwrap();
+    assert!(
+        s.lease("drinks", 3, &digest, 8, ttl, now)
+            .unwrap()
+            .all_stored
+    );
+    // A party that uploaded without workers cannot switch to workers halfway.
+    s.store_pending("snacks", 0, &batch("snacks", &[11], 5))
+        .unwrap();
+    let e = s.lease("snacks", 2, &digest, 2, ttl, now).unwrap_err();
+    assert!(
+        e.to_string().contains("from an upload without workers"),
+        "{e}"
+    );
+}
+
 /// Seals `s` the way the room does: the join writes the snapshot, which is then read back.
 fn sealed(s: &AgreementStore) -> (RecordBatch, u64) {
     let (matched, duplicates) = s.build_snapshot().unwrap();
