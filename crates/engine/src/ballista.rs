@@ -74,11 +74,8 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// A cluster for the engine session `state`, whose overlap lives in `dir`.
+    /// `state` must come from a session built with [`session_config`].
     pub(crate) fn new(state: SessionState, dir: PathBuf) -> Self {
-        let config = state.config().clone().upgrade_for_ballista();
-        let state = datafusion::execution::SessionStateBuilder::new_from_existing(state)
-            .with_config(config)
-            .build();
         Self {
             state,
             running: OnceCell::new(),
@@ -160,6 +157,14 @@ impl Cluster {
         self.jobs.fetch_add(1, Ordering::SeqCst);
         Ok(stream)
     }
+}
+
+/// The engine's session configuration with Ballista's settings added (still no
+/// information_schema).
+pub(crate) fn session_config(
+    base: datafusion::prelude::SessionConfig,
+) -> datafusion::prelude::SessionConfig {
+    base.upgrade_for_ballista().with_information_schema(false)
 }
 
 /// Writes the (validated) overlap to `dir/overlap.parquet`, creating `dir`.

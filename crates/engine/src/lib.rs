@@ -297,7 +297,7 @@ impl Engine {
     /// ([`TableSpec::arrow_schema`]); metric values must be finite and within bounds.
     pub fn new(spec: TableSpec, batches: Vec<RecordBatch>) -> Result<Self, EngineError> {
         let normalized = validate(&spec, batches)?;
-        let ctx = session(&spec);
+        let ctx = session(&spec, base_config());
         let partitions = ctx.copied_config().target_partitions().max(1);
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
         for (i, batch) in normalized.into_iter().enumerate() {
@@ -352,7 +352,7 @@ impl Engine {
             .with_schema(spec.arrow_schema());
         let table =
             ListingTable::try_new(config).map_err(EngineError::df("creating the overlap table"))?;
-        let ctx = session(&spec);
+        let ctx = session(&spec, ballista::session_config(base_config()));
         ctx.register_table(ast::TABLE_NAME, Arc::new(table))
             .map_err(EngineError::df("registering the overlap table"))?;
         let cluster = ballista::Cluster::new(ctx.state(), cluster_dir);
@@ -455,12 +455,16 @@ fn validate(spec: &TableSpec, batches: Vec<RecordBatch>) -> Result<Vec<RecordBat
     Ok(normalized)
 }
 
+/// The session configuration: no information_schema, one default catalog and schema.
+fn base_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(false)
+        .with_create_default_catalog_and_schema(true)
+}
+
 /// The locked-down session: only the agreement's aggregates, no other function, no
 /// information_schema; the caller registers the one table.
-fn session(spec: &TableSpec) -> SessionContext {
-    let config = SessionConfig::new()
-        .with_information_schema(false)
-        .with_create_default_catalog_and_schema(true);
+fn session(spec: &TableSpec, config: SessionConfig) -> SessionContext {
     let mut udafs = Vec::new();
     for kind in &spec.aggregates {
         let udaf = match kind {

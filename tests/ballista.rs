@@ -1,0 +1,207 @@
+//! The Ballista engine (feature `ballista`) answers exactly as the single-node engine:
+//! the same analyst queries over the same sealed overlap, both engines, identical answers,
+//! suppression counts and refusals; and the Ballista path really ran (its in-process
+//! scheduler, on loopback, accepted one job per answered query).
+//!
+//! Metric values are whole numbers, so sums are exact whatever order the partitions are
+//! added in; with differential privacy both engines draw from the same seeded noise.
+#![cfg(feature = "ballista")]
+
+use std::sync::Arc;
+
+use accord_engine::arrow::array::{Float64Array, RecordBatch, StringArray};
+use accord_engine::corpus::render_rows;
+use accord_engine::{
+    AggregateKind, ColumnSpec, Engine, NoiseSource, Outcome, QueryPrivacy, Role, TableSpec,
+};
+
+fn spec() -> TableSpec {
+    let dim = |name: &str| ColumnSpec {
+        name: name.into(),
+        role: Role::Dimension,
+    };
+    let metric = |name: &str, max: f64| ColumnSpec {
+        name: name.into(),
+        role: Role::Metric { min: 0.0, max },
+    };
+    TableSpec {
+        columns: vec![
+            dim("region"),
+            dim("tier"),
+            metric("spend", 100.0),
+            metric("visits", 50.0),
+        ],
+        min_group_size: 10,
+        aggregates: vec![AggregateKind::Count, AggregateKind::Sum, AggregateKind::Avg],
+    }
+}
+
+/// 1,500 rows in three batches: four regions, three common tiers and a `rare` tier of 4
+/// rows (below k), whole-number metrics with some missing spends.
+fn batches() -> Vec<RecordBatch> {
+    let regions = ["north", "south", "east", "west"];
+    let tiers = ["gold", "silver", "bronze"];
+    let mut out = Vec::new();
+    for part in 0..3u64 {
+        let (mut region, mut tier, mut spend, mut visits) = (vec![], vec![], vec![], vec![]);
+        for i in 0..500u64 {
+            let n = part * 500 + i;
+            let x = n.wrapping_mul(2_654_435_761) % 10_007;
+            region.push(regions[(x % 4) as usize]);
+            tier.push(if n % 375 == 7 {
+                "rare"
+            } else {
+                tiers[((x / 4) % 3) as usize]
+            });
+            spend.push((x % 13 != 0).then_some((x % 101) as f64));
+            visits.push(Some((x % 51) as f64));
+        }
+        out.push(
+            RecordBatch::try_new(
+                spec().arrow_schema(),
+                vec![
+                    Arc::new(StringArray::from(region)),
+                    Arc::new(StringArray::from(tier)),
+                    Arc::new(Float64Array::from(spend)),
+                    Arc::new(Float64Array::from(visits)),
+                ],
+            )
+            .expect("batch"),
+        );
+    }
+    out
+}
+
+/// (query, whether its rows come in a defined order)
+const ANSWERED: &[(&str, bool)] = &[
+    ("SELECT COUNT(*) AS n FROM overlap", true),
+    (
+        "SELECT COUNT(spend) AS c, SUM(spend) AS s, AVG(spend) AS a, SUM(visits) AS v FROM overlap",
+        true,
+    ),
+    (
+        "SELECT region, COUNT(*) AS n, SUM(spend) AS s FROM overlap GROUP BY region",
+        false,
+    ),
+    (
+        "SELECT region, tier, AVG(visits) AS v, COUNT(*) AS n FROM overlap GROUP BY region, tier ORDER BY region, tier",
+        true,
+    ),
+    // `rare` has 4 customers: suppressed (and counted) by both engines.
+    (
+        "SELECT tier, COUNT(*) AS n FROM overlap GROUP BY tier ORDER BY tier",
+        true,
+    ),
+    (
+        "SELECT tier, COUNT(*) AS n FROM overlap GROUP BY tier HAVING COUNT(*) > 400 ORDER BY n DESC",
+        true,
+    ),
+    (
+        "SELECT region, SUM(spend) AS s FROM overlap GROUP BY region ORDER BY s DESC LIMIT 2",
+        true,
+    ),
+    (
+        "SELECT region, AVG(spend) AS a FROM overlap WHERE tier = 'gold' AND region <> 'west' GROUP BY region ORDER BY region",
+        true,
+    ),
+    (
+        "SELECT region, tier, SUM(visits) AS v FROM overlap WHERE tier IN ('gold', 'silver') GROUP BY region, tier ORDER BY v DESC, region, tier LIMIT 5",
+        true,
+    ),
+];
+
+const REFUSED: &[&str] = &[
+    "SELECT * FROM overlap",
+    "SELECT region FROM overlap",
+    "SELECT MAX(spend) FROM overlap",
+    "SELECT COUNT(*) FROM customers",
+    "SELECT region, COUNT(*) FROM overlap GROUP BY region LIMIT 1 OFFSET 1; DROP TABLE overlap",
+];
+
+/// What an analyst (and the audit log) sees of an outcome.
+fn seen(outcome: Outcome, ordered: bool) -> String {
+    match outcome {
+        Outcome::Answered(answer) => {
+            let names: Vec<String> = answer
+                .schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect();
+            let mut rows = render_rows(&answer.batches);
+            if !ordered {
+                rows.sort();
+            }
+            format!(
+                "columns {names:?}\nrows {rows:?}\nrows {} suppressed {} privacy {:?}",
+                answer.rows, answer.groups_suppressed, answer.privacy_spent
+            )
+        }
+        Outcome::Refused(refusal) => format!("refused: {refusal}"),
+    }
+}
+
+fn engines(dir: &std::path::Path) -> (Engine, Engine) {
+    let single = Engine::new(spec(), batches()).expect("single-node engine");
+    let ballista =
+        Engine::ballista_standalone(spec(), batches(), &dir.join("engine")).expect("ballista");
+    assert_eq!(single.distributed_jobs(), None);
+    assert_eq!(ballista.distributed_jobs(), Some(0));
+    (single, ballista)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballista_answers_equal_single_node_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (single, ballista) = engines(dir.path());
+    assert!(dir.path().join("engine/overlap.parquet").is_file());
+    for (i, &(sql, ordered)) in ANSWERED.iter().enumerate() {
+        let want = seen(single.query(sql).await.expect(sql), ordered);
+        let got = seen(ballista.query(sql).await.expect(sql), ordered);
+        assert!(want.starts_with("columns"), "{sql}: {want}");
+        assert_eq!(got, want, "{sql}");
+        // The Ballista path ran: its scheduler accepted this query's job.
+        assert_eq!(ballista.distributed_jobs(), Some(i as u64 + 1), "{sql}");
+    }
+    let sup = seen(ballista.query(ANSWERED[4].0).await.expect("tiers"), true);
+    assert!(
+        sup.contains("suppressed 1"),
+        "the rare tier is suppressed: {sup}"
+    );
+    let jobs = ballista.distributed_jobs();
+    for sql in REFUSED {
+        let want = seen(single.query(sql).await.expect(sql), true);
+        let got = seen(ballista.query(sql).await.expect(sql), true);
+        assert!(want.starts_with("refused"), "{sql}: {want}");
+        assert_eq!(got, want, "{sql}");
+    }
+    assert_eq!(
+        ballista.distributed_jobs(),
+        jobs,
+        "a refused query never reaches the scheduler"
+    );
+    let scheduler = ballista.distributed_scheduler().expect("started");
+    assert!(
+        scheduler.ip().is_loopback(),
+        "the in-process scheduler listens on loopback only, not {scheduler}"
+    );
+    // Dropping the engine removes its copy of the overlap.
+    drop(ballista);
+    assert!(!dir.path().join("engine").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ballista_noisy_answers_equal_single_node_noisy_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (single, ballista) = engines(dir.path());
+    let privacy = QueryPrivacy::new(1.0, 1e-6, 10).expect("privacy");
+    let single = single.with_differential_privacy(privacy, NoiseSource::from_seed(7));
+    let ballista = ballista.with_differential_privacy(privacy, NoiseSource::from_seed(7));
+    for (i, &(sql, ordered)) in ANSWERED.iter().enumerate() {
+        let want = seen(single.query(sql).await.expect(sql), ordered);
+        let got = seen(ballista.query(sql).await.expect(sql), ordered);
+        assert!(want.contains("privacy Some"), "{sql}: {want}");
+        assert_eq!(got, want, "{sql}");
+        assert_eq!(ballista.distributed_jobs(), Some(i as u64 + 1), "{sql}");
+    }
+}
