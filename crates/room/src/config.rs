@@ -11,6 +11,7 @@
 //! flight_sql = "0.0.0.0:7701"        # optional
 //! insecure_plaintext_network = false # optional, see `--insecure-plaintext-network`
 //! tls_proxy_cert = "proxy.crt"       # optional, see `--tls-proxy-cert`
+//! engine = "single-node"             # optional: or "ballista-standalone" (a `ballista` build)
 //!
 //! [tls]                              # optional; required for non-loopback addresses
 //! cert = "tls/room.crt"
@@ -71,6 +72,9 @@ pub struct RoomFile {
     /// `--open-registration`).
     #[serde(default)]
     pub registration: RegistrationFile,
+    /// The query engine (`--engine`): `"single-node"` (default) or `"ballista-standalone"`.
+    #[serde(default)]
+    pub engine: crate::QueryEngine,
 }
 
 /// `[limits]`: every key optional; durations in whole seconds.
@@ -224,6 +228,7 @@ impl RoomFile {
             limits: self.limits.to_limits(),
             registration_allow: self.registration.allow.clone(),
             open_registration: self.registration.open,
+            engine: self.engine,
         })
     }
 }
