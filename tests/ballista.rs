@@ -205,3 +205,86 @@ async fn ballista_noisy_answers_equal_single_node_noisy_answers() {
         assert_eq!(ballista.distributed_jobs(), Some(i as u64 + 1), "{sql}");
     }
 }
+
+/// Party files: 700 customers each, 600 of them in both; whole-number spends.
+fn write_party_files(dir: &std::path::Path) {
+    use accord_tests::{Customer, write_csv};
+    let tiers = ["gold", "silver", "bronze"];
+    let regions = ["north", "south", "east", "west"];
+    let favourites = ["nuts", "crisps", "fruit"];
+    let customer = |i: usize, cells: Vec<String>| Customer {
+        email: format!("c{i}@example.org"),
+        consent: true,
+        cells,
+    };
+    let drinks: Vec<Customer> = (0..700)
+        .map(|i| {
+            let tier = if i % 150 == 3 { "rare" } else { tiers[i % 3] };
+            let spend = (i * 37 % 500).to_string();
+            customer(i, vec![tier.into(), regions[i / 3 % 4].into(), spend])
+        })
+        .collect();
+    let snacks: Vec<Customer> = (100..800)
+        .map(|i| customer(i, vec![favourites[i / 5 % 3].into(), (i % 97).to_string()]))
+        .collect();
+    write_csv(&dir.join("drinks.csv"), "drinks", &drinks);
+    write_csv(&dir.join("snacks.csv"), "snacks", &snacks);
+}
+
+const ROOM_QUERIES: &[&str] = &[
+    "SELECT COUNT(*) AS n FROM overlap",
+    "SELECT drinks_loyalty_tier, COUNT(*) AS n, SUM(drinks_monthly_spend) AS s FROM overlap GROUP BY drinks_loyalty_tier ORDER BY drinks_loyalty_tier",
+    "SELECT drinks_region, snacks_favourite, AVG(snacks_weekly_spend) AS w FROM overlap GROUP BY drinks_region, snacks_favourite ORDER BY drinks_region, snacks_favourite",
+    "SELECT drinks_region, COUNT(*) AS n FROM overlap GROUP BY drinks_region HAVING COUNT(*) > 140 ORDER BY n DESC, drinks_region LIMIT 3",
+    "SELECT snacks_favourite, SUM(snacks_weekly_spend) AS w FROM overlap WHERE drinks_loyalty_tier = 'gold' GROUP BY snacks_favourite ORDER BY snacks_favourite",
+    "SELECT * FROM overlap",
+    "SELECT drinks_region FROM overlap",
+];
+
+/// The same agreement and uploads in a single-node room and a `ballista-standalone` room:
+/// every analyst sees the same answers and refusals over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ballista_room_answers_as_a_single_node_room() {
+    use accord_room::QueryEngine;
+    use accord_tests::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Keys::new(77);
+    let text = agreement_text("ballista-room", 1, &keys, 10, 100_000);
+    let agreement = verified(&text);
+    let mut seen_by = Vec::new();
+    for engine in [QueryEngine::SingleNode, QueryEngine::BallistaStandalone] {
+        let work = dir.path().join(engine.to_string());
+        std::fs::create_dir_all(&work).expect("work dir");
+        write_party_files(&work);
+        let data = work.join("room");
+        let mut config = serve_config(&data);
+        config.engine = engine;
+        let room = accord_room::start(config).await.expect("room starts");
+        let url = url(&room);
+        submit(&url, &text).await.expect("submit");
+        run_psi(&agreement, &keys, &work, &url, 256).await;
+        // The Ballista room keeps its engine's Parquet copy of the overlap in its data
+        // directory; the single-node room has none.
+        let parquet = files_under(&data)
+            .into_iter()
+            .filter(|p| p.ends_with("overlap.parquet"))
+            .count();
+        assert_eq!(
+            parquet,
+            usize::from(engine == QueryEngine::BallistaStandalone)
+        );
+        let mut ana = analyst(&url, "ballista-room", &keys).await;
+        let mut answers = Vec::new();
+        for sql in ROOM_QUERIES {
+            answers.push(match grpc_query(&mut ana, sql).await {
+                Ok(batches) => format!("{:?}", render_rows(&batches)),
+                Err((rule, _)) => format!("refused [{rule}]"),
+            });
+        }
+        room.shutdown().await;
+        seen_by.push(answers);
+    }
+    assert!(seen_by[0][1].contains("bronze"), "{:?}", seen_by[0]);
+    assert!(seen_by[0][5].starts_with("refused"), "{:?}", seen_by[0]);
+    assert_eq!(seen_by[1], seen_by[0]);
+}
