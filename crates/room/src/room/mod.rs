@@ -93,6 +93,7 @@ struct Inner {
     /// The query engine of every sealed agreement.
     engine: crate::QueryEngine,
     /// Numbers the Ballista engines' Parquet directories (`ballista/` in the data directory).
+    #[cfg(feature = "ballista")]
     engine_dirs: std::sync::atomic::AtomicU64,
 }
 
@@ -164,6 +165,7 @@ impl Room {
                 decoded: DecodedInputs::new(crate::limits::DECODED_INPUTS_BYTES),
                 tls_binding: Mutex::new(None),
                 engine,
+                #[cfg(feature = "ballista")]
                 engine_dirs: std::sync::atomic::AtomicU64::new(0),
             }),
         };
