@@ -180,11 +180,20 @@ async fn ballista_answers_equal_single_node_answers() {
         jobs,
         "a refused query never reaches the scheduler"
     );
-    let scheduler = ballista.distributed_scheduler().expect("started");
-    assert!(
-        scheduler.ip().is_loopback(),
-        "the in-process scheduler listens on loopback only, not {scheduler}"
+    let endpoints = ballista.distributed_endpoints();
+    assert_eq!(
+        endpoints.len(),
+        2,
+        "a scheduler and an executor: {endpoints:?}"
     );
+    for endpoint in &endpoints {
+        assert!(
+            endpoint.ip().is_loopback(),
+            "the in-process scheduler and executor listen on loopback only, not {endpoint}"
+        );
+    }
+    // The executor's shuffle files are inside the engine's directory, not in /tmp.
+    assert!(dir.path().join("engine/work").is_dir());
     // Dropping the engine removes its copy of the overlap.
     drop(ballista);
     assert!(!dir.path().join("engine").exists());

@@ -9,11 +9,14 @@
 //! results come back to the engine, which counts suppressed groups, adds noise (with DP)
 //! and runs HAVING, ORDER BY and LIMIT locally, exactly as the single-node engine does.
 //!
-//! The scheduler and executor start on the first query and bind loopback addresses only
-//! (Ballista's standalone mode binds `localhost:0`; [`Cluster::start`] refuses to go on if
-//! the scheduler's address is not loopback). They are inside the room's trust boundary:
-//! nothing outside the room's process can submit work to them short of local access to the
-//! machine (docs/THREAT_MODEL.md).
+//! The scheduler and executor start on the first query, as tasks of that query's Tokio
+//! runtime, and bind loopback addresses only: the scheduler is Ballista's standalone one
+//! (it binds `localhost:0`; [`Cluster::start`] refuses to go on if that is not loopback),
+//! the executor is started here, on `127.0.0.1:0`, with its work directory (Ballista's
+//! shuffle files: partial aggregates) inside the engine's own directory rather than the
+//! system's temporary directory, so it is removed with the engine. They are inside the
+//! room's trust boundary: nothing outside the room's process can submit work to them short
+//! of local access to the machine (docs/THREAT_MODEL.md).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,12 +53,13 @@ pub(crate) struct Cluster {
 
 struct Running {
     scheduler: SocketAddr,
+    executor: SocketAddr,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("scheduler", &self.running.get().map(|r| r.scheduler))
+            .field("endpoints", &self.endpoints())
             .field("jobs", &self.jobs.load(Ordering::Relaxed))
             .field("dir", &self.dir)
             .finish_non_exhaustive()
@@ -89,9 +93,12 @@ impl Cluster {
         self.jobs.load(Ordering::SeqCst)
     }
 
-    /// The scheduler's address, once started.
-    pub(crate) fn scheduler_addr(&self) -> Option<SocketAddr> {
-        self.running.get().map(|r| r.scheduler)
+    /// The scheduler's and the executor's addresses, once started.
+    pub(crate) fn endpoints(&self) -> Vec<SocketAddr> {
+        self.running
+            .get()
+            .map(|r| vec![r.scheduler, r.executor])
+            .unwrap_or_default()
     }
 
     async fn running(&self) -> Result<&Running, EngineError> {
@@ -128,11 +135,101 @@ impl Cluster {
             }
         };
         let vcores = self.state.config().ballista_standalone_parallelism().max(1);
-        ballista_executor::new_standalone_executor_from_state(client, vcores, &self.state)
+        let executor = self
+            .start_executor(client, vcores)
             .await
             .map_err(|e| failed("executor", &e))?;
-        tracing::info!(%scheduler, vcores, "in-process Ballista scheduler and executor started");
-        Ok(Running { scheduler })
+        tracing::info!(%scheduler, %executor, vcores, "in-process Ballista scheduler and executor started");
+        Ok(Running {
+            scheduler,
+            executor,
+        })
+    }
+
+    /// Ballista's `new_standalone_executor_from_state`, except that the executor listens on
+    /// 127.0.0.1 (not whatever `localhost` resolves to) and works in `dir/work` (not in a
+    /// world-readable directory under the system's temporary directory that outlives it).
+    async fn start_executor(
+        &self,
+        scheduler: SchedulerGrpcClient<tonic::transport::Channel>,
+        vcores: usize,
+    ) -> Result<SocketAddr, EngineError> {
+        use arrow_flight::flight_service_server::FlightServiceServer;
+        use ballista_core::serde::BallistaCodec;
+        use ballista_core::serde::protobuf::ExecutorRegistration;
+        use ballista_core::serde::scheduler::{
+            ExecutorOperatingSystemSpecification, ExecutorSpecification,
+        };
+        use ballista_core::utils::{GrpcServerConfig, create_grpc_server};
+        use ballista_core::{ConfigProducer, RuntimeProducer};
+        use ballista_executor::executor::Executor;
+        use ballista_executor::flight_service::BallistaFlightService;
+        use ballista_executor::metrics::LoggingMetricsCollector;
+        use datafusion_proto::protobuf::LogicalPlanNode;
+
+        let work = self.dir.join("work");
+        std::fs::create_dir_all(&work)
+            .map_err(|e| EngineError::Ballista(format!("creating {}: {e}", work.display())))?;
+        let work = work
+            .to_str()
+            .ok_or_else(|| EngineError::Ballista(format!("{} is not UTF-8", work.display())))?
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|e| EngineError::Ballista(format!("binding 127.0.0.1:0: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| EngineError::Ballista(format!("the executor's address: {e}")))?;
+        let metadata = ExecutorRegistration {
+            id: ballista_core::ids::new_instance_id(),
+            host: Some(address.ip().to_string()),
+            port: u32::from(address.port()),
+            // As in Ballista's standalone executor; the push-mode gRPC server it names is
+            // never started (the standalone scheduler pulls).
+            grpc_port: 50020,
+            specification: Some(
+                ExecutorSpecification::default()
+                    .with_vcores(u32::try_from(vcores).unwrap_or(1))
+                    .into(),
+            ),
+            os_info: Some(ExecutorOperatingSystemSpecification::default().into()),
+            ballista_protocol_version: ballista_core::BALLISTA_PROTOCOL_VERSION,
+        };
+        let config = self.state.config().clone();
+        let max_message = config.ballista_grpc_client_max_message_size();
+        let codec: BallistaCodec<LogicalPlanNode, PhysicalPlanNode> = BallistaCodec::new(
+            config.ballista_logical_extension_codec(),
+            config.ballista_physical_extension_codec(),
+        );
+        let runtime = Arc::clone(self.state.runtime_env());
+        let config_producer: ConfigProducer = Arc::new(move || config.clone());
+        let runtime_producer: RuntimeProducer = Arc::new(move |_| Ok(Arc::clone(&runtime)));
+        let executor = Arc::new(Executor::with_default_execution_engine(
+            metadata,
+            &work,
+            runtime_producer,
+            config_producer,
+            Arc::new((&self.state).into()),
+            Arc::new(LoggingMetricsCollector::default()),
+            vcores,
+        ));
+        let flight = FlightServiceServer::new(BallistaFlightService::new(work))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message);
+        tokio::spawn(
+            create_grpc_server(&GrpcServerConfig::default())
+                .add_service(flight)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        tokio::spawn(ballista_executor::execution_loop::poll_loop(
+            scheduler,
+            executor,
+            codec,
+            None,
+            None,
+            ballista_executor::health::ExecutorHealth::new(),
+        ));
+        Ok(address)
     }
 
     /// Submits `plan` to the scheduler as one job and streams its result.

@@ -374,13 +374,14 @@ impl Engine {
         }
     }
 
-    /// With the Ballista engine, once its first query has started it: the address its
-    /// in-process scheduler listens on (always a loopback address).
-    pub fn distributed_scheduler(&self) -> Option<std::net::SocketAddr> {
+    /// With the Ballista engine, once its first query has started them: the addresses its
+    /// in-process scheduler and executor listen on (loopback addresses only); empty
+    /// otherwise.
+    pub fn distributed_endpoints(&self) -> Vec<std::net::SocketAddr> {
         match &self.runner {
-            Runner::SingleNode => None,
+            Runner::SingleNode => Vec::new(),
             #[cfg(feature = "ballista")]
-            Runner::Ballista(cluster) => cluster.scheduler_addr(),
+            Runner::Ballista(cluster) => cluster.endpoints(),
         }
     }
 }
