@@ -286,6 +286,20 @@ mod tests {
         let f = parse("data_dir = \"/d\"\n").unwrap();
         assert_eq!(f.listen, default_listen());
         assert!(f.tls.is_none() && f.flight_sql.is_none());
+        assert_eq!(f.engine, crate::QueryEngine::SingleNode);
+    }
+
+    #[test]
+    fn the_engine_is_named_and_an_unknown_one_refused_with_its_line() {
+        let f = parse("data_dir = \"/d\"\nengine = \"ballista-standalone\"\n").unwrap();
+        assert_eq!(f.engine, crate::QueryEngine::BallistaStandalone);
+        let config = f.to_serve_config(Duration::from_secs(1)).unwrap();
+        assert_eq!(config.engine, crate::QueryEngine::BallistaStandalone);
+        let e = parse("data_dir = \"/d\"\nengine = \"ballista\"\n").unwrap_err();
+        assert!(
+            e.contains("room.toml:2") && e.contains("ballista-standalone"),
+            "{e}"
+        );
     }
 
     #[test]
