@@ -23,7 +23,7 @@
 //! replaced by noisy groups chosen by DP partition selection ([`dp`]); the rest of the
 //! plan then runs over noisy values only, and nothing exact is reported.
 //!
-//! With the cargo feature `ballista`, [`Engine::ballista_standalone`] keeps the overlap in
+//! With the cargo feature `ballista`, `Engine::ballista_standalone` keeps the overlap in
 //! Parquet and runs the one step that reads it — the checked aggregate (with DP, its scan
 //! and filter) — on an in-process Apache DataFusion Ballista scheduler and executor; every
 //! step before (the policy) and after (suppression, noise, HAVING/ORDER BY/LIMIT) is the
