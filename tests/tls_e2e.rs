@@ -48,6 +48,7 @@ async fn tls_room(data: &Path, tls: Option<ServerTls>) -> RunningRoom {
         limits: accord_room::Limits::default(),
         registration_allow: None,
         open_registration: false,
+        engine: Default::default(),
     })
     .await
     .unwrap()
@@ -305,6 +306,7 @@ async fn non_loopback_listen_without_tls_is_refused() {
             registration_allow: None,
             // Registration is settled (open), so the refusal tested is the plain-text one.
             open_registration: true,
+            engine: Default::default(),
         })
         .await
         .map(|_| ())

@@ -207,6 +207,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         limits: accord_room::Limits::default(),
         registration_allow: None,
         open_registration: false,
+        engine: Default::default(),
     }
 }
 

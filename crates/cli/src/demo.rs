@@ -365,6 +365,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             // Loopback only: open registration is the rule there.
             registration_allow: None,
             open_registration: false,
+            engine: Default::default(),
         })
         .await?;
         let url = format!("http://{}", running.grpc_addr);

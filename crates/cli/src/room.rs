@@ -102,6 +102,16 @@ pub struct ServeArgs {
     /// Let anyone who can reach the room register agreements, also beyond loopback.
     #[arg(long)]
     pub open_registration: bool,
+    /// The query engine: single-node (DataFusion in the room's process) or
+    /// ballista-standalone (Apache DataFusion Ballista, an in-process scheduler and executor on
+    /// loopback; needs an accord built with `--features ballista`, refused otherwise).
+    /// Overrides `engine` in room.toml.
+    #[arg(long, value_name = "ENGINE", value_parser = parse_engine)]
+    pub engine: Option<accord_room::QueryEngine>,
+}
+
+fn parse_engine(s: &str) -> std::result::Result<accord_room::QueryEngine, String> {
+    s.parse()
 }
 
 pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
@@ -183,7 +193,12 @@ pub fn run(cmd: RoomCommand) -> Result<ExitCode> {
 fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
     let expiry_check = Duration::from_secs(5);
     if let Some(path) = &args.config {
-        return Ok(accord_room::config::RoomFile::load(path)?.to_serve_config(expiry_check)?);
+        let mut config =
+            accord_room::config::RoomFile::load(path)?.to_serve_config(expiry_check)?;
+        if let Some(engine) = args.engine {
+            config.engine = engine;
+        }
+        return Ok(config);
     }
     let Some(data_dir) = args.data_dir.clone() else {
         bail!("give --data-dir DIR (or --config room.toml)");
@@ -208,6 +223,7 @@ fn serve_config(args: &ServeArgs) -> Result<accord_room::ServeConfig> {
         limits: accord_room::Limits::default(),
         registration_allow: args.registration_allow.clone(),
         open_registration: args.open_registration,
+        engine: args.engine.unwrap_or_default(),
     })
 }
 

@@ -17,7 +17,6 @@ use arrow::record_batch::RecordBatch;
 use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Aggregate, Expr};
-use datafusion::physical_plan::execute_stream;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use futures::StreamExt;
 
@@ -78,6 +77,7 @@ struct Exact {
 /// aggregate's schema. Nothing exact leaves this function.
 pub(crate) async fn noisy_groups(
     state: &SessionState,
+    runner: &crate::Runner,
     aggregate: &Aggregate,
     spec: &TableSpec,
     dp: &DpState,
@@ -181,8 +181,10 @@ pub(crate) async fn noisy_groups(
         .create_physical_plan(&aggregate.input, state)
         .await
         .map_err(EngineError::df("planning the scan for noisy aggregation"))?;
-    let mut stream = execute_stream(physical, state.task_ctx())
-        .map_err(EngineError::df("scanning for noisy aggregation"))?;
+    // With the Ballista engine, the scan and WHERE filter run on its executor.
+    let mut stream = runner
+        .execute(physical, state, "scanning for noisy aggregation")
+        .await?;
     let mut groups: BTreeMap<Vec<Option<String>>, Exact> = BTreeMap::new();
     if keys.is_empty() {
         // A query without GROUP BY always has its one group, even over no rows.

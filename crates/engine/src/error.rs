@@ -52,6 +52,10 @@ pub enum EngineError {
         #[source]
         source: DataFusionError,
     },
+    /// The Ballista engine (feature `ballista`) could not write its Parquet overlap or start
+    /// its in-process scheduler and executor.
+    #[error("Ballista engine: {0}")]
+    Ballista(String),
     /// The optimizer produced a plan the engine cannot execute safely (a bug, not the analyst's fault).
     #[error("internal policy error: {0}; please report this with the query's SQL")]
     Internal(String),

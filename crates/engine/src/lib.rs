@@ -22,8 +22,16 @@
 //! With differential privacy ([`Engine::with_differential_privacy`]) the aggregate is
 //! replaced by noisy groups chosen by DP partition selection ([`dp`]); the rest of the
 //! plan then runs over noisy values only, and nothing exact is reported.
+//!
+//! With the cargo feature `ballista`, `Engine::ballista_standalone` keeps the overlap in
+//! Parquet and runs the one step that reads it — the checked aggregate (with DP, its scan
+//! and filter) — on an in-process Apache DataFusion Ballista scheduler and executor; every
+//! step before (the policy) and after (suppression, noise, HAVING/ORDER BY/LIMIT) is the
+//! same code as the single-node engine's (`ballista.rs`).
 
 mod ast;
+#[cfg(feature = "ballista")]
+mod ballista;
 #[cfg(any(test, feature = "corpus"))]
 pub mod corpus;
 mod dp;
@@ -42,6 +50,7 @@ use datafusion::common::DFSchemaRef;
 use datafusion::common::SchemaError;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::session_state::SessionState;
 use datafusion::functions_aggregate::average::avg_udaf;
@@ -50,7 +59,7 @@ use datafusion::functions_aggregate::planner::AggregateFunctionPlanner;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{LogicalPlan, TableScan};
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -96,6 +105,7 @@ pub struct Answer {
 #[derive(Debug)]
 pub struct Prepared {
     state: SessionState,
+    runner: Runner,
     plan: LogicalPlan,
     k: u64,
     dp: Option<Arc<dp::DpState>>,
@@ -132,7 +142,8 @@ impl Prepared {
         }
         let agg_schema: DFSchemaRef = Arc::clone(&aggregate.schema);
         if let Some(dp) = self.dp.clone() {
-            let groups = dp::noisy_groups(&self.state, &aggregate, &self.spec, &dp).await?;
+            let groups =
+                dp::noisy_groups(&self.state, &self.runner, &aggregate, &self.spec, &dp).await?;
             let arrow_schema = Arc::clone(agg_schema.inner());
             return self
                 .finish(groups, arrow_schema, agg_schema, 0, Some(dp.privacy))
@@ -149,7 +160,12 @@ impl Prepared {
         .await?
         .map_err(EngineError::df("planning the aggregate"))?;
         let arrow_schema = physical.schema();
-        let groups = collect(physical, self.state.task_ctx())
+        // The one step the Ballista engine hands to its scheduler: the checked aggregate.
+        let stream = self
+            .runner
+            .execute(physical, &self.state, "computing the groups")
+            .await?;
+        let groups = datafusion::physical_plan::common::collect(stream)
             .await
             .map_err(EngineError::df("computing the groups"))?;
         let k = self.k;
@@ -216,7 +232,7 @@ impl Prepared {
             Ok::<_, EngineError>((Arc::clone(upper.schema().inner()), physical))
         })
         .await??;
-        let batches = collect(physical, state.task_ctx())
+        let batches = datafusion::physical_plan::collect(physical, state.task_ctx())
             .await
             .map_err(EngineError::df("filtering and ordering the groups"))?;
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
@@ -239,6 +255,35 @@ pub struct Engine {
     spec: TableSpec,
     ctx: SessionContext,
     dp: Option<Arc<dp::DpState>>,
+    runner: Runner,
+}
+
+/// Where the checked aggregate (or, with DP, its input) runs.
+#[derive(Debug, Clone)]
+enum Runner {
+    /// In the engine's own DataFusion session.
+    SingleNode,
+    /// On the engine's in-process Ballista scheduler and executor.
+    #[cfg(feature = "ballista")]
+    Ballista(Arc<ballista::Cluster>),
+}
+
+impl Runner {
+    /// Runs `physical`, planned from the checked plan by the engine's session `state`.
+    async fn execute(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+        state: &SessionState,
+        what: &'static str,
+    ) -> Result<SendableRecordBatchStream, EngineError> {
+        match self {
+            Runner::SingleNode => {
+                execute_stream(physical, state.task_ctx()).map_err(EngineError::df(what))
+            }
+            #[cfg(feature = "ballista")]
+            Runner::Ballista(cluster) => cluster.execute(physical, what).await,
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,6 +291,7 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("spec", &self.spec)
             .field("session_id", &self.ctx.session_id())
+            .field("runner", &self.runner)
             .finish_non_exhaustive()
     }
 }
@@ -256,97 +302,14 @@ impl Engine {
     /// Every batch must have exactly the spec's columns, in order, with the spec's types
     /// ([`TableSpec::arrow_schema`]); metric values must be finite and within bounds.
     pub fn new(spec: TableSpec, batches: Vec<RecordBatch>) -> Result<Self, EngineError> {
-        spec.validate()?;
-        let schema = spec.arrow_schema();
-        let mut normalized = Vec::with_capacity(batches.len());
-        for (index, batch) in batches.into_iter().enumerate() {
-            let got = batch.schema();
-            if got.fields().len() != schema.fields().len() {
-                return Err(EngineError::SchemaMismatch {
-                    batch: index,
-                    problem: format!(
-                        "it has {} columns, the spec has {}",
-                        got.fields().len(),
-                        schema.fields().len()
-                    ),
-                });
-            }
-            for (want, have) in schema.fields().iter().zip(got.fields()) {
-                if want.name() != have.name() || want.data_type() != have.data_type() {
-                    return Err(EngineError::SchemaMismatch {
-                        batch: index,
-                        problem: format!(
-                            "column {} {:?} where the spec has {} {:?}",
-                            have.name(),
-                            have.data_type(),
-                            want.name(),
-                            want.data_type()
-                        ),
-                    });
-                }
-            }
-            for (col, column) in spec.columns.iter().enumerate() {
-                if let Role::Metric { min, max } = column.role {
-                    let values = batch
-                        .column(col)
-                        .as_primitive_opt::<arrow::datatypes::Float64Type>()
-                        .ok_or_else(|| EngineError::SchemaMismatch {
-                            batch: index,
-                            problem: format!("metric {} is not Float64", column.name),
-                        })?;
-                    for row in 0..values.len() {
-                        if values.is_null(row) {
-                            continue;
-                        }
-                        let v = values.value(row);
-                        if !(v.is_finite() && v >= min && v <= max) {
-                            return Err(EngineError::MetricOutOfBounds {
-                                column: column.name.clone(),
-                                min,
-                                max,
-                                batch: index,
-                                row,
-                            });
-                        }
-                    }
-                }
-            }
-            let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-                .map_err(|e| EngineError::SchemaMismatch {
-                    batch: index,
-                    problem: e.to_string(),
-                })?;
-            normalized.push(batch);
-        }
-
-        let config = SessionConfig::new()
-            .with_information_schema(false)
-            .with_create_default_catalog_and_schema(true);
-        let partitions = config.target_partitions().max(1);
+        let normalized = validate(&spec, batches)?;
+        let ctx = session(&spec, base_config());
+        let partitions = ctx.copied_config().target_partitions().max(1);
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
         for (i, batch) in normalized.into_iter().enumerate() {
             parts[i % partitions].push(batch);
         }
-
-        let mut udafs = Vec::new();
-        for kind in &spec.aggregates {
-            let udaf = match kind {
-                AggregateKind::Count => count_udaf(),
-                AggregateKind::Sum => sum_udaf(),
-                AggregateKind::Avg => avg_udaf(),
-            };
-            if !udafs.iter().any(|u: &Arc<_>| Arc::ptr_eq(u, &udaf)) {
-                udafs.push(udaf);
-            }
-        }
-        let planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(AggregateFunctionPlanner)];
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_aggregate_functions(udafs)
-            .with_expr_planners(planners)
-            .build();
-        let ctx = SessionContext::new_with_state(state);
-        let table = MemTable::try_new(schema, parts)
+        let table = MemTable::try_new(spec.arrow_schema(), parts)
             .map_err(EngineError::df("creating the overlap table"))?;
         ctx.register_table(ast::TABLE_NAME, Arc::new(table))
             .map_err(EngineError::df("registering the overlap table"))?;
@@ -354,9 +317,182 @@ impl Engine {
             spec,
             ctx,
             dp: None,
+            runner: Runner::SingleNode,
         })
     }
 
+    /// Builds the Ballista engine (feature `ballista`) over the sealed snapshot `batches`,
+    /// checked as in [`Engine::new`].
+    ///
+    /// The overlap is written to `dir/overlap.parquet` (`dir` is created; give each engine
+    /// a directory of its own, inside the room's data directory) and registered as a
+    /// Parquet listing table; `dir` is removed when the engine is dropped. Queries are
+    /// parsed, planned, checked and rewritten exactly as with [`Engine::new`]; the checked
+    /// aggregate is then run by an in-process Ballista scheduler and executor, started on
+    /// the first query and bound to loopback only.
+    #[cfg(feature = "ballista")]
+    pub fn ballista_standalone(
+        spec: TableSpec,
+        batches: Vec<RecordBatch>,
+        dir: &std::path::Path,
+    ) -> Result<Self, EngineError> {
+        use datafusion::datasource::file_format::parquet::ParquetFormat;
+        use datafusion::datasource::listing::{
+            ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+        };
+        let normalized = validate(&spec, batches)?;
+        let path = ballista::write_overlap(dir, spec.arrow_schema(), &normalized)?;
+        let cluster_dir = dir.to_path_buf();
+        let path = std::fs::canonicalize(&path)
+            .map_err(|e| EngineError::Ballista(format!("resolving {}: {e}", path.display())))?;
+        let url = path
+            .to_str()
+            .ok_or_else(|| EngineError::Ballista(format!("{} is not valid UTF-8", path.display())))
+            .and_then(|p| {
+                ListingTableUrl::parse(p).map_err(EngineError::df("locating the overlap"))
+            })?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(spec.arrow_schema());
+        let table =
+            ListingTable::try_new(config).map_err(EngineError::df("creating the overlap table"))?;
+        let ctx = session(&spec, ballista::session_config(base_config()));
+        ctx.register_table(ast::TABLE_NAME, Arc::new(table))
+            .map_err(EngineError::df("registering the overlap table"))?;
+        let cluster = ballista::Cluster::new(ctx.state(), cluster_dir);
+        Ok(Self {
+            spec,
+            ctx,
+            dp: None,
+            runner: Runner::Ballista(Arc::new(cluster)),
+        })
+    }
+
+    /// With the Ballista engine: how many jobs its scheduler has accepted (one per answered
+    /// query); `None` for the single-node engine.
+    pub fn distributed_jobs(&self) -> Option<u64> {
+        match &self.runner {
+            Runner::SingleNode => None,
+            #[cfg(feature = "ballista")]
+            Runner::Ballista(cluster) => Some(cluster.jobs()),
+        }
+    }
+
+    /// With the Ballista engine, once its first query has started them: the addresses its
+    /// in-process scheduler and executor listen on (loopback addresses only); empty
+    /// otherwise.
+    pub fn distributed_endpoints(&self) -> Vec<std::net::SocketAddr> {
+        match &self.runner {
+            Runner::SingleNode => Vec::new(),
+            #[cfg(feature = "ballista")]
+            Runner::Ballista(cluster) => cluster.endpoints(),
+        }
+    }
+}
+
+/// Checks the sealed snapshot against the spec ([`Engine::new`]) and gives it the spec's
+/// schema.
+fn validate(spec: &TableSpec, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, EngineError> {
+    spec.validate()?;
+    let schema = spec.arrow_schema();
+    let mut normalized = Vec::with_capacity(batches.len());
+    for (index, batch) in batches.into_iter().enumerate() {
+        let got = batch.schema();
+        if got.fields().len() != schema.fields().len() {
+            return Err(EngineError::SchemaMismatch {
+                batch: index,
+                problem: format!(
+                    "it has {} columns, the spec has {}",
+                    got.fields().len(),
+                    schema.fields().len()
+                ),
+            });
+        }
+        for (want, have) in schema.fields().iter().zip(got.fields()) {
+            if want.name() != have.name() || want.data_type() != have.data_type() {
+                return Err(EngineError::SchemaMismatch {
+                    batch: index,
+                    problem: format!(
+                        "column {} {:?} where the spec has {} {:?}",
+                        have.name(),
+                        have.data_type(),
+                        want.name(),
+                        want.data_type()
+                    ),
+                });
+            }
+        }
+        for (col, column) in spec.columns.iter().enumerate() {
+            if let Role::Metric { min, max } = column.role {
+                let values = batch
+                    .column(col)
+                    .as_primitive_opt::<arrow::datatypes::Float64Type>()
+                    .ok_or_else(|| EngineError::SchemaMismatch {
+                        batch: index,
+                        problem: format!("metric {} is not Float64", column.name),
+                    })?;
+                for row in 0..values.len() {
+                    if values.is_null(row) {
+                        continue;
+                    }
+                    let v = values.value(row);
+                    if !(v.is_finite() && v >= min && v <= max) {
+                        return Err(EngineError::MetricOutOfBounds {
+                            column: column.name.clone(),
+                            min,
+                            max,
+                            batch: index,
+                            row,
+                        });
+                    }
+                }
+            }
+        }
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec()).map_err(|e| {
+                EngineError::SchemaMismatch {
+                    batch: index,
+                    problem: e.to_string(),
+                }
+            })?;
+        normalized.push(batch);
+    }
+    Ok(normalized)
+}
+
+/// The session configuration: no information_schema, one default catalog and schema.
+fn base_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(false)
+        .with_create_default_catalog_and_schema(true)
+}
+
+/// The locked-down session: only the agreement's aggregates, no other function, no
+/// information_schema; the caller registers the one table.
+fn session(spec: &TableSpec, config: SessionConfig) -> SessionContext {
+    let mut udafs = Vec::new();
+    for kind in &spec.aggregates {
+        let udaf = match kind {
+            AggregateKind::Count => count_udaf(),
+            AggregateKind::Sum => sum_udaf(),
+            AggregateKind::Avg => avg_udaf(),
+        };
+        if !udafs.iter().any(|u: &Arc<_>| Arc::ptr_eq(u, &udaf)) {
+            udafs.push(udaf);
+        }
+    }
+    let planners: Vec<Arc<dyn ExprPlanner>> = vec![Arc::new(AggregateFunctionPlanner)];
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_aggregate_functions(udafs)
+        .with_expr_planners(planners)
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+impl Engine {
     /// Turns on differential privacy: every answer is noisy, groups are chosen by DP
     /// partition selection, and each query costs `privacy` (docs/PRIVACY.md). `noise` is
     /// [`NoiseSource::from_os`] in the room; a seeded source only in tests.
@@ -388,7 +524,8 @@ impl Engine {
         let spec = self.spec.clone();
         let dp = self.dp.clone();
         let sql = sql.to_owned();
-        stack::on_planner_thread(move || plan_query(state, &spec, dp, &sql)).await?
+        let runner = self.runner.clone();
+        stack::on_planner_thread(move || plan_query(state, runner, &spec, dp, &sql)).await?
     }
 
     /// Prepares and runs `sql`.
@@ -405,6 +542,7 @@ impl Engine {
 /// the nesting limit.
 fn plan_query(
     state: SessionState,
+    runner: Runner,
     spec: &TableSpec,
     dp: Option<Arc<dp::DpState>>,
     sql: &str,
@@ -436,6 +574,7 @@ fn plan_query(
     }
     Ok(Ok(Prepared {
         state,
+        runner,
         plan: optimized,
         k,
         dp,

@@ -11,6 +11,7 @@
 //! flight_sql = "0.0.0.0:7701"        # optional
 //! insecure_plaintext_network = false # optional, see `--insecure-plaintext-network`
 //! tls_proxy_cert = "proxy.crt"       # optional, see `--tls-proxy-cert`
+//! engine = "single-node"             # optional: or "ballista-standalone" (a `ballista` build)
 //!
 //! [tls]                              # optional; required for non-loopback addresses
 //! cert = "tls/room.crt"
@@ -72,6 +73,9 @@ pub struct RoomFile {
     /// `--open-registration`).
     #[serde(default)]
     pub registration: RegistrationFile,
+    /// The query engine (`--engine`): `"single-node"` (default) or `"ballista-standalone"`.
+    #[serde(default)]
+    pub engine: crate::QueryEngine,
 }
 
 /// `[limits]`: every key optional; durations in whole seconds.
@@ -229,6 +233,7 @@ impl RoomFile {
             limits: self.limits.to_limits(),
             registration_allow: self.registration.allow.clone(),
             open_registration: self.registration.open,
+            engine: self.engine,
         })
     }
 }
@@ -286,6 +291,20 @@ mod tests {
         let f = parse("data_dir = \"/d\"\n").unwrap();
         assert_eq!(f.listen, default_listen());
         assert!(f.tls.is_none() && f.flight_sql.is_none());
+        assert_eq!(f.engine, crate::QueryEngine::SingleNode);
+    }
+
+    #[test]
+    fn the_engine_is_named_and_an_unknown_one_refused_with_its_line() {
+        let f = parse("data_dir = \"/d\"\nengine = \"ballista-standalone\"\n").unwrap();
+        assert_eq!(f.engine, crate::QueryEngine::BallistaStandalone);
+        let config = f.to_serve_config(Duration::from_secs(1)).unwrap();
+        assert_eq!(config.engine, crate::QueryEngine::BallistaStandalone);
+        let e = parse("data_dir = \"/d\"\nengine = \"ballista\"\n").unwrap_err();
+        assert!(
+            e.contains("room.toml:2") && e.contains("ballista-standalone"),
+            "{e}"
+        );
     }
 
     #[test]

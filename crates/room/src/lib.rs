@@ -22,6 +22,7 @@ mod columns;
 pub mod config;
 mod decoded;
 pub mod devcerts;
+mod engine_kind;
 pub mod error;
 mod flight;
 mod grpc;
@@ -50,6 +51,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+pub use engine_kind::QueryEngine;
 pub use error::RoomError;
 pub use limits::Limits;
 pub use registration::Registration;
@@ -86,6 +88,9 @@ pub struct ServeConfig {
     /// Anyone who can reach the room may register agreements (`--open-registration`); only
     /// needed, and only honoured, to run beyond loopback without an allow-list.
     pub open_registration: bool,
+    /// The query engine (`--engine`): single-node DataFusion unless configured; Ballista
+    /// only in a build with the `ballista` feature (refused otherwise).
+    pub engine: QueryEngine,
 }
 
 impl ServeConfig {
@@ -296,6 +301,7 @@ fn server_builder(config: &ServeConfig) -> Result<tonic::transport::Server, Room
 /// Opens the data directory and starts the gRPC (and optionally Flight SQL) servers.
 pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     let registration = config.registration()?;
+    config.engine.check()?;
     check_plaintext(config.listen, "gRPC", &config)?;
     if let Some(f) = config.flight_sql {
         check_plaintext(f, "Flight SQL", &config)?;
@@ -318,7 +324,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningRoom, RoomError> {
     // Opening recovers (finishes deletions, drops torn tails): not while a backup copies.
     accord_fs::create_dir_all(&config.data_dir, accord_fs::Access::OwnerOnly)?;
     let opening = accord_fs::snapshot::DirLock::new(&config.data_dir).shared_blocking()?;
-    let room = Room::open_with(&config.data_dir, config.limits.clone(), registration)?;
+    let room = Room::open_with_engine(
+        &config.data_dir,
+        config.limits.clone(),
+        registration,
+        config.engine,
+    )?;
     drop(opening);
     // Clients check this signature against the certificate they observe in the handshake.
     if let Some(tls) = &config.tls {
@@ -479,6 +490,7 @@ mod tests {
                 limits: Limits::default(),
                 registration_allow: None,
                 open_registration: false,
+                engine: QueryEngine::default(),
             };
             let r = check_plaintext(config.listen, "gRPC", &config);
             assert_eq!(

@@ -120,7 +120,7 @@ impl Room {
                 let snapshot = store.read_snapshot()?;
                 // Finishes a minimization the room was stopped in (a no-op otherwise).
                 store.discard_unmatched(&snapshot)?;
-                let engine = build_engine(&agreement, &info.withheld, &snapshot)?;
+                let engine = build_engine(self, &agreement, &info.withheld, &snapshot)?;
                 (Some(Arc::new(engine)), info.withheld)
             }
             None => (None, Vec::new()),

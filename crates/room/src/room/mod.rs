@@ -90,6 +90,11 @@ struct Inner {
     decoded: DecodedInputs,
     /// The room's signature binding its TLS certificate to its key (none without TLS).
     tls_binding: Mutex<Option<Signature>>,
+    /// The query engine of every sealed agreement.
+    engine: crate::QueryEngine,
+    /// Numbers the Ballista engines' Parquet directories (`ballista/` in the data directory).
+    #[cfg(feature = "ballista")]
+    engine_dirs: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,12 +121,35 @@ impl Room {
     /// [`Room::open`] with operator-tuned [`Limits`] (refused when out of range) and a rule
     /// for who may register agreements.
     pub fn open_with(data_dir: &Path, limits: Limits, registration: Registration) -> Result<Self> {
+        Self::open_with_engine(
+            data_dir,
+            limits,
+            registration,
+            crate::QueryEngine::SingleNode,
+        )
+    }
+
+    /// [`Room::open_with`] with the query engine of every sealed agreement (refused when
+    /// this build does not have it).
+    pub fn open_with_engine(
+        data_dir: &Path,
+        limits: Limits,
+        registration: Registration,
+        engine: crate::QueryEngine,
+    ) -> Result<Self> {
+        engine.check()?;
         limits.check()?;
         accord_fs::create_dir_all(data_dir, accord_fs::Access::OwnerOnly)?;
         migrate(data_dir)?;
         accord_fs::create_dir_all(&data_dir.join("agreements"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&data_dir.join("audit"), accord_fs::Access::OwnerOnly)?;
         accord_fs::create_dir_all(&tombstones::dir(data_dir), accord_fs::Access::OwnerOnly)?;
+        // The Ballista engines' Parquet copies of sealed overlaps are rebuilt on recovery:
+        // none left by an earlier run may outlive an erasure or an agreement's end.
+        let ballista = data_dir.join(seal::BALLISTA_DIR);
+        if ballista.exists() {
+            accord_fs::remove_dir_all_durable(&ballista)?;
+        }
         let key = crate::identity::load_or_create(data_dir)?;
         let public_key = key.public_key();
         let room = Room {
@@ -136,6 +164,9 @@ impl Room {
                 ledgers: Ledgers::new(data_dir),
                 decoded: DecodedInputs::new(crate::limits::DECODED_INPUTS_BYTES),
                 tls_binding: Mutex::new(None),
+                engine,
+                #[cfg(feature = "ballista")]
+                engine_dirs: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         room.recover()?;

@@ -546,7 +546,7 @@ impl Room {
                     )));
                 }
                 if let Some(snapshot) = store.erase(&owner, &wanted)? {
-                    let engine = build_engine(&slot.agreement, &live.withheld, &snapshot)?;
+                    let engine = build_engine(room, &slot.agreement, &live.withheld, &snapshot)?;
                     live.engine = Some(Arc::new(engine));
                 }
                 room.audit(

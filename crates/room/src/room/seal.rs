@@ -100,6 +100,7 @@ impl Room {
             "sealed the overlap and deleted the unmatched rows"
         );
         live.engine = Some(Arc::new(build_engine(
+            self,
             &slot.agreement,
             &withheld,
             &snapshot,
@@ -154,15 +155,40 @@ fn attribute_batch(snapshot: &RecordBatch, spec: &TableSpec) -> Result<RecordBat
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// Where, in the data directory, the Ballista engines keep their Parquet copies of the
+/// sealed overlaps (one directory per engine, removed with it and at start-up).
+pub(super) const BALLISTA_DIR: &str = "ballista";
+
 pub(super) fn build_engine(
+    room: &Room,
     agreement: &VerifiedAgreement,
     withheld: &[(String, String)],
     snapshot: &RecordBatch,
 ) -> Result<Engine> {
     let spec = table_spec(agreement, withheld);
     let attrs = attribute_batch(snapshot, &spec)?;
-    let engine = Engine::new(spec, vec![attrs])
-        .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?;
+    let engine = match room.inner.engine {
+        crate::QueryEngine::SingleNode => Engine::new(spec, vec![attrs]),
+        #[cfg(feature = "ballista")]
+        crate::QueryEngine::BallistaStandalone => {
+            let n = room
+                .inner
+                .engine_dirs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let parent = room.data_dir().join(BALLISTA_DIR);
+            accord_fs::create_dir_all(&parent, accord_fs::Access::OwnerOnly)?;
+            let dir = parent.join(format!("{}-{n}", agreement.fingerprint()));
+            Engine::ballista_standalone(spec, vec![attrs], &dir)
+        }
+        #[cfg(not(feature = "ballista"))]
+        crate::QueryEngine::BallistaStandalone => {
+            return Err(crate::QueryEngine::BallistaStandalone
+                .check()
+                .err()
+                .unwrap_or_else(|| RoomError::Internal("Ballista engine".into())));
+        }
+    }
+    .map_err(|e| RoomError::Internal(format!("query engine: {e}")))?;
     match query_privacy(agreement)? {
         Some(privacy) => {
             let noise = accord_engine::NoiseSource::from_os()
