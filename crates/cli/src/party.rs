@@ -1,4 +1,4 @@
-//! `accord party upload | sync | erase | status | forget | receipt | renew-consent`: the
+//! `accord party init | upload | sync | erase | status | forget | receipt | renew-consent`: the
 //! partner data team's side of the PSI, and of its customers' rights.
 
 use std::path::PathBuf;
