@@ -93,11 +93,11 @@ const ANSWERED: &[(&str, bool)] = &[
         true,
     ),
     (
-        "SELECT tier, COUNT(*) AS n FROM overlap GROUP BY tier HAVING COUNT(*) > 400 ORDER BY n DESC",
+        "SELECT tier, COUNT(*) AS n FROM overlap GROUP BY tier HAVING COUNT(*) > 400 ORDER BY n DESC, tier",
         true,
     ),
     (
-        "SELECT region, SUM(spend) AS s FROM overlap GROUP BY region ORDER BY s DESC LIMIT 2",
+        "SELECT region, SUM(spend) AS s FROM overlap GROUP BY region ORDER BY s DESC, region LIMIT 2",
         true,
     ),
     (
