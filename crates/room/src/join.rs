@@ -4,16 +4,18 @@
 //! 1. each party's tokenized rows are streamed from its batch files in batch order (one
 //!    Parquet batch of [`READ_BATCH_ROWS`] rows at a time), each row tagged with its batch
 //!    number and position;
-//! 2. each party's tokens are made distinct: `row_number() OVER (PARTITION BY token ORDER BY
-//!    batch, position) = 1`, so the first row holding a token wins, then sorted by token —
-//!    external sorts that spill to disk when the memory pool is full;
+//! 2. each party's rows are sorted by token, then batch and position (an external sort that
+//!    spills to disk when the memory pool is full), and only the first row of each run of
+//!    equal tokens is kept as they stream by: the first row holding a token, in batch order,
+//!    wins;
 //! 3. the two sorted streams are merge-joined on the token (a sort-merge join: no hash table
 //!    of either side), and the matched rows stream into the snapshot file, which is written
 //!    to a temporary file, fsynced and renamed into place. No token leaves the join.
 //!
-//! Memory: DataFusion's operators share one [`FairSpillPool`] of the caller's size
-//! (`limits::SEAL_MEMORY_BYTES` in the room) and spill into a scratch directory the caller
-//! owns and removes; the reader and writer hold one batch each. The snapshot comes out in
+//! Memory: the caller's budget (`limits::SEAL_MEMORY_BYTES` in the room) is split into three
+//! [`FairSpillPool`]s — three eighths for each party's sort, a quarter for the merge join —
+//! and what does not fit spills into a scratch directory the caller owns and removes; the
+//! readers and the writer hold one batch each. The snapshot comes out in
 //! token order (pseudo-random: it says nothing of either party's upload order).
 
 use std::fs::File;
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, RecordBatch, UInt64Array};
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
@@ -31,8 +33,6 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::functions_window::expr_fn::row_number;
-use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::joins::SortMergeJoinExec;
@@ -41,7 +41,7 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
 };
-use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use datafusion::prelude::{SessionConfig, SessionContext, col};
 use futures::StreamExt;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -273,25 +273,19 @@ async fn distinct(
         read,
     };
     let table = StreamingTable::try_new(schema, vec![Arc::new(files)])?;
-    let (t, bn, ps, rn) = (
-        format!("{p}_t"),
-        format!("{p}_bn"),
-        format!("{p}_ps"),
-        format!("{p}_rn"),
-    );
-    let first = row_number()
-        .partition_by(vec![col(&t)])
-        .order_by(vec![col(&bn).sort(true, false), col(&ps).sort(true, false)])
-        .build()?
-        .alias(&rn);
+    let (t, bn, ps) = (format!("{p}_t"), format!("{p}_bn"), format!("{p}_ps"));
     let mut keep = vec![col(&t), col(format!("{p}_h"))];
     keep.extend((0..side.party.columns.len()).map(|i| col(format!("{p}_c{i}"))));
+    // Sorted by token, then by place in the upload: the first row of each run of equal
+    // tokens is the one that wins, and `Distinct` keeps exactly those as they stream by.
     let plan = ctx
         .read_table(Arc::new(table))?
-        .window(vec![first])?
-        .filter(col(&rn).eq(lit(1u64)))?
+        .sort(vec![
+            col(&t).sort(true, false),
+            col(&bn).sort(true, false),
+            col(&ps).sort(true, false),
+        ])?
         .select(keep)?
-        .sort(vec![col(&t).sort(true, false)])?
         .create_physical_plan()
         .await?;
     if plan.output_partitioning().partition_count() != 1 {
@@ -476,8 +470,12 @@ impl PartitionStream for Distinct {
         );
         builder.spawn(async move {
             let mut stream = plan.execute(0, task)?;
+            let mut last: Option<Vec<u8>> = None;
             while let Some(batch) = stream.next().await {
-                let batch = batch?;
+                let batch = first_of_each_token(&batch?, &mut last)?;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
                 kept.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                 if tx.send(Ok(batch)).await.is_err() {
                     break; // the join stopped reading
@@ -487,6 +485,32 @@ impl PartitionStream for Distinct {
         });
         builder.build()
     }
+}
+
+/// The rows of `batch` (sorted by its first column, the token) whose token differs from the
+/// row before it; `last` carries the last token across batches.
+fn first_of_each_token(
+    batch: &RecordBatch,
+    last: &mut Option<Vec<u8>>,
+) -> datafusion::error::Result<RecordBatch> {
+    let tokens = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<FixedSizeBinaryArray>()
+        .ok_or_else(|| DataFusionError::Internal("the token column is not fixed-size".into()))?;
+    let mut keep = Vec::with_capacity(tokens.len());
+    for i in 0..tokens.len() {
+        let token = tokens.value(i);
+        let first = last.as_deref() != Some(token);
+        if first {
+            *last = Some(token.to_vec());
+        }
+        keep.push(first);
+    }
+    Ok(arrow::compute::filter_record_batch(
+        batch,
+        &BooleanArray::from(keep),
+    )?)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::*;
 use crate::columns::{column_fixed, fixed_array, take_rows, to32};
 use accord_engine::Role;
-use arrow::array::{Array, FixedSizeBinaryArray, Float64Array, StringArray};
+use arrow::array::{FixedSizeBinaryArray, Float64Array, StringArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
