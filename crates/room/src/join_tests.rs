@@ -79,6 +79,15 @@ fn join(
     )?)
 }
 
+/// The snapshot's column names, in order.
+fn column_names(rb: &RecordBatch) -> Vec<String> {
+    rb.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
 /// The type of a token column.
 const TOKEN: DataType = DataType::FixedSizeBinary(32);
 
@@ -168,15 +177,9 @@ fn the_join_keeps_only_matched_rows_pairs_them_and_drops_the_tokens() {
         "spend",
     );
     let s = join(&drinks(), &a, &snacks(), &b).unwrap();
-    let names: Vec<String> = s
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
     assert_eq!(
-        names,
-        vec![
+        column_names(&s),
+        [
             "drinks_handle",
             "snacks_handle",
             "drinks_tier",
@@ -299,15 +302,9 @@ fn the_sealing_join_keeps_the_first_row_of_a_token_pairs_matches_and_drops_the_t
             spilled_bytes: 0
         }
     );
-    let names: Vec<String> = s
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
     assert_eq!(
-        names,
-        vec![
+        column_names(&s),
+        [
             "drinks_handle",
             "snacks_handle",
             "drinks_tier",
