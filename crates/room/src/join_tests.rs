@@ -79,6 +79,14 @@ fn join(
     )?)
 }
 
+/// The snapshot's columns for [`drinks`] and [`snacks`], in order.
+const SNAPSHOT_COLUMNS: [&str; 4] = [
+    "drinks_handle",
+    "snacks_handle",
+    "drinks_tier",
+    "snacks_spend",
+];
+
 /// The snapshot's column names, in order.
 fn column_names(rb: &RecordBatch) -> Vec<String> {
     rb.schema()
@@ -177,15 +185,7 @@ fn the_join_keeps_only_matched_rows_pairs_them_and_drops_the_tokens() {
         "spend",
     );
     let s = join(&drinks(), &a, &snacks(), &b).unwrap();
-    assert_eq!(
-        column_names(&s),
-        [
-            "drinks_handle",
-            "snacks_handle",
-            "drinks_tier",
-            "snacks_spend"
-        ]
-    );
+    assert_eq!(column_names(&s), SNAPSHOT_COLUMNS);
     // In b's row order: token 3 (b row 1) then token 1 (b row 2).
     assert_eq!(handles_of(&s, "drinks_handle"), vec![13, 11]);
     assert_eq!(handles_of(&s, "snacks_handle"), vec![22, 23]);
@@ -302,15 +302,7 @@ fn the_sealing_join_keeps_the_first_row_of_a_token_pairs_matches_and_drops_the_t
             spilled_bytes: 0
         }
     );
-    assert_eq!(
-        column_names(&s),
-        [
-            "drinks_handle",
-            "snacks_handle",
-            "drinks_tier",
-            "snacks_spend"
-        ]
-    );
+    assert_eq!(column_names(&s), SNAPSHOT_COLUMNS);
     // In token order: 1, 2, 3.
     assert_eq!(handles_of(&s, "drinks_handle"), vec![11, 12, 16]);
     assert_eq!(handles_of(&s, "snacks_handle"), vec![23, 24, 22]);

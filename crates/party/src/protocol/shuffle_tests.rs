@@ -17,6 +17,24 @@ fn options() -> InputOptions {
 }
 
 /// A stand-in for the handle key: any fixed function of the identifier will do here.
+/// `prepare` for the drinks party of [`manifest`] with the default [`options`].
+fn prepare_drinks(
+    scratch: &std::path::Path,
+    input: &std::path::Path,
+    memory: &ErasureMemory,
+) -> Result<PreparedInput, PartyError> {
+    let m = manifest();
+    prepare(
+        scratch,
+        input,
+        &m,
+        "drinks",
+        &options(),
+        memory,
+        m.identifier,
+    )
+}
+
 fn handle(id: &str) -> [u8; HANDLE_LEN] {
     let d = sha2::Sha256::digest(id.as_bytes());
     let mut h = [0u8; HANDLE_LEN];
@@ -47,17 +65,7 @@ fn run_with(
     std::fs::write(&input, csv).unwrap();
     let scratch = Scratch::create(&dir.path().join("state")).unwrap();
     let memory = ErasureMemory::open(memory_root).unwrap();
-    let m = manifest();
-    let prepared = prepare(
-        scratch.dir(),
-        &input,
-        &m,
-        "drinks",
-        &options(),
-        &memory,
-        m.identifier,
-    )
-    .unwrap();
+    let prepared = prepare_drinks(scratch.dir(), &input, &memory).unwrap();
     let shuffled = shuffle(
         scratch.dir(),
         prepared.spilled,
@@ -228,17 +236,7 @@ fn scratch_files_are_private_wiped_before_and_removed_after() {
     let input = state.path().join("in.csv");
     std::fs::write(&input, format!("{HEADER}{}\n", customers(30).join("\n"))).unwrap();
     let memory = ErasureMemory::open(&state.path().join("memory")).unwrap();
-    let m = manifest();
-    let p = prepare(
-        scratch.dir(),
-        &input,
-        &m,
-        "drinks",
-        &options(),
-        &memory,
-        m.identifier,
-    )
-    .unwrap();
+    let p = prepare_drinks(scratch.dir(), &input, &memory).unwrap();
     assert_eq!(mode(&scratch.dir().join(INPUT_FILE)), 0o600);
     let s = shuffle(scratch.dir(), p.spilled, &[1; 32], 4, 3, &handle).unwrap();
     let left: Vec<_> = std::fs::read_dir(scratch.dir())
@@ -365,17 +363,7 @@ fn a_backup_after_a_crash_never_copies_scratch_rows() {
     let input = elsewhere.path().join("in.csv");
     std::fs::write(&input, format!("{HEADER}{}\n", customers(30).join("\n"))).unwrap();
     let memory = ErasureMemory::open(root.path()).unwrap();
-    let m = manifest();
-    let p = prepare(
-        scratch.dir(),
-        &input,
-        &m,
-        "drinks",
-        &options(),
-        &memory,
-        m.identifier,
-    )
-    .unwrap();
+    let p = prepare_drinks(scratch.dir(), &input, &memory).unwrap();
     let s = shuffle(scratch.dir(), p.spilled, &[1; 32], 4, 3, &handle).unwrap();
     assert!(scratch.dir().join(SHUFFLED_FILE).exists());
     // As a kill -9 leaves them: the scratch directory outlives the process.
